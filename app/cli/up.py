@@ -1,0 +1,233 @@
+"""`embedq up`: embedded services, migrations, the API, a worker and Flower, under one supervisor."""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import TextIO
+
+import httpx
+
+from app.cli.embedded import LOCALHOST, EmbeddedPostgres, EmbeddedRedis
+from app.cli.migrations import upgrade_head
+from app.core.config import Settings, get_settings
+from app.core.queues import Queue
+
+log = logging.getLogger("embedq.up")
+
+DATABASE_NAME = "embedq"
+WORKER_APP = "workers.celery_app:celery_app"
+ALL_QUEUES = ",".join(queue.value for queue in Queue)
+_PR_SET_PDEATHSIG = 1
+
+
+class StateDirInUseError(RuntimeError):
+    """Another `embedq up` is running on the same state directory."""
+
+
+class _StopRequested(BaseException):
+    """SIGINT or SIGTERM arrived; unwinds whatever `up` was doing into the shutdown path."""
+
+
+@dataclass(frozen=True)
+class UpOptions:
+    """What `embedq up` was asked for on the command line."""
+
+    state_dir: Path | None = None
+    flower: bool = True
+    concurrency: int | None = None
+    stop_timeout: float = 30.0
+
+
+@dataclass
+class Child:
+    """A supervised child process, alone in its process group."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+
+    def terminate(self) -> None:
+        """Ask the child to stop (API: graceful; worker: finish running tasks)."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+
+    def kill_group(self) -> None:
+        """SIGKILL the child's whole process group, including pool processes it left behind."""
+        try:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        self.popen.wait()
+
+
+def _die_with_parent() -> None:
+    # Runs in the child before exec: if the supervisor is SIGKILLed, the kernel SIGTERMs its children
+    # so no orphaned API keeps holding the port.
+    if sys.platform == "linux":
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass
+class Supervisor:
+    """Starts what `up` needs in order and stops it in reverse, whatever happened in between."""
+
+    settings: Settings
+    options: UpOptions
+    env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    servers: list[EmbeddedPostgres | EmbeddedRedis] = field(default_factory=list)
+    children: list[Child] = field(default_factory=list)
+    lock_file: TextIO | None = None
+
+    def lock_state_dir(self) -> None:
+        """Hold a lock on the state directory until this process exits, or raise if another `up` holds it.
+
+        Only then may `up` stop the embedded servers it finds already running: they are orphans of an
+        `up` that died, not servers another `up` is using.
+        """
+        state_dir = self.settings.state_dir
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.lock_file = (state_dir / "up.lock").open("a+")
+        try:
+            fcntl.flock(self.lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StateDirInUseError(
+                f"another `embedq up` is running on {state_dir}: stop it first, or pass another --state-dir"
+            ) from None
+
+    def start_services(self) -> tuple[str, str]:
+        """Return (database_url, redis_url), starting embedded servers for the ones not configured."""
+        database_url, redis_url = self.settings.database_url, self.settings.redis_url
+        state_dir = self.settings.state_dir
+        if database_url is None:
+            postgres = EmbeddedPostgres(state_dir / "postgres", self.settings.embedded_pg_port)
+            self.servers.append(postgres)
+            postgres.start()
+            database_url = postgres.ensure_database(DATABASE_NAME)
+            log.info("embedded Postgres on port %s, data in %s", postgres.port, postgres.data_dir)
+        if redis_url is None:
+            valkey = EmbeddedRedis(state_dir / "redis", self.settings.embedded_redis_port)
+            self.servers.append(valkey)
+            valkey.start()
+            redis_url = valkey.url()
+            log.info("embedded Redis on port %s, data in %s", valkey.port, valkey.data_dir)
+        self.env.update(EMBEDQ_DATABASE_URL=database_url, EMBEDQ_REDIS_URL=redis_url)
+        return database_url, redis_url
+
+    def spawn(self, name: str, args: list[str]) -> None:
+        """Start ``args`` as a supervised child with the services' URLs in its environment."""
+        popen = subprocess.Popen(
+            args, env=self.env, stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent
+        )
+        self.children.append(Child(name, popen))
+        log.info("started %s (pid %s)", name, popen.pid)
+
+    def spawn_children(self) -> None:
+        """Start the worker, Flower (unless disabled) and the API."""
+        concurrency = self.options.concurrency or self.settings.worker_concurrency
+        celery = [sys.executable, "-m", "celery", "-A", WORKER_APP]
+        self.spawn(
+            "worker",
+            [*celery, "worker", "-Q", ALL_QUEUES, "--concurrency", str(concurrency), "-E", "--loglevel", "INFO"],
+        )
+        if self.options.flower:
+            # Flower hands these to tornado, which only understands the --name=value form.
+            self.spawn("flower", [*celery, "flower", f"--port={self.settings.flower_port}", f"--address={LOCALHOST}"])
+        self.spawn(
+            "api",
+            [
+                sys.executable, "-m", "uvicorn", "app.main:app",
+                "--host", self.settings.api_host, "--port", str(self.settings.api_port),
+            ],
+        )  # fmt: skip
+
+    def watch(self) -> int:
+        """Return 1 as soon as a child exits; print the banner once the API answers."""
+        announced = False
+        while True:
+            for child in self.children:
+                code = child.popen.poll()
+                if code is not None:
+                    log.error("%s exited with code %s; stopping everything", child.name, code)
+                    return 1
+            if not announced and _api_healthy(self.settings):
+                print(banner(self.settings, self.options), flush=True)
+                announced = True
+            time.sleep(0.5)
+
+    def stop_all(self) -> None:
+        """Stop the children (SIGTERM, then SIGKILL after the timeout), then the embedded servers."""
+        for child in self.children:
+            child.terminate()
+        deadline = time.monotonic() + self.options.stop_timeout
+        for child in self.children:
+            try:
+                child.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop within %ss; killing it", child.name, self.options.stop_timeout)
+            child.kill_group()
+        for server in reversed(self.servers):
+            server.stop()
+        log.info("everything stopped")
+
+
+def _browsable_host(host: str) -> str:
+    """Return a host a browser can open for a server bound to ``host``."""
+    return LOCALHOST if host in ("0.0.0.0", "::", "") else host
+
+
+def _api_healthy(settings: Settings) -> bool:
+    try:
+        url = f"http://{_browsable_host(settings.api_host)}:{settings.api_port}/healthz"
+        return httpx.get(url, timeout=1.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def banner(settings: Settings, options: UpOptions) -> str:
+    """Return the lines `up` prints once the API answers: where everything is."""
+    api = f"http://{_browsable_host(settings.api_host)}:{settings.api_port}"
+    lines = ["", "embedq is up", f"  API     {api}", f"  Docs    {api}/docs"]
+    if options.flower:
+        lines.append(f"  Flower  http://{LOCALHOST}:{settings.flower_port}")
+    lines += [f"  State   {settings.state_dir}", "Press Ctrl-C to stop.", ""]
+    return "\n".join(lines)
+
+
+def _raise_stop(signum: int, _: FrameType | None) -> None:
+    raise _StopRequested(signal.Signals(signum).name)
+
+
+def _ignore_repeat(signum: int, _: FrameType | None) -> None:
+    log.warning("%s received; already stopping, please wait", signal.Signals(signum).name)
+
+
+def run_up(options: UpOptions) -> int:
+    """Return the exit code of an `embedq up` session: 0 when stopped by a signal, 1 when a child died."""
+    if options.state_dir is not None:
+        os.environ["EMBEDQ_STATE_DIR"] = str(options.state_dir.resolve())
+        get_settings.cache_clear()
+    supervisor = Supervisor(get_settings(), options)
+    supervisor.lock_state_dir()
+    try:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, _raise_stop)
+        database_url, _ = supervisor.start_services()
+        upgrade_head(database_url)
+        supervisor.spawn_children()
+        return supervisor.watch()
+    except _StopRequested as stop:
+        log.info("%s received; stopping", stop)
+        return 0
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, _ignore_repeat)
+        supervisor.stop_all()

@@ -1,0 +1,51 @@
+"""Celery configuration shared by the API's client and the workers, and the client the API sends with."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from celery import Celery
+
+from app.core.config import Settings, get_settings
+from app.core.queues import TASK_QUEUES, Queue
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Return the Celery settings every embedq process agrees on."""
+    _, redis_url = settings.require_services()
+    transport = {
+        # A task unacked this long is redelivered to another worker: longer than the longest batch,
+        # shorter than a user's patience after a crash.
+        "visibility_timeout": settings.redis_visibility_timeout_s,
+        "retry_on_timeout": True,
+        "health_check_interval": 10,
+    }
+    return {
+        "broker_url": redis_url,
+        "result_backend": redis_url,
+        "broker_transport_options": transport,
+        "result_backend_transport_options": transport,
+        "broker_connection_retry_on_startup": True,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_send_sent_event": True,
+        "worker_send_task_events": True,
+        "task_track_started": True,
+        "result_expires": 3600,
+        "task_default_queue": Queue.INFERENCE.value,
+        "task_routes": {name.value: {"queue": queue.value} for name, queue in TASK_QUEUES.items()},
+        "worker_proc_alive_timeout": settings.worker_proc_alive_timeout_s,
+    }
+
+
+@lru_cache
+def celery_client() -> Celery:
+    """Return the process's Celery app for sending tasks by name (it registers no tasks)."""
+    client = Celery("embedq")
+    client.conf.update(celery_config(get_settings()))
+    return client

@@ -1,0 +1,104 @@
+"""Engine, sessions and the task outbox: tasks are sent only after the transaction that made their rows commits."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+
+from app.core.config import get_settings
+from app.core.queues import TASK_QUEUES, TaskName
+
+log = logging.getLogger(__name__)
+
+_OUTBOX = "embedq_outbox"
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every embedq table."""
+
+
+@dataclass(frozen=True)
+class PendingTask:
+    name: TaskName
+    args: tuple[Any, ...]
+
+
+class _Db:
+    """The engine and session factory of this process, rebuilt after a fork."""
+
+    def __init__(self) -> None:
+        self._pid: int | None = None
+        self._engine: Engine | None = None
+        self._factory: sessionmaker[Session] | None = None
+
+    def factory(self) -> sessionmaker[Session]:
+        if self._factory is None or self._pid != os.getpid():
+            database_url, _ = get_settings().require_services()
+            self._engine = create_engine(database_url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+            self._factory = sessionmaker(self._engine, expire_on_commit=False)
+            self._pid = os.getpid()
+        return self._factory
+
+    @property
+    def engine(self) -> Engine:
+        self.factory()
+        assert self._engine is not None
+        return self._engine
+
+    def reset(self) -> None:
+        """Forget the inherited engine without closing the parent's sockets (call in a forked child)."""
+        if self._engine is not None and self._pid != os.getpid():
+            self._engine.dispose(close=False)
+        self._engine = self._factory = self._pid = None
+
+
+db = _Db()
+
+
+def enqueue(session: Session, name: TaskName, *args: Any) -> None:
+    """Buffer a task to be sent once ``session`` commits; dropped if it rolls back."""
+    session.info.setdefault(_OUTBOX, []).append(PendingTask(name, args))
+
+
+@event.listens_for(Session, "after_commit")
+def _send_outbox(session: Session) -> None:
+    pending: list[PendingTask] = session.info.pop(_OUTBOX, [])
+    if not pending:
+        return
+    from app.core.celery import celery_client
+
+    client = celery_client()
+    for task in pending:
+        client.send_task(task.name.value, args=list(task.args), queue=TASK_QUEUES[task.name].value)
+
+
+@event.listens_for(Session, "after_rollback")
+def _drop_outbox(session: Session) -> None:
+    session.info.pop(_OUTBOX, None)
+
+
+@contextmanager
+def session_scope() -> Iterator[Session]:
+    """Yield a session committed on success and rolled back on error."""
+    session = db.factory()()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def get_session() -> Iterator[Session]:
+    """FastAPI dependency: one session per request, committed (then its tasks sent) or rolled back."""
+    with session_scope() as session:
+        yield session

@@ -1,0 +1,33 @@
+"""Domain errors: each carries the HTTP status it maps to and a message that says what to fix."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class EmbedqError(Exception):
+    """Base of errors a client caused; rendered as ``{"detail": message, "code": code}``."""
+
+    status_code = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, *, param: str | None = None, **extra: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.extra = extra
+
+
+class NotFoundError(EmbedqError):
+    status_code = 404
+    code = "not_found"
+
+
+class ConflictError(EmbedqError):
+    status_code = 409
+    code = "conflict"
+
+
+class InvalidRequestError(EmbedqError):
+    status_code = 422
+    code = "invalid_request"

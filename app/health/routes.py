@@ -1,0 +1,27 @@
+"""Liveness and readiness probes."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse
+
+from app.core.config import Settings, get_settings
+from app.health.service import readiness
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    """Return ok while the API process is up."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", responses={503: {"description": "names what is not ready"}})
+def readyz(settings: Annotated[Settings, Depends(get_settings)]) -> JSONResponse:
+    """Return 200 when Postgres, Redis and a worker for every queue answer; else 503 naming what is not."""
+    state = readiness(settings)
+    body: dict[str, Any] = {"ready": state.ready, "checks": state.checks, "queues": state.queues}
+    return JSONResponse(body, status_code=200 if state.ready else 503)

@@ -1,0 +1,69 @@
+"""Readiness: can this API reach Postgres and Redis, and is some worker consuming each queue?"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import redis
+from sqlalchemy import text
+
+from app.core.celery import celery_client
+from app.core.config import Settings
+from app.core.db import db
+from app.core.queues import Queue
+
+
+@dataclass
+class Readiness:
+    checks: dict[str, str] = field(default_factory=dict)
+    queues: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def ready(self) -> bool:
+        return all(v == "ok" for v in self.checks.values())
+
+
+def _database() -> str:
+    try:
+        with db.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as exc:
+        return f"unreachable: {type(exc).__name__}: {exc}".splitlines()[0]
+    return "ok"
+
+
+def _redis(settings: Settings) -> str:
+    _, url = settings.require_services()
+    try:
+        redis.Redis.from_url(url, socket_timeout=settings.readiness_timeout_s).ping()
+    except redis.RedisError as exc:
+        return f"unreachable: {exc}"
+    return "ok"
+
+
+def _queue_consumers(settings: Settings) -> dict[str, list[str]]:
+    replies = celery_client().control.inspect(timeout=settings.readiness_timeout_s).active_queues() or {}
+    consumers: dict[str, list[str]] = {q.value: [] for q in Queue}
+    for worker, queues in replies.items():
+        for q in queues:
+            consumers.setdefault(q["name"], []).append(worker)
+    return consumers
+
+
+def readiness(settings: Settings) -> Readiness:
+    """Return each dependency's state; workers are checked only when Redis answers."""
+    result = Readiness()
+    result.checks["database"] = _database()
+    result.checks["redis"] = _redis(settings)
+    if result.checks["redis"] != "ok":
+        result.checks["workers"] = "unknown: redis is unreachable"
+        return result
+    result.queues = _queue_consumers(settings)
+    if not any(result.queues.values()):
+        result.checks["workers"] = "no worker answered: start one with `embedq worker`"
+    else:
+        result.checks["workers"] = "ok"
+        idle = sorted(q for q, workers in result.queues.items() if not workers)
+        if idle:
+            result.checks["queues"] = f"no worker consumes: {', '.join(idle)}"
+    return result

@@ -1,0 +1,227 @@
+"""Jobs: create, read, cancel, and run one batch of an embedding job (called by the worker's task)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.catalog.resolver import InvalidModelNameError, UnknownModelError, resolve_model
+from app.core.config import Settings
+from app.core.db import enqueue
+from app.core.errors import ConflictError, InvalidRequestError, NotFoundError
+from app.core.queues import TaskName
+from app.jobs.repository import Counts, JobRepository
+from app.jobs.schemas import EmbeddingJobCreate, EncodingFormat, JobResults, ResultItem
+from app.models.job import Job, JobKind, JobStatus
+
+log = logging.getLogger(__name__)
+
+Encode = Callable[[str, list[str]], np.ndarray]
+"""(model name, texts) -> float32 array [len(texts), dim] in input order."""
+
+
+def check_model(name: str, settings: Settings) -> str:
+    """Return the model name if a worker can load it, else raise a 4xx naming the known models."""
+    try:
+        resolve_model(name, settings)
+    except InvalidModelNameError as exc:
+        raise InvalidRequestError(str(exc), param="model") from exc
+    except UnknownModelError as exc:
+        raise InvalidRequestError(str(exc), param="model", known=exc.known) from exc
+    return name
+
+
+def _request_hash(payload: EmbeddingJobCreate, model: str) -> str:
+    body = {"input": payload.input, "model": model, "webhook_url": str(payload.webhook_url or "")}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _batches(total: int, size: int) -> Iterator[tuple[int, int]]:
+    for start in range(0, total, size):
+        yield start, min(start + size, total)
+
+
+def create_embedding_job(session: Session, payload: EmbeddingJobCreate, settings: Settings) -> tuple[Job, bool]:
+    """Return (job, created): a new queued job, or the earlier one with the same idempotency key."""
+    if len(payload.input) > settings.max_inputs_per_job:
+        raise InvalidRequestError(
+            f"input has {len(payload.input)} items; at most {settings.max_inputs_per_job} per job "
+            "(EMBEDQ_MAX_INPUTS_PER_JOB): split it into several jobs",
+            param="input",
+        )
+    too_long = next((i for i, t in enumerate(payload.input) if len(t) > settings.max_input_chars), None)
+    if too_long is not None:
+        raise InvalidRequestError(
+            f"input[{too_long}] has {len(payload.input[too_long])} characters; at most "
+            f"{settings.max_input_chars} (EMBEDQ_MAX_INPUT_CHARS): chunk it first",
+            param=f"input[{too_long}]",
+        )
+    model = check_model(payload.model or settings.default_model, settings)
+    digest = _request_hash(payload, model)
+    repo = JobRepository(session)
+    if payload.idempotency_key is not None:
+        existing = repo.get_by_idempotency_key(payload.idempotency_key)
+        if existing is not None:
+            return _same_request(existing, digest), False
+    job = Job(
+        id=uuid.uuid4(),
+        kind=JobKind.EMBEDDINGS.value,
+        status=JobStatus.QUEUED.value,
+        model=model,
+        params={"batch_size": settings.job_batch_size},
+        total=len(payload.input),
+        webhook_url=str(payload.webhook_url) if payload.webhook_url else None,
+        idempotency_key=payload.idempotency_key,
+        request_hash=digest,
+    )
+    try:
+        with session.begin_nested():
+            repo.add(job, payload.input)
+    except IntegrityError:
+        # Another request with the same key committed between our lookup and insert.
+        existing = repo.get_by_idempotency_key(payload.idempotency_key or "")
+        if existing is None:
+            raise
+        return _same_request(existing, digest), False
+    for start, stop in _batches(job.total, settings.job_batch_size):
+        enqueue(session, TaskName.EMBED_BATCH, str(job.id), start, stop)
+    return job, True
+
+
+def _same_request(existing: Job, digest: str) -> Job:
+    if existing.request_hash != digest:
+        raise ConflictError(
+            f"idempotency_key {existing.idempotency_key!r} was already used for a different request "
+            f"(job {existing.id}): use a new key",
+            param="idempotency_key",
+        )
+    return existing
+
+
+def get_job(session: Session, job_id: uuid.UUID) -> Job:
+    job = JobRepository(session).get(job_id)
+    if job is None:
+        raise NotFoundError(f"no job with id {job_id}", param="job_id")
+    return job
+
+
+def list_jobs(
+    session: Session, *, status: JobStatus | None, kind: JobKind | None, limit: int, offset: int
+) -> tuple[list[Job], int | None]:
+    """Return one page of jobs, newest first, and the offset of the next page (None on the last)."""
+    jobs = JobRepository(session).list_jobs(
+        status=status.value if status else None, kind=kind.value if kind else None, limit=limit + 1, offset=offset
+    )
+    return jobs[:limit], (offset + limit if len(jobs) > limit else None)
+
+
+def cancel_job(session: Session, job_id: uuid.UUID) -> Job:
+    """Cancel a queued or running job; cancelling a finished job is refused with 409."""
+    job = get_job(session, job_id)
+    repo = JobRepository(session)
+    if not repo.cancel(job_id):
+        session.refresh(job)
+        if job.status != JobStatus.CANCELLED.value:
+            raise ConflictError(f"job {job_id} already ended with status {job.status}; nothing to cancel")
+    session.refresh(job)
+    return job
+
+
+def job_results(
+    session: Session, job_id: uuid.UUID, *, offset: int, limit: int, encoding_format: EncodingFormat
+) -> JobResults:
+    job = get_job(session, job_id)
+    rows = JobRepository(session).results_page(job_id, offset=offset, limit=limit)
+    items = [
+        ResultItem(index=r.idx, embedding=_encode_vector(r.embedding, encoding_format), error=r.error) for r in rows
+    ]
+    next_offset = offset + limit if offset + limit < job.total else None
+    return JobResults(
+        job_id=job.id,
+        status=JobStatus(job.status),
+        total=job.total,
+        encoding_format=encoding_format,
+        data=items,
+        next_offset=next_offset,
+    )
+
+
+def _encode_vector(vector: np.ndarray | None, fmt: EncodingFormat) -> list[float] | str | None:
+    if vector is None:
+        return None
+    if fmt is EncodingFormat.BASE64:
+        return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
+    return np.asarray(vector, dtype=np.float32).tolist()
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    written: int
+    failed: int
+    finished_status: JobStatus | None
+
+
+def run_embedding_batch(
+    scope: Callable[[], AbstractContextManager[Session]],
+    job_id: uuid.UUID,
+    start: int,
+    stop: int,
+    encode: Encode,
+) -> BatchOutcome:
+    """Embed inputs [start, stop) of a job and record them; a redelivered batch changes nothing.
+
+    Two short transactions around the forward pass, so no row lock is held while the model runs:
+    the first claims the job and reads what is still pending, the second writes under the job's row
+    lock, counts, and finalizes the job when this batch completed it.
+    """
+    with scope() as session:
+        repo = JobRepository(session)
+        job = repo.claim(job_id)
+        if job is None:
+            return BatchOutcome(0, 0, None)
+        model = job.model
+        pending = repo.pending_inputs(job_id, start, stop)
+    if not pending:
+        return BatchOutcome(0, 0, None)
+    idxs = [i for i, _ in pending]
+    vectors: np.ndarray | None = None
+    error: str | None = None
+    try:
+        vectors = encode(model, [t for _, t in pending])
+    except (UnknownModelError, InvalidModelNameError, OSError, RuntimeError, ValueError) as exc:
+        log.exception("job %s batch [%d, %d) failed", job_id, start, stop)
+        error = f"{type(exc).__name__}: {exc}"
+    with scope() as session:
+        repo = JobRepository(session)
+        if not repo.lock_running(job_id):
+            return BatchOutcome(0, 0, None)
+        written = repo.write_embeddings(job_id, idxs, vectors) if vectors is not None else 0
+        failed = repo.fail_inputs(job_id, idxs, error) if error is not None else 0
+        counts = repo.add_counts(job_id, done=written, failed=failed)
+        status = None
+        if counts.finished:
+            status = _finalize(repo, job_id, counts)
+    return BatchOutcome(written, failed, status)
+
+
+def _finalize(repo: JobRepository, job_id: uuid.UUID, counts: Counts) -> JobStatus | None:
+    """Return the terminal status this batch gave the job, or None if another path finished it."""
+    if counts.failed == 0:
+        status, error = JobStatus.SUCCEEDED, None
+    else:
+        status, error = (
+            JobStatus.FAILED,
+            f"{counts.failed} of {counts.total} inputs failed; first error: " + (repo.first_error(job_id) or "unknown"),
+        )
+    message = f"embedded {counts.done} of {counts.total} inputs"
+    return status if repo.finish(job_id, status, message=message, error=error) else None

@@ -1,0 +1,44 @@
+"""Alembic environment: migrates the database named by EMBEDQ_DATABASE_URL (or the -x url=... override)."""
+
+from alembic import context
+from sqlalchemy import create_engine, pool
+
+import app.models  # noqa: F401  (registers every table)
+from app.core.config import Settings
+from app.core.db import Base
+
+target_metadata = Base.metadata
+
+
+def _url() -> str:
+    override = context.get_x_argument(as_dictionary=True).get("url")
+    if override:
+        return Settings(database_url=override).database_url or override
+    database_url, _ = Settings().require_services()
+    return database_url
+
+
+def run_migrations_offline() -> None:
+    context.configure(url=_url(), target_metadata=target_metadata, literal_binds=True)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online() -> None:
+    connection = context.config.attributes.get("connection")
+    if connection is not None:
+        context.configure(connection=connection, target_metadata=target_metadata)
+        with context.begin_transaction():
+            context.run_migrations()
+        return
+    engine = create_engine(_url(), poolclass=pool.NullPool)
+    with engine.connect() as connection:
+        context.configure(connection=connection, target_metadata=target_metadata)
+        with context.begin_transaction():
+            context.run_migrations()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()
