@@ -36,6 +36,7 @@ def upgrade_head(database_url: str) -> None:
     engine = create_engine(url, poolclass=pool.NullPool)
     try:
         with engine.begin() as connection:
-            command.upgrade(alembic_config(connection), "head")
+            # "heads": tolerate parallel branches while they are being merged.
+            command.upgrade(alembic_config(connection), "heads")
     finally:
         engine.dispose()
