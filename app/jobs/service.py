@@ -125,11 +125,22 @@ def list_jobs(
     return jobs[:limit], (offset + limit if len(jobs) > limit else None)
 
 
+def on_job_finished(session: Session, job_id: uuid.UUID, status: JobStatus) -> None:
+    """Run what follows a job's move to a terminal status, inside the transaction that made the move.
+
+    Every job kind (embeddings, ingestion, training) calls this exactly once per job, so notifications
+    hang off one place.
+    """
+    log.info("job %s finished: %s", job_id, status.value)
+
+
 def cancel_job(session: Session, job_id: uuid.UUID) -> Job:
     """Cancel a queued or running job; cancelling a finished job is refused with 409."""
     job = get_job(session, job_id)
     repo = JobRepository(session)
-    if not repo.cancel(job_id):
+    if repo.cancel(job_id):
+        on_job_finished(session, job_id, JobStatus.CANCELLED)
+    else:
         session.refresh(job)
         if job.status != JobStatus.CANCELLED.value:
             raise ConflictError(f"job {job_id} already ended with status {job.status}; nothing to cancel")
@@ -224,4 +235,7 @@ def _finalize(repo: JobRepository, job_id: uuid.UUID, counts: Counts) -> JobStat
             f"{counts.failed} of {counts.total} inputs failed; first error: " + (repo.first_error(job_id) or "unknown"),
         )
     message = f"embedded {counts.done} of {counts.total} inputs"
-    return status if repo.finish(job_id, status, message=message, error=error) else None
+    if not repo.finish(job_id, status, message=message, error=error):
+        return None
+    on_job_finished(repo.session, job_id, status)
+    return status
