@@ -5,10 +5,21 @@ from __future__ import annotations
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from app.catalog.routes import router as models_router
+from app.collections.routes import errors_router as ingest_errors_router
+from app.collections.routes import router as collections_router
 from app.core.errors import EmbedqError
+from app.core.outages import answer_outages_with_503
 from app.core.security import require_api_key
 from app.health.routes import router as health_router
+from app.hybrid.routes import router as hybrid_router
 from app.jobs.routes import router as jobs_router
+from app.observability.setup import instrument
+from app.training.routes import router as training_router
+from app.ui import routes as ui
+from app.v1 import routes as sync_api
+from app.v1.errors import install_openai_errors
+from app.webhooks.routes import router as webhooks_router
 
 
 def _render_error(_: Request, exc: Exception) -> JSONResponse:
@@ -25,8 +36,23 @@ def create_app() -> FastAPI:
         summary="Asynchronous embedding jobs over Celery, stored in Postgres/pgvector.",
     )
     api.add_exception_handler(EmbedqError, _render_error)
+    answer_outages_with_503(api)
     api.include_router(health_router)
     api.include_router(jobs_router, dependencies=[Depends(require_api_key)])
+    api.include_router(collections_router, dependencies=[Depends(require_api_key)])
+    api.include_router(ingest_errors_router, dependencies=[Depends(require_api_key)])
+    api.include_router(training_router, dependencies=[Depends(require_api_key)])
+    api.include_router(webhooks_router, dependencies=[Depends(require_api_key)])
+    api.include_router(sync_api.openai_router, dependencies=[Depends(require_api_key)])
+    api.include_router(sync_api.router, dependencies=[Depends(require_api_key)])
+    api.include_router(models_router, dependencies=[Depends(require_api_key)])
+    api.include_router(hybrid_router, dependencies=[Depends(require_api_key)])
+    instrument(api)
+    # The dashboard's pages hold no data (their scripts call the API with the person's key): no key needed.
+    api.include_router(ui.router)
+    api.mount(ui.STATIC_PATH, ui.static_files, name="ui-static")
+    # Last: it wraps the exception handlers added above so /v1 paths answer errors in OpenAI's shape.
+    install_openai_errors(api)
     return api
 
 

@@ -10,6 +10,11 @@ from app.core.db import Base
 target_metadata = Base.metadata
 
 
+def _include_name(name: str | None, type_: str, _: dict[str, str | None]) -> bool:
+    # Vector tables are made at run time, one per collection version (app/collections/repository.py).
+    return not (type_ == "table" and name is not None and name.startswith("collection_vectors_"))
+
+
 def _url() -> str:
     override = context.get_x_argument(as_dictionary=True).get("url")
     if override:
@@ -19,7 +24,7 @@ def _url() -> str:
 
 
 def run_migrations_offline() -> None:
-    context.configure(url=_url(), target_metadata=target_metadata, literal_binds=True)
+    context.configure(url=_url(), target_metadata=target_metadata, literal_binds=True, include_name=_include_name)
     with context.begin_transaction():
         context.run_migrations()
 
@@ -27,13 +32,13 @@ def run_migrations_offline() -> None:
 def run_migrations_online() -> None:
     connection = context.config.attributes.get("connection")
     if connection is not None:
-        context.configure(connection=connection, target_metadata=target_metadata)
+        context.configure(connection=connection, target_metadata=target_metadata, include_name=_include_name)
         with context.begin_transaction():
             context.run_migrations()
         return
     engine = create_engine(_url(), poolclass=pool.NullPool)
     with engine.connect() as connection:
-        context.configure(connection=connection, target_metadata=target_metadata)
+        context.configure(connection=connection, target_metadata=target_metadata, include_name=_include_name)
         with context.begin_transaction():
             context.run_migrations()
 

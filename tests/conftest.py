@@ -68,6 +68,11 @@ def session_services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sessi
             "EMBEDQ_REDIS_URL": session_redis_db.url,
             "EMBEDQ_STATE_DIR": str(state_dir),
             "EMBEDQ_MODELS_DIR": str(models_dir),
+            # Webhook receivers in tests listen on 127.0.0.1, and retries must come within a test's patience.
+            "EMBEDQ_WEBHOOK_ALLOWED_CIDRS": "127.0.0.1/32",
+            "EMBEDQ_WEBHOOK_RETRY_SCHEDULE_S": "0.5,0.5,0.5",
+            # Parallel test runs would contend for one port; tests that read worker metrics pick a free one.
+            "EMBEDQ_WORKER_METRICS_PORT": "0",
         }
         os.environ.update(env)
         get_settings.cache_clear()

@@ -128,7 +128,7 @@ def assert_all_gone(up: UpRun, processes: list[psutil.Process]) -> None:
 
 
 def stop_and_check_everything_is_gone(up: UpRun, state_dir: Path) -> None:
-    processes = everything_of(up, state_dir, ("uvicorn", "worker", "flower"))
+    processes = everything_of(up, state_dir, ("uvicorn", "worker", "beat", "flower"))
     up.popen.send_signal(signal.SIGTERM)
     code = up.popen.wait(timeout=STOP_TIMEOUT_S)
     assert code == 0, up.log_tail()

@@ -1,6 +1,10 @@
-"""Which model folder a model name means: a models_dir folder, a package that ships weights, the HF cache, or the Hub.
+"""Which model folder a model name means: an alias, a models_dir folder, a package, a hub cache, or a hub download.
 
-Pure Python on purpose: the API calls this per request to validate names, and the API never imports torch.
+Order: an EMBEDQ_MODEL_MAPPING alias is replaced by its target (and its source, precision, family, backend);
+then a folder ``EMBEDQ_MODELS_DIR/<name>`` wins over everything, then a package that ships the weights, then
+the Hugging Face and ModelScope caches in the order EMBEDQ_MODEL_SOURCE gives (``app.catalog.sources``), then,
+if EMBEDQ_ALLOW_HUB_DOWNLOADS, a download at load time. Pure Python on purpose: the API calls this per request
+to validate names, and the API never imports torch.
 """
 
 from __future__ import annotations
@@ -8,15 +12,20 @@ from __future__ import annotations
 import importlib.util
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from app.core.config import Settings
+from app.catalog.sources import HubCandidate, find_cached, hub_order
+from app.core.config import BackendSetting, ModelAliasSetting, PrecisionSetting, Settings
 
 logger = logging.getLogger(__name__)
 
-ModelSource = Literal["models_dir", "package", "hf_cache", "hub"]
+# "hub" and "modelscope": not on disk yet, downloaded from that hub at load time.
+ModelSource = Literal["models_dir", "package", "hf_cache", "modelscope_cache", "hub", "modelscope"]
+
+_CACHE_SOURCES: dict[str, ModelSource] = {"huggingface": "hf_cache", "modelscope": "modelscope_cache"}
+_DOWNLOAD_SOURCES: dict[str, ModelSource] = {"huggingface": "hub", "modelscope": "modelscope"}
 
 MAX_MODEL_NAME_CHARS = 200
 
@@ -39,11 +48,21 @@ _MODEL_MARKERS = ("config.json", "modules.json")
 
 @dataclass(frozen=True)
 class ResolvedModel:
-    """Where a model's files are: ``path`` is None only for ``source == "hub"`` (download at load)."""
+    """Where a model's files are and how to load them; equal values share one loaded model in a worker.
+
+    ``path`` is None only for the download sources ("hub", "modelscope"): ``candidates`` then lists the hubs
+    to fetch from, best first. ``family`` is an explicit family override (``app.catalog.families``); None
+    lets the folder and name decide. ``alias`` is the EMBEDQ_MODEL_MAPPING alias that led here, if any.
+    """
 
     name: str
     path: Path | None
     source: ModelSource
+    family: str | None = None
+    precision: PrecisionSetting = "auto"
+    backend: BackendSetting = "torch"
+    candidates: tuple[HubCandidate, ...] = field(default=(), compare=False)
+    alias: str | None = field(default=None, compare=False)
 
 
 class InvalidModelNameError(ValueError):
@@ -67,8 +86,9 @@ class UnknownModelError(LookupError):
         where = str(models_dir) if models_dir is not None else "EMBEDQ_MODELS_DIR"
         super().__init__(
             f"unknown model {name!r}; known models: {', '.join(known) or '(none)'}. "
-            f"Put a sentence-transformers folder under {where}/<name> (EMBEDQ_MODELS_DIR), "
-            "or set EMBEDQ_ALLOW_HUB_DOWNLOADS=true to fetch an 'org/name' model from the Hugging Face Hub"
+            f"Put a sentence-transformers folder under {where}/<name> (EMBEDQ_MODELS_DIR), run `embedq models pull "
+            f"{name}`, or set EMBEDQ_ALLOW_HUB_DOWNLOADS=true to fetch an 'org/name' model from the Hugging Face Hub "
+            "or ModelScope (EMBEDQ_MODEL_SOURCE) when a worker loads it"
         )
 
 
@@ -98,23 +118,53 @@ def validate_model_name(name: str) -> str:
 
 
 def resolve_model(name: str, settings: Settings) -> ResolvedModel:
-    """Return where to load ``name`` from, trying models_dir, packages, the HF cache, then the Hub if allowed."""
+    """Return where and how to load ``name`` (an alias or a model name); see the module docstring for the order."""
     validate_model_name(name)
-    for resolve in (_from_models_dir, _from_package, _from_hf_cache):
+    entry = settings.model_mapping.get(name)
+    target = validate_model_name(entry.name) if entry is not None else name
+    if entry is not None and target in settings.model_mapping:
+        raise InvalidModelNameError(name, f"it is an alias of {target!r}, itself an alias; aliases do not chain")
+    located = _locate(target, entry, settings)
+    return ResolvedModel(
+        name=located.name,
+        path=located.path,
+        source=located.source,
+        family=entry.family if entry is not None else None,
+        precision=(entry.precision if entry is not None else None) or settings.model_precision,
+        backend=(entry.backend if entry is not None else None) or settings.model_backend,
+        candidates=located.candidates,
+        alias=name if entry is not None else None,
+    )
+
+
+def _locate(name: str, entry: ModelAliasSetting | None, settings: Settings) -> ResolvedModel:
+    for resolve in (_from_models_dir, _from_package):
         resolved = resolve(name, settings)
         if resolved is not None:
             return resolved
-    if settings.allow_hub_downloads and "/" in name:
-        return ResolvedModel(name=name, path=None, source="hub")
+    source = (entry.source if entry is not None else None) or settings.model_source
+    candidates = hub_order(name, source, settings) if "/" in name else ()
+    for i, candidate in enumerate(candidates):
+        # A hub's copy may have another id (EMBEDQ_MODELSCOPE_MAPPING): it is validated like any name.
+        if not _is_valid(candidate.repo_id):
+            continue
+        folder = find_cached(candidate, settings)
+        if folder is not None:
+            if i > 0:
+                logger.info("%s is not in the %s cache; using %s", name, candidates[0].hub, candidate)
+            return ResolvedModel(name=name, path=folder, source=_CACHE_SOURCES[candidate.hub], candidates=candidates)
+    candidates = tuple(c for c in candidates if _is_valid(c.repo_id))
+    if settings.allow_hub_downloads and candidates:
+        return ResolvedModel(name=name, path=None, source=_DOWNLOAD_SOURCES[candidates[0].hub], candidates=candidates)
     raise UnknownModelError(name, known_models(settings), settings.models_dir)
 
 
 def known_models(settings: Settings) -> list[str]:
-    """Return the sorted names a request may use without a Hub download: default, packaged and models_dir ones."""
-    names = {settings.default_model}
+    """Return the sorted names a request may use without a download: default, aliases, packaged and models_dir."""
+    names = {settings.default_model, *settings.model_mapping}
     names.update(alias for alias, (_, package, _) in _PACKAGED_MODELS.items() if _package_dir(package))
     names.update(_models_dir_names(settings.models_dir))
-    return sorted(names)
+    return sorted(name for name in names if _is_valid(name))
 
 
 def _is_model_folder(path: Path) -> bool:
@@ -150,22 +200,6 @@ def _from_package(name: str, settings: Settings) -> ResolvedModel | None:
     if package_dir is None or not _is_model_folder(package_dir / subfolder):
         return None
     return ResolvedModel(name=canonical, path=package_dir / subfolder, source="package")
-
-
-def _from_hf_cache(name: str, settings: Settings) -> ResolvedModel | None:
-    # huggingface_hub is a worker dependency, not an API one: import it only here and live without it.
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:
-        return None
-    try:
-        cached = try_to_load_from_cache(name, "config.json")
-    except Exception:  # a malformed cache must not turn a lookup into a 500
-        logger.warning("could not read the Hugging Face cache for %r", name, exc_info=True)
-        return None
-    if not isinstance(cached, str):  # None, or the "known missing" sentinel
-        return None
-    return ResolvedModel(name=name, path=Path(cached).parent, source="hf_cache")
 
 
 def _models_dir_names(models_dir: Path | None) -> list[str]:

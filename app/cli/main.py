@@ -2,24 +2,33 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from pathlib import Path
 
 import click
 
+from app.cli import client_commands, models_commands
 from app.cli.embedded import EmbeddedPostgres, EmbeddedServiceError
 from app.cli.migrations import upgrade_head
-from app.cli.up import ALL_QUEUES, DATABASE_NAME, WORKER_APP, StateDirInUseError, UpOptions, run_up
+from app.cli.up import (
+    ALL_QUEUES,
+    DATABASE_NAME,
+    WORKER_APP,
+    FlowerAuthMissingError,
+    StateDirInUseError,
+    UpOptions,
+    run_up,
+)
 from app.core.config import get_settings
 from app.core.queues import Queue
+from app.observability.logging import configure_logging
 
 
 @click.group()
 def main() -> None:
     """embedq: asynchronous embedding jobs over Celery, stored in Postgres/pgvector."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [%(name)s] %(message)s")
+    configure_logging(get_settings())
 
 
 @main.command()
@@ -41,12 +50,36 @@ def main() -> None:
     show_default=True,
     help="Seconds children get to stop after SIGTERM before they are killed.",
 )
-def up(state_dir: Path | None, no_flower: bool, workers: int | None, stop_timeout: float) -> None:
+@click.option(
+    "--flower-basic-auth",
+    metavar="USER:PASSWORD",
+    help="Credentials Flower asks for [default: EMBEDQ_FLOWER_BASIC_AUTH; required outside dev].",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    help="Log lines of every process as text or JSON [default: EMBEDQ_LOG_FORMAT].",
+)
+def up(
+    state_dir: Path | None,
+    no_flower: bool,
+    workers: int | None,
+    stop_timeout: float,
+    flower_basic_auth: str | None,
+    log_format: str | None,
+) -> None:
     """Run the API, a worker and Flower, with embedded Postgres and Redis unless their URLs are set."""
+    # Through the environment, so the children (and their Settings) see the same choice.
+    if flower_basic_auth is not None:
+        os.environ["EMBEDQ_FLOWER_BASIC_AUTH"] = flower_basic_auth
+    if log_format is not None:
+        os.environ["EMBEDQ_LOG_FORMAT"] = log_format
+    get_settings.cache_clear()
+    configure_logging(get_settings())
     options = UpOptions(state_dir=state_dir, flower=not no_flower, concurrency=workers, stop_timeout=stop_timeout)
     try:
         code = run_up(options)
-    except (EmbeddedServiceError, StateDirInUseError) as exc:
+    except (EmbeddedServiceError, StateDirInUseError, FlowerAuthMissingError) as exc:
         raise click.ClickException(str(exc)) from exc
     sys.exit(code)
 
@@ -100,3 +133,11 @@ def worker(queues: str, concurrency: int | None) -> None:
         "--concurrency", str(concurrency or settings.worker_concurrency), "-E", "--loglevel", "INFO",
     ]  # fmt: skip
     os.execv(sys.executable, args)
+
+
+# Commands that talk to a running API: ingest, search, jobs, job (app/cli/client_commands.py).
+for _command in client_commands.COMMANDS:
+    main.add_command(_command)
+
+# `embedq models pull|list|show` (app/cli/models_commands.py).
+main.add_command(models_commands.models)

@@ -27,11 +27,17 @@ log = logging.getLogger("embedq.up")
 DATABASE_NAME = "embedq"
 WORKER_APP = "workers.celery_app:celery_app"
 ALL_QUEUES = ",".join(queue.value for queue in Queue)
+# `up` runs the sync queue on a worker of its own (see sync_worker_command), the others on the main one.
+JOB_QUEUES = ",".join(queue.value for queue in Queue if queue is not Queue.SYNC)
 _PR_SET_PDEATHSIG = 1
 
 
 class StateDirInUseError(RuntimeError):
     """Another `embedq up` is running on the same state directory."""
+
+
+class FlowerAuthMissingError(RuntimeError):
+    """Flower would start without basic auth outside dev."""
 
 
 class _StopRequested(BaseException):
@@ -122,25 +128,36 @@ class Supervisor:
         self.env.update(EMBEDQ_DATABASE_URL=database_url, EMBEDQ_REDIS_URL=redis_url)
         return database_url, redis_url
 
-    def spawn(self, name: str, args: list[str]) -> None:
-        """Start ``args`` as a supervised child with the services' URLs in its environment."""
+    def spawn(self, name: str, args: list[str], extra_env: dict[str, str] | None = None) -> None:
+        """Start ``args`` as a supervised child with the services' URLs (and ``extra_env``) in its environment."""
+        env = {**self.env, **(extra_env or {})}
         popen = subprocess.Popen(
-            args, env=self.env, stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent
+            args, env=env, stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent
         )
         self.children.append(Child(name, popen))
         log.info("started %s (pid %s)", name, popen.pid)
 
     def spawn_children(self) -> None:
-        """Start the worker, Flower (unless disabled) and the API."""
+        """Start the job worker, the sync worker, celery beat, Flower (unless disabled) and the API."""
         concurrency = self.options.concurrency or self.settings.worker_concurrency
         celery = [sys.executable, "-m", "celery", "-A", WORKER_APP]
         self.spawn(
             "worker",
-            [*celery, "worker", "-Q", ALL_QUEUES, "--concurrency", str(concurrency), "-E", "--loglevel", "INFO"],
+            [*celery, "worker", "-Q", JOB_QUEUES, "--concurrency", str(concurrency), "-E", "--loglevel", "INFO"],
+        )
+        self.spawn("sync-worker", sync_worker_command(self.settings))
+        # Celery beat schedules the reaper (README "Reliability"); one beat per deployment, hence not `-B`.
+        self.spawn(
+            "beat",
+            [*celery, "beat", "--schedule", str(self.settings.state_dir / "celerybeat-schedule"), "--loglevel", "INFO"],
         )
         if self.options.flower:
             # Flower hands these to tornado, which only understands the --name=value form.
-            self.spawn("flower", [*celery, "flower", f"--port={self.settings.flower_port}", f"--address={LOCALHOST}"])
+            self.spawn(
+                "flower",
+                [*celery, "flower", f"--port={self.settings.flower_port}", f"--address={LOCALHOST}"],
+                flower_env(self.settings),
+            )
         self.spawn(
             "api",
             [
@@ -177,6 +194,35 @@ class Supervisor:
         for server in reversed(self.servers):
             server.stop()
         log.info("everything stopped")
+
+
+def sync_worker_command(settings: Settings) -> list[str]:
+    """Return the command of the worker for synchronous requests (README "Synchronous API").
+
+    A thread pool, not prefork: each waiting request holds a thread, so requests that wait together are run
+    in one forward pass by the process's batcher; and a queue of its own, so no job batch holds them up.
+    """
+    return [
+        sys.executable, "-m", "celery", "-A", WORKER_APP, "worker", "-Q", settings.sync_queue,
+        "--pool", "threads", "--concurrency", str(settings.sync_worker_threads),
+        "-E", "--loglevel", "INFO", "-n", "sync@%h",
+    ]  # fmt: skip
+
+
+def flower_env(settings: Settings) -> dict[str, str]:
+    """Return the environment giving Flower its basic auth (in the environment, so `ps` does not show it).
+
+    Outside dev, Flower without credentials is refused: it shows task arguments and can revoke tasks.
+    """
+    if settings.flower_basic_auth:
+        return {"FLOWER_BASIC_AUTH": ",".join(settings.flower_basic_auth)}
+    if settings.environment == "prod":
+        raise FlowerAuthMissingError(
+            "Flower needs basic auth outside dev: set EMBEDQ_FLOWER_BASIC_AUTH=user:password "
+            "(or pass --flower-basic-auth), or run with --no-flower"
+        )
+    log.warning("Flower has no basic auth: anyone who reaches port %d sees every task", settings.flower_port)
+    return {}
 
 
 def _browsable_host(host: str) -> str:
@@ -216,6 +262,8 @@ def run_up(options: UpOptions) -> int:
         os.environ["EMBEDQ_STATE_DIR"] = str(options.state_dir.resolve())
         get_settings.cache_clear()
     supervisor = Supervisor(get_settings(), options)
+    if options.flower:
+        flower_env(supervisor.settings)  # refuse before starting anything
     supervisor.lock_state_dir()
     try:
         for signum in (signal.SIGINT, signal.SIGTERM):

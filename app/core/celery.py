@@ -8,16 +8,20 @@ from typing import Any
 from celery import Celery
 
 from app.core.config import Settings, get_settings
-from app.core.queues import TASK_QUEUES, Queue
+from app.core.queues import TASK_QUEUES, Queue, TaskName
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Return the Celery settings every embedq process agrees on."""
     _, redis_url = settings.require_services()
     transport = {
-        # A task unacked this long is redelivered to another worker: longer than the longest batch,
-        # shorter than a user's patience after a crash.
+        # A message unacked and not re-stamped by its worker's heartbeat (workers/broker_heartbeat.py) for
+        # this long is restored to its queue: its worker died. Live workers keep what they hold however long
+        # it runs, training included. README "Reliability".
         "visibility_timeout": settings.redis_visibility_timeout_s,
+        # Sweep for such messages every few seconds (kombu's defaults add up to one scan per 100 s).
+        "unacked_restore_interval": settings.broker_restore_interval_s,
+        "unacked_restore_throttle": 1,
         "retry_on_timeout": True,
         "health_check_interval": 10,
     }
@@ -40,6 +44,14 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_default_queue": Queue.INFERENCE.value,
         "task_routes": {name.value: {"queue": queue.value} for name, queue in TASK_QUEUES.items()},
         "worker_proc_alive_timeout": settings.worker_proc_alive_timeout_s,
+        # Run by `celery beat` (`embedq up` starts one); a reap nobody picked up by the next one is dropped.
+        "beat_schedule": {
+            TaskName.MAINTENANCE_REAP.value: {
+                "task": TaskName.MAINTENANCE_REAP.value,
+                "schedule": settings.reaper_interval_s,
+                "options": {"expires": settings.reaper_interval_s},
+            },
+        },
     }
 
 

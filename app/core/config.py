@@ -2,14 +2,63 @@
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
+from ipaddress import ip_network
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def _comma_separated(value: Any) -> Any:
+    """Read ``a,b,c`` (or a JSON list) from the environment as a list."""
+    if isinstance(value, str):
+        value = value.strip()
+        if value.startswith("["):
+            return json.loads(value)
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+CommaList = Annotated[list[str], NoDecode, BeforeValidator(_comma_separated)]
+CommaFloats = Annotated[list[float], NoDecode, BeforeValidator(_comma_separated)]
+
+
+def _also_provider(name: str, *more: str) -> AliasChoices:
+    """Read EMBEDQ_<name>, else the EMB_PROVIDER_<name> that users bring from the provider they migrate from."""
+    return AliasChoices(f"EMBEDQ_{name}", f"EMB_PROVIDER_{name}", *more)
+
+
+# Hugging Face names whose ModelScope copy has another id (EMBEDQ_MODELSCOPE_MAPPING replaces this); any other
+# name is looked up on ModelScope under the same id.
+DEFAULT_MODELSCOPE_MAPPING: dict[str, str] = {
+    "BAAI/bge-large-zh-v1.5": "AI-ModelScope/bge-large-zh-v1.5",
+    "BAAI/bge-base-zh-v1.5": "AI-ModelScope/bge-base-zh-v1.5",
+    "BAAI/bge-small-zh-v1.5": "AI-ModelScope/bge-small-zh-v1.5",
+    "BAAI/bge-large-en-v1.5": "AI-ModelScope/bge-large-en-v1.5",
+    "BAAI/bge-small-en-v1.5": "AI-ModelScope/bge-small-en-v1.5",
+    "sentence-transformers/all-MiniLM-L6-v2": "AI-ModelScope/all-MiniLM-L6-v2",
+}
+
+ModelSourceSetting = Literal["huggingface", "modelscope", "auto"]
+PrecisionSetting = Literal["auto", "fp32", "fp16", "bf16", "int8", "int4"]
+BackendSetting = Literal["torch", "onnx"]
+
+
+class ModelAliasSetting(BaseModel):
+    """One entry of EMBEDQ_MODEL_MAPPING: what an alias stands for, and how to load it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    source: ModelSourceSetting | None = None
+    precision: PrecisionSetting | None = None
+    family: str | None = None
+    backend: BackendSetting | None = None
 
 
 def _default_state_dir() -> Path:
@@ -19,7 +68,8 @@ def _default_state_dir() -> Path:
 class Settings(BaseSettings):
     """Every knob of embedq; each limit has a default a single machine can live with."""
 
-    model_config = SettingsConfigDict(env_prefix="EMBEDQ_", extra="ignore", env_file=".env")
+    # validate_by_name: fields that read EMB_PROVIDER_* aliases can still be set by name, e.g. in tests.
+    model_config = SettingsConfigDict(env_prefix="EMBEDQ_", extra="ignore", env_file=".env", validate_by_name=True)
 
     environment: Literal["dev", "test", "prod"] = "dev"
 
@@ -32,11 +82,46 @@ class Settings(BaseSettings):
 
     # Models.
     models_dir: Path | None = None
-    default_model: str = DEFAULT_MODEL
+    default_model: str = Field(
+        default=DEFAULT_MODEL, validation_alias=AliasChoices("EMBEDQ_DEFAULT_MODEL", "EMB_PROVIDER_MODEL_NAME")
+    )
     allow_hub_downloads: bool = False
-    device: str = "auto"
+    device: str = Field(default="auto", validation_alias=_also_provider("DEVICE"))
     preload_models: list[str] = Field(default_factory=list)
     max_resident_models: int = Field(default=2, ge=1)
+
+    # Model sources, aliases, families and precision (README "Models").
+    model_source: ModelSourceSetting = Field(default="auto", validation_alias=_also_provider("MODEL_SOURCE"))
+    model_mapping: dict[str, ModelAliasSetting] = Field(
+        default_factory=dict,
+        validation_alias=_also_provider("MODEL_MAPPING"),
+        description='aliases, JSON {"alias": {"name", "source", "precision", "family", "backend"}}',
+    )
+    modelscope_mapping: dict[str, str] = Field(
+        default_factory=lambda: dict(DEFAULT_MODELSCOPE_MAPPING), description="Hugging Face name -> ModelScope id"
+    )
+    modelscope_cache_dir: Path | None = Field(
+        default=None,
+        validation_alias=_also_provider("MODELSCOPE_CACHE_DIR", "MODELSCOPE_CACHE_DIR", "MODELSCOPE_CACHE"),
+        description="default: modelscope's own (MODELSCOPE_CACHE, else ~/.cache/modelscope)",
+    )
+    modelscope_trust_remote_code: bool = Field(
+        default=False, validation_alias=_also_provider("MODELSCOPE_TRUST_REMOTE_CODE")
+    )
+    max_seq_length: int | None = Field(
+        default=None,
+        ge=1,
+        validation_alias=AliasChoices("EMBEDQ_MAX_SEQ_LENGTH", "EMB_PROVIDER_CONTEXT_LENGTH"),
+        description="caps every model's token limit (a model's own lower limit still wins)",
+    )
+    model_precision: PrecisionSetting = Field(default="auto", validation_alias=_also_provider("MODEL_PRECISION"))
+    enable_quantization: bool = Field(
+        default=False,
+        validation_alias=_also_provider("ENABLE_QUANTIZATION"),
+        description="precision auto becomes int8 on CPU",
+    )
+    model_backend: BackendSetting = "torch"
+    onnx_dir: Path | None = Field(default=None, description="exported ONNX models; default STATE_DIR/onnx")
 
     # Job limits.
     max_inputs_per_job: int = Field(default=2048, ge=1)
@@ -47,7 +132,17 @@ class Settings(BaseSettings):
     jobs_page_max: int = Field(default=200, ge=1)
 
     # Queue.
-    redis_visibility_timeout_s: int = Field(default=3600, ge=60)
+    # Reliability (faults, reaper; README "Reliability"). A worker re-stamps the messages it holds every
+    # broker_heartbeat_s, so only a message whose worker died goes unstamped for the visibility timeout and
+    # is restored to its queue by the next sweep of a live worker (every broker_restore_interval_s).
+    redis_visibility_timeout_s: int = Field(default=30, ge=5)
+    broker_heartbeat_s: float = Field(default=5.0, gt=0)
+    broker_restore_interval_s: int = Field(default=5, ge=1)
+    # The reaper: every reaper_interval_s, active jobs with no progress for reaper_grace_s and no task
+    # message left in Redis are re-enqueued, or failed once re-enqueued reaper_max_requeues times.
+    reaper_interval_s: float = Field(default=30.0, gt=0)
+    reaper_grace_s: float = Field(default=60.0, gt=0)
+    reaper_max_requeues: int = Field(default=3, ge=0)
     worker_concurrency: int = Field(default=1, ge=1)
     worker_proc_alive_timeout_s: float = Field(default=120.0, gt=0)
     task_max_retries: int = Field(default=8, ge=0)
@@ -58,6 +153,98 @@ class Settings(BaseSettings):
     flower_port: int = Field(default=5555, ge=1, le=65535)
     api_keys: list[str] = Field(default_factory=list)
     readiness_timeout_s: float = Field(default=1.0, gt=0)
+
+    # Synchronous inference (README "Synchronous API"): /v1/embeddings, /vectorize, /tokenize wait for a
+    # sync worker. Names users bring from the provider they migrate from (EMB_PROVIDER_*) are read too.
+    sync_queue: str = Field(default="sync", min_length=1, description="give a group of API and workers their own")
+    sync_timeout_s: float = Field(default=30.0, gt=0, description="a sync request gets a 504 after this")
+    sync_worker_threads: int = Field(default=64, ge=1, description="requests one sync worker holds at once")
+    enable_dynamic_batching: bool = Field(
+        default=True,
+        validation_alias=AliasChoices("EMBEDQ_ENABLE_DYNAMIC_BATCHING", "EMB_PROVIDER_ENABLE_DYNAMIC_BATCHING"),
+    )
+    max_wait_time_ms: float = Field(
+        default=5.0,
+        ge=0,
+        le=10_000,
+        validation_alias=AliasChoices("EMBEDQ_MAX_WAIT_TIME_MS", "EMB_PROVIDER_MAX_WAIT_TIME_MS"),
+        description="an idle worker waits this long for a batch to reach min_batch_size inputs",
+    )
+    min_batch_size: int = Field(
+        default=1,
+        ge=1,
+        validation_alias=AliasChoices("EMBEDQ_MIN_BATCH_SIZE", "EMB_PROVIDER_MIN_BATCH_SIZE"),
+        description="inputs that start a batch at once, without waiting max_wait_time_ms",
+    )
+    max_batch_size: int = Field(
+        default=256,
+        ge=1,
+        validation_alias=AliasChoices("EMBEDQ_MAX_BATCH_SIZE", "EMB_PROVIDER_MAX_BATCH_SIZE"),
+        description="most inputs coalesced into one batch, and rows in one forward pass",
+    )
+    max_batch_tokens: int = Field(default=16_384, ge=1, description="most padded tokens in one forward pass")
+    truncate: bool = Field(default=True, description="false: an input over the model's limit is a 400")
+    max_inputs_per_request: int = Field(default=2048, ge=1)
+    max_tokens_per_request: int = Field(default=300_000, ge=1)
+    matryoshka_models: CommaList = Field(
+        default_factory=lambda: [
+            "*matryoshka*",
+            "nomic-ai/nomic-embed-text-v1.5*",
+            "nomic-ai/nomic-embed-text-v2*",
+            "mixedbread-ai/mxbai-embed-*",
+            "Snowflake/snowflake-arctic-embed-*-v1.5",
+            "Snowflake/snowflake-arctic-embed-*-v2.0",
+            "jinaai/jina-embeddings-v3",
+            "Alibaba-NLP/gte-modernbert-base",
+            "Qwen/Qwen3-Embedding-*",
+        ],
+        description="models (fnmatch patterns) whose vectors may be shortened with `dimensions`; * allows all",
+    )
+
+    # Fine-tuning (README "Fine-tuning"): limits of a request, the held-out evaluation, and how often a
+    # training job reports progress and saves a checkpoint it can resume from after a shutdown or crash.
+    training_max_pairs: int = Field(default=200_000, ge=1)
+    training_max_upload_bytes: int = Field(default=100 * 1024 * 1024, ge=1)
+    training_min_pairs: int = Field(default=8, ge=2, description="pairs left for training after the hold-out")
+    training_eval_share: float = Field(default=0.1, ge=0, lt=1, description="share of pairs held out")
+    training_eval_min_pairs: int = Field(default=32, ge=0, description="held out at least (never over half)")
+    training_progress_every_steps: int = Field(default=5, ge=1)
+    training_checkpoint_every_steps: int = Field(default=100, ge=1)
+    training_reaper_grace_s: float = Field(default=900.0, gt=0, description="a step or eval may take this long")
+
+    # Webhooks, monitoring and logs (README "Webhooks", "Monitoring").
+    webhook_allowed_cidrs: CommaList = Field(
+        default_factory=list, description="non-public ranges webhooks may reach anyway, e.g. 10.0.0.0/8,127.0.0.1/32"
+    )
+    webhook_timeout_s: float = Field(default=10.0, gt=0)
+    # Delay before each retry (the first attempt is immediate): ~exponential, reaching 10 hours.
+    webhook_retry_schedule_s: CommaFloats = Field(default_factory=lambda: [5, 300, 1800, 7200, 18000, 36000, 36000])
+    webhook_retry_jitter: float = Field(default=0.2, ge=0, le=1, description="each delay varies by ±this fraction")
+    webhook_retry_after_max_s: float = Field(default=36000, ge=0, description="cap on a receiver's Retry-After")
+    # A retry due later is re-queued in hops of at most this, so no message waits in Redis for hours.
+    webhook_max_countdown_s: float = Field(default=600, gt=0)
+    webhook_secret_overlap_s: float = Field(default=86400, ge=0, description="old secret still signs this long")
+    public_url: str | None = Field(default=None, description="base of absolute links in webhook events")
+    flower_basic_auth: CommaList = Field(default_factory=list, description="user:password pairs for Flower")
+    log_format: Literal["text", "json"] = "text"
+    log_level: str = Field(default="INFO", validation_alias=_also_provider("LOG_LEVEL"))
+    worker_metrics_port: int = Field(default=9808, ge=0, le=65535, description="0 turns the worker's /metrics off")
+
+    # Collections and ingestion (README "Collections and ingestion"). An upload is written to Postgres and
+    # handed to the bulk queue in batches of at most ingest_batch_documents documents / ingest_batch_chars
+    # characters, and at least every ingest_flush_s seconds while it streams.
+    ingest_batch_documents: int = Field(default=256, ge=1)
+    ingest_batch_chars: int = Field(default=1_000_000, ge=1)
+    ingest_flush_s: float = Field(default=5.0, gt=0)
+    ingest_max_line_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, description="a longer line/document fails")
+    ingest_default_max_tokens: int = Field(default=256, ge=8)
+    ingest_default_overlap_tokens: int = Field(default=32, ge=0)
+    ingest_errors_in_view: int = Field(default=20, ge=0, description="per-document errors shown in a job view")
+    hnsw_m: int = Field(default=16, ge=2, le=100)
+    hnsw_ef_construction: int = Field(default=64, ge=4, le=1000)
+    hnsw_build_memory: str = Field(default="1GB", pattern=r"^\d+(kB|MB|GB)$", description="maintenance_work_mem")
+    search_ef_search: int = Field(default=100, ge=1, le=1000, description="HNSW candidates a search considers")
+    search_max_top_k: int = Field(default=100, ge=1, le=1000)
 
     @field_validator("database_url")
     @classmethod
@@ -80,9 +267,46 @@ class Settings(BaseSettings):
         return url
 
     @model_validator(mode="after")
+    def _heartbeat_inside_visibility(self) -> Settings:
+        if self.broker_heartbeat_s * 3 > self.redis_visibility_timeout_s:
+            raise ValueError(
+                "EMBEDQ_BROKER_HEARTBEAT_S must be at most a third of EMBEDQ_REDIS_VISIBILITY_TIMEOUT_S, "
+                "or a worker that misses one beat has its running tasks redelivered"
+            )
+        return self
+
+    @field_validator("webhook_allowed_cidrs")
+    @classmethod
+    def _cidrs(cls, cidrs: list[str]) -> list[str]:
+        for cidr in cidrs:
+            try:
+                ip_network(cidr, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"EMBEDQ_WEBHOOK_ALLOWED_CIDRS: {cidr!r} is not a CIDR like 10.0.0.0/8") from exc
+        return cidrs
+
+    @field_validator("flower_basic_auth")
+    @classmethod
+    def _user_password_pairs(cls, pairs: list[str]) -> list[str]:
+        for pair in pairs:
+            user, _, password = pair.partition(":")
+            if not user or not password:
+                raise ValueError("EMBEDQ_FLOWER_BASIC_AUTH: give user:password pairs, comma-separated")
+        return pairs
+
+    @field_validator("webhook_retry_schedule_s")
+    @classmethod
+    def _schedule(cls, delays: list[float]) -> list[float]:
+        if any(d < 0 for d in delays):
+            raise ValueError("EMBEDQ_WEBHOOK_RETRY_SCHEDULE_S: delays are seconds >= 0, e.g. 5,300,1800")
+        return delays
+
+    @model_validator(mode="after")
     def _derived_paths(self) -> Settings:
         if self.models_dir is None:
             self.models_dir = self.state_dir / "models"
+        if self.onnx_dir is None:
+            self.onnx_dir = self.state_dir / "onnx"
         return self
 
     def require_services(self) -> tuple[str, str]:

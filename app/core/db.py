@@ -76,7 +76,9 @@ def _send_outbox(session: Session) -> None:
 
     client = celery_client()
     for task in pending:
-        client.send_task(task.name.value, args=list(task.args), queue=TASK_QUEUES[task.name].value)
+        # Job state lives in Postgres: no result to wait for, so no result subscription that a Redis outage
+        # would turn into a RuntimeError instead of the broker's OperationalError.
+        client.send_task(task.name.value, args=list(task.args), queue=TASK_QUEUES[task.name].value, ignore_result=True)
 
 
 @event.listens_for(Session, "after_rollback")
@@ -90,10 +92,13 @@ def session_scope() -> Iterator[Session]:
     session = db.factory()()
     try:
         yield session
-        session.commit()
     except BaseException:
         session.rollback()
         raise
+    else:
+        # Outside the except: sending the outbox fails after the commit, with nothing left to roll back,
+        # and its error (Redis down) must surface as itself (a 503), not as a failed rollback.
+        session.commit()
     finally:
         session.close()
 

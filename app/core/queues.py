@@ -11,14 +11,33 @@ class Queue(StrEnum):
     TRAINING = "training"
     WEBHOOKS = "webhooks"
     MAINTENANCE = "maintenance"
+    # Synchronous requests (/v1/embeddings, /vectorize, ...): a caller is waiting, so they never queue
+    # behind job batches; a dedicated thread-pool worker consumes it (README "Synchronous API").
+    SYNC = "sync"
 
 
 class TaskName(StrEnum):
     """Dotted ``noun.verb`` task names."""
 
     EMBED_BATCH = "embed.batch"
+    WEBHOOK_DELIVER = "webhook.deliver"
+    MAINTENANCE_REAP = "maintenance.reap"
+    TRAIN_FULL = "train.full"
+    TRAIN_LORA = "train.lora"
+    INFERENCE_RUN = "inference.run"
+    INGEST_BATCH = "ingest.batch"
+    INGEST_REEMBED = "ingest.reembed"
+    INGEST_INDEX = "ingest.index"
 
 
 TASK_QUEUES: dict[TaskName, Queue] = {
     TaskName.EMBED_BATCH: Queue.INFERENCE,
+    TaskName.WEBHOOK_DELIVER: Queue.WEBHOOKS,
+    TaskName.MAINTENANCE_REAP: Queue.MAINTENANCE,
+    TaskName.TRAIN_FULL: Queue.TRAINING,
+    TaskName.TRAIN_LORA: Queue.TRAINING,
+    TaskName.INFERENCE_RUN: Queue.SYNC,
+    TaskName.INGEST_BATCH: Queue.BULK,
+    TaskName.INGEST_REEMBED: Queue.BULK,
+    TaskName.INGEST_INDEX: Queue.BULK,
 }

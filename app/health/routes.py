@@ -21,7 +21,12 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz", responses={503: {"description": "names what is not ready"}})
 def readyz(settings: Annotated[Settings, Depends(get_settings)]) -> JSONResponse:
-    """Return 200 when Postgres, Redis and a worker for every queue answer; else 503 naming what is not."""
+    """Return 200 when Postgres (migrated), Redis and a worker for every queue answer; else 503 naming what is not."""
     state = readiness(settings)
-    body: dict[str, Any] = {"ready": state.ready, "checks": state.checks, "queues": state.queues}
+    body: dict[str, Any] = {
+        "ready": state.ready,
+        "not_ready": state.not_ready,
+        "checks": state.checks,
+        "queues": state.queues,
+    }
     return JSONResponse(body, status_code=200 if state.ready else 503)

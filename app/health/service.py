@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
 
 import redis
-from sqlalchemy import text
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, text
 
+import migrations
 from app.core.celery import celery_client
 from app.core.config import Settings
 from app.core.db import db
@@ -21,6 +26,11 @@ class Readiness:
     @property
     def ready(self) -> bool:
         return all(v == "ok" for v in self.checks.values())
+
+    @property
+    def not_ready(self) -> list[str]:
+        """Return one line per failing check, naming it and what is wrong."""
+        return [f"{name}: {state}" for name, state in self.checks.items() if state != "ok"]
 
 
 def _database() -> str:
@@ -41,6 +51,31 @@ def _redis(settings: Settings) -> str:
     return "ok"
 
 
+@cache
+def _expected_heads() -> frozenset[str]:
+    return frozenset(ScriptDirectory(str(Path(migrations.__file__).parent)).get_heads())
+
+
+def schema_state(connection: Connection) -> str:
+    """Return "ok" when the database is at the code's migration heads, else what to run."""
+    current = set(MigrationContext.configure(connection).get_current_heads())
+    expected = _expected_heads()
+    if current == expected:
+        return "ok"
+    return (
+        f"schema at {', '.join(sorted(current)) or 'no revision'}, this code expects "
+        f"{', '.join(sorted(expected))}: run `embedq migrate`"
+    )
+
+
+def _migrations() -> str:
+    try:
+        with db.engine.connect() as conn:
+            return schema_state(conn)
+    except Exception as exc:
+        return f"unknown: {type(exc).__name__}: {exc}".splitlines()[0]
+
+
 def _queue_consumers(settings: Settings) -> dict[str, list[str]]:
     replies = celery_client().control.inspect(timeout=settings.readiness_timeout_s).active_queues() or {}
     consumers: dict[str, list[str]] = {q.value: [] for q in Queue}
@@ -54,6 +89,8 @@ def readiness(settings: Settings) -> Readiness:
     """Return each dependency's state; workers are checked only when Redis answers."""
     result = Readiness()
     result.checks["database"] = _database()
+    if result.checks["database"] == "ok":
+        result.checks["migrations"] = _migrations()
     result.checks["redis"] = _redis(settings)
     if result.checks["redis"] != "ok":
         result.checks["workers"] = "unknown: redis is unreachable"

@@ -131,6 +131,26 @@ class JobRepository:
         )
         return result.rowcount == 1
 
+    def fail_active(self, job_id: uuid.UUID, *, message: str, error: str) -> bool:
+        """Move a queued or running job to failed; False if it had already finished."""
+        result = self.session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status.in_([s.value for s in ACTIVE_STATUSES]))
+            .values(status=JobStatus.FAILED.value, message=message, error=error, finished_at=func.now())
+        )
+        return result.rowcount == 1
+
+    def pending_batch_starts(self, job_id: uuid.UUID, batch_size: int) -> list[int]:
+        """Return the first index of every batch that still has an input neither embedded nor failed."""
+        batch = JobResult.idx // batch_size
+        rows = self.session.scalars(
+            select(batch)
+            .where(JobResult.job_id == job_id, JobResult.embedding.is_(None), JobResult.error.is_(None))
+            .group_by(batch)
+            .order_by(batch)
+        )
+        return [int(b) * batch_size for b in rows]
+
     def cancel(self, job_id: uuid.UUID) -> bool:
         """Cancel an active job; False if it had already finished."""
         result = self.session.execute(

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, StrictStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
 from app.models.job import Job, JobKind, JobStatus
+from app.webhooks.schemas import WebhookUrl
 
 
 class EncodingFormat(StrEnum):
@@ -27,7 +28,7 @@ class EmbeddingJobCreate(BaseModel):
 
     input: Annotated[list[StrictStr], Field(min_length=1, description="texts to embed (at least one)")]
     model: Annotated[str | None, Field(min_length=1, max_length=200)] = None
-    webhook_url: AnyHttpUrl | None = None
+    webhook_url: WebhookUrl | None = None
     idempotency_key: Annotated[str | None, Field(min_length=1, max_length=255)] = None
 
     @field_validator("input")
@@ -51,6 +52,46 @@ class JobLinks(BaseModel):
     self: str
     results: str
     cancel: str
+    errors: str | None = Field(default=None, description="the per-document error file of ingest/reembed jobs")
+
+
+class ItemError(BaseModel):
+    """A document an ingest job could not take: its id (when it had one), its line in the upload, and why."""
+
+    document_id: str | None
+    line: int | None
+    error: str
+
+
+class IngestProgress(BaseModel):
+    """What an ingest or reembed job has done: `counts` are documents; these are chunks, rate, ETA, errors."""
+
+    chunks: JobCounts = Field(description="chunks made so far; failed ones belong to failed documents")
+    skipped: int = Field(description="documents left alone because their content hash was unchanged")
+    input_complete: bool = Field(description="false while the upload is still streaming in")
+    documents_per_s: float
+    chunks_per_s: float
+    eta_s: float | None = Field(description="seconds left at the current rate; null until the upload has ended")
+    errors: list[ItemError] = Field(description="the first per-document errors; `links.errors` has them all")
+
+    @classmethod
+    def of(cls, job: Job, now: datetime) -> IngestProgress:
+        elapsed = max((job.finished_at or now) - (job.started_at or job.created_at), timedelta(0)).total_seconds()
+        processed = job.done + job.failed
+        docs_rate = (processed - job.skipped) / elapsed if elapsed > 0 else 0.0
+        remaining = max(job.total - processed, 0)
+        eta = None
+        if job.input_complete and job.finished_at is None:
+            eta = 0.0 if remaining == 0 else (remaining / docs_rate if docs_rate > 0 else None)
+        return cls(
+            chunks=JobCounts(total=job.chunks_total, done=job.chunks_done, failed=job.chunks_total - job.chunks_done),
+            skipped=job.skipped,
+            input_complete=job.input_complete,
+            documents_per_s=round(docs_rate, 2),
+            chunks_per_s=round(job.chunks_done / elapsed, 2) if elapsed > 0 else 0.0,
+            eta_s=round(eta, 1) if eta is not None else None,
+            errors=[ItemError.model_validate(e) for e in (job.item_errors or [])],
+        )
 
 
 class JobOut(BaseModel):
@@ -68,10 +109,12 @@ class JobOut(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     links: JobLinks
+    ingest: IngestProgress | None = Field(default=None, description="ingest and reembed jobs only")
 
     @classmethod
     def of(cls, job: Job) -> JobOut:
         base = f"/jobs/{job.id}"
+        ingesting = job.kind in (JobKind.INGEST.value, JobKind.REEMBED.value)
         return cls(
             id=job.id,
             kind=JobKind(job.kind),
@@ -86,7 +129,13 @@ class JobOut(BaseModel):
             created_at=job.created_at,
             started_at=job.started_at,
             finished_at=job.finished_at,
-            links=JobLinks(self=base, results=f"{base}/results", cancel=f"{base}/cancel"),
+            links=JobLinks(
+                self=base,
+                results=f"{base}/results",
+                cancel=f"{base}/cancel",
+                errors=f"{base}/errors" if ingesting else None,
+            ),
+            ingest=IngestProgress.of(job, datetime.now(UTC)) if ingesting else None,
         )
 
 

@@ -131,7 +131,38 @@ def on_job_finished(session: Session, job_id: uuid.UUID, status: JobStatus) -> N
     Every job kind (embeddings, ingestion, training) calls this exactly once per job, so notifications
     hang off one place.
     """
+    from app.core.config import get_settings
+    from app.webhooks.service import notify_job_finished
+
     log.info("job %s finished: %s", job_id, status.value)
+    notify_job_finished(session, job_id, status, get_settings())
+
+
+def fail_job(session: Session, job_id: uuid.UUID, reason: str) -> bool:
+    """Fail a queued or running job of any kind with ``reason``; False if it had already finished."""
+    if not JobRepository(session).fail_active(job_id, message="failed by the reaper", error=reason):
+        return False
+    on_job_finished(session, job_id, JobStatus.FAILED)
+    return True
+
+
+def requeue_embedding_batches(session: Session, job: Job) -> int:
+    """Re-enqueue every batch of an embedding job that still has unresolved inputs; return how many.
+
+    For the reaper, when the job's tasks were lost. Redelivery is harmless (see ``run_embedding_batch``), so
+    a batch that was not lost after all only costs a forward pass. A job with nothing left to embed is
+    finalized here.
+    """
+    repo = JobRepository(session)
+    size = int(job.params.get("batch_size") or 1)
+    starts = repo.pending_batch_starts(job.id, size)
+    for start in starts:
+        enqueue(session, TaskName.EMBED_BATCH, str(job.id), start, min(start + size, job.total))
+    if not starts and repo.claim(job.id) is not None:
+        counts = repo.add_counts(job.id, done=0, failed=0)
+        if counts.finished:
+            _finalize(repo, job.id, counts)
+    return len(starts)
 
 
 def cancel_job(session: Session, job_id: uuid.UUID) -> Job:

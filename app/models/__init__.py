@@ -1,5 +1,38 @@
 """SQLAlchemy tables. Importing this package registers every table on ``Base.metadata``."""
 
+from app.models.collection import (
+    Chunk,
+    Collection,
+    CollectionVersion,
+    Document,
+    IngestBatch,
+    IngestError,
+)
 from app.models.job import Job, JobKind, JobResult, JobStatus
+from app.models.recovery import JobRecovery, RecoveryAction
+from app.models.registered_model import RegisteredModel, RegisteredModelKind
+from app.models.training import TrainingPair, TrainingRun
+from app.models.webhook import WebhookDelivery, WebhookEndpoint, WebhookEvent, WebhookEventStatus
 
-__all__ = ["Job", "JobKind", "JobResult", "JobStatus"]
+__all__ = [
+    "Chunk",
+    "Collection",
+    "CollectionVersion",
+    "Document",
+    "IngestBatch",
+    "IngestError",
+    "Job",
+    "JobKind",
+    "JobRecovery",
+    "JobResult",
+    "JobStatus",
+    "RecoveryAction",
+    "RegisteredModel",
+    "RegisteredModelKind",
+    "TrainingPair",
+    "TrainingRun",
+    "WebhookDelivery",
+    "WebhookEndpoint",
+    "WebhookEvent",
+    "WebhookEventStatus",
+]

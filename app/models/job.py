@@ -8,7 +8,7 @@ from enum import StrEnum
 from typing import Any
 
 from pgvector.sqlalchemy import Vector
-from sqlalchemy import DateTime, Float, ForeignKey, Index, Integer, String, Text, func
+from sqlalchemy import Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, func, text
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -17,6 +17,10 @@ from app.core.db import Base
 
 class JobKind(StrEnum):
     EMBEDDINGS = "embeddings"
+    FINE_TUNE = "fine_tune"
+    FINE_TUNE_LORA = "fine_tune_lora"
+    INGEST = "ingest"
+    REEMBED = "reembed"
 
 
 class JobStatus(StrEnum):
@@ -57,6 +61,14 @@ class Job(Base):
     )
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Ingest and reembed jobs (app/collections): total/done/failed count documents; these count their
+    # chunks, the documents skipped as unchanged (within done), whether the upload has ended (a job cannot
+    # finish before), and the first per-document errors (the whole list is in ingest_errors).
+    chunks_total: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    chunks_done: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    skipped: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    input_complete: Mapped[bool] = mapped_column(Boolean, default=True, server_default=text("true"))
+    item_errors: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, default=list, server_default=text("'[]'"))
 
     __table_args__ = (Index("ix_jobs_status_kind_created", "status", "kind", "created_at"),)
 

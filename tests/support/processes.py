@@ -103,8 +103,9 @@ def start_worker(
     queues: Iterable[str] = tuple(Queue),
     concurrency: int = 1,
     timeout: float = WORKER_START_TIMEOUT_S,
+    pool: str | None = None,
 ) -> ManagedProcess:
-    """Return a running Celery worker consuming ``queues``, once it answers a ping."""
+    """Return a running Celery worker consuming ``queues`` (``pool``: Celery's -P, e.g. "threads"), once it answers."""
     nodename = f"test-{secrets.token_hex(4)}@{socket.gethostname()}"
     args = [
         sys.executable, "-m", "celery", "-A", WORKER_APP, "worker",
@@ -113,6 +114,8 @@ def start_worker(
         # Neither is needed by one worker, and mingle alone adds a second to every start.
         "--without-mingle", "--without-gossip",
     ]  # fmt: skip
+    if pool is not None:
+        args += ["--pool", pool]
     process = _spawn("worker", args, env)
     process.nodename = nodename
     control = Celery("embedq-tests", broker={**os.environ, **env}["EMBEDQ_REDIS_URL"])
@@ -126,6 +129,14 @@ def start_worker(
     finally:
         control.close()
     return process
+
+
+def start_beat(env: Mapping[str, str]) -> ManagedProcess:
+    """Return a celery beat process sending the periodic tasks (its schedule file in EMBEDQ_STATE_DIR)."""
+    state_dir = Path({**os.environ, **env}.get("EMBEDQ_STATE_DIR") or tempfile.gettempdir())
+    schedule = state_dir / f"celerybeat-schedule-{secrets.token_hex(3)}"
+    args = [sys.executable, "-m", "celery", "-A", WORKER_APP, "beat", "--schedule", str(schedule), "-l", "INFO"]
+    return _spawn("beat", args, env)
 
 
 def start_api(env: Mapping[str, str], timeout: float = API_START_TIMEOUT_S) -> ManagedProcess:

@@ -6,7 +6,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,43 +15,95 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
 
+from app.catalog.families import Family, detect_family
 from app.catalog.resolver import ResolvedModel
-from workers.runtime.pooling import pool, read_pooling_config
+from app.catalog.sources import fetch
+from app.core.config import get_settings
+from workers.runtime.adapters import load_transformer
+from workers.runtime.m3 import M3Heads, load_m3_heads
+from workers.runtime.onnx_backend import OnnxModel, check_onnx_precision, prepare_onnx
+from workers.runtime.pooling import PoolingConfig, pool, read_pooling_config
+from workers.runtime.precision import (
+    Precision,
+    bitsandbytes_kwargs,
+    load_dtype,
+    load_quantized,
+    quantize_dynamic_int8,
+    resolve_precision,
+)
 
 logger = logging.getLogger(__name__)
 
 Tokens = dict[str, list[list[int]]]
 """Unpadded token ids per model input name (input_ids, attention_mask, ...), one list per text."""
 
-# Hub downloads fetch what AutoTokenizer/AutoModel and the sentence-transformers files need, not the
-# ONNX/OpenVINO exports that many embedding repos also carry.
-_HUB_ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*"]
-_HUB_IGNORE_PATTERNS = ["onnx/*", "openvino/*"]
+BatchHandler = Callable[[list[int], dict[str, torch.Tensor], torch.Tensor], None]
+"""Called per forward pass with the input indices of its rows, the collated batch and its last hidden states."""
 
 _FALLBACK_MAX_SEQ_LENGTH = 512
+# Position-embedding tables of RoBERTa-style models reserve the first pad_token_id + 1 rows.
+_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert")
 
 
 class Encoder:
-    """One embedding model resident on one device; ``encode`` is safe to call from several threads."""
+    """One embedding model resident on one device; ``encode`` is safe to call from several threads.
 
-    def __init__(self, model: ResolvedModel, *, device: torch.device | None = None, batch_size: int = 32) -> None:
+    ``precision`` and ``backend`` come from ``model`` (an alias's, else EMBEDQ_MODEL_PRECISION and
+    EMBEDQ_MODEL_BACKEND); ``max_seq_length`` caps the model's own token limit (EMBEDQ_MAX_SEQ_LENGTH).
+    """
+
+    def __init__(
+        self,
+        model: ResolvedModel,
+        *,
+        device: torch.device | None = None,
+        batch_size: int = 32,
+        max_seq_length: int | None = None,
+    ) -> None:
         started = time.perf_counter()
+        settings = get_settings()
         self.name = model.name
-        self.path = model.path if model.path is not None else _download_from_hub(model.name)
+        self.source = model.source
+        self.path = model.path if model.path is not None else fetch(model.candidates, settings)[1]
         self.device = device if device is not None else torch.device("cpu")
+        self.backend = model.backend
+        if self.backend == "onnx" and self.device.type != "cpu":
+            logger.warning("the ONNX backend runs on the CPU: %s runs there, not on %s", model.name, self.device)
+            self.device = torch.device("cpu")
+        self.precision: Precision = resolve_precision(
+            model.precision, self.device, enable_quantization=settings.enable_quantization
+        )
+        if self.backend == "onnx":
+            check_onnx_precision(self.precision)
         self.batch_size = batch_size
-        pooling = read_pooling_config(self.path)
+        self.family: Family = detect_family(model.name, self.path, model.family)
+        pooling = read_pooling_config(self.path, family_default=_family_pooling(self.family))
         self.pooling_mode = pooling.mode
         self.normalize_default = pooling.normalize
 
         transformer_dir = _transformer_dir(self.path)
         st_config: dict[str, Any] = _read_json(transformer_dir / "sentence_bert_config.json") or {}
-        self.tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(transformer_dir, local_files_only=True)
-        self.model = AutoModel.from_pretrained(transformer_dir, dtype=_dtype_for(self.device), local_files_only=True)
-        self.model.to(self.device).eval()
+        st_config.setdefault("max_seq_length", _modelscope_max_length(self.path))
+        # EMBEDQ_MODELSCOPE_TRUST_REMOTE_CODE: ModelScope models may ship their own modelling code.
+        self._trust_remote_code = settings.modelscope_trust_remote_code and self.source.startswith("modelscope")
+        self.tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(
+            transformer_dir, local_files_only=True, trust_remote_code=self._trust_remote_code
+        )
+        self.model = self._load_model(transformer_dir)
         text_config = self.model.config.get_text_config()
         self.dimension = int(text_config.hidden_size)
-        self.max_seq_length = _max_seq_length(st_config, self.tokenizer, text_config)
+        self.max_seq_length = _max_seq_length(st_config, self.tokenizer, text_config, self.family.max_seq_length)
+        if max_seq_length is not None and max_seq_length < self.max_seq_length:
+            self.max_seq_length = max_seq_length
+        self.onnx: OnnxModel | None = None
+        if self.backend == "onnx":
+            input_names = list(dict.fromkeys(self.tokenizer.model_input_names))
+            export = prepare_onnx(self.model, self.path, input_names, self.precision, settings.onnx_dir)
+            self.onnx = OnnxModel(export)
+        # BGE-M3's sparse and ColBERT heads, for encode_hybrid and MaxSim rerank (workers/runtime/m3.py).
+        self.m3_heads: M3Heads | None = (
+            load_m3_heads(self.path, self.tokenizer, self.dimension) if self.family.hybrid else None
+        )
         self._lowercase = bool(st_config.get("do_lower_case", False))
         self._pad_values = {
             "input_ids": self.tokenizer.pad_token_id or 0,
@@ -64,32 +116,78 @@ class Encoder:
         self.encode(["warm-up"])
         self.load_seconds = time.perf_counter() - started
 
-    def encode(self, texts: list[str], *, normalize: bool | None = None, batch_size: int | None = None) -> np.ndarray:
-        """Return a float32 [len(texts), dimension] array of embeddings, row i for texts[i]."""
-        _check_texts(texts)
+    def _load_model(self, transformer_dir: Path) -> torch.nn.Module:
+        if bitsandbytes_kwargs(self.precision, self.device) is not None:
+            return load_quantized(transformer_dir, self.precision, self.device).eval()
+        # ONNX exports from float32 weights; int8 is applied to the exported graph, not the torch model.
+        dtype = torch.float32 if self.backend == "onnx" else load_dtype(self.precision)
+        if self._trust_remote_code:
+            model = AutoModel.from_pretrained(
+                transformer_dir, dtype=dtype, local_files_only=True, trust_remote_code=True
+            )
+        else:
+            # A LoRA alias folder loads as its base with the adapter merged in (see workers/runtime/adapters.py).
+            model = load_transformer(self.path, transformer_dir, dtype)
+        model.to(self.device).eval()
+        if self.precision == "int8" and self.backend == "torch":
+            model = quantize_dynamic_int8(model)
+        return model
+
+    def encode(
+        self,
+        texts: list[str],
+        *,
+        normalize: bool | None = None,
+        batch_size: int | None = None,
+        is_query: bool | None = None,
+    ) -> np.ndarray:
+        """Return a float32 [len(texts), dimension] array of embeddings, row i for texts[i].
+
+        ``is_query`` picks the family's prompt: True for search queries, False for the documents searched,
+        None for neither (only a folder's ``default_prompt_name`` prompt, if any, is put in front).
+        """
         normalize = self.normalize_default if normalize is None else normalize
+        out = np.empty((len(texts), self.dimension), dtype=np.float32)
+
+        def store(rows: list[int], batch: dict[str, torch.Tensor], hidden: torch.Tensor) -> None:
+            out[rows] = self.postprocess(hidden, batch["attention_mask"], normalize=normalize)
+
+        self.map_batches(texts, store, is_query=is_query, batch_size=batch_size)
+        return out
+
+    def map_batches(
+        self,
+        texts: list[str],
+        handle: BatchHandler,
+        *,
+        is_query: bool | None = None,
+        batch_size: int | None = None,
+    ) -> None:
+        """Run the forward pass over ``texts`` in length-sorted batches, calling ``handle`` with each one's states.
+
+        The heart of ``encode`` and of the BGE-M3 heads: tokenize (CPU), forward (device), then ``handle``
+        (post), all under the encoder's lock.
+        """
+        _check_texts(texts)
         size = self.batch_size if batch_size is None else batch_size
         if size < 1:
             raise ValueError(f"batch_size must be at least 1, got {size}")
-        out = np.empty((len(texts), self.dimension), dtype=np.float32)
         if not texts:
-            return out
+            return
         with self._lock:
-            tokens = self.tokenize(texts)
+            tokens = self.tokenize(texts, is_query=is_query)
             for rows in length_sorted_batches([len(ids) for ids in tokens["input_ids"]], size):
                 batch = self.collate(tokens, rows)
-                hidden = self.forward(batch)
-                out[rows] = self.postprocess(hidden, batch["attention_mask"], normalize=normalize)
-        return out
+                handle(rows, batch, self.forward(batch))
 
-    def count_tokens(self, texts: list[str], *, truncate: bool = True) -> list[int]:
-        """Return each text's token count, special tokens included, as the model sees it when ``truncate``."""
+    def count_tokens(self, texts: list[str], *, truncate: bool = True, is_query: bool | None = None) -> list[int]:
+        """Return each text's token count (prompt and special tokens included) as the model sees it if ``truncate``."""
         _check_texts(texts)
         if not texts:
             return []
         with self._lock:
             encoded = self.tokenizer(
-                self._prepare(texts),
+                self._prepare(texts, is_query),
                 truncation=truncate,
                 max_length=self.max_seq_length if truncate else None,
                 return_attention_mask=False,
@@ -97,10 +195,31 @@ class Encoder:
             )
         return [len(ids) for ids in encoded["input_ids"]]
 
-    def tokenize(self, texts: list[str]) -> Tokens:
-        """Return the unpadded model inputs of ``texts``, truncated to ``max_seq_length`` (CPU step)."""
+    def token_spans(self, texts: list[str]) -> list[list[tuple[int, int]]]:
+        """Return each text's (start, end) character span per token: no prompt, no special tokens, no truncation.
+
+        For chunking by the model's own tokens (``workers/chunking.py``); spans index the texts as given.
+        """
+        _check_texts(texts)
+        if not texts:
+            return []
+        # Lowercasing keeps offsets valid only where it keeps the length (it does for nearly all text).
+        prepared = [t.lower() if self._lowercase and len(t.lower()) == len(t) else t for t in texts]
+        with self._lock:
+            encoded = self.tokenizer(
+                prepared,
+                add_special_tokens=False,
+                truncation=False,
+                return_offsets_mapping=True,
+                return_attention_mask=False,
+                return_token_type_ids=False,
+            )
+        return [[(int(a), int(b)) for a, b in spans] for spans in encoded["offset_mapping"]]
+
+    def tokenize(self, texts: list[str], *, is_query: bool | None = None) -> Tokens:
+        """Return the unpadded model inputs of prompted ``texts``, truncated to ``max_seq_length`` (CPU step)."""
         encoded = self.tokenizer(
-            self._prepare(texts),
+            self._prepare(texts, is_query),
             truncation=True,
             max_length=self.max_seq_length,
             padding=False,
@@ -127,6 +246,8 @@ class Encoder:
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Return the last hidden states [batch, seq, hidden] for a collated batch (device step)."""
+        if self.onnx is not None:
+            return self.onnx(batch)
         with torch.inference_mode():
             inputs = {name: tensor.to(self.device, non_blocking=True) for name, tensor in batch.items()}
             return self.model(**inputs).last_hidden_state
@@ -140,13 +261,16 @@ class Encoder:
                 pooled = F.normalize(pooled, p=2, dim=-1)
             return pooled.cpu().numpy()
 
-    def _prepare(self, texts: list[str]) -> list[str]:
-        return [text.lower() for text in texts] if self._lowercase else texts
+    def _prepare(self, texts: list[str], is_query: bool | None) -> list[str]:
+        # sentence-transformers puts the prompt in front first, then lowercases the whole input.
+        prompted = self.family.apply_prompt(texts, is_query)
+        return [text.lower() for text in prompted] if self._lowercase else prompted
 
     def __repr__(self) -> str:
         return (
-            f"Encoder(name={self.name!r}, device={self.device}, dimension={self.dimension}, "
-            f"pooling={self.pooling_mode!r}, normalize={self.normalize_default}, "
+            f"Encoder(name={self.name!r}, family={self.family.name!r}, device={self.device}, "
+            f"precision={self.precision!r}, backend={self.backend!r}, "
+            f"dimension={self.dimension}, pooling={self.pooling_mode!r}, normalize={self.normalize_default}, "
             f"max_seq_length={self.max_seq_length})"
         )
 
@@ -164,13 +288,18 @@ def _check_texts(texts: list[str]) -> None:
             raise TypeError(f"texts must be strings; item {i} is {type(text).__name__}: convert it with str()")
 
 
-def _dtype_for(device: torch.device) -> torch.dtype:
-    # Half precision only where it is fast and well supported; CPU and MPS stay exact.
-    return torch.float16 if device.type == "cuda" else torch.float32
-
-
 def _read_json(path: Path) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _modelscope_max_length(model_dir: Path) -> int | None:
+    # A ModelScope folder's configuration.json says how long its pipeline's preprocessor cuts inputs.
+    config = _read_json(model_dir / "configuration.json")
+    preprocessor = config.get("preprocessor") if isinstance(config, dict) else None
+    if not isinstance(preprocessor, dict):
+        return None
+    length = preprocessor.get("max_length") or preprocessor.get("sequence_length")
+    return int(length) if isinstance(length, int) and length > 0 else None
 
 
 def _transformer_dir(model_dir: Path) -> Path:
@@ -181,30 +310,30 @@ def _transformer_dir(model_dir: Path) -> Path:
     return model_dir
 
 
-def _max_seq_length(st_config: dict[str, Any], tokenizer: PreTrainedTokenizerBase, config: PretrainedConfig) -> int:
+def _family_pooling(family: Family) -> PoolingConfig | None:
+    if family.pooling is None:
+        return None
+    return PoolingConfig(mode=family.pooling, normalize=bool(family.normalize))
+
+
+def _max_seq_length(
+    st_config: dict[str, Any],
+    tokenizer: PreTrainedTokenizerBase,
+    config: PretrainedConfig,
+    family_limit: int | None,
+) -> int:
     positions = getattr(config, "max_position_embeddings", None)
+    if isinstance(positions, int) and getattr(config, "model_type", None) in _OFFSET_POSITIONS:
+        positions -= int(getattr(config, "pad_token_id", 1) or 0) + 1
     position_limit = positions if isinstance(positions, int) and positions > 0 else None
     processor_kwargs = st_config.get("processor_kwargs") or st_config.get("tokenizer_args") or {}
     configured = st_config.get("max_seq_length") or processor_kwargs.get("model_max_length")
     if configured:
         return min(int(configured), position_limit or int(configured))
     # Tokenizers without a limit report a huge sentinel (1e30); only a realistic value counts.
-    limits = [n for n in (tokenizer.model_max_length, position_limit) if n is not None and 0 < n < 1_000_000]
+    candidates = (tokenizer.model_max_length, position_limit, family_limit)
+    limits = [n for n in candidates if n is not None and 0 < n < 1_000_000]
     if not limits:
         logger.warning("no sequence limit found for this model: truncating at %d tokens", _FALLBACK_MAX_SEQ_LENGTH)
         return _FALLBACK_MAX_SEQ_LENGTH
     return int(min(limits))
-
-
-def _download_from_hub(name: str) -> Path:
-    from huggingface_hub import snapshot_download
-
-    try:
-        folder = snapshot_download(name, allow_patterns=_HUB_ALLOW_PATTERNS, ignore_patterns=_HUB_IGNORE_PATTERNS)
-    except Exception as exc:
-        raise RuntimeError(
-            f"could not download {name!r} from the Hugging Face Hub ({exc}): check the name and the network, "
-            f"or put the model folder under EMBEDQ_MODELS_DIR/{name} and set EMBEDQ_ALLOW_HUB_DOWNLOADS=false"
-        ) from exc
-    logger.info("downloaded %s from the Hugging Face Hub to %s", name, folder)
-    return Path(folder)

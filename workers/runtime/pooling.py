@@ -42,10 +42,20 @@ class PoolingConfig:
     normalize: bool = False
 
 
-def read_pooling_config(model_dir: Path) -> PoolingConfig:
-    """Return the pooling of the sentence-transformers folder ``model_dir``; mean with a warning if it has none."""
+def read_pooling_config(model_dir: Path, *, family_default: PoolingConfig | None = None) -> PoolingConfig:
+    """Return the pooling of the sentence-transformers folder ``model_dir``.
+
+    A folder without modules.json gets ``family_default`` (its model family's known pooling), else mean
+    pooling with a warning.
+    """
     modules_file = model_dir / "modules.json"
     if not modules_file.is_file():
+        modelscope = _modelscope_pooling(model_dir)
+        if modelscope is not None:
+            return modelscope
+        if family_default is not None:
+            logger.info("%s has no modules.json: using its model family's pooling %s", model_dir, family_default)
+            return family_default
         logger.warning(
             "%s has no modules.json: using mean pooling without normalization; add the "
             "sentence-transformers files (modules.json, 1_Pooling/config.json) to pin the pooling",
@@ -70,6 +80,33 @@ def read_pooling_config(model_dir: Path) -> PoolingConfig:
         logger.warning("%s has no pooling config at %s: using mean pooling", model_dir, config_file)
         return PoolingConfig(normalize=normalize)
     return PoolingConfig(mode=_pooling_mode(json.loads(config_file.read_text()), config_file), normalize=normalize)
+
+
+def _modelscope_pooling(model_dir: Path) -> PoolingConfig | None:
+    """Return the pooling a ModelScope sentence-embedding folder's configuration.json asks for, if it is one.
+
+    ModelScope's own pipeline cannot run under transformers 5, so embedq loads such a folder through
+    transformers and pools the way ModelScope's sentence-embedding model does: ``emb_pooler_type`` cls (its
+    default) or avg, normalized if ``normalize`` (default false).
+    """
+    config_file = model_dir / "configuration.json"
+    if not config_file.is_file():
+        return None
+    try:
+        config = json.loads(config_file.read_text())
+    except ValueError:
+        logger.warning("%s is not valid JSON: ignoring it", config_file)
+        return None
+    if not isinstance(config, dict) or config.get("task") not in ("sentence-embedding", "sentence_embedding"):
+        return None
+    model = config.get("model") if isinstance(config.get("model"), dict) else {}
+    pooler = str(model.get("emb_pooler_type", "cls"))
+    modes: dict[str, PoolingMode] = {"cls": "cls", "avg": "mean"}
+    if pooler not in modes:
+        raise UnsupportedModelError(
+            f"{config_file} asks for ModelScope pooling {pooler!r}; embedq supports cls and avg for ModelScope folders"
+        )
+    return PoolingConfig(mode=modes[pooler], normalize=bool(model.get("normalize", False)))
 
 
 def _pooling_mode(config: dict[str, Any], source: Path) -> PoolingMode:

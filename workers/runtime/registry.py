@@ -1,13 +1,21 @@
-"""The models this worker process keeps loaded: a small LRU of Encoders, filled on first use."""
+"""The models this worker process keeps loaded: a small LRU of Encoders, filled on first use.
+
+Each load and unload is recorded in Redis (``app.catalog.loads``) for ``GET /v1/models``; a record that cannot
+be written is logged and skipped, never a reason to fail a load.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
+from datetime import UTC, datetime
 
+import redis
 import torch
 
+from app.catalog.loads import LOAD_RECORD_TTL_S, ModelLoad, record_load, record_unload, this_worker
 from app.catalog.resolver import ResolvedModel, resolve_model
 from app.core.config import get_settings
 from workers.runtime.device import pick_device
@@ -17,6 +25,10 @@ logger = logging.getLogger(__name__)
 
 _lock = threading.Lock()
 _resident: OrderedDict[ResolvedModel, Encoder] = OrderedDict()
+_records: dict[ResolvedModel, ModelLoad] = {}
+_refreshed: dict[ResolvedModel, float] = {}
+# A record is refreshed at most this often while its model is in use, well within its expiry.
+_REFRESH_EVERY_S = LOAD_RECORD_TTL_S / 6
 
 
 def get_encoder(name: str) -> Encoder:
@@ -28,13 +40,22 @@ def get_encoder(name: str) -> Encoder:
         encoder = _resident.get(resolved)
         if encoder is not None:
             _resident.move_to_end(resolved)
+            if time.monotonic() - _refreshed.get(resolved, 0.0) > _REFRESH_EVERY_S:
+                _write_record(resolved)
             return encoder
         capacity = settings.max_resident_models
         # Evict before loading, so resident weights stay within the budget even while the new model loads.
         while len(_resident) >= capacity:
             _evict_oldest(capacity)
-        encoder = Encoder(resolved, device=pick_device(settings.device), batch_size=settings.encode_batch_size)
+        encoder = Encoder(
+            resolved,
+            device=pick_device(settings.device),
+            batch_size=settings.encode_batch_size,
+            max_seq_length=settings.max_seq_length,
+        )
         _resident[resolved] = encoder
+        _records[resolved] = _load_of(encoder)
+        _write_record(resolved)
         logger.info(
             "loaded model %s from %s (%s) on %s in %.2fs",
             resolved.name,
@@ -48,6 +69,7 @@ def get_encoder(name: str) -> Encoder:
 
 def _evict_oldest(capacity: int) -> None:
     evicted, encoder = _resident.popitem(last=False)
+    _forget(evicted)
     on_cuda = encoder.device.type == "cuda"
     del encoder
     if on_cuda:
@@ -65,4 +87,56 @@ def resident_models() -> list[str]:
 def unload_all() -> None:
     """Drop every loaded model, e.g. at worker shutdown or between tests."""
     with _lock:
+        for resolved in list(_resident):
+            _forget(resolved)
         _resident.clear()
+
+
+def _load_of(encoder: Encoder) -> ModelLoad:
+    return ModelLoad(
+        worker=this_worker(),
+        name=encoder.name,
+        family=encoder.family.name,
+        dimension=encoder.dimension,
+        max_seq_length=encoder.max_seq_length,
+        precision=encoder.precision,
+        backend=encoder.backend,
+        device=str(encoder.device),
+        pooling=encoder.pooling_mode,
+        normalize=encoder.normalize_default,
+        hybrid=encoder.m3_heads is not None,
+        path=str(encoder.path),
+        source=encoder.source,
+        load_seconds=round(encoder.load_seconds, 3),
+        loaded_at=datetime.now(UTC).isoformat(),
+    )
+
+
+def _redis() -> redis.Redis | None:
+    url = get_settings().redis_url
+    return redis.Redis.from_url(url, socket_timeout=2) if url else None
+
+
+def _write_record(resolved: ResolvedModel) -> None:
+    _refreshed[resolved] = time.monotonic()
+    try:
+        client = _redis()
+        if client is not None:
+            record_load(client, _records[resolved])
+    except redis.RedisError as exc:
+        logger.warning(
+            "could not record the load of %s in Redis (%s); GET /v1/models will not show it", resolved.name, exc
+        )
+
+
+def _forget(resolved: ResolvedModel) -> None:
+    record = _records.pop(resolved, None)
+    _refreshed.pop(resolved, None)
+    if record is None:
+        return
+    try:
+        client = _redis()
+        if client is not None:
+            record_unload(client, record)
+    except redis.RedisError as exc:
+        logger.warning("could not remove the load record of %s from Redis (%s)", resolved.name, exc)

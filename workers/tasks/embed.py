@@ -13,6 +13,7 @@ from app.core.db import session_scope
 from app.core.queues import TaskName
 from app.jobs.service import run_embedding_batch
 from workers.celery_app import celery_app
+from workers.metrics import observe_encode
 
 TRANSIENT = (OperationalError, RedisConnectionError)
 
@@ -20,7 +21,9 @@ TRANSIENT = (OperationalError, RedisConnectionError)
 def _encode(model: str, texts: list[str]) -> np.ndarray:
     from workers.runtime.registry import get_encoder  # torch is imported here, in the child only
 
-    return get_encoder(model).encode(texts)
+    encoder = get_encoder(model)
+    with observe_encode(encoder, texts):
+        return encoder.encode(texts)
 
 
 @celery_app.task(

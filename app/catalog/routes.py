@@ -1,0 +1,37 @@
+"""``GET /v1/models`` and ``GET /v1/models/{id}``: OpenAI's model list and model object, with embedq's fields."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import anyio.to_thread
+from fastapi import APIRouter, Depends
+
+from app.catalog import service
+from app.catalog.resolver import InvalidModelNameError, UnknownModelError
+from app.catalog.schemas import ModelList, ModelObject
+from app.core.config import Settings, get_settings
+from app.core.errors import EmbedqError, NotFoundError
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+router = APIRouter(prefix="/v1", tags=["models"])
+
+
+@router.get("/models", response_model=ModelList)
+async def list_models(settings: SettingsDep) -> ModelList:
+    """List every model a request may name: default, aliases, packaged, EMBEDQ_MODELS_DIR, and loaded ones."""
+    loads = await anyio.to_thread.run_sync(service.read_loads, settings)
+    return await anyio.to_thread.run_sync(service.list_models, settings, loads)
+
+
+@router.get("/models/{model_id:path}", response_model=ModelObject, responses={404: {"description": "unknown model"}})
+async def get_model(model_id: str, settings: SettingsDep) -> ModelObject:
+    """Describe one model (an alias or a name, `org/name` included): source, path, family, limits, loads."""
+    loads = await anyio.to_thread.run_sync(service.read_loads, settings)
+    try:
+        return await anyio.to_thread.run_sync(service.describe, model_id, settings, loads)
+    except InvalidModelNameError as exc:
+        raise EmbedqError(str(exc), param="model") from exc
+    except UnknownModelError as exc:
+        raise NotFoundError(str(exc), param="model") from exc

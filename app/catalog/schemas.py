@@ -1,0 +1,47 @@
+"""Shapes of ``GET /v1/models`` and ``GET /v1/models/{id}``: OpenAI's list and model objects, plus embedq's fields."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class WorkerLoad(BaseModel):
+    """One worker process that holds the model, as it reported the load."""
+
+    worker: str = Field(description="host:pid of the worker process")
+    precision: str
+    backend: str
+    device: str
+    load_seconds: float
+    loaded_at: str
+
+
+class ModelObject(BaseModel):
+    """OpenAI's model object (id, object, created, owned_by) and where and how embedq loads the model."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int = Field(description="when the model folder was written (Unix seconds); 0 if not on disk")
+    owned_by: str = Field(description="the organisation part of the name, or embedq")
+    alias_of: str | None = Field(default=None, description="for an EMBEDQ_MODEL_MAPPING alias: the model it names")
+    source: str = Field(description="models_dir, package, hf_cache, modelscope_cache, hub or modelscope")
+    path: str | None = Field(description="the model folder; null until a hub download")
+    family: str = Field(description="e5, bge, bge-m3, gte, sentence-transformers or generic")
+    dimension: int | None
+    max_length: int | None = Field(description="tokens read per input; longer inputs are truncated")
+    precision: str = Field(description="as configured (auto, fp32, ...); a loaded model reports what auto became")
+    backend: str = Field(description="torch or onnx")
+    device: str | None = Field(description="where a worker runs it; null while no worker has it loaded")
+    load_seconds: float | None = Field(description="how long the last load took; null while not loaded")
+    hybrid: bool = Field(description="has BGE-M3's sparse and ColBERT heads (/vectorize-hybrid, /rerank)")
+    loaded: bool
+    loads: list[WorkerLoad] = Field(default_factory=list)
+
+
+class ModelList(BaseModel):
+    """OpenAI's list object of models."""
+
+    object: Literal["list"] = "list"
+    data: list[ModelObject]

@@ -1,0 +1,131 @@
+"""What ``GET /v1/models`` and ``embedq models list`` say about each model: resolved here, loads read from Redis.
+
+Everything but the load facts comes from the name and the model folder's own files (no torch): a model that
+no worker has loaded yet still shows its source, path, family, dimension and token limit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from app.catalog.families import M3_COLBERT_HEAD, M3_SPARSE_HEAD, detect_family
+from app.catalog.loads import ModelLoad, all_loads
+from app.catalog.resolver import ResolvedModel, known_models, resolve_model
+from app.catalog.schemas import ModelList, ModelObject, WorkerLoad
+from app.catalog.sources import cached_names
+from app.core.config import Settings
+
+logger = logging.getLogger(__name__)
+
+# Tokenizers without a limit report a huge sentinel; only values below this are real limits.
+_REAL_LIMIT = 1_000_000
+
+
+def read_loads(settings: Settings) -> dict[str, list[ModelLoad]]:
+    """Return the model loads workers recorded in Redis, or none (with a warning) when Redis cannot be read."""
+    if not settings.redis_url:
+        return {}
+    try:
+        client = redis.Redis.from_url(settings.redis_url, socket_timeout=settings.readiness_timeout_s)
+        return all_loads(client)
+    except redis.RedisError as exc:
+        logger.warning("could not read model loads from Redis (%s): listing models without them", exc)
+        return {}
+
+
+def list_models(settings: Settings, loads: dict[str, list[ModelLoad]]) -> ModelList:
+    """Return every model a request may name without a download (caches included), and any model a worker loaded."""
+    names = known_models(settings)
+    names += sorted((set(cached_names(settings)) | set(loads)) - set(names))
+    data = []
+    for name in names:
+        try:
+            data.append(describe(name, settings, loads))
+        except (LookupError, ValueError) as exc:  # a loaded model this API cannot resolve: say so, list the rest
+            logger.info("not listing %s: %s", name, exc)
+    return ModelList(data=data)
+
+
+def describe(name: str, settings: Settings, loads: dict[str, list[ModelLoad]]) -> ModelObject:
+    """Return the model object of ``name``; raises the resolver's errors for a bad or unknown name."""
+    resolved = resolve_model(name, settings)
+    family = detect_family(resolved.name, resolved.path, resolved.family)
+    mine = [load for load in loads.get(resolved.name, []) if _matches(load, resolved)]
+    latest = mine[-1] if mine else None
+    config = _read_json(resolved.path / "config.json") if resolved.path is not None else None
+    return ModelObject(
+        id=name,
+        created=_created(resolved.path),
+        owned_by=resolved.name.split("/")[0] if "/" in resolved.name else "embedq",
+        alias_of=resolved.name if resolved.alias is not None else None,
+        source=resolved.source,
+        path=str(resolved.path) if resolved.path is not None else None,
+        family=family.name,
+        dimension=latest.dimension if latest else _dimension(config),
+        max_length=latest.max_seq_length
+        if latest
+        else _max_length(resolved.path, config, family.max_seq_length, settings),
+        precision=latest.precision if latest else resolved.precision,
+        backend=resolved.backend,
+        device=latest.device if latest else None,
+        load_seconds=latest.load_seconds if latest else None,
+        hybrid=latest.hybrid if latest else family.hybrid and _has_heads(resolved.path),
+        loaded=latest is not None,
+        loads=[WorkerLoad.model_validate(load, from_attributes=True) for load in mine],
+    )
+
+
+def _matches(load: ModelLoad, resolved: ResolvedModel) -> bool:
+    return load.backend == resolved.backend and resolved.precision in ("auto", load.precision)
+
+
+def _created(path: Path | None) -> int:
+    try:
+        return int(path.stat().st_mtime) if path is not None else 0
+    except OSError:
+        return 0
+
+
+def _dimension(config: Any) -> int | None:
+    for section in (config.get("text_config"), config) if isinstance(config, dict) else ():
+        if isinstance(section, dict) and isinstance(section.get("hidden_size"), int):
+            return int(section["hidden_size"])
+    return None
+
+
+def _max_length(path: Path | None, config: Any, family_limit: int | None, settings: Settings) -> int | None:
+    if path is None:
+        return settings.max_seq_length or family_limit
+    sentence = _read_json(path / "sentence_bert_config.json")
+    tokenizer = _read_json(path / "tokenizer_config.json")
+    configured = sentence.get("max_seq_length") if isinstance(sentence, dict) else None
+    candidates = (
+        [configured]
+        if isinstance(configured, int)
+        else [
+            tokenizer.get("model_max_length") if isinstance(tokenizer, dict) else None,
+            config.get("max_position_embeddings") if isinstance(config, dict) else None,
+            family_limit,
+        ]
+    )
+    limits = [n for n in candidates if isinstance(n, int) and 0 < n < _REAL_LIMIT]
+    if settings.max_seq_length is not None:
+        limits.append(settings.max_seq_length)
+    return min(limits) if limits else None
+
+
+def _has_heads(path: Path | None) -> bool:
+    # Not downloaded yet: a BGE-M3 repository carries its heads.
+    return path is None or ((path / M3_SPARSE_HEAD).is_file() and (path / M3_COLBERT_HEAD).is_file())
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):
+        return None

@@ -1,0 +1,116 @@
+"""``embedq models pull|list|show``: fetch models ahead of time; see what is resolvable, from where, and how."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import click
+
+from app.catalog import service
+from app.catalog.resolver import InvalidModelNameError, UnknownModelError, validate_model_name
+from app.catalog.sources import ModelDownloadError, ModelScopeMissingError, fetch, hub_order
+from app.core.config import Settings, get_settings
+
+_COLUMNS = ("id", "source", "family", "dimension", "max_length", "precision", "backend", "loaded", "path")
+
+
+@click.group()
+def models() -> None:
+    """Pull models into the cache or EMBEDQ_MODELS_DIR, and list the ones embedq can resolve."""
+
+
+@models.command()
+@click.argument("name")
+@click.option(
+    "--source",
+    type=click.Choice(["auto", "huggingface", "modelscope"]),
+    help="Hub to fetch from; auto tries the other one if the first fails [default: EMBEDQ_MODEL_SOURCE].",
+)
+@click.option(
+    "--models-dir",
+    "into_models_dir",
+    is_flag=True,
+    help="Copy the files into EMBEDQ_MODELS_DIR/NAME (for images and offline hosts) instead of the hub's cache.",
+)
+def pull(name: str, source: str | None, into_models_dir: bool) -> None:
+    """Download model NAME (an 'org/name' id or an alias) now, so no worker has to download it later."""
+    settings = get_settings()
+    target, chosen = _pull_target(name, settings)
+    candidates = hub_order(target, chosen if source is None else source, settings)  # type: ignore[arg-type]
+    try:
+        for candidate in candidates:
+            validate_model_name(candidate.repo_id)
+        staging = _staging_dir(settings, target) if into_models_dir else None
+        hub, folder = fetch(candidates, settings, local_dir=staging, local_files_only=False)
+    except (InvalidModelNameError, ModelDownloadError, ModelScopeMissingError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    if staging is not None:
+        folder = _install(staging, settings, target)
+    click.echo(f"pulled {target} from {hub} into {folder}")
+
+
+def _pull_target(name: str, settings: Settings) -> tuple[str, str]:
+    """Return the model name behind ``name`` (an alias is replaced by its target) and the source to use."""
+    try:
+        validate_model_name(name)
+    except InvalidModelNameError as exc:
+        raise click.BadParameter(str(exc), param_hint="NAME") from exc
+    entry = settings.model_mapping.get(name)
+    target = entry.name if entry is not None else name
+    if "/" not in target:
+        raise click.BadParameter(f"{target!r} is not a hub id: pull an 'org/name' model", param_hint="NAME")
+    return target, (entry.source if entry is not None and entry.source else settings.model_source)
+
+
+def _staging_dir(settings: Settings, name: str) -> Path:
+    assert settings.models_dir is not None
+    staging = settings.models_dir / ".pulling" / name
+    staging.mkdir(parents=True, exist_ok=True)
+    return staging
+
+
+def _install(staging: Path, settings: Settings, name: str) -> Path:
+    # Files land under a hidden staging folder first: a half-pulled model never looks resolvable.
+    assert settings.models_dir is not None
+    final = settings.models_dir / name
+    if final.exists():
+        shutil.rmtree(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging.rename(final)
+    return final
+
+
+@models.command()
+@click.argument("name")
+def show(name: str) -> None:
+    """Print what GET /v1/models/NAME says about model NAME (an alias or a name) as JSON."""
+    settings = get_settings()
+    try:
+        description = service.describe(name, settings, service.read_loads(settings))
+    except (InvalidModelNameError, UnknownModelError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(description.model_dump_json(indent=2))
+
+
+@models.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print OpenAI's list object (as GET /v1/models) instead.")
+def list_models(as_json: bool) -> None:
+    """Show every model embedq resolves without a download: default, aliases, packaged, EMBEDQ_MODELS_DIR, caches."""
+    settings = get_settings()
+    listing = service.list_models(settings, service.read_loads(settings))
+    if as_json:
+        click.echo(listing.model_dump_json(indent=2))
+        return
+    rows = [[_cell(getattr(model, column)) for column in _COLUMNS] for model in listing.data]
+    widths = [max(len(column), *(len(row[i]) for row in rows)) for i, column in enumerate(_COLUMNS)]
+    for row in [list(_COLUMNS), *rows]:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)

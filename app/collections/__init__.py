@@ -1,0 +1,1 @@
+"""Collections: bulk corpus ingestion into Postgres/pgvector, token-aware chunking, vector versions, search."""

@@ -1,0 +1,181 @@
+"""HTTP routes of collections: CRUD, streamed document uploads, reembed, search, export, ingest error files."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi.responses import StreamingResponse
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
+
+from app.collections import service
+from app.collections.schemas import (
+    CollectionCreate,
+    CollectionList,
+    CollectionOut,
+    IngestErrorList,
+    ReembedRequest,
+    SearchRequest,
+    SearchResponse,
+)
+from app.collections.uploads import TextMode, UploadFormat, UploadFormatError, UploadOptions, UploadReader
+from app.core.config import Settings, get_settings
+from app.core.db import get_session
+from app.jobs.schemas import JobOut
+
+router = APIRouter(prefix="/collections", tags=["collections"])
+errors_router = APIRouter(prefix="/jobs", tags=["collections"])
+
+# scope="function": commit (and send the outbox) before the response goes out.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+_UPLOAD_BODY = {
+    "requestBody": {
+        "description": "the documents: a JSON array, JSONL/NDJSON, CSV or plain text, raw or as multipart files",
+        "content": {
+            "application/x-ndjson": {"schema": {"type": "string", "format": "binary"}},
+            "application/json": {"schema": {"type": "array", "items": {"type": "object"}}},
+            "text/csv": {"schema": {"type": "string", "format": "binary"}},
+            "text/plain": {"schema": {"type": "string", "format": "binary"}},
+            "multipart/form-data": {
+                "schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}
+            },
+        },
+    }
+}
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=CollectionOut)
+def create_collection(payload: CollectionCreate, session: SessionDep, settings: SettingsDep) -> CollectionOut:
+    """Create a collection; its model fixes the dimension of its vectors."""
+    return service.create_collection(session, payload, settings)
+
+
+@router.get("", response_model=CollectionList)
+def list_collections(
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> CollectionList:
+    """List collections by name."""
+    return service.list_collections(session, limit=limit, offset=offset)
+
+
+@router.get("/{name}", response_model=CollectionOut)
+def get_collection(name: str, session: SessionDep) -> CollectionOut:
+    """Return a collection with its document, chunk and vector counts, versions and size."""
+    return service.get_collection(session, name)
+
+
+@router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_collection(name: str, session: SessionDep) -> Response:
+    """Delete a collection with its documents and vectors; its running jobs are cancelled."""
+    service.delete_collection(session, name)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post(
+    "/{name}/documents", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut, openapi_extra=_UPLOAD_BODY
+)
+async def upload_documents(
+    name: str,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    format: Annotated[UploadFormat | None, Query(description="default: from file name or Content-Type")] = None,
+    text_mode: Annotated[TextMode, Query(description="plain text: one document per file, or per line")] = TextMode.FILE,
+    id_field: Annotated[str, Query(min_length=1, max_length=200)] = "id",
+    text_field: Annotated[str, Query(min_length=1, max_length=200)] = "text",
+    document_id: Annotated[str | None, Query(min_length=1, max_length=512)] = None,
+) -> JobOut:
+    """Stream documents in and return the ingest job (202); workers start before the upload ends.
+
+    Unchanged documents (same id, same text) are not embedded again; one bad line fails that document only.
+    """
+    options = UploadOptions(
+        format=format,
+        text_mode=text_mode,
+        id_field=id_field,
+        text_field=text_field,
+        document_id=document_id,
+        max_line_bytes=settings.ingest_max_line_bytes,
+    )
+    reader = UploadReader(request.headers.get("content-type"), options)
+    source = {"format": format.value if format else None, "content_type": request.headers.get("content-type")}
+    writer = service.UploadWriter(session, name, settings, source)
+    await run_in_threadpool(writer.open)
+    received = 0
+    try:
+        async for piece in request.stream():
+            received += len(piece)
+            for item in reader.feed(piece):
+                if writer.add(item):
+                    await run_in_threadpool(writer.flush)
+            if writer.stale():
+                await run_in_threadpool(writer.flush)
+        for item in reader.close():
+            if writer.add(item):
+                await run_in_threadpool(writer.flush)
+    except UploadFormatError as exc:
+        job = await run_in_threadpool(writer.fail, exc.message)
+        if job is None:
+            raise
+        return JobOut.of(job)
+    except ClientDisconnect:
+        await run_in_threadpool(writer.fail, f"the client disconnected after {received} bytes of the upload")
+        raise
+    job = await run_in_threadpool(writer.finish)
+    return JobOut.of(job)
+
+
+@router.post("/{name}/reembed", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut)
+def reembed_collection(name: str, payload: ReembedRequest, session: SessionDep, settings: SettingsDep) -> JobOut:
+    """Re-embed every chunk with another model into a new vector version; search switches to it when done."""
+    return JobOut.of(service.start_reembed(session, name, payload, settings))
+
+
+@router.post("/{name}/search", response_model=SearchResponse)
+async def search_collection(
+    name: str, payload: SearchRequest, session: SessionDep, settings: SettingsDep
+) -> SearchResponse:
+    """Return the chunks nearest a query (embedded with the collection's model), best first."""
+    return await service.search(session, name, payload, settings)
+
+
+@router.get(
+    "/{name}/export",
+    responses={200: {"content": {"application/x-ndjson": {}, "application/vnd.apache.parquet": {}}}},
+)
+def export_collection(
+    name: str,
+    session: SessionDep,
+    format: Annotated[str, Query(pattern="^(jsonl|parquet)$")] = "jsonl",
+) -> StreamingResponse:
+    """Stream every chunk: document id, chunk index, text, metadata and vector, as JSONL or Parquet."""
+    collection_id, version_id, dimension = service.export_target(session, name)
+    if format == "parquet":
+        return StreamingResponse(
+            service.export_parquet(collection_id, version_id, dimension),
+            media_type="application/vnd.apache.parquet",
+            headers={"Content-Disposition": f'attachment; filename="{name}.parquet"'},
+        )
+    return StreamingResponse(
+        service.export_jsonl(collection_id, version_id),
+        media_type="application/x-ndjson",
+        headers={"Content-Disposition": f'attachment; filename="{name}.jsonl"'},
+    )
+
+
+@errors_router.get("/{job_id}/errors", response_model=IngestErrorList)
+def ingest_job_errors(
+    job_id: uuid.UUID,
+    session: SessionDep,
+    after: Annotated[int, Query(ge=0, description="the last error id of the previous page")] = 0,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+) -> IngestErrorList:
+    """Return an ingest or reembed job's error file: which document failed and why, in upload order."""
+    return service.ingest_errors(session, job_id, after=after, limit=limit)

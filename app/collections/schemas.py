@@ -1,0 +1,144 @@
+"""Request and response bodies of the collections API."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, model_validator
+
+COLLECTION_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+CollectionName = Annotated[str, Field(pattern=COLLECTION_NAME, description="letters, digits, '.', '_', '-'")]
+FilterValue = StrictStr | int | float | bool | None
+
+
+class ChunkingSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_tokens: Annotated[int, Field(ge=8, le=32_768, description="tokens per chunk, special tokens included")]
+    overlap_tokens: Annotated[int, Field(ge=0, description="tokens shared by consecutive chunks")] = 0
+
+    @model_validator(mode="after")
+    def _overlap_fits(self) -> ChunkingSpec:
+        if self.overlap_tokens > self.max_tokens // 2:
+            raise ValueError(
+                f"overlap_tokens ({self.overlap_tokens}) must be at most half of max_tokens ({self.max_tokens})"
+            )
+        return self
+
+
+class CollectionCreate(BaseModel):
+    """A collection: its documents are chunked and embedded with ``model`` (the server default if omitted)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"name": "docs", "model": "all-MiniLM-L6-v2", "chunking": {"max_tokens": 256}}]
+        },
+    )
+
+    name: CollectionName
+    model: Annotated[str | None, Field(min_length=1, max_length=200)] = None
+    chunking: ChunkingSpec | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class CollectionCounts(BaseModel):
+    documents: int
+    pending: int = Field(description="stored, not embedded yet")
+    ready: int
+    failed: int
+    chunks: int
+    vectors: int = Field(description="vectors in the active version")
+
+
+class VersionOut(BaseModel):
+    number: int
+    model: str
+    dimension: int | None
+    status: str
+    index_status: str
+    created_at: datetime
+    activated_at: datetime | None
+
+
+class CollectionLinks(BaseModel):
+    self: str
+    documents: str
+    search: str
+    export: str
+    reembed: str
+
+
+class CollectionOut(BaseModel):
+    name: str
+    model: str = Field(description="the model of the active vector version")
+    dimension: int | None = Field(description="null until the model has been loaded once")
+    chunking: ChunkingSpec
+    metadata: dict[str, Any]
+    counts: CollectionCounts | None = Field(description="present on GET /collections/{name}")
+    size_bytes: int | None = Field(description="the active version's vectors and HNSW index on disk")
+    versions: list[VersionOut]
+    created_at: datetime
+    links: CollectionLinks
+
+
+class CollectionList(BaseModel):
+    data: list[CollectionOut]
+    next_offset: int | None
+
+
+class SearchRequest(BaseModel):
+    """Nearest chunks to a query text (embedded with the collection's model) or to a query vector."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"query": "how do I reset my password", "top_k": 5, "filter": {"lang": "en"}}]},
+    )
+
+    query: Annotated[str | None, Field(min_length=1, max_length=100_000)] = None
+    vector: list[float] | None = Field(default=None, description="a query vector instead of a text")
+    model: Annotated[str | None, Field(description="must be the collection's model if given")] = None
+    top_k: Annotated[int, Field(ge=1)] = 10
+    filter: dict[str, FilterValue] | None = Field(default=None, description="metadata fields that must be equal")
+
+    @model_validator(mode="after")
+    def _one_query(self) -> SearchRequest:
+        if (self.query is None) == (self.vector is None):
+            raise ValueError("give exactly one of `query` (a text) or `vector` (floats)")
+        return self
+
+
+class SearchHit(BaseModel):
+    document_id: str
+    chunk_index: int
+    text: str
+    metadata: dict[str, Any]
+    score: float = Field(description="cosine similarity, 1 is identical")
+
+
+class SearchResponse(BaseModel):
+    collection: str
+    model: str
+    dimension: int
+    data: list[SearchHit]
+
+
+class ReembedRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class IngestErrorOut(BaseModel):
+    id: int
+    document_id: str | None
+    line: int | None = Field(description="line (JSONL, CSV, text) or item number (JSON array) in its file")
+    error: str
+
+
+class IngestErrorList(BaseModel):
+    job_id: uuid.UUID
+    data: list[IngestErrorOut]
+    next_after: int | None = Field(description="pass as ?after= for the next page; null on the last")

@@ -1,0 +1,55 @@
+"""BGE-M3 routes: dense + sparse + ColBERT vectors in one pass, and MaxSim late-interaction rerank.
+
+A model without BGE-M3's heads gets a 400 naming the models that have them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+
+from app.core.config import Settings, get_settings
+from app.hybrid import service
+from app.hybrid.schemas import (
+    HybridBatchRequest,
+    HybridBatchResponse,
+    HybridRequest,
+    HybridResponse,
+    RerankRequest,
+    RerankResponse,
+)
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+_ERRORS = {
+    400: {"description": "bad input, or a model without BGE-M3's sparse/ColBERT heads"},
+    404: {"description": "unknown model"},
+    504: {"description": "no sync worker answered within EMBEDQ_SYNC_TIMEOUT_S"},
+}
+
+router = APIRouter(tags=["hybrid"])
+
+
+@router.post("/vectorize-hybrid", response_model=HybridResponse, responses=_ERRORS)
+async def vectorize_hybrid(body: HybridRequest, settings: SettingsDep) -> HybridResponse:
+    """Return one text's dense vector, sparse token weights and (with `return_colbert`) ColBERT vectors."""
+    model = service.check_hybrid_model(body.model, settings)
+    (item,) = await service.hybrid(model, [body.text], return_colbert=body.return_colbert)
+    return HybridResponse(**item, model=model, dimension=len(item["dense"]))
+
+
+@router.post("/vectorize-batch-hybrid", response_model=HybridBatchResponse, responses=_ERRORS)
+async def vectorize_batch_hybrid(body: HybridBatchRequest, settings: SettingsDep) -> HybridBatchResponse:
+    """Return the hybrid vectors of each of `items`, in order."""
+    model = service.check_hybrid_model(body.model, settings)
+    items = await service.hybrid(model, body.items, return_colbert=body.return_colbert)
+    return HybridBatchResponse(data=items, model=model, dimension=len(items[0]["dense"]))
+
+
+@router.post("/rerank", response_model=RerankResponse, responses=_ERRORS)
+async def rerank(body: RerankRequest, settings: SettingsDep) -> RerankResponse:
+    """Score each candidate against `query` by MaxSim over ColBERT vectors; scores come in candidate order."""
+    model = service.check_hybrid_model(body.model, settings)
+    scores = await service.rerank(model, body.query, body.candidates, body.batch_size)
+    return RerankResponse(scores=scores, model=model)

@@ -1,0 +1,63 @@
+"""BGE-M3 requests: check the model can answer them (no torch: by its family and folder), then ask a sync worker."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.catalog.families import M3_COLBERT_HEAD, M3_SPARSE_HEAD, detect_family
+from app.catalog.resolver import InvalidModelNameError, UnknownModelError, known_models, resolve_model
+from app.core.config import Settings
+from app.core.errors import EmbedqError, NotFoundError
+from app.inference.dispatch import infer
+
+
+class NotHybridModelError(EmbedqError):
+    """The model has no sparse/ColBERT heads."""
+
+    code = "model_not_hybrid"
+
+
+def check_hybrid_model(name: str | None, settings: Settings) -> str:
+    """Return the model name to use, or raise 400 unless it is a BGE-M3 model with its heads (404 if unknown)."""
+    asked = name or settings.default_model
+    try:
+        resolved = resolve_model(asked, settings)
+    except InvalidModelNameError as exc:
+        raise EmbedqError(str(exc), param="model") from exc
+    except UnknownModelError as exc:
+        raise NotFoundError(str(exc), param="model") from exc
+    family = detect_family(resolved.name, resolved.path, resolved.family)
+    has_heads = resolved.path is None or all((resolved.path / f).is_file() for f in (M3_SPARSE_HEAD, M3_COLBERT_HEAD))
+    if not (family.hybrid and has_heads):
+        raise NotHybridModelError(
+            f"model {asked} (family {family.name}) has no sparse/ColBERT heads: hybrid vectors and MaxSim rerank "
+            f"need a BGE-M3 model (family bge-m3, e.g. BAAI/bge-m3) whose folder holds {M3_SPARSE_HEAD} and "
+            f"{M3_COLBERT_HEAD}. Such models here: {', '.join(hybrid_models(settings)) or '(none)'}",
+            param="model",
+        )
+    return asked
+
+
+def hybrid_models(settings: Settings) -> list[str]:
+    """Return the names a request may use for hybrid vectors and rerank."""
+    names = []
+    for name in known_models(settings):
+        try:
+            resolved = resolve_model(name, settings)
+        except (LookupError, ValueError):
+            continue
+        if resolved.path is not None and detect_family(resolved.name, resolved.path, resolved.family).hybrid:
+            names.append(name)
+    return names
+
+
+async def hybrid(model: str, texts: list[str], *, return_colbert: bool) -> list[dict[str, Any]]:
+    """Return one item of dense, sparse and (if asked) ColBERT vectors per text, from a sync worker."""
+    result = await infer("hybrid", model, {"texts": texts, "return_colbert": return_colbert})
+    return list(result["data"])
+
+
+async def rerank(model: str, query: str, candidates: list[str], batch_size: int) -> list[float]:
+    """Return the MaxSim score of each candidate against ``query``, from a sync worker."""
+    result = await infer("rerank", model, {"query": query, "candidates": candidates, "batch_size": batch_size})
+    return [float(score) for score in result["scores"]]

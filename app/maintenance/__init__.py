@@ -1,0 +1,1 @@
+"""Maintenance: the reaper that finds active jobs whose tasks were lost and re-enqueues or fails them."""

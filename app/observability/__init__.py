@@ -1,0 +1,1 @@
+"""Operators' view: Prometheus metrics, and logs that carry job and task ids."""

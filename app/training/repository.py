@@ -1,0 +1,114 @@
+"""All SQL about training runs, their pairs, and the model aliases they register."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.orm import Session
+
+from app.models.job import ACTIVE_STATUSES, Job, JobKind, JobStatus
+from app.models.registered_model import RegisteredModel
+from app.models.training import TrainingPair, TrainingRun
+from app.training.pairs import Pair
+
+TRAINING_KINDS = (JobKind.FINE_TUNE.value, JobKind.FINE_TUNE_LORA.value)
+_INSERT_CHUNK = 5000
+
+
+class TrainingRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def add(self, job: Job, run: TrainingRun, pairs: Sequence[Pair]) -> None:
+        self.session.add(job)
+        self.session.flush()
+        self.session.add(run)
+        self.session.flush()
+        rows = [
+            {"job_id": job.id, "idx": i, "query": p.query, "positive": p.positive, "negative": p.negative}
+            for i, p in enumerate(pairs)
+        ]
+        for start in range(0, len(rows), _INSERT_CHUNK):
+            self.session.execute(insert(TrainingPair), rows[start : start + _INSERT_CHUNK])
+
+    def get_run(self, job_id: uuid.UUID) -> TrainingRun | None:
+        return self.session.get(TrainingRun, job_id)
+
+    def get_training_job(self, job_id: uuid.UUID) -> tuple[Job, TrainingRun] | None:
+        row = self.session.execute(
+            select(Job, TrainingRun).join(TrainingRun, TrainingRun.job_id == Job.id).where(Job.id == job_id)
+        ).first()
+        return (row[0], row[1]) if row is not None else None
+
+    def pairs(self, job_id: uuid.UUID) -> list[Pair]:
+        rows = self.session.execute(
+            select(TrainingPair.query, TrainingPair.positive, TrainingPair.negative)
+            .where(TrainingPair.job_id == job_id)
+            .order_by(TrainingPair.idx)
+        )
+        return [Pair(q, p, n) for q, p, n in rows]
+
+    def job_status(self, job_id: uuid.UUID) -> str | None:
+        return self.session.scalar(select(Job.status).where(Job.id == job_id))
+
+    def active_job_for_alias(self, alias: str) -> uuid.UUID | None:
+        """Return a queued or running training job that will register ``alias``, if any."""
+        return self.session.scalar(
+            select(Job.id)
+            .join(TrainingRun, TrainingRun.job_id == Job.id)
+            .where(TrainingRun.alias == alias, Job.status.in_([s.value for s in ACTIVE_STATUSES]))
+            .limit(1)
+        )
+
+    def record_progress(
+        self, job_id: uuid.UUID, *, values: dict[str, Any], progress: float, total: int, message: str
+    ) -> bool:
+        """Store a running job's step, loss and ETA; False (nothing written) if it is no longer running."""
+        updated = self.session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.RUNNING.value)
+            .values(progress=progress, done=values["step"], total=total, message=message)
+        )
+        if updated.rowcount != 1:
+            return False
+        self.session.execute(update(TrainingRun).where(TrainingRun.job_id == job_id).values(**values))
+        return True
+
+    def update_run(self, job_id: uuid.UUID, **values: Any) -> None:
+        self.session.execute(update(TrainingRun).where(TrainingRun.job_id == job_id).values(**values))
+
+    def set_eval(self, job_id: uuid.UUID, key: str, metrics: dict[str, Any]) -> None:
+        """Merge ``{key: metrics}`` into the run's evaluation (only the job's one worker writes it)."""
+        current = self.session.scalar(select(TrainingRun.eval).where(TrainingRun.job_id == job_id)) or {}
+        self.update_run(job_id, eval={**current, key: metrics})
+
+    def touch_job(self, job_id: uuid.UUID, message: str) -> None:
+        self.session.execute(update(Job).where(Job.id == job_id).values(message=message, updated_at=func.now()))
+
+    def registered(self, name: str) -> RegisteredModel | None:
+        return self.session.get(RegisteredModel, name)
+
+    def list_registered(self) -> list[RegisteredModel]:
+        return list(self.session.scalars(select(RegisteredModel).order_by(RegisteredModel.name)))
+
+    def register(self, model: RegisteredModel) -> None:
+        """Insert the alias, or replace every field of an existing one (an overwrite)."""
+        values = {
+            "name": model.name,
+            "base": model.base,
+            "kind": model.kind,
+            "path": model.path,
+            "dimension": model.dimension,
+            "created_by_job": model.created_by_job,
+        }
+        statement = pg_insert(RegisteredModel).values(**values)
+        self.session.execute(
+            statement.on_conflict_do_update(
+                index_elements=[RegisteredModel.name],
+                set_={**{k: statement.excluded[k] for k in values if k != "name"}, "created_at": func.now()},
+            )
+        )

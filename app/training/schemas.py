@@ -1,0 +1,134 @@
+"""Request and response bodies of the fine-tuning API, shaped like the embedding service users migrate from."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from app.models.job import JobStatus
+
+ALIAS_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+class TrainStatusValue(StrEnum):
+    """The status values of the migrated-from service's /train-status."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @classmethod
+    def of(cls, status: str) -> TrainStatusValue:
+        return _STATUS_MAP[JobStatus(status)]
+
+
+_STATUS_MAP = {
+    JobStatus.QUEUED: TrainStatusValue.PENDING,
+    JobStatus.RUNNING: TrainStatusValue.RUNNING,
+    JobStatus.SUCCEEDED: TrainStatusValue.COMPLETED,
+    JobStatus.FAILED: TrainStatusValue.FAILED,
+    JobStatus.CANCELLED: TrainStatusValue.CANCELLED,
+}
+
+
+class FineTuneRequest(BaseModel):
+    """A full fine-tune of ``base_model`` on (query, passage) pairs, served afterwards as ``model_name``.
+
+    Pairs come as ``text_content`` (TSV lines ``query<TAB>passage[<TAB>hard negative]``, or JSONL lines
+    ``{"query", "positive", "negative"?}``) or as an uploaded file in a multipart request.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"text_content": "what is a cat\ta small domesticated feline\n", "model_name": "my-model"}]
+        },
+    )
+
+    text_content: str | None = Field(default=None, description="TSV or JSONL training pairs, one per line")
+    model_name: str = Field(description="the alias the trained model is served as (letters, digits, '.', '_', '-')")
+    base_model: Annotated[str | None, Field(min_length=1, max_length=200)] = None
+    epochs: int = Field(default=1, ge=1, le=100)
+    batch_size: int = Field(default=16, ge=2, le=1024, description="pairs per step; each is the others' negative")
+    learning_rate: float = Field(default=2e-5, gt=0, le=1)
+    warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
+    max_seq_length: int | None = Field(default=None, ge=8, le=8192)
+    overwrite: bool = Field(default=False, description="replace an alias an earlier fine-tune registered")
+    eval_share: float | None = Field(default=None, ge=0, lt=1, description="share of pairs held out for evaluation")
+    seed: int = Field(default=42, ge=0)
+
+    @field_validator("model_name")
+    @classmethod
+    def _alias(cls, name: str) -> str:
+        if not ALIAS_PATTERN.fullmatch(name) or ".." in name:
+            raise ValueError(
+                "model_name must be 1-100 letters, digits, '.', '_' or '-', start with a letter or digit, "
+                "and contain no '/' or '..': it names a folder under EMBEDQ_MODELS_DIR"
+            )
+        return name
+
+
+class LoraFineTuneRequest(FineTuneRequest):
+    """A LoRA fine-tune: only low-rank adapters are trained and saved, and served over the unchanged base."""
+
+    learning_rate: float = Field(default=1e-4, gt=0, le=1)
+    r: int = Field(default=16, ge=1, le=1024)
+    lora_alpha: float = Field(default=32, gt=0)
+    lora_dropout: float = Field(default=0.05, ge=0, lt=1)
+    target_modules: list[str] | None = Field(
+        default=None, min_length=1, description="module names to adapt; default: peft's choice for the architecture"
+    )
+    use_qlora: bool = Field(default=False, description="4-bit base weights (needs CUDA and bitsandbytes)")
+
+
+class FineTuneAccepted(BaseModel):
+    job_id: str
+    status: TrainStatusValue = TrainStatusValue.PENDING
+
+
+class TrainingData(BaseModel):
+    """What was made of the uploaded pairs."""
+
+    pairs: int
+    with_negatives: int
+    train_pairs: int
+    eval_pairs: int
+    skipped_lines: int
+    skipped_examples: list[dict[str, Any]]
+
+
+class TrainStatus(BaseModel):
+    """A training job as the migrated-from /train-status returns it, plus loss, total_steps, eval and model."""
+
+    status: TrainStatusValue
+    progress: float = Field(description="0 to 100")
+    message: str | None
+    error: str | None
+    steps: int
+    epoch: float
+    loss: float | None
+    total_steps: int
+    eta_seconds: float | None
+    seconds_per_step: float | None = Field(description="mean training time per step so far")
+    eval: dict[str, Any] | None = Field(description="recall@1, recall@10 and MRR@10 of the base and trained model")
+    model: str | None = Field(description="the alias, once the trained model is registered")
+    data: TrainingData
+
+
+class RegisteredModelOut(BaseModel):
+    """A model alias fine-tuning registered."""
+
+    name: str
+    base: str
+    kind: str
+    path: str
+    dimension: int
+    created_by_job: uuid.UUID | None
+    created_at: datetime

@@ -1,0 +1,443 @@
+"""Fine-tuning jobs: accept pairs, run a training job through the worker's trainer, and register the result.
+
+A training job is a row in ``jobs`` (kind ``fine_tune`` or ``fine_tune_lora``), one in ``training_runs`` and
+its pairs in ``training_pairs``. The worker's task calls ``run_training`` with the trainer; everything the
+trainer reports comes back through hooks that write to Postgres in short transactions of their own.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import uuid
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import replace
+from enum import StrEnum
+from pathlib import Path
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+
+from app.catalog.resolver import resolve_model
+from app.core.config import Settings
+from app.core.db import enqueue
+from app.core.errors import ConflictError, EmbedqError, InvalidRequestError, NotFoundError
+from app.core.queues import TaskName
+from app.jobs.repository import JobRepository
+from app.jobs.service import check_model, on_job_finished
+from app.models.job import Job, JobKind, JobStatus
+from app.models.registered_model import RegisteredModel, RegisteredModelKind
+from app.models.training import TrainingRun
+from app.training import storage
+from app.training.pairs import PairFormat, eval_count, parse_pairs, planned_steps, split_pairs
+from app.training.repository import TrainingRepository
+from app.training.schemas import (
+    FineTuneRequest,
+    LoraFineTuneRequest,
+    TrainingData,
+    TrainStatus,
+    TrainStatusValue,
+)
+from app.training.spec import Progress, StopReason, TrainFn, TrainingResult, TrainingSpec
+
+log = logging.getLogger(__name__)
+
+Scope = Callable[[], AbstractContextManager[Session]]
+
+TRANSIENT_ERRORS = (OperationalError, RedisConnectionError)
+TASK_FOR_KIND = {JobKind.FINE_TUNE.value: TaskName.TRAIN_FULL, JobKind.FINE_TUNE_LORA.value: TaskName.TRAIN_LORA}
+_CUDA_DRIVER = Path("/proc/driver/nvidia/version")
+
+
+class QLoraUnavailableError(EmbedqError):
+    code = "qlora_unavailable"
+
+
+class RunOutcome(StrEnum):
+    """What one delivery of a training task did."""
+
+    SKIPPED = "skipped"  # the job was no longer queued or running
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"  # a worker shutdown: the task is to be redelivered and resume
+
+
+def qlora_unavailable_reason(settings: Settings) -> str | None:
+    """Return why QLoRA cannot run on this deployment, or None if it can (a CUDA driver and bitsandbytes)."""
+    missing = []
+    if settings.device.strip().lower() in ("cpu", "mps") or not _CUDA_DRIVER.exists():
+        missing.append("a CUDA GPU")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        missing.append("the bitsandbytes package")
+    return " and ".join(missing) if missing else None
+
+
+def create_training_job(
+    session: Session, payload: FineTuneRequest, text: str, fmt: PairFormat, settings: Settings
+) -> Job:
+    """Return a new queued training job for ``payload`` and the pairs in ``text``, or raise what to fix."""
+    lora = isinstance(payload, LoraFineTuneRequest)
+    if lora and payload.use_qlora:
+        missing = qlora_unavailable_reason(settings)
+        if missing:
+            raise QLoraUnavailableError(
+                f"use_qlora needs a CUDA GPU and the bitsandbytes package; this deployment lacks {missing}. "
+                "Send use_qlora=false to train a plain LoRA adapter, or run on a GPU host with "
+                "`pip install bitsandbytes`",
+                param="use_qlora",
+            )
+    repo = TrainingRepository(session)
+    base = _check_base(repo, payload.base_model or settings.default_model, settings)
+    _check_alias_free(repo, payload.model_name, base, payload.overwrite, settings)
+    parsed = parse_pairs(text, fmt)
+    if len(parsed.pairs) > settings.training_max_pairs:
+        raise InvalidRequestError(
+            f"{len(parsed.pairs)} pairs; at most {settings.training_max_pairs} per job "
+            "(EMBEDQ_TRAINING_MAX_PAIRS): sample them down",
+            param="text_content",
+        )
+    share = settings.training_eval_share if payload.eval_share is None else payload.eval_share
+    held_out = eval_count(len(parsed.pairs), share, settings.training_eval_min_pairs if share > 0 else 0)
+    train, _ = split_pairs(parsed.pairs, held_out, payload.seed)
+    if len(train) < settings.training_min_pairs:
+        raise InvalidRequestError(
+            f"{len(parsed.pairs)} usable pairs ({held_out} of them held out for evaluation, {parsed.skipped} "
+            f"lines skipped); training needs at least {settings.training_min_pairs} after the hold-out. "
+            "Send more `query<TAB>passage` lines",
+            param="text_content",
+            skipped_lines=parsed.skipped,
+            skipped_examples=parsed.skipped_examples,
+        )
+    total_steps = planned_steps(train, payload.batch_size) * payload.epochs
+    hyperparams = payload.model_dump(exclude={"text_content", "model_name", "base_model", "overwrite"})
+    hyperparams["eval_pairs"] = held_out
+    if hyperparams.get("max_seq_length") is None:
+        hyperparams.pop("max_seq_length")
+    job = Job(
+        id=uuid.uuid4(),
+        kind=(JobKind.FINE_TUNE_LORA if lora else JobKind.FINE_TUNE).value,
+        status=JobStatus.QUEUED.value,
+        model=base,
+        params={"alias": payload.model_name, **hyperparams},
+        total=total_steps,
+        message=_queued_message(len(parsed.pairs), held_out, parsed.skipped),
+    )
+    run = TrainingRun(
+        job_id=job.id,
+        method=(RegisteredModelKind.LORA if lora else RegisteredModelKind.FULL).value,
+        alias=payload.model_name,
+        base_model=base,
+        overwrite=payload.overwrite,
+        hyperparams=hyperparams,
+        pairs=len(parsed.pairs),
+        with_negatives=sum(p.negative is not None for p in parsed.pairs),
+        skipped_lines=parsed.skipped,
+        skipped_examples=parsed.skipped_examples,
+        total_steps=total_steps,
+    )
+    repo.add(job, run, parsed.pairs)
+    enqueue(session, TASK_FOR_KIND[job.kind], str(job.id))
+    return job
+
+
+def _queued_message(pairs: int, held_out: int, skipped: int) -> str:
+    skipped_note = f"; {skipped} malformed line(s) skipped" if skipped else ""
+    return f"queued: {pairs} pairs, {held_out} held out for evaluation{skipped_note}"
+
+
+def _check_base(repo: TrainingRepository, base: str, settings: Settings) -> str:
+    check_model(base, settings)
+    registered = repo.registered(base)
+    if registered is not None and registered.kind == RegisteredModelKind.LORA.value:
+        raise InvalidRequestError(
+            f"base_model {base!r} is a LoRA adapter over {registered.base!r}: fine-tune {registered.base!r} "
+            "(or a full fine-tune) instead",
+            param="base_model",
+        )
+    return base
+
+
+def _check_alias_free(repo: TrainingRepository, alias: str, base: str, overwrite: bool, settings: Settings) -> None:
+    """Refuse (409) an alias that names another model, is registered (unless ``overwrite``) or is being trained."""
+    if alias == base:
+        raise ConflictError(f"model_name {alias!r} is the base model's name: pick a new alias", param="model_name")
+    active = repo.active_job_for_alias(alias)
+    if active is not None:
+        raise ConflictError(
+            f"training job {active} is already producing model {alias!r}: wait for it, cancel it, or pick "
+            "another model_name",
+            param="model_name",
+        )
+    registered = repo.registered(alias)
+    if registered is not None:
+        if not overwrite:
+            raise ConflictError(
+                f"model {alias!r} already exists (registered by job {registered.created_by_job}): send "
+                '"overwrite": true to replace it, or pick another model_name',
+                param="model_name",
+            )
+        return
+    assert settings.models_dir is not None
+    if storage.alias_dir(settings.models_dir, alias).exists() or _resolves(alias, settings):
+        raise ConflictError(
+            f"model_name {alias!r} is the name of a model that fine-tuning did not create; overwrite cannot "
+            "replace it: pick another model_name",
+            param="model_name",
+        )
+
+
+def _resolves(name: str, settings: Settings) -> bool:
+    try:
+        resolve_model(name, settings)
+    except (LookupError, ValueError):
+        return False
+    return True
+
+
+def train_status(session: Session, job_id: uuid.UUID) -> TrainStatus:
+    """Return a training job in the migrated-from /train-status shape; 404 for unknown or non-training jobs."""
+    found = TrainingRepository(session).get_training_job(job_id)
+    if found is None:
+        raise NotFoundError(f"no training job with id {job_id}", param="job_id")
+    job, run = found
+    status = TrainStatusValue.of(job.status)
+    held_out = int(run.hyperparams.get("eval_pairs", 0))
+    return TrainStatus(
+        status=status,
+        progress=job.progress,
+        message=job.message,
+        error=job.error,
+        steps=run.step,
+        epoch=run.epoch,
+        loss=run.loss,
+        total_steps=run.total_steps,
+        eta_seconds=run.eta_seconds if status is TrainStatusValue.RUNNING else None,
+        seconds_per_step=run.seconds_per_step,
+        eval=run.eval,
+        model=run.alias if status is TrainStatusValue.COMPLETED else None,
+        data=TrainingData(
+            pairs=run.pairs,
+            with_negatives=run.with_negatives,
+            train_pairs=run.pairs - held_out,
+            eval_pairs=held_out,
+            skipped_lines=run.skipped_lines,
+            skipped_examples=run.skipped_examples,
+        ),
+    )
+
+
+def list_registered_models(session: Session) -> list[RegisteredModel]:
+    """Return every alias fine-tuning registered, by name."""
+    return TrainingRepository(session).list_registered()
+
+
+def requeue_training(session: Session, job: Job) -> int:
+    """Re-enqueue a training job whose task was lost (for the reaper); it resumes from its last checkpoint."""
+    enqueue(session, TASK_FOR_KIND[job.kind], str(job.id))
+    return 1
+
+
+class _DbHooks:
+    """The trainer's hooks: each report is its own short transaction; a stop is read between steps."""
+
+    def __init__(self, scope: Scope, job_id: uuid.UUID, shutdown_requested: Callable[[], bool]) -> None:
+        self.scope = scope
+        self.job_id = job_id
+        self.shutdown_requested = shutdown_requested
+
+    def started(self, total_steps: int, resumed_from_step: int | None) -> None:
+        with self.scope() as session:
+            TrainingRepository(session).update_run(
+                self.job_id, total_steps=total_steps, resumed_from_step=resumed_from_step
+            )
+            note = f" (resumed from step {resumed_from_step})" if resumed_from_step else ""
+            TrainingRepository(session).touch_job(self.job_id, f"training started: {total_steps} steps{note}")
+
+    def report(self, progress: Progress) -> None:
+        loss = f", loss {progress.loss:.4f}" if progress.loss is not None else ""
+        message = f"training: step {progress.step}/{progress.total_steps}, epoch {progress.epoch:.2f}{loss}"
+        with self.scope() as session:
+            TrainingRepository(session).record_progress(
+                self.job_id,
+                values={
+                    "step": progress.step,
+                    "total_steps": progress.total_steps,
+                    "epoch": progress.epoch,
+                    "loss": progress.loss,
+                    "seconds_per_step": progress.seconds_per_step,
+                    "eta_seconds": progress.eta_seconds,
+                },
+                progress=100.0 * progress.step / max(progress.total_steps, 1),
+                total=progress.total_steps,
+                message=message,
+            )
+
+    def evaluated(self, name: str, metrics: dict[str, float]) -> None:
+        with self.scope() as session:
+            TrainingRepository(session).set_eval(self.job_id, name, metrics)
+
+    def checkpointed(self, step: int, path: Path) -> None:
+        with self.scope() as session:
+            TrainingRepository(session).update_run(self.job_id, checkpoint_path=str(path), checkpoint_step=step)
+
+    def should_stop(self) -> StopReason | None:
+        if self.shutdown_requested():
+            return StopReason.SHUTDOWN
+        with self.scope() as session:
+            status = TrainingRepository(session).job_status(self.job_id)
+        return None if status == JobStatus.RUNNING.value else StopReason.CANCELLED
+
+
+def run_training(
+    scope: Scope,
+    job_id: uuid.UUID,
+    train: TrainFn,
+    settings: Settings,
+    shutdown_requested: Callable[[], bool] = lambda: False,
+) -> RunOutcome:
+    """Run a training job to a registered model, a cancel, a failure or (on shutdown) a checkpoint to resume.
+
+    Database and broker outages propagate, so the task retries and resumes from the last checkpoint.
+    """
+    assert settings.models_dir is not None
+    spec = _claim(scope, job_id, settings)
+    if spec is None:
+        return RunOutcome.SKIPPED
+    hooks = _DbHooks(scope, job_id, shutdown_requested)
+    try:
+        result = train(_with_base_path(spec, settings), hooks)
+    except TRANSIENT_ERRORS:
+        raise
+    except Exception as exc:
+        log.exception("training job %s failed", job_id)
+        _fail(scope, job_id, f"{type(exc).__name__}: {exc}")
+        storage.remove_tree(storage.job_dir(settings.models_dir, job_id))
+        return RunOutcome.FAILED
+    if result.stopped is StopReason.SHUTDOWN:
+        with scope() as session:
+            TrainingRepository(session).touch_job(
+                job_id,
+                f"interrupted by a worker shutdown at step {result.steps}: resumes from its checkpoint when "
+                "a training worker takes it again",
+            )
+        return RunOutcome.INTERRUPTED
+    if result.stopped is StopReason.CANCELLED:
+        storage.remove_tree(storage.job_dir(settings.models_dir, job_id))
+        return RunOutcome.CANCELLED
+    return _register(scope, job_id, result, settings)
+
+
+def _claim(scope: Scope, job_id: uuid.UUID, settings: Settings) -> TrainingSpec | None:
+    """Mark the job running and return what to train; None if it is finished, cancelled or gone."""
+    assert settings.models_dir is not None
+    with scope() as session:
+        repo = TrainingRepository(session)
+        if JobRepository(session).claim(job_id) is None:
+            return None
+        run = repo.get_run(job_id)
+        if run is None:
+            return None
+        pairs = repo.pairs(job_id)
+        hyperparams = dict(run.hyperparams)
+        train, evaluation = split_pairs(pairs, int(hyperparams.get("eval_pairs", 0)), int(hyperparams["seed"]))
+        return TrainingSpec(
+            job_id=job_id,
+            method=run.method,
+            base_model=run.base_model,
+            base_path=None,
+            train_pairs=train,
+            eval_pairs=evaluation,
+            hyperparams=hyperparams,
+            checkpoint_dir=storage.checkpoint_dir(settings.models_dir, job_id),
+            output_dir=storage.staging_dir(settings.models_dir, job_id),
+            progress_every_steps=settings.training_progress_every_steps,
+            checkpoint_every_steps=settings.training_checkpoint_every_steps,
+            base_eval=(run.eval or {}).get("base"),
+        )
+
+
+def _with_base_path(spec: TrainingSpec, settings: Settings) -> TrainingSpec:
+    """Return ``spec`` with its base model's folder; raises (failing the job) if the base is gone meanwhile."""
+    base = resolve_model(spec.base_model, settings)
+    return replace(spec, base_model=base.name, base_path=base.path)
+
+
+def _fail(scope: Scope, job_id: uuid.UUID, error: str) -> None:
+    with scope() as session:
+        run = TrainingRepository(session).get_run(job_id)
+        message = f"training failed at step {run.step if run else 0}"
+        if JobRepository(session).finish(job_id, JobStatus.FAILED, message=message, error=error):
+            on_job_finished(session, job_id, JobStatus.FAILED)
+
+
+def _register(scope: Scope, job_id: uuid.UUID, result: TrainingResult, settings: Settings) -> RunOutcome:
+    """Publish the trained folder as its alias and finish the job, atomically as far as the two allow."""
+    assert settings.models_dir is not None
+    work = storage.job_dir(settings.models_dir, job_id)
+    staging = storage.staging_dir(settings.models_dir, job_id)
+    with scope() as session:
+        repo = TrainingRepository(session)
+        jobs = JobRepository(session)
+        if not jobs.lock_running(job_id):
+            storage.remove_tree(work)
+            return RunOutcome.CANCELLED
+        run = repo.get_run(job_id)
+        assert run is not None
+        target = storage.alias_dir(settings.models_dir, run.alias)
+        conflict = _late_conflict(repo, run, target, job_id)
+        if conflict is not None:
+            if jobs.finish(job_id, JobStatus.FAILED, message="trained, but not registered", error=conflict):
+                on_job_finished(session, job_id, JobStatus.FAILED)
+            session.commit()
+            storage.remove_tree(work)
+            return RunOutcome.FAILED
+        aside = work / "replaced"
+        replaced = storage.publish(staging, target, aside)
+        try:
+            repo.register(
+                RegisteredModel(
+                    name=run.alias,
+                    base=run.base_model,
+                    kind=run.method,
+                    path=str(target),
+                    dimension=result.dimension or 0,
+                    created_by_job=job_id,
+                )
+            )
+            repo.update_run(job_id, eval={**(run.eval or {}), **result.eval}, eta_seconds=None)
+            jobs.finish(job_id, JobStatus.SUCCEEDED, message=_done_message(run, result), error=None)
+            on_job_finished(session, job_id, JobStatus.SUCCEEDED)
+            session.commit()
+        except BaseException:
+            storage.unpublish(target, staging, aside, replaced)
+            raise
+    storage.remove_tree(work)
+    return RunOutcome.COMPLETED
+
+
+def _late_conflict(repo: TrainingRepository, run: TrainingRun, target: Path, job_id: uuid.UUID) -> str | None:
+    """Return why the alias cannot be registered now (someone took it while the job ran), or None."""
+    registered = repo.registered(run.alias)
+    if registered is not None and registered.created_by_job != job_id and not run.overwrite:
+        return (
+            f"model {run.alias!r} was registered by job {registered.created_by_job} while this job ran: "
+            "train again with overwrite=true or another model_name"
+        )
+    if registered is None and target.exists():
+        return (
+            f"a folder {target} that fine-tuning did not create appeared while this job ran: "
+            "train again with another model_name"
+        )
+    return None
+
+
+def _done_message(run: TrainingRun, result: TrainingResult) -> str:
+    message = f"trained {result.steps} steps; registered model {run.alias!r} ({run.method})"
+    base = ((run.eval or {}).get("base") or {}).get("recall@10")
+    trained = (result.eval.get("trained") or {}).get("recall@10")
+    if base is not None and trained is not None:
+        message += f"; held-out recall@10 {base:.3f} -> {trained:.3f}"
+    return message

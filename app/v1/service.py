@@ -1,0 +1,171 @@
+"""The synchronous API's decisions: check a request against the limits, send it to a worker, shape the answer."""
+
+from __future__ import annotations
+
+import base64
+import fnmatch
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from app.catalog.resolver import InvalidModelNameError, UnknownModelError, resolve_model
+from app.core.config import Settings
+from app.core.errors import EmbedqError, NotFoundError
+from app.inference.dispatch import request
+
+EMBED_OP = "embed"
+TOKENIZE_OP = "tokenize"
+
+
+class InvalidInputError(EmbedqError):
+    status_code = 400
+    code = "invalid_input"
+
+
+class ModelNotFoundError(NotFoundError):
+    code = "model_not_found"
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """Vectors of one request, in input order, with what the caller is told about them."""
+
+    model: str
+    vectors: np.ndarray
+    prompt_tokens: int
+    truncated: list[int]
+    batch_requests: int
+
+    def headers(self) -> dict[str, str]:
+        """Return the response headers: how many inputs were truncated and how many requests shared the batch."""
+        return {
+            "X-Embedq-Truncated-Inputs": str(len(self.truncated)),
+            "X-Embedq-Batch-Requests": str(self.batch_requests),
+        }
+
+
+def check_model(name: str | None, settings: Settings) -> tuple[str, str]:
+    """Return (the name asked for, the name it resolves to), or raise 400 for a bad name and 404 for an unknown one."""
+    asked = name or settings.default_model
+    try:
+        resolved = resolve_model(asked, settings)
+    except InvalidModelNameError as exc:
+        raise InvalidInputError(str(exc), param="model") from exc
+    except UnknownModelError as exc:
+        raise ModelNotFoundError(str(exc), param="model") from exc
+    return asked, resolved.name
+
+
+def check_texts(texts: list[str], settings: Settings) -> None:
+    """Raise a 400 naming the first text that is empty or too long, or the count if there are too many."""
+    _check_count(len(texts), settings)
+    for i, text in enumerate(texts):
+        if not text:
+            raise InvalidInputError(f"input[{i}] is an empty string: remove it or give it some text", param="input")
+        if len(text) > settings.max_input_chars:
+            raise InvalidInputError(
+                f"input[{i}] has {len(text)} characters; at most {settings.max_input_chars} "
+                "(EMBEDQ_MAX_INPUT_CHARS): split it first",
+                param="input",
+            )
+
+
+def check_token_ids(ids_lists: list[list[int]], settings: Settings) -> None:
+    """Raise a 400 naming the first token-id input that is empty or holds a negative id."""
+    _check_count(len(ids_lists), settings)
+    for i, ids in enumerate(ids_lists):
+        if not ids:
+            raise InvalidInputError(f"input[{i}] is an empty array of token ids", param="input")
+        if min(ids) < 0:
+            raise InvalidInputError(f"input[{i}] holds a negative token id ({min(ids)})", param="input")
+
+
+def _check_count(count: int, settings: Settings) -> None:
+    if count == 0:
+        raise InvalidInputError("input is empty: send at least one text", param="input")
+    if count > settings.max_inputs_per_request:
+        raise InvalidInputError(
+            f"input has {count} items; at most {settings.max_inputs_per_request} per request "
+            "(EMBEDQ_MAX_INPUTS_PER_REQUEST): split it, or use POST /jobs/embeddings for bulk work",
+            param="input",
+        )
+
+
+def allows_dimensions(names: tuple[str, ...], settings: Settings) -> bool:
+    """Return whether any of ``names`` matches EMBEDQ_MATRYOSHKA_MODELS (fnmatch patterns, case-insensitive)."""
+    return any(
+        fnmatch.fnmatch(name.lower(), pattern.lower()) for name in names for pattern in settings.matryoshka_models
+    )
+
+
+def split_input(
+    value: str | list[str] | list[int] | list[list[int]],
+) -> tuple[list[str] | None, list[list[int]] | None]:
+    """Return (texts, token_ids) for an OpenAI ``input``: exactly one is not None."""
+    if isinstance(value, str):
+        return [value], None
+    if isinstance(value[0], str):
+        return list(value), None  # type: ignore[arg-type]
+    if isinstance(value[0], int):
+        return None, [list(value)]  # type: ignore[arg-type]
+    return None, [list(ids) for ids in value]  # type: ignore[union-attr]
+
+
+async def embed(
+    model: str | None,
+    settings: Settings,
+    *,
+    texts: list[str] | None = None,
+    token_ids: list[list[int]] | None = None,
+    is_query: bool | None = None,
+    dimensions: int | None = None,
+) -> Embedded:
+    """Return the vectors of ``texts`` (or ``token_ids``) computed by a sync worker with ``model``."""
+    if texts is not None:
+        check_texts(texts, settings)
+    else:
+        check_token_ids(token_ids or [], settings)
+    asked, resolved = check_model(model, settings)
+    if dimensions is not None and not allows_dimensions((asked, resolved), settings):
+        raise InvalidInputError(
+            f"model {asked!r} does not support dimensions: its vectors were not trained to be shortened. Omit "
+            "dimensions, use a Matryoshka model, or add this model to EMBEDQ_MATRYOSHKA_MODELS",
+            param="dimensions",
+        )
+    payload: dict[str, Any] = {
+        "is_query": is_query,
+        "dimensions": dimensions,
+        "truncate": settings.truncate,
+        "max_tokens": settings.max_tokens_per_request,
+    }
+    payload["texts" if texts is not None else "token_ids"] = texts if texts is not None else token_ids
+    reply = await request(EMBED_OP, asked, payload)
+    result = reply.result
+    raw = base64.b64decode(result["embeddings"])
+    vectors = np.frombuffer(raw, dtype="<f4").reshape(result["count"], result["dimension"])
+    return Embedded(asked, vectors, int(result["prompt_tokens"]), list(result["truncated"]), reply.batch_requests)
+
+
+def embedding_items(vectors: np.ndarray, encoding_format: str) -> list[dict[str, Any]]:
+    """Return OpenAI ``data`` items: floats, or base64 of each row's little-endian float32 bytes."""
+    if encoding_format == "base64":
+        rows: list[Any] = [base64.b64encode(row.tobytes()).decode("ascii") for row in vectors]
+    else:
+        rows = vectors.tolist()
+    return [{"object": "embedding", "index": i, "embedding": row} for i, row in enumerate(rows)]
+
+
+async def tokenize(model: str | None, texts: list[str], settings: Settings) -> dict[str, Any]:
+    """Return the /tokenize body: token ids, strings and counts per text, from the model's own tokenizer."""
+    check_texts(texts, settings)
+    asked, _ = check_model(model, settings)
+    result = (await request(TOKENIZE_OP, asked, {"texts": texts})).result
+    data = [{"index": i, **item} for i, item in enumerate(result["data"])]
+    return {
+        "object": "list",
+        "model": asked,
+        "max_tokens": result["max_tokens"],
+        "data": data,
+        "total_tokens": sum(item["count"] for item in data),
+    }

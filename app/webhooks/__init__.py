@@ -1,0 +1,1 @@
+"""Signed webhooks: endpoints, events owed by finished jobs, delivery with retries, the SSRF guard."""

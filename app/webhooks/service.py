@@ -1,0 +1,208 @@
+"""Webhook endpoints (create, rotate, enable), the events a finished job owes them, and the delivery log.
+
+How a job finds its endpoints: a job's ``webhook_url`` is matched to the endpoint registered with the
+same URL (``POST /webhook-endpoints``, which returns the signing secret once). A URL nobody registered
+gets an endpoint created when the first event is due, marked ``auto_created``; its secret was never
+shown, so obtain one with ``POST /webhook-endpoints/{id}/rotate-secret``. Endpoints with ``all_jobs``
+also receive the events of every job.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from app.core.config import Settings
+from app.core.db import enqueue
+from app.core.errors import ConflictError, NotFoundError
+from app.core.queues import TaskName
+from app.models.job import Job, JobStatus
+from app.models.webhook import WebhookEndpoint, WebhookEvent, WebhookEventStatus
+from app.webhooks.repository import WebhookRepository
+from app.webhooks.schemas import (
+    DeliveryLog,
+    DeliveryOut,
+    EndpointCreate,
+    EndpointUpdate,
+    EventOut,
+    Redelivery,
+)
+from app.webhooks.signing import new_secret
+from app.webhooks.ssrf import check_url
+
+log = logging.getLogger(__name__)
+
+
+def create_endpoint(session: Session, payload: EndpointCreate, settings: Settings) -> tuple[WebhookEndpoint, str]:
+    """Return a new endpoint and its secret, once the URL's addresses passed the SSRF guard."""
+    url = str(payload.url)
+    check_url(url, settings.webhook_allowed_cidrs)
+    secret = new_secret()
+    endpoint = WebhookEndpoint(
+        id=uuid.uuid4(), url=url, description=payload.description, secret=secret, all_jobs=payload.all_jobs
+    )
+    return WebhookRepository(session).add_endpoint(endpoint), secret
+
+
+def get_endpoint(session: Session, endpoint_id: uuid.UUID) -> WebhookEndpoint:
+    endpoint = WebhookRepository(session).get_endpoint(endpoint_id)
+    if endpoint is None:
+        raise NotFoundError(f"no webhook endpoint with id {endpoint_id}", param="endpoint_id")
+    return endpoint
+
+
+def list_endpoints(session: Session) -> list[WebhookEndpoint]:
+    return WebhookRepository(session).list_endpoints()
+
+
+def update_endpoint(session: Session, endpoint_id: uuid.UUID, payload: EndpointUpdate) -> WebhookEndpoint:
+    """Return the endpoint with the given fields changed; enabling it clears why it was disabled."""
+    endpoint = get_endpoint(session, endpoint_id)
+    if payload.enabled is not None:
+        endpoint.enabled = payload.enabled
+        endpoint.disabled_reason = None if payload.enabled else "disabled by request"
+    if payload.description is not None:
+        endpoint.description = payload.description
+    if payload.all_jobs is not None:
+        endpoint.all_jobs = payload.all_jobs
+    session.flush()
+    return endpoint
+
+
+def rotate_secret(
+    session: Session, endpoint_id: uuid.UUID, overlap_s: float | None, settings: Settings
+) -> tuple[WebhookEndpoint, str]:
+    """Return the endpoint and its new secret; the old one keeps signing alongside for the overlap."""
+    endpoint = get_endpoint(session, endpoint_id)
+    overlap = settings.webhook_secret_overlap_s if overlap_s is None else overlap_s
+    secret = new_secret()
+    endpoint.previous_secret = endpoint.secret
+    endpoint.previous_secret_expires_at = datetime.now(UTC) + timedelta(seconds=overlap)
+    endpoint.secret = secret
+    session.flush()
+    return endpoint, secret
+
+
+def delete_endpoint(session: Session, endpoint_id: uuid.UUID) -> None:
+    """Delete an endpoint with its events and their delivery log."""
+    WebhookRepository(session).delete_endpoint(get_endpoint(session, endpoint_id))
+
+
+def event_body(job: Job, status: JobStatus, settings: Settings) -> str:
+    """Return the JSON event for a job that reached ``status``: its state and links, never its vectors."""
+    base = (settings.public_url or "").rstrip("/")
+    links = {"self": f"{base}/jobs/{job.id}", "webhook_deliveries": f"{base}/jobs/{job.id}/webhook-deliveries"}
+    if job.kind == "embeddings":
+        links["results"] = f"{base}/jobs/{job.id}/results"
+    data: dict[str, Any] = {
+        "id": str(job.id),
+        "kind": job.kind,
+        "status": status.value,
+        "model": job.model,
+        "counts": {"total": job.total, "done": job.done, "failed": job.failed},
+        "progress": job.progress,
+        "message": job.message,
+        "error": job.error,
+        "created_at": _iso(job.created_at),
+        "started_at": _iso(job.started_at),
+        "finished_at": _iso(job.finished_at),
+        "links": links,
+    }
+    event = {"type": f"job.{status.value}", "timestamp": datetime.now(UTC).isoformat(), "data": data}
+    return json.dumps(event, separators=(",", ":"))
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _endpoints_for(repo: WebhookRepository, job: Job) -> list[WebhookEndpoint]:
+    endpoints: list[WebhookEndpoint] = []
+    if job.webhook_url:
+        endpoint = repo.endpoint_for_url(job.webhook_url)
+        if endpoint is None:
+            endpoint = repo.add_endpoint(
+                WebhookEndpoint(id=uuid.uuid4(), url=job.webhook_url, secret=new_secret(), auto_created=True)
+            )
+            log.info("created webhook endpoint %s for %s (job %s)", endpoint.id, job.webhook_url, job.id)
+        endpoints.append(endpoint)
+    seen = {e.id for e in endpoints}
+    endpoints += [e for e in repo.all_jobs_endpoints() if e.id not in seen]
+    return endpoints
+
+
+def notify_job_finished(session: Session, job_id: uuid.UUID, status: JobStatus, settings: Settings) -> int:
+    """Record the event this terminal status owes each endpoint and queue it after commit; return how many."""
+    repo = WebhookRepository(session)
+    job = repo.job(job_id)
+    if job is None:
+        return 0
+    endpoints = _endpoints_for(repo, job)
+    if not endpoints:
+        return 0
+    body = event_body(job, status, settings)
+    for endpoint in endpoints:
+        event = WebhookEvent(
+            id=uuid.uuid4(), job_id=job.id, endpoint_id=endpoint.id, type=f"job.{status.value}", body=body
+        )
+        if endpoint.enabled:
+            repo.add_event(event)
+            enqueue(session, TaskName.WEBHOOK_DELIVER, str(job.id), str(event.id), 0)
+        else:
+            # Kept so the log shows why nothing was sent, and a redelivery can send it once re-enabled.
+            event.status = WebhookEventStatus.FAILED.value
+            event.last_error = f"endpoint disabled: {endpoint.disabled_reason}"
+            repo.add_event(event)
+    return len(endpoints)
+
+
+def _require_job(repo: WebhookRepository, job_id: uuid.UUID) -> Job:
+    job = repo.job(job_id)
+    if job is None:
+        raise NotFoundError(f"no job with id {job_id}", param="job_id")
+    return job
+
+
+def delivery_log(session: Session, job_id: uuid.UUID) -> DeliveryLog:
+    """Return a job's webhook events and every attempt to send them, oldest first."""
+    repo = WebhookRepository(session)
+    _require_job(repo, job_id)
+    return DeliveryLog(
+        job_id=job_id,
+        events=[EventOut.of(e) for e in repo.events_of_job(job_id)],
+        data=[DeliveryOut.of(d, e) for d, e in repo.deliveries_of_job(job_id)],
+    )
+
+
+def redeliver(session: Session, job_id: uuid.UUID) -> Redelivery:
+    """Queue every event of a job again (same webhook-id, fresh retry schedule) to its enabled endpoints."""
+    repo = WebhookRepository(session)
+    _require_job(repo, job_id)
+    events = repo.events_of_job(job_id)
+    if not events:
+        raise ConflictError(
+            f"job {job_id} has no webhook events: it has not finished, or it names no webhook_url and no "
+            "endpoint has all_jobs"
+        )
+    queued: list[WebhookEvent] = []
+    disabled: set[str] = set()
+    for event in events:
+        endpoint = repo.get_endpoint(event.endpoint_id)
+        if endpoint is None or not endpoint.enabled:
+            disabled.add(str(event.endpoint_id))
+            continue
+        token = repo.restart_event(event.id)
+        enqueue(session, TaskName.WEBHOOK_DELIVER, str(job_id), str(event.id), token)
+        queued.append(repo.refresh_event(event))
+    if not queued:
+        raise ConflictError(
+            f"every endpoint of job {job_id}'s events is disabled ({', '.join(sorted(disabled))}): re-enable "
+            'one with PATCH /webhook-endpoints/{id} {"enabled": true}, then redeliver',
+            disabled_endpoints=sorted(disabled),
+        )
+    return Redelivery(job_id=job_id, events=[EventOut.of(e) for e in queued])

@@ -1,0 +1,169 @@
+"""Speed and fidelity of each precision and backend on the CPU, against sentence-transformers' fp32 torch encode.
+
+    python -m bench.precision [--n 512] [--rounds 3] [--model sentence-transformers/all-MiniLM-L6-v2]
+
+Every variant embeds the same texts; rounds interleave the variants so a busy machine slows all of them alike.
+Reported per variant: median texts/s, the median over rounds of (sentence-transformers time / variant time),
+and the mean and minimum cosine of its vectors to sentence-transformers' fp32 vectors. Target from the issue:
+>= 2.5x sentence-transformers with mean cosine >= 0.99.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from app.catalog.resolver import resolve_model
+from app.core.config import get_settings
+from bench.corpus import realistic_texts
+from workers.runtime.encoder import Encoder
+
+MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+@dataclass
+class Variant:
+    """One way of embedding the texts, with what it measured."""
+
+    name: str
+    encode: Callable[[list[str]], np.ndarray]
+    rates: list[float] = field(default_factory=list)
+    ratios: list[float] = field(default_factory=list)
+    cosines: np.ndarray | None = None
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def _encoder(model: str, precision: str, backend: str, onnx_dir: Path) -> Encoder:
+    os.environ["EMBEDQ_ONNX_DIR"] = str(onnx_dir)
+    get_settings.cache_clear()
+    resolved = resolve_model(model, get_settings())
+    return Encoder(replace(resolved, precision=precision, backend=backend))
+
+
+def _onnx_recipe(
+    encoder: Encoder, work: Path, *, per_channel: bool, optimize: bool, exclude_last_layer: bool = False
+) -> Callable[[list[str]], np.ndarray]:
+    """Return an encode function running ``encoder`` through another ONNX int8 recipe."""
+    import onnx
+
+    from workers.runtime.onnx_backend import OnnxModel, export_fp32, optimize_graph, quantize_int8
+
+    input_names = list(dict.fromkeys(encoder.tokenizer.model_input_names))
+    tag = f"{'pc' if per_channel else 'pt'}-{'opt' if optimize else 'raw'}-{'x' if exclude_last_layer else 'all'}"
+    fp32 = export_fp32(encoder.model, input_names, work / f"{tag}-fp32.onnx")
+    if optimize:
+        fp32 = optimize_graph(fp32, work / f"{tag}-opt.onnx", encoder.model)
+    excluded: list[str] = []
+    if exclude_last_layer:
+        last = encoder.model.config.num_hidden_layers - 1
+        graph = onnx.load(str(fp32), load_external_data=False).graph
+        excluded = [node.name for node in graph.node if f"layer.{last}/" in node.name]
+    path = quantize_int8(fp32, work / f"{tag}-int8.onnx", per_channel=per_channel, nodes_to_exclude=excluded)
+    runner = OnnxModel(path)
+
+    def encode(texts: list[str]) -> np.ndarray:
+        saved = encoder.onnx
+        encoder.onnx = runner
+        try:
+            return encoder.encode(texts)
+        finally:
+            encoder.onnx = saved
+
+    return encode
+
+
+def build_variants(model: str, work: Path) -> tuple[Variant, list[Variant]]:
+    """Return the sentence-transformers baseline and the variants to compare with it."""
+    from sentence_transformers import SentenceTransformer
+
+    torch_fp32 = _encoder(model, "fp32", "torch", work)
+    baseline_model = SentenceTransformer(str(torch_fp32.path), device="cpu")
+    baseline = Variant(
+        "sentence-transformers fp32",
+        lambda texts: baseline_model.encode(texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True),
+    )
+    torch_int8 = _encoder(model, "int8", "torch", work)
+    torch_bf16 = _encoder(model, "bf16", "torch", work)
+    onnx_fp32 = _encoder(model, "fp32", "onnx", work)
+    onnx_int8 = _encoder(model, "int8", "onnx", work)
+    variants = [
+        Variant("embedq torch fp32", torch_fp32.encode),
+        Variant("embedq torch bf16", torch_bf16.encode),
+        Variant("embedq torch int8 (dynamic, per-channel)", torch_int8.encode),
+        Variant("embedq onnx fp32 (fused)", onnx_fp32.encode),
+        Variant("embedq onnx int8 (fused, per-channel) [default]", onnx_int8.encode),
+        Variant("onnx int8 (fused, per-tensor)", _onnx_recipe(onnx_fp32, work, per_channel=False, optimize=True)),
+        Variant("onnx int8 (unfused, per-channel)", _onnx_recipe(onnx_fp32, work, per_channel=True, optimize=False)),
+        Variant(
+            "onnx int8 (fused, per-channel, last layer fp32)",
+            _onnx_recipe(onnx_fp32, work, per_channel=True, optimize=True, exclude_last_layer=True),
+        ),
+    ]
+    return baseline, variants
+
+
+def run(texts: list[str], baseline: Variant, variants: list[Variant], rounds: int) -> None:
+    """Time every variant ``rounds`` times, interleaved, and record its fidelity to the baseline."""
+    reference = baseline.encode(texts[:64])  # warm-up
+    for variant in variants:
+        variant.encode(texts[:64])
+    reference = baseline.encode(texts)
+    for variant in variants:
+        variant.cosines = _cosines(variant.encode(texts), reference)
+    for round_ in range(rounds):
+        started = time.perf_counter()
+        baseline.encode(texts)
+        base_seconds = time.perf_counter() - started
+        baseline.rates.append(len(texts) / base_seconds)
+        for variant in variants:
+            started = time.perf_counter()
+            variant.encode(texts)
+            seconds = time.perf_counter() - started
+            variant.rates.append(len(texts) / seconds)
+            variant.ratios.append(base_seconds / seconds)
+        print(f"round {round_ + 1}/{rounds}: baseline {baseline.rates[-1]:.1f} texts/s", flush=True)
+
+
+def report(baseline: Variant, variants: list[Variant]) -> str:
+    """Return a markdown table of the measurements."""
+    lines = [
+        "| variant | texts/s (median) | × sentence-transformers (median of rounds) | mean cosine | min cosine |",
+        "| --- | ---: | ---: | ---: | ---: |",
+        f"| {baseline.name} | {statistics.median(baseline.rates):.1f} | 1.00 | 1.0000 | 1.0000 |",
+    ]
+    for v in variants:
+        assert v.cosines is not None
+        lines.append(
+            f"| {v.name} | {statistics.median(v.rates):.1f} | {statistics.median(v.ratios):.2f} "
+            f"| {v.cosines.mean():.4f} | {v.cosines.min():.4f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=512)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--model", default=MODEL)
+    args = parser.parse_args()
+    texts = realistic_texts(args.n)
+    with tempfile.TemporaryDirectory(prefix="embedq-precision-") as work:
+        baseline, variants = build_variants(args.model, Path(work))
+        run(texts, baseline, variants, args.rounds)
+    print(f"\n{args.model}, {len(texts)} texts, {args.rounds} interleaved rounds\n")
+    print(report(baseline, variants))
+
+
+if __name__ == "__main__":
+    main()

