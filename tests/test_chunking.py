@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from support.texts import SENTENCES, mixed_texts
 
@@ -32,7 +34,7 @@ def test_windows_cover_everything_and_cut_only_before_word_starts() -> None:
 def test_overlap_starts_at_a_word_within_reach_of_the_previous_end() -> None:
     starts = list(range(0, 40, 2))  # two-token words
     windows = chunk_windows(40, starts, budget=10, overlap=4)
-    for (s1, e1), (s2, e2) in zip(windows, windows[1:], strict=False):
+    for (_, e1), (s2, e2) in itertools.pairwise(windows):
         assert 0 < e1 - s2 <= 4 and s2 in starts and e2 - s2 <= 10
     assert windows[0][0] == 0 and windows[-1][1] == 40
 
@@ -70,7 +72,7 @@ def test_chunks_fit_the_model_and_match_its_tokenizer(encoder, chunker, max_toke
             assert piece.end == len(text) or text[piece.end].isspace()
         assert pieces[0].start == len(text) - len(text.lstrip())
         assert pieces[-1].end == len(text.rstrip())
-        for before, after in zip(pieces, pieces[1:], strict=False):
+        for before, after in itertools.pairwise(pieces):
             assert after.start > before.start
             if overlap:
                 # Consecutive chunks share a tail of whole words, at most `overlap` tokens of it.

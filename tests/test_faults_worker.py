@@ -1,20 +1,27 @@
-"""Faults: a worker's pool child, then the whole worker, killed with SIGKILL in the middle of an embedding job.
+"""Faults: a worker's pool child, the whole worker, a training worker: killed with SIGKILL in the middle of a job.
 
 Each test runs a real API and Celery worker against a Postgres and a Redis of its module's own, and checks
-in Postgres at the end that the job succeeded with exactly one vector per input.
+in Postgres at the end that the job succeeded: with exactly one vector per input, or for training, resumed
+from the checkpoint it had saved.
 """
 
 from __future__ import annotations
 
 import random
 import time
+import uuid
 from collections.abc import Iterator
 
+import httpx
 import psutil
 import pytest
+from celery import Celery
+from sqlalchemy import select
 from support.faults import FaultStack, exactly_once, fault_stack, submit
 from support.processes import ManagedProcess, start_api, start_worker
 from support.texts import SENTENCES
+
+from app.models.training import TrainingRun
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e]
 
@@ -94,4 +101,80 @@ def test_killed_worker_batches_are_picked_up_after_restart(clean: FaultStack, fa
     print(
         f"\n[fault] worker killed at {before}/{INPUTS} holding {orphaned}: "
         f"picked up and embedded {picked_up_after:.1f}s after the restart"
+    )
+
+
+def test_a_message_held_past_the_visibility_timeout_is_not_redelivered(clean: FaultStack) -> None:
+    # A task waiting for its ETA is held (unacked) by its worker, like a long training run: past the
+    # visibility timeout, only the worker's heartbeat keeps the message from going back to the queue.
+    env = {
+        **clean.env,
+        "EMBEDQ_REDIS_VISIBILITY_TIMEOUT_S": "6",
+        "EMBEDQ_BROKER_HEARTBEAT_S": "2",
+        "EMBEDQ_BROKER_RESTORE_INTERVAL_S": "1",
+    }
+    worker = start_worker(env, queues=["inference"])
+    control = Celery("embedq-tests", broker=clean.redis.url())
+    try:
+        task_id = control.send_task(
+            "embed.batch", args=[str(uuid.uuid4()), 0, 16], queue="inference", countdown=20, ignore_result=True
+        ).id
+        deadline = time.monotonic() + 120
+        while f"Task embed.batch[{task_id}] succeeded" not in worker.log_text():
+            assert time.monotonic() < deadline, worker.log_tail()
+            time.sleep(0.5)
+        assert worker.log_text().count(f"Task embed.batch[{task_id}] received") == 1, worker.log_tail()
+    finally:
+        control.close()
+        worker.stop()
+
+
+TOPICS = "cat dog river mountain city music book water bread train ship garden".split()
+PAIRS_TSV = "\n".join(
+    f"tell me about the {t} number {i}\titem {i} is about a {t} and nothing else" for i, t in enumerate(TOPICS * 4)
+)
+
+
+def checkpoint_step(stack: FaultStack, job_id: str) -> int | None:
+    with stack.engine.connect() as conn:
+        return conn.execute(
+            select(TrainingRun.checkpoint_step).where(TrainingRun.job_id == uuid.UUID(job_id))
+        ).scalar_one_or_none()
+
+
+def test_training_worker_killed_mid_epoch_resumes_from_its_checkpoint(
+    clean: FaultStack, fault_api: ManagedProcess
+) -> None:
+    env = {**clean.env, "EMBEDQ_TRAINING_PROGRESS_EVERY_STEPS": "1", "EMBEDQ_TRAINING_CHECKPOINT_EVERY_STEPS": "2"}
+    worker = start_worker(env, queues=["training"])
+    try:
+        body = {"text_content": PAIRS_TSV, "model_name": f"faults-{uuid.uuid4().hex[:6]}", "batch_size": 2}
+        created = httpx.post(f"{fault_api.base_url}/fine-tune-lora", json=body, timeout=60)
+        assert created.status_code in (200, 202), created.text
+        job_id = str(created.json()["job_id"])
+        deadline = time.monotonic() + 600
+        while (saved := checkpoint_step(clean, job_id)) is None:
+            assert time.monotonic() < deadline, f"no checkpoint in 600s\n{worker.log_tail()}"
+            time.sleep(0.5)
+        worker.kill()
+    finally:
+        worker.stop()
+    assert clean.counts(job_id)["status"] == "running"
+
+    restarted_at = time.monotonic()
+    worker = start_worker(env, queues=["training"])
+    try:
+        counts = clean.wait_terminal(job_id, timeout=900)
+        finished_after = time.monotonic() - restarted_at
+        assert counts["status"] == "succeeded", (counts, worker.log_tail())
+        with clean.engine.connect() as conn:
+            resumed = conn.execute(
+                select(TrainingRun.resumed_from_step).where(TrainingRun.job_id == uuid.UUID(job_id))
+            ).scalar_one()
+        assert resumed is not None and resumed >= saved, (resumed, saved)
+    finally:
+        worker.stop()
+    print(
+        f"\n[fault] training worker killed after its step-{saved} checkpoint: resumed from step {resumed}, "
+        f"succeeded {finished_after:.1f}s after the restart"
     )

@@ -210,12 +210,11 @@ def training_pairs(n: int) -> str:
 
 
 def test_training_job_page_draws_its_loss_and_evaluation(api, worker, clean_state, service_env, tab: Tab) -> None:
-    # A tiny random model keeps the test fast; the README's screenshot trains the real MiniLM for a real curve.
-    base = "sentence-transformers/all-MiniLM-L6-v2" if SCREENSHOTS else "ui-tiny-base"
-    if not SCREENSHOTS:
-        from support.tiny_models import make_tiny_bert
+    from support.tiny_models import make_tiny_bert
 
-        make_tiny_bert(Path(service_env["EMBEDQ_MODELS_DIR"]) / base)
+    # A tiny random model keeps the test fast (the README's screenshot trains longer, for a longer curve).
+    base = "ui-tiny-base"
+    make_tiny_bert(Path(service_env["EMBEDQ_MODELS_DIR"]) / base)
     body = {"text_content": training_pairs(160), "model_name": "ui-tuned", "base_model": base}
     body |= {"epochs": 4 if SCREENSHOTS else 2, "batch_size": 4, "overwrite": True}
     created = httpx.post(f"{api.base_url}/fine-tune", json=body, timeout=30)
@@ -252,6 +251,10 @@ def test_training_job_page_draws_its_loss_and_evaluation(api, worker, clean_stat
     cells = ["ui-tuned", "full", base, re.compile(r"^\d+$"), job_id[:8], re.compile("ago|now")]
     expect(tuned.locator("td")).to_have_text(cells)
     expect(tuned.locator("a")).to_have_attribute("href", f"/ui/jobs/{job_id}")
+    # The catalog lists it next to the default model, each with its family, dimension and source.
+    expect(page.locator('#catalog-table tr[data-model="ui-tuned"] td').nth(4)).to_have_text("models_dir")
+    default = page.locator('#catalog-table tr[data-model="sentence-transformers/all-MiniLM-L6-v2"] td')
+    expect(default.nth(2)).to_have_text("384")
     tab.screenshot("ui-models.png")
 
 

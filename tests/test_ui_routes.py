@@ -11,7 +11,7 @@ from app.core.config import get_settings
 from app.main import create_app
 from app.ui.routes import UI_DIR
 
-PAGES = ["/ui", "/ui/jobs/3f0c0000-0000-4000-8000-000000000000", "/ui/collections"]
+PAGES = ["/ui", "/ui/jobs/3f0c0000-0000-4000-8000-000000000000", "/ui/collections", "/ui/models"]
 
 
 @pytest.fixture
@@ -37,7 +37,7 @@ def test_every_asset_a_page_or_script_names_is_served(client_with_keys: TestClie
         names |= set(re.findall(r'/ui/static/([\w.-]+)"', client_with_keys.get(path).text))
     for script in (UI_DIR / "static").glob("*.js"):
         names |= set(re.findall(r'from "\./([\w.-]+)"', script.read_text()))
-    assert {"dashboard.css", "jobs.js", "job.js", "collections.js", "api.js", "format.js", "chart.js"} <= names
+    assert names == {path.name for path in (UI_DIR / "static").iterdir()}  # nothing missing, nothing orphaned
     for name in names:
         asset = client_with_keys.get(f"/ui/static/{name}")
         assert asset.status_code == 200, name

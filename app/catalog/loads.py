@@ -1,8 +1,10 @@
 """Which worker processes hold which models: a small Redis hash per model, written by workers, read by the API.
 
-A worker process writes one field (``host:pid|precision|backend``) of ``embedq:model-loads:<model name>`` when it
-loads a model and deletes it when it unloads one. The key expires ``LOAD_RECORD_TTL_S`` after its last write,
-and workers refresh it while they use the model, so a worker that died without unloading disappears by itself.
+A worker process writes one field (``host:pid|<load settings>``) of ``embedq:model-loads:<model name>`` when it
+loads a model and deletes it when it unloads one; the load settings (requested precision, backend, family
+override) tell apart the loads of one model under several aliases. The key expires ``LOAD_RECORD_TTL_S`` after
+its last write, and workers refresh it while they use the model, so a worker that died without unloading
+disappears by itself.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from dataclasses import asdict, dataclass
 
 import redis
 
+from app.catalog.resolver import ResolvedModel
+
 logger = logging.getLogger(__name__)
 
 KEY_PREFIX = "embedq:model-loads:"
@@ -26,6 +30,7 @@ class ModelLoad:
     """One model loaded in one worker process, as that process reported it."""
 
     worker: str
+    settings: str
     name: str
     family: str
     dimension: int
@@ -43,8 +48,13 @@ class ModelLoad:
 
     @property
     def field(self) -> str:
-        """Return this load's field in the model's hash: the worker process, precision and backend."""
-        return f"{self.worker}|{self.precision}|{self.backend}"
+        """Return this load's field in the model's hash: the worker process and the load settings."""
+        return f"{self.worker}|{self.settings}"
+
+
+def load_settings(resolved: ResolvedModel) -> str:
+    """Return what distinguishes one load of a model from another: requested precision, backend, family override."""
+    return f"{resolved.precision}|{resolved.backend}|{resolved.family or ''}"
 
 
 def this_worker() -> str:

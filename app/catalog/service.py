@@ -14,7 +14,7 @@ from typing import Any
 import redis
 
 from app.catalog.families import M3_COLBERT_HEAD, M3_SPARSE_HEAD, detect_family
-from app.catalog.loads import ModelLoad, all_loads
+from app.catalog.loads import ModelLoad, all_loads, load_settings
 from app.catalog.resolver import ResolvedModel, known_models, resolve_model
 from app.catalog.schemas import ModelList, ModelObject, WorkerLoad
 from app.catalog.sources import cached_names
@@ -81,7 +81,7 @@ def describe(name: str, settings: Settings, loads: dict[str, list[ModelLoad]]) -
 
 
 def _matches(load: ModelLoad, resolved: ResolvedModel) -> bool:
-    return load.backend == resolved.backend and resolved.precision in ("auto", load.precision)
+    return load.settings == load_settings(resolved)
 
 
 def _created(path: Path | None) -> int:

@@ -245,6 +245,8 @@ class Settings(BaseSettings):
     hnsw_build_memory: str = Field(default="1GB", pattern=r"^\d+(kB|MB|GB)$", description="maintenance_work_mem")
     search_ef_search: int = Field(default=100, ge=1, le=1000, description="HNSW candidates a search considers")
     search_max_top_k: int = Field(default=100, ge=1, le=1000)
+    # torch threads per prefork worker child; 0: the machine's cores divided among the pool's processes.
+    worker_torch_threads: int = Field(default=0, ge=0)
 
     @field_validator("database_url")
     @classmethod

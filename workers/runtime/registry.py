@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 import redis
 import torch
 
-from app.catalog.loads import LOAD_RECORD_TTL_S, ModelLoad, record_load, record_unload, this_worker
+from app.catalog.loads import LOAD_RECORD_TTL_S, ModelLoad, load_settings, record_load, record_unload, this_worker
 from app.catalog.resolver import ResolvedModel, resolve_model
 from app.core.config import get_settings
 from workers.runtime.device import pick_device
@@ -54,7 +54,7 @@ def get_encoder(name: str) -> Encoder:
             max_seq_length=settings.max_seq_length,
         )
         _resident[resolved] = encoder
-        _records[resolved] = _load_of(encoder)
+        _records[resolved] = _load_of(resolved, encoder)
         _write_record(resolved)
         logger.info(
             "loaded model %s from %s (%s) on %s in %.2fs",
@@ -92,9 +92,10 @@ def unload_all() -> None:
         _resident.clear()
 
 
-def _load_of(encoder: Encoder) -> ModelLoad:
+def _load_of(resolved: ResolvedModel, encoder: Encoder) -> ModelLoad:
     return ModelLoad(
         worker=this_worker(),
+        settings=load_settings(resolved),
         name=encoder.name,
         family=encoder.family.name,
         dimension=encoder.dimension,

@@ -1,30 +1,39 @@
-// Models: the server's catalog (GET /v1/models, OpenAI's list shape) and the aliases fine-tuning registered.
+// Models: the server's catalog (GET /v1/models) and the aliases fine-tuning registered, refreshed every 10 s.
 
 import { api, h, isMissingRoute, poll, serverNow, uiPath } from "./api.js";
 import { absoluteTime, relativeTime } from "./format.js";
 
 const REFRESH_MS = 10_000;
 const $ = (id) => document.getElementById(id);
-// OpenAI's fields first; whatever else this server reports about a model follows in the order it comes.
-const LEADING = ["id", "owned_by"];
-const HIDDEN = new Set(["object", "created"]);
 
-function cell(value) {
-  if (value === null || value === undefined) return h("td", { class: "muted" }, "—");
-  if (Array.isArray(value)) return h("td", {}, h("div", { class: "chips" }, ...value.map((v) => h("span", { class: "chip" }, String(v)))));
-  if (typeof value === "object") {
-    return h("td", {}, h("div", { class: "chips" }, ...Object.entries(value).map(([k, v]) => h("span", { class: "chip" }, `${k}=${JSON.stringify(v)}`))));
-  }
-  return h("td", { class: typeof value === "number" ? "num" : null }, String(value));
+function loadState(model) {
+  if (!model.loaded) return h("span", { class: "muted" }, "not loaded");
+  const seconds = model.load_seconds === null ? "" : ` in ${model.load_seconds.toFixed(1)} s`;
+  const workers = model.loads.length > 1 ? ` · ${model.loads.length} workers` : "";
+  return h("span", { title: model.loads.map((l) => `${l.worker} (${l.device}, ${l.precision})`).join("\n") }, `${model.device ?? "?"}${seconds}${workers}`);
+}
+
+function catalogRow(model) {
+  return h(
+    "tr",
+    { "data-model": model.id },
+    h(
+      "td",
+      {},
+      h("span", { class: "mono" }, model.id),
+      model.alias_of ? h("div", { class: "muted" }, `alias of ${model.alias_of}`) : null,
+    ),
+    h("td", {}, model.family, model.hybrid ? h("span", { class: "chip", title: "sparse and ColBERT heads" }, " hybrid") : null),
+    h("td", { class: "num" }, model.dimension ?? "—"),
+    h("td", { class: "num" }, model.max_length ?? "—"),
+    h("td", { title: model.path || "" }, model.source),
+    h("td", {}, `${model.precision} · ${model.backend}`),
+    h("td", { "data-loaded": String(model.loaded) }, loadState(model)),
+  );
 }
 
 function renderCatalog(models) {
-  const keys = [...new Set(models.flatMap((m) => Object.keys(m)))].filter((k) => !HIDDEN.has(k));
-  const columns = [...LEADING.filter((k) => keys.includes(k)), ...keys.filter((k) => !LEADING.includes(k))];
-  $("catalog-head").replaceChildren(h("tr", {}, ...columns.map((k) => h("th", {}, k.replaceAll("_", " ")))));
-  $("catalog-table")
-    .querySelector("tbody")
-    .replaceChildren(...models.map((m) => h("tr", { "data-model": m.id }, ...columns.map((k) => cell(m[k])))));
+  $("catalog-table").querySelector("tbody").replaceChildren(...models.map(catalogRow));
   $("catalog-table").hidden = models.length === 0;
   $("catalog-empty").hidden = models.length > 0;
   $("catalog-empty").textContent = "The server lists no model.";
