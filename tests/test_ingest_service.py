@@ -348,3 +348,28 @@ def test_deleting_a_collection_cancels_its_jobs_and_drops_its_vectors(db_session
     assert not CollectionRepository(db_session).vector_table_exists(version.id)
     assert db_session.scalars(select(Document)).all() == []
     assert ingestion.run_ingest_batch(scope, job.id, 0, load_model, settings).documents == 0
+
+
+def test_the_reaper_requeues_pending_batches_and_closes_a_dead_upload(db_session: Session, scope, settings) -> None:
+    make_collection(db_session, settings)
+    job = upload(db_session, settings, jsonl(corpus(12)))
+    ingestion.run_ingest_batch(scope, job.id, 0, load_model, settings)
+    db_session.info.pop("embedq_outbox", None)
+    assert ingestion.requeue_ingest(db_session, job) == 1
+    assert [(t.name.value, t.args) for t in db_session.info["embedq_outbox"]] == [("ingest.batch", (str(job.id), 1))]
+
+    # An upload whose stream died: nothing pending, input still open. The reaper closes it with the reason.
+    writer = service.UploadWriter(db_session, "docs", settings, {})
+    writer.open()
+    for item in UploadReader("application/x-ndjson", UploadOptions()).feed(jsonl(corpus(2))):
+        writer.add(item)
+    writer.flush()
+    stalled = db_session.get(Job, writer.job_id)
+    ingestion.run_ingest_batch(scope, stalled.id, 0, load_model, settings)
+    db_session.refresh(stalled)
+    assert stalled.status == "running" and not stalled.input_complete
+    assert ingestion.requeue_ingest(db_session, stalled) == 0
+    db_session.refresh(stalled)
+    assert stalled.input_complete and stalled.params["upload_error"].startswith("the upload stopped arriving")
+    stalled = drain(db_session, scope, settings, stalled.id)
+    assert stalled.status == "failed" and "stopped arriving" in stalled.error and stalled.done == 2

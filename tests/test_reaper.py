@@ -207,3 +207,17 @@ def test_heartbeat_restamps_held_messages_and_never_revives_acked_ones(redis_cli
         assert scores[second.delivery_tag.encode()] > time.time() - 60
         second.ack()
         queue.close()
+
+
+def test_a_stalled_job_with_nothing_left_to_embed_is_finalized(db_session: Session, settings, scope) -> None:
+    job = make_job(db_session, settings, n=4)
+    jobs.run_embedding_batch(scope, job.id, 0, 4, fake_vectors)
+    # As if the finishing transaction's status change had been lost: every vector stored, job still running.
+    db_session.execute(update(Job).where(Job.id == job.id).values(status="running", finished_at=None))
+    backdate(db_session, job.id, settings.reaper_grace_s + 1)
+
+    assert reap(scope, settings, lambda names: set()).requeued == {str(job.id): 0}
+
+    assert sent(db_session) == []
+    db_session.refresh(job)
+    assert (job.status, job.done, job.finished_at is not None) == ("succeeded", 4, True)

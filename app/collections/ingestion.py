@@ -80,6 +80,7 @@ _NOTHING = BatchOutcome(0, 0, 0)
 class _Work:
     job_kind: str
     model: str
+    collection_id: int
     version_id: int
     max_tokens: int
     overlap_tokens: int
@@ -101,6 +102,7 @@ def _read_work(repo: CollectionRepository, job_id: uuid.UUID, seq: int) -> _Work
     return _Work(
         job_kind=job.kind,
         model=version.model,
+        collection_id=collection.id,
         version_id=version.id,
         max_tokens=collection.max_tokens,
         overlap_tokens=collection.overlap_tokens,
@@ -140,7 +142,7 @@ def run_ingest_batch(scope: Scope, job_id: uuid.UUID, seq: int, load: LoadModel,
         # meanwhile belongs to the newer batch.
         ours = repo.lock_pending({d.id: d.content_hash for d in pending})
         if error is None:
-            written, failures = _store_chunks(repo, work.version_id, pending, pieces, vectors, ours)
+            written, failures = _store_chunks(repo, work, pending, pieces, vectors, ours)
         else:
             written, failures = {}, dict.fromkeys(ours, error)
         _record_failures(repo, job_id, failures, settings)
@@ -159,7 +161,7 @@ def run_ingest_batch(scope: Scope, job_id: uuid.UUID, seq: int, load: LoadModel,
 
 def _store_chunks(
     repo: CollectionRepository,
-    version_id: int,
+    work: _Work,
     pending: Sequence[PendingDocument],
     pieces: Sequence[Sequence[ChunkPiece]],
     vectors: np.ndarray,
@@ -179,8 +181,8 @@ def _store_chunks(
             keep += range(offset, offset + len(doc_pieces))
             written[doc.id] = len(doc_pieces)
         offset += len(doc_pieces)
-    repo.delete_chunks(sorted(written))
-    repo.write_chunks(version_id, rows, vectors[keep])
+    repo.delete_chunks(work.collection_id, sorted(written))
+    repo.write_chunks(work.version_id, rows, vectors[keep])
     repo.mark_ready(written)
     return written, failures
 
@@ -248,12 +250,12 @@ def _ensure_vector_table(repo: CollectionRepository, version_id: int, model: str
     assert version is not None
     if version.dimension is None:
         repo.set_dimension(version_id, dimension)
+        repo.create_vector_table(version_id, dimension, fresh=True)
     elif version.dimension != dimension:
         return (
             f"model {model} now gives {dimension}-dimensional vectors but this collection version holds "
             f"{version.dimension}-dimensional ones: restore the model, or reembed the collection"
         )
-    repo.create_vector_table(version_id, dimension)
     return None
 
 

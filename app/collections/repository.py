@@ -12,6 +12,8 @@ partial expression index per version (``USING hnsw ((embedding::vector(384)) ...
   (and CREATE INDEX CONCURRENTLY is slower still);
 - dropping a collection or a replaced version is a DROP TABLE, not a DELETE of millions of rows and the
   vacuum after it;
+- ``chunk_id`` has no foreign key to ``chunks``: the check would lock every referenced chunk row on each
+  insert (measurably slower COPY); ``delete_chunks`` deletes vectors first, and reads join on chunks;
 - search and export name the table from an integer id we issued, so no user text reaches the SQL.
 
 The cost: DDL at run time, outside Alembic (``migrations/env.py`` ignores these tables).
@@ -392,9 +394,21 @@ class CollectionRepository:
         rows = self.session.execute(select(Document.id, Document.external_id).where(Document.id.in_(list(ids))))
         return {doc_id: external_id for doc_id, external_id in rows}
 
-    def delete_chunks(self, document_ids: Sequence[int]) -> None:
-        if document_ids:
-            self.session.execute(text("DELETE FROM chunks WHERE document_id = ANY(:ids)"), {"ids": list(document_ids)})
+    def delete_chunks(self, collection_id: int, document_ids: Sequence[int]) -> None:
+        """Delete documents' chunks and their vectors in every version of the collection."""
+        if not document_ids:
+            return
+        ids = {"ids": list(document_ids)}
+        for version in self.versions(collection_id):
+            if self.vector_table_exists(version.id):
+                self.session.execute(
+                    text(
+                        f"DELETE FROM {vector_table(version.id)} v USING chunks c "
+                        "WHERE v.chunk_id = c.id AND c.document_id = ANY(:ids)"
+                    ),
+                    ids,
+                )
+        self.session.execute(text("DELETE FROM chunks WHERE document_id = ANY(:ids)"), ids)
 
     def chunks_of(self, document_ids: Sequence[int]) -> list[tuple[int, str]]:
         rows = self.session.execute(
@@ -454,13 +468,15 @@ class CollectionRepository:
     def vector_table_exists(self, version_id: int) -> bool:
         return bool(self.session.scalar(text("SELECT to_regclass(:t) IS NOT NULL"), {"t": vector_table(version_id)}))
 
-    def create_vector_table(self, version_id: int, dimension: int) -> None:
+    def create_vector_table(self, version_id: int, dimension: int, *, fresh: bool = False) -> None:
+        """Create a version's vector table; ``fresh`` first drops a leftover of the same name (a reused id)."""
         table = vector_table(version_id)
+        if fresh:
+            self.drop_vector_table(version_id)
         self.session.execute(
             text(
                 f"CREATE TABLE IF NOT EXISTS {table} ("
-                "chunk_id bigint PRIMARY KEY REFERENCES chunks (id) ON DELETE CASCADE, "
-                f"embedding vector({int(dimension)}) NOT NULL)"
+                f"chunk_id bigint PRIMARY KEY, embedding vector({int(dimension)}) NOT NULL)"
             )
         )
 

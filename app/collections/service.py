@@ -87,7 +87,7 @@ def create_collection(session: Session, payload: CollectionCreate, settings: Set
     )
     repo.add_version(version)
     if dimension is not None:
-        repo.create_vector_table(version.id, dimension)
+        repo.create_vector_table(version.id, dimension, fresh=True)
     return _view(collection, [version], None, None)
 
 
@@ -355,7 +355,7 @@ def start_reembed(session: Session, name: str, payload: ReembedRequest, settings
     )
     repo.add_version(version)
     if dimension is not None:
-        repo.create_vector_table(version.id, dimension)
+        repo.create_vector_table(version.id, dimension, fresh=True)
     job = Job(
         id=uuid.uuid4(),
         kind=JobKind.REEMBED.value,

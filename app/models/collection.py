@@ -1,8 +1,8 @@
 """Collections of documents, their chunks, vector versions and the bookkeeping of ingestion jobs.
 
 Vectors do not live in a table declared here: each vector version has a table of its own,
-``collection_vectors_<version id>`` (see ``app.collections.repository.VectorTables``), created when the
-version's dimension is known and dropped with the version.
+``collection_vectors_<version id>`` (see ``app.collections.repository``), created when the version's
+dimension is known and dropped with the version.
 """
 
 from __future__ import annotations

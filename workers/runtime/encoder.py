@@ -17,7 +17,7 @@ from transformers import AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedT
 
 from app.catalog.families import Family, detect_family
 from app.catalog.resolver import ResolvedModel
-from app.catalog.sources import fetch
+from app.catalog.sources import HubCandidate, fetch
 from app.core.config import get_settings
 from workers.runtime.adapters import load_transformer
 from workers.runtime.m3 import M3Heads, load_m3_heads
@@ -64,7 +64,7 @@ class Encoder:
         settings = get_settings()
         self.name = model.name
         self.source = model.source
-        self.path = model.path if model.path is not None else fetch(model.candidates, settings)[1]
+        self.path = model.path if model.path is not None else fetch(_candidates(model), settings)[1]
         self.device = device if device is not None else torch.device("cpu")
         self.backend = model.backend
         if self.backend == "onnx" and self.device.type != "cpu":
@@ -290,6 +290,13 @@ def _check_texts(texts: list[str]) -> None:
 
 def _read_json(path: Path) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _candidates(model: ResolvedModel) -> tuple[HubCandidate, ...]:
+    # A ResolvedModel built by hand (not by the resolver) names its hub by its source alone.
+    if model.candidates:
+        return model.candidates
+    return (HubCandidate("modelscope" if model.source == "modelscope" else "huggingface", model.name),)
 
 
 def _modelscope_max_length(model_dir: Path) -> int | None:

@@ -11,12 +11,12 @@ function svg(tag, attrs = {}, text = null) {
   return el;
 }
 
-/** Return about ``count`` round values spanning [lo, hi] (1, 2 or 5 times a power of ten apart). */
+/** Return at most ``count`` + 1 round values in [lo, hi], 1, 2 or 5 times a power of ten apart, as many as fit. */
 export function ticks(lo, hi, count = 4) {
   if (hi <= lo) return [lo];
-  const raw = (hi - lo) / count;
-  const power = 10 ** Math.floor(Math.log10(raw));
-  const step = [1, 2, 5, 10].map((m) => m * power).find((s) => s >= raw);
+  const power = 10 ** Math.floor(Math.log10((hi - lo) / count));
+  const steps = [0.1, 0.2, 0.5, 1, 2, 5, 10].map((m) => m * power);
+  const step = steps.find((s) => Math.floor(hi / s) - Math.ceil(lo / s) + 1 <= count + 1);
   const out = [];
   for (let v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) out.push(Number(v.toPrecision(12)));
   return out;
