@@ -1,8 +1,8 @@
 """The synchronous inference task: one request of /v1/embeddings, /vectorize, /tokenize, ... on the sync queue.
 
 Run it on a thread-pool worker (`embedq up` starts one: ``-Q sync -P threads``) so requests that wait
-together are batched together; on a prefork worker each request runs alone. Acknowledged on receipt, not
-after running: nobody waits for a redelivered sync request, its caller got a 504 long before.
+together are batched together; on a prefork worker each request runs alone. Acknowledged when it starts,
+not when it ends: nobody waits for a redelivered sync request, its caller got a 504 long before.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ function detailOf(body) {
   if (!body) return "";
   if (typeof body.detail === "string") return body.detail;
   if (Array.isArray(body.detail)) return body.detail.map((d) => `${(d.loc || []).join(".")}: ${d.msg}`).join("; ");
-  return "";
+  return body.error?.message || ""; // /v1 answers errors in OpenAI's shape
 }
 
 // Milliseconds to add to Date.now() to get the server's clock (from the Date header), so a job's rate
