@@ -51,26 +51,15 @@ def _encoder(model: str, precision: str, backend: str, onnx_dir: Path) -> Encode
     return Encoder(replace(resolved, precision=precision, backend=backend))
 
 
-def _onnx_recipe(
-    encoder: Encoder, work: Path, *, per_channel: bool, optimize: bool, exclude_last_layer: bool = False
-) -> Callable[[list[str]], np.ndarray]:
-    """Return an encode function running ``encoder`` through another ONNX int8 recipe."""
-    import onnx
-
+def _onnx_recipe(encoder: Encoder, work: Path, *, per_channel: bool) -> Callable[[list[str]], np.ndarray]:
+    """Return an encode function running ``encoder`` through ONNX int8 with every layer quantized."""
     from workers.runtime.onnx_backend import OnnxModel, export_fp32, optimize_graph, quantize_int8
 
     input_names = list(dict.fromkeys(encoder.tokenizer.model_input_names))
-    tag = f"{'pc' if per_channel else 'pt'}-{'opt' if optimize else 'raw'}-{'x' if exclude_last_layer else 'all'}"
+    tag = "per-channel" if per_channel else "per-tensor"
     fp32 = export_fp32(encoder.model, input_names, work / f"{tag}-fp32.onnx")
-    if optimize:
-        fp32 = optimize_graph(fp32, work / f"{tag}-opt.onnx", encoder.model)
-    excluded: list[str] = []
-    if exclude_last_layer:
-        last = encoder.model.config.num_hidden_layers - 1
-        graph = onnx.load(str(fp32), load_external_data=False).graph
-        excluded = [node.name for node in graph.node if f"layer.{last}/" in node.name]
-    path = quantize_int8(fp32, work / f"{tag}-int8.onnx", per_channel=per_channel, nodes_to_exclude=excluded)
-    runner = OnnxModel(path)
+    fp32 = optimize_graph(fp32, work / f"{tag}-opt.onnx", encoder.model)
+    runner = OnnxModel(quantize_int8(fp32, work / f"{tag}-int8.onnx", per_channel=per_channel))
 
     def encode(texts: list[str]) -> np.ndarray:
         saved = encoder.onnx
@@ -102,13 +91,9 @@ def build_variants(model: str, work: Path) -> tuple[Variant, list[Variant]]:
         Variant("embedq torch bf16", torch_bf16.encode),
         Variant("embedq torch int8 (dynamic, per-channel)", torch_int8.encode),
         Variant("embedq onnx fp32 (fused)", onnx_fp32.encode),
-        Variant("embedq onnx int8 (fused, per-channel) [default]", onnx_int8.encode),
-        Variant("onnx int8 (fused, per-tensor)", _onnx_recipe(onnx_fp32, work, per_channel=False, optimize=True)),
-        Variant("onnx int8 (unfused, per-channel)", _onnx_recipe(onnx_fp32, work, per_channel=True, optimize=False)),
-        Variant(
-            "onnx int8 (fused, per-channel, last layer fp32)",
-            _onnx_recipe(onnx_fp32, work, per_channel=True, optimize=True, exclude_last_layer=True),
-        ),
+        Variant("embedq onnx int8 [default: per-channel, first layer fp32]", onnx_int8.encode),
+        Variant("onnx int8, per-channel, every layer", _onnx_recipe(onnx_fp32, work, per_channel=True)),
+        Variant("onnx int8, per-tensor, every layer", _onnx_recipe(onnx_fp32, work, per_channel=False)),
     ]
     return baseline, variants
 

@@ -508,18 +508,18 @@ class CollectionRepository:
             "text text, embedding vector",
             _chunk_copy_payload(rows, vectors),
         )
-        self.session.execute(
-            text(
-                "INSERT INTO chunks (document_id, idx, text, token_count, start_char, end_char) "
-                "SELECT document_id, idx, text, token_count, start_char, end_char FROM ingest_staging "
-                "ON CONFLICT (document_id, idx) DO NOTHING"
-            )
-        )
+        # One statement: the vectors join the chunks just inserted (not the whole chunks table), so a batch
+        # costs the same however large the collection. A chunk that already existed was written with its
+        # vector in the same transaction, so skipping both is right.
         result = self.session.execute(
             text(
+                "WITH inserted AS ("
+                "  INSERT INTO chunks (document_id, idx, text, token_count, start_char, end_char) "
+                "  SELECT document_id, idx, text, token_count, start_char, end_char FROM ingest_staging "
+                "  ON CONFLICT (document_id, idx) DO NOTHING RETURNING id, document_id, idx) "
                 f"INSERT INTO {vector_table(version_id)} (chunk_id, embedding) "
-                "SELECT c.id, s.embedding FROM ingest_staging s "
-                "JOIN chunks c ON c.document_id = s.document_id AND c.idx = s.idx "
+                "SELECT i.id, s.embedding FROM inserted i "
+                "JOIN ingest_staging s ON s.document_id = i.document_id AND s.idx = i.idx "
                 "ON CONFLICT (chunk_id) DO NOTHING"
             )
         )

@@ -87,7 +87,12 @@ class TrainingRepository:
         self.update_run(job_id, eval={**current, key: metrics})
 
     def touch_job(self, job_id: uuid.UUID, message: str) -> None:
-        self.session.execute(update(Job).where(Job.id == job_id).values(message=message, updated_at=func.now()))
+        """Set a running job's message (and so its ``updated_at``, the reaper's heartbeat)."""
+        self.session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.RUNNING.value)
+            .values(message=message, updated_at=func.now())
+        )
 
     def registered(self, name: str) -> RegisteredModel | None:
         return self.session.get(RegisteredModel, name)
