@@ -58,6 +58,10 @@ def _pull_target(name: str, settings: Settings) -> tuple[str, str]:
         raise click.BadParameter(str(exc), param_hint="NAME") from exc
     entry = settings.model_mapping.get(name)
     target = entry.name if entry is not None else name
+    try:
+        validate_model_name(target)
+    except InvalidModelNameError as exc:
+        raise click.BadParameter(f"alias {name!r}: {exc}", param_hint="NAME") from exc
     if "/" not in target:
         raise click.BadParameter(f"{target!r} is not a hub id: pull an 'org/name' model", param_hint="NAME")
     return target, (entry.source if entry is not None and entry.source else settings.model_source)

@@ -540,7 +540,12 @@ class CollectionRepository:
         return result.rowcount
 
     def _copy(self, staging: str, columns: str, payload: bytes) -> None:
-        """Load ``payload`` (binary COPY) into a session-local staging table, emptied at commit and here."""
+        """Load ``payload`` (binary COPY) into a session-local staging table, emptied at commit and here.
+
+        The transaction commits without waiting for its WAL flush: losing it in a crash is harmless, as
+        its batch then stays pending and is run again (the reaper re-enqueues it).
+        """
+        self.session.execute(text("SELECT set_config('synchronous_commit', 'off', true)"))
         self.session.execute(text(f"CREATE TEMP TABLE IF NOT EXISTS {staging} ({columns}) ON COMMIT DELETE ROWS"))
         self.session.execute(text(f"DELETE FROM {staging}"))
         names = ", ".join(column.split()[0] for column in columns.split(", "))

@@ -218,4 +218,5 @@ def _cache_key(model_dir: Path, input_names: list[str], precision: str, per_chan
         [_RECIPE, str(model_dir.resolve()), weights, input_names, precision, per_channel, optimize,
          torch.__version__, onnxruntime.__version__]
     )  # fmt: skip
-    return f"{model_dir.name}-{precision}-{hashlib.sha256(material.encode()).hexdigest()[:16]}"
+    label = re.sub(r"[^A-Za-z0-9._-]", "_", model_dir.name)[:60]
+    return f"{label}-{precision}-{hashlib.sha256(material.encode()).hexdigest()[:16]}"
