@@ -148,3 +148,30 @@ def test_the_listener_reads_a_result_stored_before_it_subscribed_and_ignores_sta
 
     stored, published = asyncio.run(scenario())
     assert stored["result"] == "stored first" and published["result"] == "published"
+
+
+def test_concurrent_first_requests_of_a_fresh_listener_all_get_their_results(redis_client) -> None:
+    redis_url = get_settings().redis_url
+    assert redis_url is not None
+    keys = [f"celery-task-meta-{secrets.token_hex(8)}" for _ in range(32)]
+
+    async def wait_for(listener: Any, key: str, subscribed: asyncio.Event, all_in: asyncio.Event) -> Any:
+        async with listener.expect(key) as future:
+            subscribed.set()
+            await all_in.wait()
+            return (await asyncio.wait_for(future, 10))["result"]
+
+    async def scenario() -> list[Any]:
+        listener = result_listener(redis_url)  # a new event loop: a listener that has never connected
+        events = [asyncio.Event() for _ in keys]
+        all_in = asyncio.Event()
+        waiting = [asyncio.create_task(wait_for(listener, k, e, all_in)) for k, e in zip(keys, events, strict=True)]
+        for event in events:
+            await event.wait()
+        await asyncio.sleep(0.1)
+        for key in keys:
+            redis_client.publish(key, json.dumps({"status": "SUCCESS", "result": key}))
+        all_in.set()
+        return await asyncio.gather(*waiting)
+
+    assert asyncio.run(scenario()) == keys

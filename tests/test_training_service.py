@@ -171,7 +171,7 @@ def test_the_reaper_requeues_lost_training_jobs_to_resume(settings: Settings, ti
     for kind, task in ((JobKind.FINE_TUNE, "train.full"), (JobKind.FINE_TUNE_LORA, "train.lora")):
         recovery = RECOVERIES[kind.value]
         assert recovery.requeue is requeue_training and {t.value for t in recovery.task_names} == {task}
-        assert recovery.grace_s == settings.training_reaper_grace_s
+        assert recovery.grace_s is not None and recovery.grace_s(settings) == settings.training_reaper_grace_s
 
 
 def test_a_base_model_gone_before_the_worker_starts_fails_the_job(settings: Settings, tiny_base: str) -> None:

@@ -41,6 +41,9 @@ class ResultListener:
         self._redis = Redis.from_url(redis_url)
         self._pubsub = self._redis.pubsub()
         self._waiting: dict[bytes, asyncio.Future[Meta]] = {}
+        # redis-py's PubSub connects on its first command: concurrent first subscribes would each open a
+        # connection of their own, of which the reader only reads the last. One (un)subscribe at a time.
+        self._commands = asyncio.Lock()
         self._reader: asyncio.Task[None] | None = None
         self._chores: set[asyncio.Task[Any]] = set()
 
@@ -51,15 +54,20 @@ class ResultListener:
         future: asyncio.Future[Meta] = asyncio.get_running_loop().create_future()
         self._waiting[channel] = future
         try:
-            await self._pubsub.subscribe(channel)
+            async with self._commands:
+                await self._pubsub.subscribe(channel)
             self._start_reader()
             yield future
         finally:
             del self._waiting[channel]
-            self._later(self._pubsub.unsubscribe(channel))
+            self._later(self._unsubscribe(channel))
             if future.done() and not future.cancelled():
                 # The caller has the result: Redis need not keep it for result_expires.
                 self._later(self._redis.delete(channel))
+
+    async def _unsubscribe(self, channel: bytes) -> None:
+        async with self._commands:
+            await self._pubsub.unsubscribe(channel)
 
     async def stored(self, key: str) -> Meta | None:
         """Return the final meta stored under ``key`` now, if any (a last look before giving up)."""
