@@ -19,8 +19,10 @@ $(INSTALLED): pyproject.toml | $(VENV)/bin/python
 up: install
 	$(VENV)/bin/embedq up
 
+# The fault tests restart Redis and reset kombu's pools in the test process: they get a process of their own.
 test: install
-	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q -m "not faults" $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q -m faults $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .
