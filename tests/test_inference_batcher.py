@@ -33,7 +33,7 @@ class RecordingRun:
 
 
 def batcher(run: RecordingRun, **limits: Any) -> DynamicBatcher:
-    options = {"max_wait_s": 0.0, "min_batch_size": 1, "max_batch_size": 64, **limits}
+    options = {"max_wait_s": 0.0, "min_batch_size": 1, "max_batch_inputs": 64, **limits}
     return DynamicBatcher(run, **options)
 
 
@@ -54,9 +54,9 @@ def test_requests_that_wait_while_a_batch_runs_form_the_next_batch_and_get_their
     assert [d.batch_requests for d in deliveries] == [1] + [8] * 8
 
 
-def test_a_batch_stops_at_max_batch_size_inputs_and_the_next_request_starts_the_following_batch() -> None:
+def test_a_batch_stops_at_max_batch_inputs_and_the_next_request_starts_the_following_batch() -> None:
     run = RecordingRun(gated=True)
-    b = batcher(run, max_batch_size=10)
+    b = batcher(run, max_batch_inputs=10)
     b.submit("embed", "m", {"n": 0})
     assert run.started.wait(WAIT)
     futures = [b.submit("embed", "m", {"n": n}, weight=4) for n in range(1, 6)]
@@ -136,7 +136,7 @@ def test_the_batcher_survives_a_run_group_that_raises() -> None:
             raise RuntimeError("boom")
         return [{"ok": True} for _ in payloads]
 
-    b = DynamicBatcher(explode, max_wait_s=0, min_batch_size=1, max_batch_size=8)
+    b = DynamicBatcher(explode, max_wait_s=0, min_batch_size=1, max_batch_inputs=8)
     failed = b.submit("embed", "m", {}).result(timeout=WAIT)
     assert isinstance(failed.outcome, OpError) and failed.outcome.status == 500 and "boom" in failed.outcome.message
     assert b.submit("embed", "m", {}).result(timeout=WAIT).outcome == {"ok": True}

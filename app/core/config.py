@@ -176,13 +176,16 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("EMBEDQ_MIN_BATCH_SIZE", "EMB_PROVIDER_MIN_BATCH_SIZE"),
         description="inputs that start a batch at once, without waiting max_wait_time_ms",
     )
+    # Measured on 2 CPU cores (bench/sync_latency.py): small forward passes of length-sorted inputs from a
+    # large pool are fastest there; a GPU wants larger ones.
     max_batch_size: int = Field(
-        default=256,
+        default=32,
         ge=1,
         validation_alias=AliasChoices("EMBEDQ_MAX_BATCH_SIZE", "EMB_PROVIDER_MAX_BATCH_SIZE"),
-        description="most inputs coalesced into one batch, and rows in one forward pass",
+        description="most inputs in one forward pass",
     )
-    max_batch_tokens: int = Field(default=16_384, ge=1, description="most padded tokens in one forward pass")
+    max_batch_tokens: int = Field(default=2048, ge=1, description="most padded tokens in one forward pass")
+    max_batch_inputs: int = Field(default=256, ge=1, description="most inputs the batcher pools into one batch")
     truncate: bool = Field(default=True, description="false: an input over the model's limit is a 400")
     max_inputs_per_request: int = Field(default=2048, ge=1)
     max_tokens_per_request: int = Field(default=300_000, ge=1)

@@ -3,7 +3,7 @@
 Each request is submitted from its own thread (a Celery thread-pool task) and waits on a future. One
 batcher thread takes the first waiting request, then keeps taking requests until the batch holds
 ``min_batch_size`` inputs or ``max_wait_s`` has passed since the first (whatever is already waiting is
-always taken at once, up to ``max_batch_size`` inputs), runs the batch and hands each request its outcome.
+always taken at once, up to ``max_batch_inputs`` inputs), runs the batch and hands each request its outcome.
 While a batch runs, new requests pile up and form the next batch: under load batches grow by themselves,
 and an idle worker answers a lone request after at most ``max_wait_s``.
 """
@@ -55,13 +55,13 @@ class DynamicBatcher:
         *,
         max_wait_s: float,
         min_batch_size: int,
-        max_batch_size: int,
+        max_batch_inputs: int,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._run_group = run_group
         self.max_wait_s = max_wait_s
         self.min_batch_size = min_batch_size
-        self.max_batch_size = max_batch_size
+        self.max_batch_inputs = max_batch_inputs
         self._wall_clock = wall_clock
         self._queue: queue.SimpleQueue[_Request] = queue.SimpleQueue()
         self._carry: _Request | None = None
@@ -101,13 +101,13 @@ class DynamicBatcher:
         self._carry = None
         batch, inputs = [first], first.weight
         wait_until = time.monotonic() + self.max_wait_s
-        while inputs < self.max_batch_size:
+        while inputs < self.max_batch_inputs:
             wait = wait_until - time.monotonic() if inputs < self.min_batch_size else 0.0
             try:
                 request = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
             except queue.Empty:
                 break
-            if inputs + request.weight > self.max_batch_size:
+            if inputs + request.weight > self.max_batch_inputs:
                 self._carry = request
                 break
             batch.append(request)

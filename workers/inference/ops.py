@@ -7,7 +7,7 @@ alone. Register one with ``@register_op("name", weight=...)`` in a module listed
     @register_op("embed", weight=lambda payload: len(payload["texts"]))
     def embed(encoder: Encoder, payloads: list[dict[str, Any]]) -> list[dict[str, Any] | OpError]: ...
 
-``weight`` is how many inputs a payload holds; the batcher stops coalescing at EMBEDQ_MAX_BATCH_SIZE inputs.
+``weight`` is how many inputs a payload holds; the batcher stops pooling at EMBEDQ_MAX_BATCH_INPUTS inputs.
 If an op raises instead, the runner re-runs each payload of the batch alone so one bad request cannot fail
 the others. Op modules are imported in the process that runs them (never a prefork parent): keep torch
 imports inside functions or in modules only they import.

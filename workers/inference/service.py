@@ -17,7 +17,7 @@ def _new_batcher() -> DynamicBatcher:
         run_group,
         max_wait_s=settings.max_wait_time_ms / 1000,
         min_batch_size=settings.min_batch_size,
-        max_batch_size=settings.max_batch_size,
+        max_batch_inputs=settings.max_batch_inputs,
     )
 
 
