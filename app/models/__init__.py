@@ -1,5 +1,6 @@
 """SQLAlchemy tables. Importing this package registers every table on ``Base.metadata``."""
 
+from app.models.api_key import DEFAULT_TENANT, ApiKey
 from app.models.collection import (
     Chunk,
     Collection,
@@ -15,6 +16,8 @@ from app.models.training import TrainingPair, TrainingRun
 from app.models.webhook import WebhookDelivery, WebhookEndpoint, WebhookEvent, WebhookEventStatus
 
 __all__ = [
+    "DEFAULT_TENANT",
+    "ApiKey",
     "Chunk",
     "Collection",
     "CollectionVersion",

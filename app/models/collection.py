@@ -29,6 +29,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.core.db import Base
+from app.models.api_key import DEFAULT_TENANT
 
 
 class VersionStatus(StrEnum):
@@ -61,7 +62,8 @@ class Collection(Base):
     __tablename__ = "collections"
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
-    name: Mapped[str] = mapped_column(String(100), unique=True)
+    tenant: Mapped[str] = mapped_column(String(64), default=DEFAULT_TENANT, server_default=DEFAULT_TENANT)
+    name: Mapped[str] = mapped_column(String(100))
     max_tokens: Mapped[int] = mapped_column(Integer)
     overlap_tokens: Mapped[int] = mapped_column(Integer)
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSONB, default=dict)
@@ -69,6 +71,9 @@ class Collection(Base):
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
     )
+
+    # Names are per tenant: another tenant may use the same name without learning that it is taken.
+    __table_args__ = (UniqueConstraint("tenant", "name", name="uq_collections_tenant_name"),)
 
 
 class CollectionVersion(Base):

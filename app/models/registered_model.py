@@ -11,6 +11,7 @@ from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.core.db import Base
+from app.models.api_key import DEFAULT_TENANT
 
 
 class RegisteredModelKind(StrEnum):
@@ -24,6 +25,8 @@ class RegisteredModel(Base):
     __tablename__ = "registered_models"
 
     name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    # Only this tenant (and admins) can see and embed with the alias; aliases are one namespace (folders).
+    tenant: Mapped[str] = mapped_column(String(64), default=DEFAULT_TENANT, server_default=DEFAULT_TENANT)
     base: Mapped[str] = mapped_column(String(512))
     kind: Mapped[str] = mapped_column(String(8))
     path: Mapped[str] = mapped_column(Text)

@@ -11,6 +11,7 @@ from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.core.db import Base
+from app.models.api_key import DEFAULT_TENANT
 
 
 class WebhookEventStatus(StrEnum):
@@ -29,11 +30,13 @@ class WebhookEndpoint(Base):
     __tablename__ = "webhook_endpoints"
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
+    tenant: Mapped[str] = mapped_column(String(64), default=DEFAULT_TENANT, server_default=DEFAULT_TENANT)
     url: Mapped[str] = mapped_column(Text)
     description: Mapped[str | None] = mapped_column(Text)
     secret: Mapped[str] = mapped_column(String(128))
     previous_secret: Mapped[str | None] = mapped_column(String(128))
     previous_secret_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # A default endpoint of its tenant: it receives the events of every job of that tenant.
     all_jobs: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
     auto_created: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
     enabled: Mapped[bool] = mapped_column(Boolean, default=True, server_default="true")
@@ -43,7 +46,7 @@ class WebhookEndpoint(Base):
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
     )
 
-    __table_args__ = (Index("ix_webhook_endpoints_url", "url"),)
+    __table_args__ = (Index("ix_webhook_endpoints_url", "url"), Index("ix_webhook_endpoints_tenant", "tenant"))
 
 
 class WebhookEvent(Base):
