@@ -98,6 +98,17 @@ def wait_for_200(up: UpRun, url: str) -> None:
         time.sleep(0.5)
 
 
+def wait_for_banner(up: UpRun) -> dict[str, str]:
+    """Wait for the lines `up` prints once it is ready; return the URLs it names, by label."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while "embedq is up" not in (text := up.log_path.read_text(errors="replace")):
+        assert up.popen.poll() is None, f"embedq up exited with {up.popen.returncode}:\n{up.log_tail()}"
+        assert time.monotonic() < deadline, f"no banner in {START_TIMEOUT_S}s:\n{up.log_tail()}"
+        time.sleep(0.5)
+    banner = text[text.index("embedq is up") :].splitlines()
+    return {label: url for label, url in (line.split() for line in banner if "http://" in line)}
+
+
 def _live(process: psutil.Process) -> bool:
     try:
         return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
@@ -144,6 +155,16 @@ def test_up_runs_everything_stops_cleanly_and_finds_its_data_again(state_dir: Pa
     try:
         wait_for_200(first, f"http://127.0.0.1:{ports.api}/healthz")
         wait_for_200(first, f"http://127.0.0.1:{ports.flower}/healthcheck")
+        urls = wait_for_banner(first)
+        api_root = f"http://127.0.0.1:{ports.api}"
+        assert urls == {
+            "UI": f"{api_root}/ui",
+            "API": api_root,
+            "Docs": f"{api_root}/docs",
+            "Flower": f"http://127.0.0.1:{ports.flower}",
+        }, urls
+        for label in ("UI", "Docs", "Flower"):
+            assert httpx.get(urls[label], timeout=5.0).status_code == 200, label
         with Session(engine) as session:
             session.add(Job(id=marker, kind="embeddings", model="kept-across-restarts"))
             session.commit()

@@ -167,7 +167,7 @@ class Supervisor:
         )  # fmt: skip
 
     def watch(self) -> int:
-        """Return 1 as soon as a child exits; print the banner once the API answers."""
+        """Return 1 as soon as a child exits; print the banner once the API (and Flower, if run) answer."""
         announced = False
         while True:
             for child in self.children:
@@ -175,7 +175,7 @@ class Supervisor:
                 if code is not None:
                     log.error("%s exited with code %s; stopping everything", child.name, code)
                     return 1
-            if not announced and _api_healthy(self.settings):
+            if not announced and _ready(self.settings, self.options):
                 print(banner(self.settings, self.options), flush=True)
                 announced = True
             time.sleep(0.5)
@@ -230,20 +230,37 @@ def _browsable_host(host: str) -> str:
     return LOCALHOST if host in ("0.0.0.0", "::", "") else host
 
 
-def _api_healthy(settings: Settings) -> bool:
+def _status(url: str) -> int | None:
     try:
-        url = f"http://{_browsable_host(settings.api_host)}:{settings.api_port}/healthz"
-        return httpx.get(url, timeout=1.0).status_code == 200
+        return httpx.get(url, timeout=1.0).status_code
     except httpx.HTTPError:
+        return None
+
+
+def _ready(settings: Settings, options: UpOptions) -> bool:
+    """Return True once the API is healthy and, when `up` runs Flower, Flower answers too."""
+    if _status(f"{api_url(settings)}/healthz") != 200:
         return False
+    # With basic auth Flower may answer 401: it is up all the same.
+    return not options.flower or _status(f"{flower_url(settings)}/healthcheck") in (200, 401)
+
+
+def api_url(settings: Settings) -> str:
+    """Return the API's base URL as a browser on this machine opens it."""
+    return f"http://{_browsable_host(settings.api_host)}:{settings.api_port}"
+
+
+def flower_url(settings: Settings) -> str:
+    """Return Flower's URL (`up` binds it to the loopback address)."""
+    return f"http://{LOCALHOST}:{settings.flower_port}"
 
 
 def banner(settings: Settings, options: UpOptions) -> str:
-    """Return the lines `up` prints once the API answers: where everything is."""
-    api = f"http://{_browsable_host(settings.api_host)}:{settings.api_port}"
-    lines = ["", "embedq is up", f"  API     {api}", f"  Docs    {api}/docs"]
+    """Return the lines `up` prints once everything answers: the dashboard, the API, its docs and Flower."""
+    api = api_url(settings)
+    lines = ["", "embedq is up", f"  UI      {api}/ui", f"  API     {api}", f"  Docs    {api}/docs"]
     if options.flower:
-        lines.append(f"  Flower  http://{LOCALHOST}:{settings.flower_port}")
+        lines.append(f"  Flower  {flower_url(settings)}")
     lines += [f"  State   {settings.state_dir}", "Press Ctrl-C to stop.", ""]
     return "\n".join(lines)
 
