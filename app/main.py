@@ -8,7 +8,9 @@ from fastapi.responses import JSONResponse
 from app.catalog.routes import router as models_router
 from app.collections.routes import errors_router as ingest_errors_router
 from app.collections.routes import router as collections_router
+from app.core.config import get_settings
 from app.core.errors import EmbedqError
+from app.core.limits import RequestLimits
 from app.core.outages import answer_outages_with_503
 from app.core.security import require_api_key
 from app.health.routes import router as health_router
@@ -18,7 +20,7 @@ from app.observability.setup import instrument
 from app.training.routes import router as training_router
 from app.ui import routes as ui
 from app.v1 import routes as sync_api
-from app.v1.errors import install_openai_errors
+from app.v1.errors import error_body, install_openai_errors
 from app.webhooks.routes import router as webhooks_router
 
 
@@ -47,6 +49,8 @@ def create_app() -> FastAPI:
     api.include_router(sync_api.router, dependencies=[Depends(require_api_key)])
     api.include_router(models_router, dependencies=[Depends(require_api_key)])
     api.include_router(hybrid_router, dependencies=[Depends(require_api_key)])
+    # Before instrument(): the metrics middleware, outside this one, counts its 413s and 400s too.
+    api.add_middleware(RequestLimits, settings=get_settings(), error_body=error_body)
     instrument(api)
     # The dashboard's pages hold no data (their scripts call the API with the person's key): no key needed.
     api.include_router(ui.router)

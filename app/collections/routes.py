@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -24,7 +24,8 @@ from app.collections.schemas import (
 from app.collections.uploads import TextMode, UploadFormat, UploadFormatError, UploadOptions, UploadReader
 from app.core.config import Settings, get_settings
 from app.core.db import get_session
-from app.jobs.schemas import JobOut
+from app.core.limits import BodyTooLargeError
+from app.jobs.schemas import MAX_OFFSET, JobOut
 
 router = APIRouter(prefix="/collections", tags=["collections"])
 errors_router = APIRouter(prefix="/jobs", tags=["collections"])
@@ -59,7 +60,7 @@ def create_collection(payload: CollectionCreate, session: SessionDep, settings: 
 def list_collections(
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> CollectionList:
     """List collections by name."""
     return service.list_collections(session, limit=limit, offset=offset)
@@ -128,6 +129,14 @@ async def upload_documents(
     except ClientDisconnect:
         await run_in_threadpool(writer.fail, f"the client disconnected after {received} bytes of the upload")
         raise
+    except BodyTooLargeError as exc:
+        # A job that already took documents keeps them, says why the rest is missing, and is named in the 413.
+        job = await run_in_threadpool(writer.fail, f"{exc.detail}; the documents before byte {received} were kept")
+        if job is None:
+            raise
+        raise HTTPException(
+            413, f"{exc.detail}; job {job.id} kept the documents before it", {"Location": f"/jobs/{job.id}"}
+        ) from exc
     job = await run_in_threadpool(writer.finish)
     return JobOut.of(job)
 
@@ -174,7 +183,7 @@ def export_collection(
 def ingest_job_errors(
     job_id: uuid.UUID,
     session: SessionDep,
-    after: Annotated[int, Query(ge=0, description="the last error id of the previous page")] = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="the last error id of the previous page")] = 0,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> IngestErrorList:
     """Return an ingest or reembed job's error file: which document failed and why, in upload order."""

@@ -10,14 +10,15 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr, model_validator
 
 COLLECTION_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 CollectionName = Annotated[str, Field(pattern=COLLECTION_NAME, description="letters, digits, '.', '_', '-'")]
-FilterValue = StrictStr | int | float | bool | None
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+FilterValue = StrictStr | int | FiniteFloat | bool | None
 
 
 class ChunkingSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_tokens: Annotated[int, Field(ge=8, le=32_768, description="tokens per chunk, special tokens included")]
-    overlap_tokens: Annotated[int, Field(ge=0, description="tokens shared by consecutive chunks")] = 0
+    overlap_tokens: Annotated[int, Field(ge=0, le=16_384, description="tokens shared by consecutive chunks")] = 0
 
     @model_validator(mode="after")
     def _overlap_fits(self) -> ChunkingSpec:
@@ -98,9 +99,11 @@ class SearchRequest(BaseModel):
     )
 
     query: Annotated[str | None, Field(min_length=1, max_length=100_000)] = None
-    vector: list[float] | None = Field(default=None, description="a query vector instead of a text")
-    model: Annotated[str | None, Field(description="must be the collection's model if given")] = None
-    top_k: Annotated[int, Field(ge=1)] = 10
+    vector: list[FiniteFloat] | None = Field(
+        default=None, min_length=1, max_length=65_536, description="a query vector instead of a text"
+    )
+    model: Annotated[str | None, Field(max_length=200, description="must be the collection's model if given")] = None
+    top_k: Annotated[int, Field(ge=1, le=10_000, description="capped at EMBEDQ_SEARCH_MAX_TOP_K")] = 10
     filter: dict[str, FilterValue] | None = Field(default=None, description="metadata fields that must be equal")
 
     @model_validator(mode="after")

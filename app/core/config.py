@@ -131,6 +131,16 @@ class Settings(BaseSettings):
     results_page_max: int = Field(default=1000, ge=1)
     jobs_page_max: int = Field(default=200, ge=1)
 
+    # Hostile input (README "Hostile input"): checked by app.core.limits before a route reads the body.
+    max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, description="any body but uploads: else 413")
+    max_upload_bytes: int = Field(
+        default=8 * 1024**3, ge=1024, description="a streamed POST /collections/{name}/documents body: else 413"
+    )
+    max_json_depth: int = Field(default=32, ge=2, le=1000, description="nesting of a JSON body: deeper is a 400")
+    max_json_string_chars: int = Field(
+        default=1_000_000, ge=1, description="any one JSON string (fine-tuning's text_content excepted): else 413"
+    )
+
     # Queue.
     # Reliability (faults, reaper; README "Reliability"). A worker re-stamps the messages it holds every
     # broker_heartbeat_s, so only a message whose worker died goes unstamped for the visibility timeout and

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from app.core.config import Settings, get_settings
 from app.core.db import get_session
 from app.jobs import service
-from app.jobs.schemas import EmbeddingJobCreate, EncodingFormat, JobList, JobOut, JobResults
+from app.jobs.schemas import MAX_OFFSET, EmbeddingJobCreate, EncodingFormat, JobList, JobOut, JobResults
 from app.models.job import JobKind, JobStatus
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -45,7 +45,7 @@ def list_jobs(
     status_: Annotated[JobStatus | None, Query(alias="status")] = None,
     kind: JobKind | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> JobList:
     """List jobs, newest first, optionally filtered by status and kind."""
     jobs, next_offset = service.list_jobs(
@@ -65,7 +65,7 @@ def get_job_results(
     job_id: uuid.UUID,
     session: SessionDep,
     settings: SettingsDep,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
     encoding_format: EncodingFormat = EncodingFormat.FLOAT,
 ) -> JobResults:

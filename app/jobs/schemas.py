@@ -12,6 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 from app.models.job import Job, JobKind, JobStatus
 from app.webhooks.schemas import WebhookUrl
 
+# Largest offset or cursor a query parameter takes: far beyond any page, inside Postgres's integers.
+MAX_OFFSET = 2**31 - 1
+
 
 class EncodingFormat(StrEnum):
     FLOAT = "float"

@@ -62,7 +62,7 @@ class FineTuneRequest(BaseModel):
     max_seq_length: int | None = Field(default=None, ge=8, le=8192)
     overwrite: bool = Field(default=False, description="replace an alias an earlier fine-tune registered")
     eval_share: float | None = Field(default=None, ge=0, lt=1, description="share of pairs held out for evaluation")
-    seed: int = Field(default=42, ge=0)
+    seed: int = Field(default=42, ge=0, le=2**32 - 1)
 
     @field_validator("model_name")
     @classmethod
@@ -80,7 +80,7 @@ class LoraFineTuneRequest(FineTuneRequest):
 
     learning_rate: float = Field(default=1e-4, gt=0, le=1)
     r: int = Field(default=16, ge=1, le=1024)
-    lora_alpha: float = Field(default=32, gt=0)
+    lora_alpha: float = Field(default=32, gt=0, le=100_000)
     lora_dropout: float = Field(default=0.05, ge=0, lt=1)
     target_modules: list[str] | None = Field(
         default=None, min_length=1, description="module names to adapt; default: peft's choice for the architecture"

@@ -63,6 +63,13 @@ def openai_error(
     }
 
 
+def error_body(path: str, status: int, message: str, code: str) -> dict[str, Any]:
+    """Return the error body a response on ``path`` takes: OpenAI's under /v1, ``{"detail", "code"}`` elsewhere."""
+    if path == OPENAI_PREFIX or path.startswith(OPENAI_PREFIX + "/"):
+        return openai_error(status, message, code=code)
+    return {"detail": message, "code": code, "param": None}
+
+
 def install_openai_errors(api: FastAPI) -> None:
     """Make ``api``'s error responses on /v1 paths OpenAI-shaped; call it after every handler is added."""
     for key, handler in list(api.exception_handlers.items()):

@@ -41,7 +41,9 @@ class EmbeddingsRequest(BaseModel):
     input: EmbeddingInput
     model: Annotated[str | None, Field(min_length=1, max_length=200, description="name or alias")] = None
     encoding_format: EncodingFormat = EncodingFormat.FLOAT
-    dimensions: Annotated[int | None, Field(ge=1, description="keep the first N dimensions (Matryoshka models)")] = None
+    dimensions: Annotated[
+        int | None, Field(ge=1, le=65_536, description="keep the first N dimensions (Matryoshka models)")
+    ] = None
     user: str | None = Field(default=None, description="accepted and ignored")
     is_query: bool | None = Field(
         default=None,
