@@ -20,8 +20,8 @@ from app.models.registered_model import RegisteredModel
 from app.models.training import TrainingRun
 from app.training import storage
 from app.training.schemas import FineTuneRequest, LoraFineTuneRequest
-from app.training.service import RunOutcome, create_training_job, requeue_training, run_training
-from app.training.spec import Progress, TrainingHooks, TrainingResult, TrainingSpec
+from app.training.service import RunOutcome, create_training_job, requeue_training, run_training, train_status
+from app.training.spec import Progress, StopReason, TrainingHooks, TrainingResult, TrainingSpec
 from workers.training.trainer import train
 
 TSV = "\n".join(f"the {w} number {i}\ta short text on {w} and item {i}" for i, w in enumerate(["cat", "dog"] * 12))
@@ -82,6 +82,9 @@ def test_a_full_job_registers_its_alias_with_evaluation(settings: Settings, tiny
         assert run.step == run.total_steps == 5 and run.loss is not None
         assert set(run.eval or {}) == {"base", "trained"} and "recall@10" in run.eval["trained"]
         assert "held-out recall@10" in (job.message or "")
+        with session_scope() as session:
+            history = train_status(session, job_id).loss_history
+        assert [p.step for p in history] == [1, 2, 3, 4, 5] and history[-1].loss == run.loss
         model = registered(alias)
         assert model is not None and (model.kind, model.base, model.dimension) == ("full", tiny_base, 32)
         assert model.created_by_job == job_id and Path(model.path) == alias_dir(settings, alias)
@@ -181,3 +184,29 @@ def test_a_base_model_gone_before_the_worker_starts_fails_the_job(settings: Sett
     assert run_training(session_scope, job_id, train, settings) is RunOutcome.FAILED
     job, _ = state(job_id)
     assert job.status == "failed" and "unknown model" in (job.error or "")
+
+
+def reporting(losses: dict[int, float], stopped: StopReason):
+    """Return a TrainFn that reports ``losses`` by step and stops as a worker shutdown or a cancel would."""
+
+    def run(spec: TrainingSpec, hooks: TrainingHooks) -> TrainingResult:
+        for step, loss in losses.items():
+            hooks.report(Progress(step, 5, step / 5, loss, seconds_per_step=0.1, eta_seconds=1.0))
+        return TrainingResult(steps=max(losses), stopped=stopped)
+
+    return run
+
+
+def test_the_loss_history_keeps_every_report_and_a_resumed_run_replaces_the_steps_it_redoes(
+    settings: Settings, tiny_base: str
+) -> None:
+    job_id = create(settings, request(tiny_base, f"curve-{uuid.uuid4().hex[:6]}"))
+    first = reporting({1: 2.0, 2: 1.5, 3: 1.25}, StopReason.SHUTDOWN)
+    assert run_training(session_scope, job_id, first, settings) is RunOutcome.INTERRUPTED
+    # Resumed from a checkpoint at step 2: step 3 is trained (and reported) again.
+    resumed = reporting({3: 1.0, 4: 0.75}, StopReason.SHUTDOWN)
+    assert run_training(session_scope, job_id, resumed, settings) is RunOutcome.INTERRUPTED
+    with session_scope() as session:
+        status = train_status(session, job_id)
+    assert [(p.step, p.loss) for p in status.loss_history] == [(1, 2.0), (2, 1.5), (3, 1.0), (4, 0.75)]
+    assert status.loss_history[-1].epoch == 0.8 and status.loss == 0.75

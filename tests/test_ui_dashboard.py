@@ -212,7 +212,9 @@ def training_pairs(n: int) -> str:
     return "\n".join([*lines, "a line without a tab"])
 
 
-def test_training_job_page_draws_its_loss_and_evaluation(api, worker, clean_state, service_env, tab: Tab) -> None:
+def test_training_job_page_draws_its_loss_and_evaluation(
+    api, worker, clean_state, service_env, chromium: BrowserContext, tab: Tab
+) -> None:
     from support.tiny_models import make_tiny_bert
 
     # A tiny random model keeps the test fast (the README's screenshot trains longer, for a longer curve).
@@ -237,6 +239,18 @@ def test_training_job_page_draws_its_loss_and_evaluation(api, worker, clean_stat
     expect(chart.locator("path.line")).to_have_attribute("d", re.compile(r"^M[\d.]+,[\d.]+"))
     expect(page.locator("#training-step")).to_contain_text("served as ui-tuned")
     expect(page.locator("#job-stats")).not_to_contain_text("null")
+
+    # Every report is kept server-side, so a tab opened after the job ended still draws the whole curve.
+    status = httpx.get(f"{api.base_url}/train-status/{job_id}", timeout=30).json()
+    assert [p["step"] for p in status["loss_history"]] == list(range(5, status["total_steps"] + 1, 5))
+    late = Tab(chromium)
+    try:
+        late.page.goto(f"{api.base_url}/ui/jobs/{job_id}")
+        late_chart = late.page.locator("#loss-chart svg")
+        expect(late_chart).to_have_attribute("data-points", str(len(status["loss_history"])))
+        expect(late.page.locator("#loss-note")).to_be_visible()
+    finally:
+        late.close()
 
     rows = page.locator("#eval-table tbody tr")
     expect(rows).to_have_count(3)

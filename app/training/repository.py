@@ -78,6 +78,13 @@ class TrainingRepository:
         self.session.execute(update(TrainingRun).where(TrainingRun.job_id == job_id).values(**values))
         return True
 
+    def job_params(self, job_id: uuid.UUID) -> dict[str, Any]:
+        """Return a job's ``params``; call after ``record_progress``, whose update holds the row's lock."""
+        return dict(self.session.scalar(select(Job.params).where(Job.id == job_id)) or {})
+
+    def set_job_params(self, job_id: uuid.UUID, params: dict[str, Any]) -> None:
+        self.session.execute(update(Job).where(Job.id == job_id).values(params=params))
+
     def update_run(self, job_id: uuid.UUID, **values: Any) -> None:
         self.session.execute(update(TrainingRun).where(TrainingRun.job_id == job_id).values(**values))
 

@@ -104,8 +104,16 @@ class TrainingData(BaseModel):
     skipped_examples: list[dict[str, Any]]
 
 
+class LossPoint(BaseModel):
+    """One progress report's training loss: the mean over the steps since the previous report."""
+
+    step: int
+    epoch: float
+    loss: float
+
+
 class TrainStatus(BaseModel):
-    """A training job as the migrated-from /train-status returns it, plus loss, total_steps, eval and model."""
+    """A training job as the migrated-from /train-status returns it, plus loss (and its history), eval and model."""
 
     status: TrainStatusValue
     progress: float = Field(description="0 to 100")
@@ -114,6 +122,9 @@ class TrainStatus(BaseModel):
     steps: int
     epoch: float
     loss: float | None
+    loss_history: list[LossPoint] = Field(
+        description="every reported loss, oldest first (thinned evenly past 1000 points): the loss curve"
+    )
     total_steps: int
     eta_seconds: float | None
     seconds_per_step: float | None = Field(description="mean training time per step so far")

@@ -30,12 +30,13 @@ from app.jobs.service import check_model, on_job_finished
 from app.models.job import Job, JobKind, JobStatus
 from app.models.registered_model import RegisteredModel, RegisteredModelKind
 from app.models.training import TrainingRun
-from app.training import storage
+from app.training import loss_history, storage
 from app.training.pairs import PairFormat, eval_count, parse_pairs, planned_steps, split_pairs
 from app.training.repository import TrainingRepository
 from app.training.schemas import (
     FineTuneRequest,
     LoraFineTuneRequest,
+    LossPoint,
     TrainingData,
     TrainStatus,
     TrainStatusValue,
@@ -213,6 +214,7 @@ def train_status(session: Session, job_id: uuid.UUID) -> TrainStatus:
         steps=run.step,
         epoch=run.epoch,
         loss=run.loss,
+        loss_history=[LossPoint.model_validate(p) for p in loss_history.history_of(job.params)],
         total_steps=run.total_steps,
         eta_seconds=run.eta_seconds if status is TrainStatusValue.RUNNING else None,
         seconds_per_step=run.seconds_per_step,
@@ -260,7 +262,8 @@ class _DbHooks:
         loss = f", loss {progress.loss:.4f}" if progress.loss is not None else ""
         message = f"training: step {progress.step}/{progress.total_steps}, epoch {progress.epoch:.2f}{loss}"
         with self.scope() as session:
-            TrainingRepository(session).record_progress(
+            repo = TrainingRepository(session)
+            recorded = repo.record_progress(
                 self.job_id,
                 values={
                     "step": progress.step,
@@ -274,6 +277,11 @@ class _DbHooks:
                 total=progress.total_steps,
                 message=message,
             )
+            if recorded and progress.loss is not None:
+                point = {"step": progress.step, "epoch": progress.epoch, "loss": progress.loss}
+                params = repo.job_params(self.job_id)
+                params[loss_history.HISTORY_KEY] = loss_history.with_point(loss_history.history_of(params), point)
+                repo.set_job_params(self.job_id, params)
 
     def evaluated(self, name: str, metrics: dict[str, float]) -> None:
         with self.scope() as session:

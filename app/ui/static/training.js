@@ -9,28 +9,9 @@ export const TRAINING_KINDS = new Set(["fine_tune", "fine_tune_lora"]);
 const $ = (id) => document.getElementById(id);
 const METRIC_ORDER = ["recall@1", "recall@10", "mrr@10"];
 
-// /train-status gives the latest loss only, so the curve is the losses this tab has seen, kept in session
-// storage so a reload does not lose them.
-function lossHistory(jobId) {
-  const key = `embedq.loss.${jobId}`;
-  const points = JSON.parse(sessionStorage.getItem(key) || "[]");
-  return {
-    points,
-    add(step, loss) {
-      if (loss === null || step <= 0 || (points.length && step <= points.at(-1).x)) return;
-      points.push({ x: step, y: loss });
-      sessionStorage.setItem(key, JSON.stringify(points));
-    },
-  };
-}
-
-let history = null;
-
 /** Fetch /train-status and render it; returns the status so the page can show the trained model's alias. */
 export async function refreshTraining(jobId) {
-  history ??= lossHistory(jobId);
   const status = await api(`/train-status/${encodeURIComponent(jobId)}`);
-  history.add(status.steps, status.loss);
   $("training").hidden = false;
   renderStep(status);
   renderChart(status);
@@ -51,11 +32,12 @@ function renderStep(status) {
     `${num(data.skipped_lines)} ${data.skipped_lines === 1 ? "line" : "lines"} skipped`;
 }
 
+// The whole curve comes from the server (every report the job made), so a page opened late draws it all.
 function renderChart(status) {
   const box = $("loss-chart");
-  const points = history.points;
+  const points = status.loss_history.map((p) => ({ x: p.step, y: p.loss }));
   if (points.length === 0) {
-    box.replaceChildren(h("p", { class: "empty" }, status.loss === null ? "No loss reported yet." : "Waiting for the next report."));
+    box.replaceChildren(h("p", { class: "empty" }, "No loss reported yet."));
     return;
   }
   box.replaceChildren(lineChart(points, { width: box.clientWidth || 720 }));
