@@ -1,4 +1,4 @@
-"""The FastAPI application: routers, error rendering, and the API-key dependency."""
+"""The FastAPI application: routers, error rendering, and auth (a principal per request, rate limits on sync routes)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from app.core.config import get_settings
 from app.core.errors import EmbedqError
 from app.core.limits import RequestLimits
 from app.core.outages import answer_outages_with_503
-from app.core.security import require_api_key
 from app.health.routes import router as health_router
 from app.hybrid.routes import router as hybrid_router
 from app.jobs.routes import router as jobs_router
 from app.observability.setup import instrument
+from app.keys.auth import current_principal, rate_limited
 from app.training.routes import router as training_router
 from app.ui import routes as ui
 from app.v1 import routes as sync_api
@@ -27,7 +27,7 @@ from app.webhooks.routes import router as webhooks_router
 def _render_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, EmbedqError)
     body = {"detail": exc.message, "code": exc.code, "param": exc.param, **exc.extra}
-    return JSONResponse(body, status_code=exc.status_code)
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers or None)
 
 
 def create_app() -> FastAPI:
@@ -40,15 +40,15 @@ def create_app() -> FastAPI:
     api.add_exception_handler(EmbedqError, _render_error)
     answer_outages_with_503(api)
     api.include_router(health_router)
-    api.include_router(jobs_router, dependencies=[Depends(require_api_key)])
-    api.include_router(collections_router, dependencies=[Depends(require_api_key)])
-    api.include_router(ingest_errors_router, dependencies=[Depends(require_api_key)])
-    api.include_router(training_router, dependencies=[Depends(require_api_key)])
-    api.include_router(webhooks_router, dependencies=[Depends(require_api_key)])
-    api.include_router(sync_api.openai_router, dependencies=[Depends(require_api_key)])
-    api.include_router(sync_api.router, dependencies=[Depends(require_api_key)])
-    api.include_router(models_router, dependencies=[Depends(require_api_key)])
-    api.include_router(hybrid_router, dependencies=[Depends(require_api_key)])
+    api.include_router(jobs_router, dependencies=[Depends(current_principal)])
+    api.include_router(collections_router, dependencies=[Depends(current_principal)])
+    api.include_router(ingest_errors_router, dependencies=[Depends(current_principal)])
+    api.include_router(training_router, dependencies=[Depends(current_principal)])
+    api.include_router(webhooks_router, dependencies=[Depends(current_principal)])
+    api.include_router(sync_api.openai_router, dependencies=[Depends(rate_limited)])
+    api.include_router(sync_api.router, dependencies=[Depends(rate_limited)])
+    api.include_router(models_router, dependencies=[Depends(current_principal)])
+    api.include_router(hybrid_router, dependencies=[Depends(rate_limited)])
     # Before instrument(): the metrics middleware, outside this one, counts its 413s and 400s too.
     api.add_middleware(RequestLimits, settings=get_settings(), error_body=error_body)
     instrument(api)

@@ -71,6 +71,8 @@ def session_services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sessi
             # Webhook receivers in tests listen on 127.0.0.1, and retries must come within a test's patience.
             "EMBEDQ_WEBHOOK_ALLOWED_CIDRS": "127.0.0.1/32",
             "EMBEDQ_WEBHOOK_RETRY_SCHEDULE_S": "0.5,0.5,0.5",
+            # Auth is off unless a test turns it on (tests of keys and tenants set EMBEDQ_AUTH_DISABLED=false).
+            "EMBEDQ_AUTH_DISABLED": "true",
             # Parallel test runs would contend for one port; tests that read worker metrics pick a free one.
             "EMBEDQ_WORKER_METRICS_PORT": "0",
         }

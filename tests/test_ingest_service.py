@@ -26,10 +26,14 @@ from app.collections.schemas import ChunkingSpec, CollectionCreate, ReembedReque
 from app.collections.uploads import UploadOptions, UploadReader
 from app.core.config import get_settings
 from app.core.errors import ConflictError, InvalidRequestError
+from app.core.security import Principal
 from app.jobs.schemas import JobOut
 from app.models.collection import Chunk, Document, IngestBatch
 from app.models.job import Job, JobStatus
 from workers.chunking import load_model
+
+# Auth is off in these tests: every call acts as the default tenant's admin.
+ADMIN = Principal("default", is_admin=True, key_id=None)
 
 MODEL, OTHER_MODEL = "tiny-ingest", "tiny-ingest-b"
 
@@ -80,7 +84,7 @@ def make_collection(session: Session, settings, name: str = "docs", max_tokens: 
     payload = CollectionCreate(
         name=name, model=MODEL, chunking=ChunkingSpec(max_tokens=max_tokens, overlap_tokens=overlap)
     )
-    service.create_collection(session, payload, settings)
+    service.create_collection(session, payload, settings, ADMIN)
 
 
 def upload(
@@ -92,7 +96,7 @@ def upload(
     piece: int = 97,
 ) -> Job:
     reader = UploadReader(content_type, UploadOptions())
-    writer = service.UploadWriter(session, name, settings, {"format": None})
+    writer = service.UploadWriter(session, name, settings, {"format": None}, ADMIN)
     writer.open()
     pieces = [reader.feed(body[start : start + piece]) for start in range(0, len(body), piece)]
     for item in [item for items in pieces for item in items] + reader.close():
@@ -125,7 +129,7 @@ def chunk_vectors(session: Session, version_id: int) -> dict[int, np.ndarray]:
 
 def active_version(session: Session, name: str = "docs"):
     repo = CollectionRepository(session)
-    collection = repo.get(name)
+    (collection,) = repo.named(name, ADMIN)
     return repo.active_version(collection.id)
 
 
@@ -224,9 +228,9 @@ def test_bad_lines_fail_their_documents_not_the_job(db_session: Session, scope, 
     job = drain(db_session, scope, settings, job.id)
     assert (job.status, job.done, job.failed) == ("succeeded", 3, 4)
     assert "4 documents failed" in job.error
-    errors = service.ingest_errors(db_session, job.id, after=0, limit=2)
+    errors = service.ingest_errors(db_session, job.id, ADMIN, after=0, limit=2)
     assert [(e.document_id, e.line) for e in errors.data] == [(None, 4), ("x1", 5)]
-    rest = service.ingest_errors(db_session, job.id, after=errors.next_after, limit=10)
+    rest = service.ingest_errors(db_session, job.id, ADMIN, after=errors.next_after, limit=10)
     assert [(e.document_id, e.line) for e in rest.data] == [(None, 6), ("doc-0", 1)]
     assert "appears again at line 7" in rest.data[1].error and rest.next_after is None
     view = JobOut.of(job).ingest
@@ -249,7 +253,7 @@ def test_a_model_failure_fails_its_documents(db_session: Session, scope, setting
 
 
 def search(session: Session, settings, **request) -> list:
-    return asyncio.run(service.search(session, "docs", SearchRequest(**request), settings)).data
+    return asyncio.run(service.search(session, "docs", SearchRequest(**request), settings, ADMIN)).data
 
 
 def test_search_returns_the_planted_match_first_and_filters_by_metadata(db_session: Session, scope, settings) -> None:
@@ -292,7 +296,7 @@ def test_reembed_builds_a_new_version_and_switches_search_to_it(db_session: Sess
     make_collection(db_session, settings)
     drain(db_session, scope, settings, upload(db_session, settings, jsonl(corpus(10))).id)
     old = active_version(db_session)
-    job = service.start_reembed(db_session, "docs", ReembedRequest(model=OTHER_MODEL), settings)
+    job = service.start_reembed(db_session, "docs", ReembedRequest(model=OTHER_MODEL), settings, ADMIN)
     assert (job.kind, job.total, job.model) == ("reembed", 10, OTHER_MODEL)
     with pytest.raises(ConflictError, match="being re-embedded"):
         upload(db_session, settings, jsonl(corpus(2)))
@@ -307,7 +311,7 @@ def test_reembed_builds_a_new_version_and_switches_search_to_it(db_session: Sess
     stored = chunk_vectors(db_session, new.id)
     want = load_model(OTHER_MODEL).encoder.encode([c.text for c in chunks], is_query=False)
     np.testing.assert_allclose(np.stack([stored[c.id] for c in chunks]), want, atol=1e-6)
-    view = service.get_collection(db_session, "docs")
+    view = service.get_collection(db_session, "docs", ADMIN)
     assert view.model == OTHER_MODEL and [v.status for v in view.versions] == ["retired", "active"]
     assert view.counts.vectors == len(chunks) and view.size_bytes > 0
 
@@ -316,7 +320,7 @@ def test_export_round_trips_ids_text_metadata_and_vectors(db_session: Session, s
     make_collection(db_session, settings)
     rows = corpus(9)
     drain(db_session, scope, settings, upload(db_session, settings, jsonl(rows)).id)
-    collection_id, version_id, dimension = service.export_target(db_session, "docs")
+    collection_id, version_id, dimension = service.export_target(db_session, "docs", ADMIN)
     stored = chunk_vectors(db_session, version_id)
     chunk_by_key = {(c.document_id, c.idx): c for c in db_session.scalars(select(Chunk))}
     doc_ids = {d.external_id: d.id for d in db_session.scalars(select(Document))}
@@ -342,7 +346,7 @@ def test_deleting_a_collection_cancels_its_jobs_and_drops_its_vectors(db_session
     make_collection(db_session, settings)
     job = upload(db_session, settings, jsonl(corpus(3)))
     version = active_version(db_session)
-    service.delete_collection(db_session, "docs")
+    service.delete_collection(db_session, "docs", ADMIN)
     db_session.refresh(job)
     assert job.status == "cancelled" and "deleted" in job.message
     assert not CollectionRepository(db_session).vector_table_exists(version.id)
@@ -359,7 +363,7 @@ def test_the_reaper_requeues_pending_batches_and_closes_a_dead_upload(db_session
     assert [(t.name.value, t.args) for t in db_session.info["embedq_outbox"]] == [("ingest.batch", (str(job.id), 1))]
 
     # An upload whose stream died: nothing pending, input still open. The reaper closes it with the reason.
-    writer = service.UploadWriter(db_session, "docs", settings, {})
+    writer = service.UploadWriter(db_session, "docs", settings, {}, ADMIN)
     writer.open()
     for item in UploadReader("application/x-ndjson", UploadOptions()).feed(jsonl(corpus(2))):
         writer.add(item)

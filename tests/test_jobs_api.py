@@ -105,6 +105,7 @@ def test_api_keys_are_enforced_when_configured(clean_state, monkeypatch: pytest.
     from app.core.config import get_settings
 
     monkeypatch.setenv("EMBEDQ_API_KEYS", '["sk-test-1"]')
+    monkeypatch.setenv("EMBEDQ_AUTH_DISABLED", "false")
     get_settings.cache_clear()
     try:
         client = TestClient(create_app())

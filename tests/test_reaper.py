@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from app.core.celery import celery_client
 from app.core.config import Settings, get_settings
 from app.core.queues import Queue, TaskName
+from app.core.security import Principal
 from app.jobs import service as jobs
 from app.jobs.schemas import EmbeddingJobCreate
 from app.maintenance.broker import job_ids_in_broker
@@ -27,6 +28,9 @@ from app.maintenance.service import reap
 from app.models.job import Job, JobKind, JobStatus
 from app.models.recovery import JobRecovery
 from workers.broker_heartbeat import held_delivery_tags, restamp
+
+# Auth is off in these tests: every call acts as the default tenant's admin.
+ADMIN = Principal("default", is_admin=True, key_id=None)
 
 
 def fake_vectors(model: str, texts: list[str]) -> np.ndarray:
@@ -53,7 +57,9 @@ def settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
 
 
 def make_job(session: Session, settings: Settings, n: int = 10) -> Job:
-    job, _ = jobs.create_embedding_job(session, EmbeddingJobCreate(input=[f"text {i}" for i in range(n)]), settings)
+    job, _ = jobs.create_embedding_job(
+        session, EmbeddingJobCreate(input=[f"text {i}" for i in range(n)]), settings, ADMIN
+    )
     session.flush()
     session.info.pop("embedq_outbox", None)  # as if sent, then lost
     return job

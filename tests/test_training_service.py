@@ -13,6 +13,7 @@ from support.tiny_models import make_tiny_bert
 
 from app.core.config import Settings, get_settings
 from app.core.db import session_scope
+from app.core.security import Principal
 from app.jobs.service import cancel_job
 from app.maintenance.kinds import RECOVERIES
 from app.models.job import Job, JobKind
@@ -23,6 +24,9 @@ from app.training.schemas import FineTuneRequest, LoraFineTuneRequest
 from app.training.service import RunOutcome, create_training_job, requeue_training, run_training, train_status
 from app.training.spec import Progress, StopReason, TrainingHooks, TrainingResult, TrainingSpec
 from workers.training.trainer import train
+
+# Auth is off in these tests: every call acts as the default tenant's admin.
+ADMIN = Principal("default", is_admin=True, key_id=None)
 
 TSV = "\n".join(f"the {w} number {i}\ta short text on {w} and item {i}" for i, w in enumerate(["cat", "dog"] * 12))
 
@@ -43,7 +47,7 @@ def tiny_base(settings: Settings) -> Iterator[str]:
 
 def create(settings: Settings, request: FineTuneRequest) -> uuid.UUID:
     with session_scope() as session:
-        return create_training_job(session, request, TSV, "auto", settings).id
+        return create_training_job(session, request, TSV, "auto", settings, ADMIN).id
 
 
 def state(job_id: uuid.UUID) -> tuple[Job, TrainingRun]:
@@ -83,7 +87,7 @@ def test_a_full_job_registers_its_alias_with_evaluation(settings: Settings, tiny
         assert set(run.eval or {}) == {"base", "trained"} and "recall@10" in run.eval["trained"]
         assert "held-out recall@10" in (job.message or "")
         with session_scope() as session:
-            history = train_status(session, job_id).loss_history
+            history = train_status(session, job_id, ADMIN).loss_history
         assert [p.step for p in history] == [1, 2, 3, 4, 5] and history[-1].loss == run.loss
         model = registered(alias)
         assert model is not None and (model.kind, model.base, model.dimension) == ("full", tiny_base, 32)
@@ -128,7 +132,7 @@ def cancelling(after_step: int):
             self.hooks.report(progress)
             if progress.step == after_step:
                 with session_scope() as session:
-                    cancel_job(session, self.job_id)
+                    cancel_job(session, self.job_id, ADMIN)
 
     def run(spec: TrainingSpec, hooks: TrainingHooks) -> TrainingResult:
         return train(spec, CancelAfter(hooks, spec.job_id))
@@ -149,7 +153,7 @@ def test_cancel_between_steps_leaves_no_model(settings: Settings, tiny_base: str
 def test_cancel_before_the_worker_starts_skips_the_job(settings: Settings, tiny_base: str) -> None:
     job_id = create(settings, request(tiny_base, f"early-{uuid.uuid4().hex[:6]}"))
     with session_scope() as session:
-        cancel_job(session, job_id)
+        cancel_job(session, job_id, ADMIN)
     assert run_training(session_scope, job_id, train, settings) is RunOutcome.SKIPPED
 
 
@@ -207,6 +211,6 @@ def test_the_loss_history_keeps_every_report_and_a_resumed_run_replaces_the_step
     resumed = reporting({3: 1.0, 4: 0.75}, StopReason.SHUTDOWN)
     assert run_training(session_scope, job_id, resumed, settings) is RunOutcome.INTERRUPTED
     with session_scope() as session:
-        status = train_status(session, job_id)
+        status = train_status(session, job_id, ADMIN)
     assert [(p.step, p.loss) for p in status.loss_history] == [(1, 2.0), (2, 1.5), (3, 1.0), (4, 0.75)]
     assert status.loss_history[-1].epoch == 0.8 and status.loss == 0.75

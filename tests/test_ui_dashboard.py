@@ -169,7 +169,7 @@ def test_jobs_list_shows_a_job_run_to_100_percent_live(
 @pytest.fixture(scope="module")
 def api_with_keys(service_env: dict[str, str]) -> Iterator[ManagedProcess]:
     """Yield an API process that requires the key ``ui-test-key``."""
-    process = start_api({**service_env, "EMBEDQ_API_KEYS": '["ui-test-key"]'})
+    process = start_api({**service_env, "EMBEDQ_API_KEYS": '["ui-test-key"]', "EMBEDQ_AUTH_DISABLED": "false"})
     yield process
     process.stop()
 

@@ -17,6 +17,7 @@ PAGES = ["/ui", "/ui/jobs/3f0c0000-0000-4000-8000-000000000000", "/ui/collection
 @pytest.fixture
 def client_with_keys(monkeypatch: pytest.MonkeyPatch) -> TestClient:
     monkeypatch.setenv("EMBEDQ_API_KEYS", '["secret-key"]')
+    monkeypatch.setenv("EMBEDQ_AUTH_DISABLED", "false")
     get_settings.cache_clear()
     yield TestClient(create_app())
     get_settings.cache_clear()

@@ -119,6 +119,7 @@ def test_unknown_v1_paths_and_methods_are_openai_shaped(client: TestClient) -> N
 
 def test_api_keys_guard_the_sync_api_with_an_openai_shaped_401(env: pytest.MonkeyPatch) -> None:
     env.setenv("EMBEDQ_API_KEYS", '["k-123"]')
+    env.setenv("EMBEDQ_AUTH_DISABLED", "false")
     get_settings.cache_clear()
     client = TestClient(create_app())
     r = client.post("/v1/embeddings", json={"input": "a"})

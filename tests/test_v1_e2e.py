@@ -48,7 +48,12 @@ def sync_worker(sync_env: dict[str, str]) -> Iterator[ManagedProcess]:
 @pytest.fixture(scope="module")
 def sync_api(sync_env: dict[str, str], sync_worker: ManagedProcess) -> Iterator[ManagedProcess]:
     process = start_api(
-        {**sync_env, "EMBEDQ_API_KEYS": json.dumps([KEY]), "EMBEDQ_MATRYOSHKA_MODELS": "*matryoshka*,*MiniLM*"}
+        {
+            **sync_env,
+            "EMBEDQ_API_KEYS": json.dumps([KEY]),
+            "EMBEDQ_AUTH_DISABLED": "false",
+            "EMBEDQ_MATRYOSHKA_MODELS": "*matryoshka*,*MiniLM*",
+        }
     )
     yield process
     process.stop()

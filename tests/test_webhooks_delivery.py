@@ -20,12 +20,16 @@ from werkzeug import Request, Response
 from app.core.config import Settings
 from app.core.db import session_scope
 from app.core.errors import ConflictError
+from app.core.security import Principal
 from app.jobs import service as jobs
 from app.jobs.schemas import EmbeddingJobCreate
 from app.models.webhook import WebhookEndpoint, WebhookEvent
 from app.webhooks import service
 from app.webhooks.delivery import DeliveryOutcome, Outcome, deliver_event
 from app.webhooks.schemas import EndpointCreate, EndpointUpdate
+
+# Auth is off in these tests: every call acts as the default tenant's admin.
+ADMIN = Principal("default", is_admin=True, key_id=None)
 
 
 @pytest.fixture
@@ -51,16 +55,18 @@ class Finished:
 
 def register(url: str, settings: Settings) -> tuple[uuid.UUID, str]:
     with session_scope() as session:
-        endpoint, secret = service.create_endpoint(session, EndpointCreate(url=url), settings)
+        endpoint, secret = service.create_endpoint(session, EndpointCreate(url=url), settings, ADMIN)
         return endpoint.id, secret
 
 
 def finish_job(url: str) -> uuid.UUID:
     """Create a job with ``webhook_url`` and cancel it: the jobs service's terminal hook records the event."""
     with session_scope() as session:
-        job, _ = jobs.create_embedding_job(session, EmbeddingJobCreate(input=["a", "b"], webhook_url=url), Settings())
+        job, _ = jobs.create_embedding_job(
+            session, EmbeddingJobCreate(input=["a", "b"], webhook_url=url), Settings(), ADMIN
+        )
     with session_scope() as session:
-        jobs.cancel_job(session, job.id)
+        jobs.cancel_job(session, job.id, ADMIN)
     return job.id
 
 
@@ -119,7 +125,7 @@ def test_a_signed_event_reaches_the_receiver_and_verifies(clean_state, receiver:
     assert request.headers["webhook-id"] == f"msg_{event.id.hex}"
     assert request.headers["content-type"] == "application/json"
     with session_scope() as session:
-        log = service.delivery_log(session, job_id)
+        log = service.delivery_log(session, job_id, ADMIN)
     assert [(d.attempt, d.status_code, d.succeeded, d.address) for d in log.data] == [(1, 204, True, "127.0.0.1")]
     assert log.events[0].status == "succeeded"
 
@@ -139,7 +145,7 @@ def test_failing_twice_then_succeeding_gives_three_log_rows_and_one_success(
 
     assert [o.outcome for o in outcomes] == [Outcome.RETRYING, Outcome.RETRYING, Outcome.SUCCEEDED]
     with session_scope() as session:
-        log = service.delivery_log(session, job_id)
+        log = service.delivery_log(session, job_id, ADMIN)
     assert [(d.attempt, d.status_code, d.succeeded) for d in log.data] == [
         (1, 500, False),
         (2, 502, False),
@@ -171,16 +177,16 @@ def test_410_disables_the_endpoint_and_later_events_are_not_sent(clean_state, re
     [second] = events_of(second_job)
     assert second.status == "failed" and "endpoint disabled" in (second.last_error or "")
     with session_scope() as session, pytest.raises(ConflictError, match="re-enable"):
-        service.redeliver(session, second_job)
+        service.redeliver(session, second_job, ADMIN)
     assert len(requests_to(receiver, "/gone")) == 1
 
     # Re-enabled, a redelivery sends the same event again.
     receiver.clear()
     receiver.expect_request("/gone").respond_with_data("", status=200)
     with session_scope() as session:
-        service.update_endpoint(session, endpoint_id, EndpointUpdate(enabled=True))
+        service.update_endpoint(session, endpoint_id, EndpointUpdate(enabled=True), ADMIN)
     with session_scope() as session:
-        queued = service.redeliver(session, second_job)
+        queued = service.redeliver(session, second_job, ADMIN)
     [restarted] = events_of(second_job)
     outcomes = run_worker(second_job, restarted.id, settings, token=restarted.dispatch_token)
     assert queued.events[0].status == "pending" and outcomes[-1].outcome is Outcome.SUCCEEDED
@@ -198,7 +204,7 @@ def test_retry_after_is_honoured_on_429_and_503(clean_state, receiver: HTTPServe
     outcome = deliver_event(session_scope, str(job_id), event.id, 0, settings, dispatch=lambda *a: delays.append(a[3]))
     assert outcome.outcome is Outcome.RETRYING and outcome.next_delay_s == 7 and delays == [7]
     with session_scope() as session:
-        assert service.delivery_log(session, job_id).events[0].next_attempt_at is not None
+        assert service.delivery_log(session, job_id, ADMIN).events[0].next_attempt_at is not None
     # Early messages (a long delay is covered in hops) only re-queue themselves for the time left.
     waiting: list[float] = []
     early = deliver_event(session_scope, str(job_id), event.id, 1, settings, dispatch=lambda *a: waiting.append(a[3]))
@@ -215,7 +221,7 @@ def test_redirects_are_not_followed(clean_state, receiver: HTTPServer, settings)
     outcome = deliver_event(session_scope, str(job_id), event.id, 0, settings, dispatch=lambda *a: None)
     assert outcome.outcome is Outcome.RETRYING and outcome.status_code == 302
     with session_scope() as session:
-        [row] = service.delivery_log(session, job_id).data
+        [row] = service.delivery_log(session, job_id, ADMIN).data
     assert "not followed" in (row.error or "") and len(requests_to(receiver, "/old")) == 1
 
 
@@ -228,7 +234,7 @@ def test_the_schedule_runs_out_and_the_event_fails(clean_state, receiver: HTTPSe
     outcomes = run_worker(job_id, event.id, settings.model_copy(update={"webhook_retry_schedule_s": [0.05]}))
     assert [o.outcome for o in outcomes] == [Outcome.RETRYING, Outcome.FAILED]
     with session_scope() as session:
-        log = service.delivery_log(session, job_id)
+        log = service.delivery_log(session, job_id, ADMIN)
     assert len(log.data) == 2 and "gave up after 2 attempts" in (log.events[0].last_error or "")
 
 
@@ -247,7 +253,7 @@ def test_a_slow_receiver_times_out_and_is_retried(clean_state, receiver: HTTPSer
     outcome = deliver_event(session_scope, str(job_id), event.id, 0, quick, dispatch=lambda *a: None)
     assert outcome.outcome is Outcome.RETRYING
     with session_scope() as session:
-        [row] = service.delivery_log(session, job_id).data
+        [row] = service.delivery_log(session, job_id, ADMIN).data
     assert row.status_code is None and "Timeout" in (row.error or "")
     assert Settings().webhook_timeout_s == 10
 
@@ -263,7 +269,7 @@ def test_the_guard_runs_again_at_send_time(clean_state, receiver: HTTPServer, se
     outcome = deliver_event(session_scope, str(job_id), event.id, 0, closed, dispatch=lambda *a: None)
     assert outcome.outcome is Outcome.FAILED and requests_to(receiver, "/internal") == []
     with session_scope() as session:
-        [row] = service.delivery_log(session, job_id).data
+        [row] = service.delivery_log(session, job_id, ADMIN).data
     assert row.error is not None and row.error.startswith("refused") and "loopback" in row.error
 
 
@@ -291,7 +297,7 @@ def test_an_unregistered_url_gets_an_endpoint_and_rotation_signs_with_both(
         assert endpoint is not None and endpoint.auto_created and endpoint.url == url
         first_secret = endpoint.secret
     with session_scope() as session:
-        _, second_secret = service.rotate_secret(session, event.endpoint_id, 3600, settings)
+        _, second_secret = service.rotate_secret(session, event.endpoint_id, 3600, settings, ADMIN)
     run_worker(job_id, event.id, settings)
     [request] = requests_to(receiver, "/unregistered")
     # During the overlap a receiver holding either secret accepts the event.

@@ -8,10 +8,12 @@ import anyio.to_thread
 from fastapi import APIRouter, Depends
 
 from app.catalog import service
+from app.catalog.access import hidden_models, resolve_visible
 from app.catalog.resolver import InvalidModelNameError, UnknownModelError
 from app.catalog.schemas import ModelList, ModelObject
 from app.core.config import Settings, get_settings
 from app.core.errors import EmbedqError, NotFoundError
+from app.keys.auth import PrincipalDep
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
@@ -19,17 +21,19 @@ router = APIRouter(prefix="/v1", tags=["models"])
 
 
 @router.get("/models", response_model=ModelList)
-async def list_models(settings: SettingsDep) -> ModelList:
+async def list_models(settings: SettingsDep, principal: PrincipalDep) -> ModelList:
     """List every model a request may name: default, aliases, packaged, EMBEDQ_MODELS_DIR, and loaded ones."""
     loads = await anyio.to_thread.run_sync(service.read_loads, settings)
-    return await anyio.to_thread.run_sync(service.list_models, settings, loads)
+    hidden = await anyio.to_thread.run_sync(hidden_models, principal)
+    return await anyio.to_thread.run_sync(service.list_models, settings, loads, hidden)
 
 
 @router.get("/models/{model_id:path}", response_model=ModelObject, responses={404: {"description": "unknown model"}})
-async def get_model(model_id: str, settings: SettingsDep) -> ModelObject:
+async def get_model(model_id: str, settings: SettingsDep, principal: PrincipalDep) -> ModelObject:
     """Describe one model (an alias or a name, `org/name` included): source, path, family, limits, loads."""
     loads = await anyio.to_thread.run_sync(service.read_loads, settings)
     try:
+        await anyio.to_thread.run_sync(resolve_visible, model_id, settings, principal)
         return await anyio.to_thread.run_sync(service.describe, model_id, settings, loads)
     except InvalidModelNameError as exc:
         raise EmbedqError(str(exc), param="model") from exc

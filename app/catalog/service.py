@@ -38,10 +38,16 @@ def read_loads(settings: Settings) -> dict[str, list[ModelLoad]]:
         return {}
 
 
-def list_models(settings: Settings, loads: dict[str, list[ModelLoad]]) -> ModelList:
-    """Return every model a request may name without a download (caches included), and any model a worker loaded."""
+def list_models(
+    settings: Settings, loads: dict[str, list[ModelLoad]], hidden: frozenset[str] | set[str] = frozenset()
+) -> ModelList:
+    """Return every model a request may name without a download (caches included), and any model a worker loaded.
+
+    ``hidden``: names left out, the fine-tuned aliases of tenants other than the caller's.
+    """
     names = known_models(settings)
     names += sorted((set(cached_names(settings)) | set(loads)) - set(names))
+    names = [name for name in names if name not in hidden]
     data = []
     for name in names:
         try:

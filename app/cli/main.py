@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from app.cli import client_commands, models_commands
+from app.cli import client_commands, keys_commands, models_commands
 from app.cli.embedded import EmbeddedPostgres, EmbeddedServiceError
 from app.cli.migrations import upgrade_head
 from app.cli.up import (
@@ -74,14 +74,37 @@ def up(
         os.environ["EMBEDQ_FLOWER_BASIC_AUTH"] = flower_basic_auth
     if log_format is not None:
         os.environ["EMBEDQ_LOG_FORMAT"] = log_format
+    _local_auth_default()
     get_settings.cache_clear()
     configure_logging(get_settings())
+    if get_settings().auth_disabled:
+        click.secho(AUTH_OFF_WARNING, fg="red", bold=True, err=True)
     options = UpOptions(state_dir=state_dir, flower=not no_flower, concurrency=workers, stop_timeout=stop_timeout)
     try:
         code = run_up(options)
     except (EmbeddedServiceError, StateDirInUseError, FlowerAuthMissingError) as exc:
         raise click.ClickException(str(exc)) from exc
     sys.exit(code)
+
+
+AUTH_OFF_WARNING = (
+    "WARNING: authentication is OFF (EMBEDQ_AUTH_DISABLED=true): anyone who can reach the API is an admin "
+    "of every tenant. Create a key with `embedq keys create --tenant T` and restart with "
+    "EMBEDQ_AUTH_DISABLED=false (or set EMBEDQ_API_KEYS) before exposing this API."
+)
+
+
+def _local_auth_default() -> None:
+    """Turn auth off for `up` on a developer's machine unless the environment decided otherwise.
+
+    Explicitly, in the environment the children inherit: only when neither EMBEDQ_AUTH_DISABLED nor
+    EMBEDQ_API_KEYS is set and EMBEDQ_ENVIRONMENT is not prod.
+    """
+    if "EMBEDQ_AUTH_DISABLED" in os.environ or os.environ.get("EMBEDQ_API_KEYS"):
+        return
+    if os.environ.get("EMBEDQ_ENVIRONMENT", "dev") == "prod":
+        return
+    os.environ["EMBEDQ_AUTH_DISABLED"] = "true"
 
 
 @main.command()
@@ -141,3 +164,6 @@ for _command in client_commands.COMMANDS:
 
 # `embedq models pull|list|show` (app/cli/models_commands.py).
 main.add_command(models_commands.models)
+
+# `embedq keys create|list|revoke` (app/cli/keys_commands.py).
+main.add_command(keys_commands.keys)

@@ -32,6 +32,7 @@ import numpy as np
 from sqlalchemy import func, literal, select, text, update
 from sqlalchemy.orm import Session
 
+from app.core.security import Principal, visible_to
 from app.models.collection import (
     BatchState,
     Collection,
@@ -117,15 +118,34 @@ class CollectionRepository:
 
     # Collections and versions.
 
-    def get(self, name: str, *, lock: bool = False) -> Collection | None:
-        query = select(Collection).where(Collection.name == name)
-        return self.session.scalar(query.with_for_update() if lock else query)
+    def named(self, name: str, principal: Principal, *, lock: bool = False) -> list[Collection]:
+        """Return the collections called ``name`` that ``principal`` may see, the caller's own tenant's first.
+
+        Only an admin can get more than one (names are unique per tenant).
+        """
+        query = (
+            select(Collection)
+            .where(Collection.name == name, visible_to(principal, Collection.tenant))
+            .order_by(Collection.tenant != principal.tenant, Collection.id)
+        )
+        return list(self.session.scalars(query.with_for_update() if lock else query))
+
+    def get_in_tenant(self, tenant: str, name: str) -> Collection | None:
+        return self.session.scalar(select(Collection).where(Collection.tenant == tenant, Collection.name == name))
 
     def get_by_id(self, collection_id: int) -> Collection | None:
         return self.session.get(Collection, collection_id)
 
-    def list_page(self, *, limit: int, offset: int) -> list[Collection]:
-        return list(self.session.scalars(select(Collection).order_by(Collection.name).limit(limit).offset(offset)))
+    def list_page(self, principal: Principal, *, limit: int, offset: int) -> list[Collection]:
+        return list(
+            self.session.scalars(
+                select(Collection)
+                .where(visible_to(principal, Collection.tenant))
+                .order_by(Collection.name, Collection.tenant)
+                .limit(limit)
+                .offset(offset)
+            )
+        )
 
     def add(self, collection: Collection) -> None:
         self.session.add(collection)

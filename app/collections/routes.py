@@ -26,6 +26,7 @@ from app.core.config import Settings, get_settings
 from app.core.db import get_session
 from app.core.limits import BodyTooLargeError
 from app.jobs.schemas import MAX_OFFSET, JobOut
+from app.keys.auth import PrincipalDep
 
 router = APIRouter(prefix="/collections", tags=["collections"])
 errors_router = APIRouter(prefix="/jobs", tags=["collections"])
@@ -51,31 +52,34 @@ _UPLOAD_BODY = {
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=CollectionOut)
-def create_collection(payload: CollectionCreate, session: SessionDep, settings: SettingsDep) -> CollectionOut:
+def create_collection(
+    payload: CollectionCreate, session: SessionDep, settings: SettingsDep, principal: PrincipalDep
+) -> CollectionOut:
     """Create a collection; its model fixes the dimension of its vectors."""
-    return service.create_collection(session, payload, settings)
+    return service.create_collection(session, payload, settings, principal)
 
 
 @router.get("", response_model=CollectionList)
 def list_collections(
     session: SessionDep,
+    principal: PrincipalDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> CollectionList:
     """List collections by name."""
-    return service.list_collections(session, limit=limit, offset=offset)
+    return service.list_collections(session, principal, limit=limit, offset=offset)
 
 
 @router.get("/{name}", response_model=CollectionOut)
-def get_collection(name: str, session: SessionDep) -> CollectionOut:
+def get_collection(name: str, session: SessionDep, principal: PrincipalDep) -> CollectionOut:
     """Return a collection with its document, chunk and vector counts, versions and size."""
-    return service.get_collection(session, name)
+    return service.get_collection(session, name, principal)
 
 
 @router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_collection(name: str, session: SessionDep) -> Response:
+def delete_collection(name: str, session: SessionDep, principal: PrincipalDep) -> Response:
     """Delete a collection with its documents and vectors; its running jobs are cancelled."""
-    service.delete_collection(session, name)
+    service.delete_collection(session, name, principal)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -87,6 +91,7 @@ async def upload_documents(
     request: Request,
     session: SessionDep,
     settings: SettingsDep,
+    principal: PrincipalDep,
     format: Annotated[UploadFormat | None, Query(description="default: from file name or Content-Type")] = None,
     text_mode: Annotated[TextMode, Query(description="plain text: one document per file, or per line")] = TextMode.FILE,
     id_field: Annotated[str, Query(min_length=1, max_length=200)] = "id",
@@ -107,7 +112,7 @@ async def upload_documents(
     )
     reader = UploadReader(request.headers.get("content-type"), options)
     source = {"format": format.value if format else None, "content_type": request.headers.get("content-type")}
-    writer = service.UploadWriter(session, name, settings, source)
+    writer = service.UploadWriter(session, name, settings, source, principal)
     await run_in_threadpool(writer.open)
     received = 0
     try:
@@ -142,17 +147,19 @@ async def upload_documents(
 
 
 @router.post("/{name}/reembed", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut)
-def reembed_collection(name: str, payload: ReembedRequest, session: SessionDep, settings: SettingsDep) -> JobOut:
+def reembed_collection(
+    name: str, payload: ReembedRequest, session: SessionDep, settings: SettingsDep, principal: PrincipalDep
+) -> JobOut:
     """Re-embed every chunk with another model into a new vector version; search switches to it when done."""
-    return JobOut.of(service.start_reembed(session, name, payload, settings))
+    return JobOut.of(service.start_reembed(session, name, payload, settings, principal))
 
 
 @router.post("/{name}/search", response_model=SearchResponse)
 async def search_collection(
-    name: str, payload: SearchRequest, session: SessionDep, settings: SettingsDep
+    name: str, payload: SearchRequest, session: SessionDep, settings: SettingsDep, principal: PrincipalDep
 ) -> SearchResponse:
     """Return the chunks nearest a query (embedded with the collection's model), best first."""
-    return await service.search(session, name, payload, settings)
+    return await service.search(session, name, payload, settings, principal)
 
 
 @router.get(
@@ -162,10 +169,11 @@ async def search_collection(
 def export_collection(
     name: str,
     session: SessionDep,
+    principal: PrincipalDep,
     format: Annotated[str, Query(pattern="^(jsonl|parquet)$")] = "jsonl",
 ) -> StreamingResponse:
     """Stream every chunk: document id, chunk index, text, metadata and vector, as JSONL or Parquet."""
-    collection_id, version_id, dimension = service.export_target(session, name)
+    collection_id, version_id, dimension = service.export_target(session, name, principal)
     if format == "parquet":
         return StreamingResponse(
             service.export_parquet(collection_id, version_id, dimension),
@@ -183,8 +191,9 @@ def export_collection(
 def ingest_job_errors(
     job_id: uuid.UUID,
     session: SessionDep,
+    principal: PrincipalDep,
     after: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="the last error id of the previous page")] = 0,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> IngestErrorList:
     """Return an ingest or reembed job's error file: which document failed and why, in upload order."""
-    return service.ingest_errors(session, job_id, after=after, limit=limit)
+    return service.ingest_errors(session, job_id, principal, after=after, limit=limit)

@@ -44,7 +44,10 @@ from app.core.config import Settings
 from app.core.db import enqueue, session_scope
 from app.core.errors import ConflictError, InvalidRequestError, NotFoundError
 from app.core.queues import TaskName
+from app.core.security import Principal
+from app.jobs.repository import JobRepository
 from app.jobs.service import check_model
+from app.keys.service import admit_job
 from app.models.collection import Collection, CollectionVersion, IndexStatus, VersionStatus
 from app.models.job import Job, JobKind, JobStatus
 
@@ -59,16 +62,20 @@ def content_hash(text: str) -> str:
 # Collections.
 
 
-def create_collection(session: Session, payload: CollectionCreate, settings: Settings) -> CollectionOut:
-    """Create a collection and its first (active, empty) vector version; 409 if the name is taken."""
+def create_collection(
+    session: Session, payload: CollectionCreate, settings: Settings, principal: Principal
+) -> CollectionOut:
+    """Create a collection of the caller's tenant and its first (active, empty) vector version; 409 if the
+    tenant has one by that name already."""
     repo = CollectionRepository(session)
-    if repo.get(payload.name) is not None:
+    if repo.get_in_tenant(principal.tenant, payload.name) is not None:
         raise ConflictError(f"a collection named {payload.name!r} exists: pick another name or delete it first")
-    model = check_model(payload.model or settings.default_model, settings)
+    model = check_model(payload.model or settings.default_model, settings, principal, session)
     chunking = payload.chunking or ChunkingSpec(
         max_tokens=settings.ingest_default_max_tokens, overlap_tokens=settings.ingest_default_overlap_tokens
     )
     collection = Collection(
+        tenant=principal.tenant,
         name=payload.name,
         max_tokens=chunking.max_tokens,
         overlap_tokens=chunking.overlap_tokens,
@@ -91,18 +98,18 @@ def create_collection(session: Session, payload: CollectionCreate, settings: Set
     return _view(collection, [version], None, None)
 
 
-def list_collections(session: Session, *, limit: int, offset: int) -> CollectionList:
+def list_collections(session: Session, principal: Principal, *, limit: int, offset: int) -> CollectionList:
     repo = CollectionRepository(session)
-    page = repo.list_page(limit=limit + 1, offset=offset)
+    page = repo.list_page(principal, limit=limit + 1, offset=offset)
     versions = repo.active_versions([c.id for c in page[:limit]])
     data = [_view(c, [versions[c.id]], None, None) for c in page[:limit] if c.id in versions]
     return CollectionList(data=data, next_offset=offset + limit if len(page) > limit else None)
 
 
-def get_collection(session: Session, name: str) -> CollectionOut:
+def get_collection(session: Session, name: str, principal: Principal) -> CollectionOut:
     """Return a collection with its counts, versions and the size of its active vectors."""
     repo = CollectionRepository(session)
-    collection = _require(repo, name)
+    collection = _require(repo, name, principal)
     versions = repo.versions(collection.id)
     stats = repo.stats(collection.id, repo.active_version(collection.id))
     counts = CollectionCounts(
@@ -116,21 +123,32 @@ def get_collection(session: Session, name: str) -> CollectionOut:
     return _view(collection, versions, counts, stats.vector_bytes)
 
 
-def delete_collection(session: Session, name: str) -> None:
+def delete_collection(session: Session, name: str, principal: Principal) -> None:
     """Delete a collection, its documents and every vector version; its running jobs are cancelled."""
     repo = CollectionRepository(session)
-    collection = _require(repo, name, lock=True)
+    collection = _require(repo, name, principal, lock=True)
     cancel_jobs(session, repo.active_jobs(collection.id, _BUSY_KINDS), f"collection {name!r} was deleted")
     for version in repo.versions(collection.id):
         repo.drop_vector_table(version.id)
     repo.delete(collection)
 
 
-def _require(repo: CollectionRepository, name: str, *, lock: bool = False) -> Collection:
-    collection = repo.get(name, lock=lock)
-    if collection is None:
+def _require(repo: CollectionRepository, name: str, principal: Principal, *, lock: bool = False) -> Collection:
+    """Return the caller's collection ``name``; another tenant's is a 404, as if it did not exist.
+
+    An admin gets their own tenant's first, else the only one by that name, and a 409 if several tenants
+    have one (an admin acts on another tenant's collection only when the name says which).
+    """
+    found = repo.named(name, principal, lock=lock)
+    if not found:
         raise NotFoundError(f"no collection named {name!r}: create it with POST /collections", param="name")
-    return collection
+    if len(found) > 1 and found[0].tenant != principal.tenant:
+        tenants = ", ".join(sorted(c.tenant for c in found))
+        raise ConflictError(
+            f"tenants {tenants} each have a collection named {name!r}: use a key of the tenant you mean",
+            param="name",
+        )
+    return found[0]
 
 
 def _view(
@@ -179,8 +197,11 @@ class UploadWriter:
     open (``input_complete`` false) while the body streams, and is settled by ``finish``.
     """
 
-    def __init__(self, session: Session, name: str, settings: Settings, source: dict[str, Any]) -> None:
+    def __init__(
+        self, session: Session, name: str, settings: Settings, source: dict[str, Any], principal: Principal
+    ) -> None:
         self.session = session
+        self.principal = principal
         self.repo = CollectionRepository(session)
         self.name = name
         self.settings = settings
@@ -199,7 +220,7 @@ class UploadWriter:
 
     def open(self) -> None:
         """Refuse early: an unknown collection (404), or one being re-embedded (409)."""
-        collection = _require(self.repo, self.name)
+        collection = _require(self.repo, self.name, self.principal)
         self._refuse_if_reembedding(collection)
         self.session.commit()  # end the read transaction: nothing is held while the body streams
 
@@ -290,11 +311,14 @@ class UploadWriter:
         return job
 
     def _create_job(self) -> uuid.UUID:
-        collection = _require(self.repo, self.name, lock=True)
+        collection = _require(self.repo, self.name, self.principal, lock=True)
         self._refuse_if_reembedding(collection)
+        admit_job(self.session, self.principal)
         version = self.repo.active_version(collection.id)
         job = Job(
             id=uuid.uuid4(),
+            tenant=collection.tenant,
+            api_key_id=self.principal.key_id,
             kind=JobKind.INGEST.value,
             status=JobStatus.RUNNING.value,
             model=version.model,
@@ -330,16 +354,19 @@ class UploadWriter:
 # Reembed.
 
 
-def start_reembed(session: Session, name: str, payload: ReembedRequest, settings: Settings) -> Job:
+def start_reembed(
+    session: Session, name: str, payload: ReembedRequest, settings: Settings, principal: Principal
+) -> Job:
     """Queue a job that embeds every chunk with ``payload.model`` into a new version, switched to when done."""
     repo = CollectionRepository(session)
-    collection = _require(repo, name, lock=True)
-    model = check_model(payload.model, settings)
+    collection = _require(repo, name, principal, lock=True)
+    model = check_model(payload.model, settings, principal, session)
     busy = repo.active_jobs(collection.id, _BUSY_KINDS)
     if busy:
         raise ConflictError(
             f"collection {name!r} has a running {busy[0].kind} job {busy[0].id}: reembed when it has finished"
         )
+    admit_job(session, principal)
     for old in repo.versions(collection.id):
         if old.status in (VersionStatus.BUILDING.value, VersionStatus.FAILED.value):
             repo.set_version_status(old.id, VersionStatus.FAILED)
@@ -358,6 +385,8 @@ def start_reembed(session: Session, name: str, payload: ReembedRequest, settings
         repo.create_vector_table(version.id, dimension, fresh=True)
     job = Job(
         id=uuid.uuid4(),
+        tenant=collection.tenant,
+        api_key_id=principal.key_id,
         kind=JobKind.REEMBED.value,
         status=JobStatus.RUNNING.value,
         model=model,
@@ -382,11 +411,13 @@ def start_reembed(session: Session, name: str, payload: ReembedRequest, settings
 # Search.
 
 
-async def search(session: Session, name: str, payload: SearchRequest, settings: Settings) -> SearchResponse:
+async def search(
+    session: Session, name: str, payload: SearchRequest, settings: Settings, principal: Principal
+) -> SearchResponse:
     """Return the chunks nearest the query, best first; refuses another model or a wrong-size vector."""
     from starlette.concurrency import run_in_threadpool
 
-    collection, version = await run_in_threadpool(_search_target, session, name)
+    collection, version = await run_in_threadpool(_search_target, session, name, principal)
     if payload.model is not None and not _same_model(payload.model, version.model, settings):
         raise InvalidRequestError(
             f"collection {name!r} holds {_dims(version.dimension)} vectors of {version.model}; the request names "
@@ -420,9 +451,9 @@ async def search(session: Session, name: str, payload: SearchRequest, settings: 
     )
 
 
-def _search_target(session: Session, name: str) -> tuple[Collection, CollectionVersion]:
+def _search_target(session: Session, name: str, principal: Principal) -> tuple[Collection, CollectionVersion]:
     repo = CollectionRepository(session)
-    collection = _require(repo, name)
+    collection = _require(repo, name, principal)
     return collection, repo.active_version(collection.id)
 
 
@@ -472,8 +503,10 @@ def _dims(dimension: int | None) -> str:
 # Errors and export.
 
 
-def ingest_errors(session: Session, job_id: uuid.UUID, *, after: int, limit: int) -> IngestErrorList:
-    job = session.get(Job, job_id)
+def ingest_errors(
+    session: Session, job_id: uuid.UUID, principal: Principal, *, after: int, limit: int
+) -> IngestErrorList:
+    job = JobRepository(session).get_visible(job_id, principal)
     if job is None or job.kind not in _BUSY_KINDS:
         raise NotFoundError(f"no ingest or reembed job with id {job_id}", param="job_id")
     rows = CollectionRepository(session).errors_page(job_id, after=after, limit=limit + 1)
@@ -481,10 +514,10 @@ def ingest_errors(session: Session, job_id: uuid.UUID, *, after: int, limit: int
     return IngestErrorList(job_id=job_id, data=data, next_after=data[-1].id if len(rows) > limit else None)
 
 
-def export_target(session: Session, name: str) -> tuple[int, int, int | None]:
+def export_target(session: Session, name: str, principal: Principal) -> tuple[int, int, int | None]:
     """Return (collection id, active version id, dimension), or 404: checked before a stream starts."""
     repo = CollectionRepository(session)
-    collection = _require(repo, name)
+    collection = _require(repo, name, principal)
     version = repo.active_version(collection.id)
     return collection.id, version.id, version.dimension
 

@@ -161,7 +161,13 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=1, le=65535)
     flower_port: int = Field(default=5555, ge=1, le=65535)
-    api_keys: list[str] = Field(default_factory=list)
+    # Keys and tenants (README "Keys and tenants"). Keys made by `embedq keys create` live hashed in
+    # Postgres; EMBEDQ_API_KEYS are admin keys of the tenant "default". With no key at all every request
+    # is refused, unless auth_disabled says, explicitly, that anyone may call (as the "default" admin).
+    api_keys: CommaList = Field(default_factory=list, description="admin keys of the tenant 'default'")
+    auth_disabled: bool = Field(default=False, description="true: no key needed; every caller is an admin")
+    default_max_concurrent_jobs: int = Field(default=0, ge=0, description="queued+running jobs per key; 0: no limit")
+    default_requests_per_minute: int = Field(default=0, ge=0, description="sync requests per key; 0: no limit")
     readiness_timeout_s: float = Field(default=1.0, gt=0)
 
     # Synchronous inference (README "Synchronous API"): /v1/embeddings, /vectorize, /tokenize wait for a
@@ -315,6 +321,15 @@ class Settings(BaseSettings):
         if any(d < 0 for d in delays):
             raise ValueError("EMBEDQ_WEBHOOK_RETRY_SCHEDULE_S: delays are seconds >= 0, e.g. 5,300,1800")
         return delays
+
+    @model_validator(mode="after")
+    def _auth_in_prod(self) -> Settings:
+        if self.environment == "prod" and self.auth_disabled:
+            raise ValueError(
+                "EMBEDQ_AUTH_DISABLED=true is refused when EMBEDQ_ENVIRONMENT=prod: create keys with "
+                "`embedq keys create --tenant T` or set EMBEDQ_API_KEYS"
+            )
+        return self
 
     @model_validator(mode="after")
     def _derived_paths(self) -> Settings:

@@ -16,6 +16,7 @@ class EmbedqError(Exception):
         self.message = message
         self.param = param
         self.extra = extra
+        self.headers: dict[str, str] = {}
 
 
 class NotFoundError(EmbedqError):
@@ -31,3 +32,15 @@ class ConflictError(EmbedqError):
 class InvalidRequestError(EmbedqError):
     status_code = 422
     code = "invalid_request"
+
+
+class TooManyRequestsError(EmbedqError):
+    """A per-key limit was reached; ``Retry-After`` says when to try again, if that is known."""
+
+    status_code = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after_s: int | None = None, **extra: Any) -> None:
+        super().__init__(message, **extra)
+        if retry_after_s is not None:
+            self.headers["Retry-After"] = str(retry_after_s)

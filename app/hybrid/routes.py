@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
+from starlette.concurrency import run_in_threadpool
 
 from app.core.config import Settings, get_settings
 from app.hybrid import service
@@ -19,6 +20,7 @@ from app.hybrid.schemas import (
     RerankRequest,
     RerankResponse,
 )
+from app.keys.auth import PrincipalDep
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
@@ -32,24 +34,26 @@ router = APIRouter(tags=["hybrid"])
 
 
 @router.post("/vectorize-hybrid", response_model=HybridResponse, responses=_ERRORS)
-async def vectorize_hybrid(body: HybridRequest, settings: SettingsDep) -> HybridResponse:
+async def vectorize_hybrid(body: HybridRequest, settings: SettingsDep, principal: PrincipalDep) -> HybridResponse:
     """Return one text's dense vector, sparse token weights and (with `return_colbert`) ColBERT vectors."""
-    model = service.check_hybrid_model(body.model, settings)
+    model = await run_in_threadpool(service.check_hybrid_model, body.model, settings, principal)
     (item,) = await service.hybrid(model, [body.text], return_colbert=body.return_colbert)
     return HybridResponse(**item, model=model, dimension=len(item["dense"]))
 
 
 @router.post("/vectorize-batch-hybrid", response_model=HybridBatchResponse, responses=_ERRORS)
-async def vectorize_batch_hybrid(body: HybridBatchRequest, settings: SettingsDep) -> HybridBatchResponse:
+async def vectorize_batch_hybrid(
+    body: HybridBatchRequest, settings: SettingsDep, principal: PrincipalDep
+) -> HybridBatchResponse:
     """Return the hybrid vectors of each of `items`, in order."""
-    model = service.check_hybrid_model(body.model, settings)
+    model = await run_in_threadpool(service.check_hybrid_model, body.model, settings, principal)
     items = await service.hybrid(model, body.items, return_colbert=body.return_colbert)
     return HybridBatchResponse(data=items, model=model, dimension=len(items[0]["dense"]))
 
 
 @router.post("/rerank", response_model=RerankResponse, responses=_ERRORS)
-async def rerank(body: RerankRequest, settings: SettingsDep) -> RerankResponse:
+async def rerank(body: RerankRequest, settings: SettingsDep, principal: PrincipalDep) -> RerankResponse:
     """Score each candidate against `query` by MaxSim over ColBERT vectors; scores come in candidate order."""
-    model = service.check_hybrid_model(body.model, settings)
+    model = await run_in_threadpool(service.check_hybrid_model, body.model, settings, principal)
     scores = await service.rerank(model, body.query, body.candidates, body.batch_size)
     return RerankResponse(scores=scores, model=model)

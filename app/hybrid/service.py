@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from app.catalog.access import resolve_visible
 from app.catalog.families import M3_COLBERT_HEAD, M3_SPARSE_HEAD, detect_family
 from app.catalog.resolver import InvalidModelNameError, UnknownModelError, known_models, resolve_model
 from app.core.config import Settings
 from app.core.errors import EmbedqError, NotFoundError
+from app.core.security import Principal
 from app.inference.dispatch import infer
 
 
@@ -17,11 +19,11 @@ class NotHybridModelError(EmbedqError):
     code = "model_not_hybrid"
 
 
-def check_hybrid_model(name: str | None, settings: Settings) -> str:
+def check_hybrid_model(name: str | None, settings: Settings, principal: Principal) -> str:
     """Return the model name to use, or raise 400 unless it is a BGE-M3 model with its heads (404 if unknown)."""
     asked = name or settings.default_model
     try:
-        resolved = resolve_model(asked, settings)
+        resolved = resolve_visible(asked, settings, principal)
     except InvalidModelNameError as exc:
         raise EmbedqError(str(exc), param="model") from exc
     except UnknownModelError as exc:

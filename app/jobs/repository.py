@@ -10,6 +10,7 @@ import numpy as np
 from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.orm import Session
 
+from app.core.security import Principal, visible_to
 from app.models.job import ACTIVE_STATUSES, Job, JobResult, JobStatus
 
 
@@ -36,8 +37,12 @@ class JobRepository:
     def get(self, job_id: uuid.UUID) -> Job | None:
         return self.session.get(Job, job_id)
 
-    def get_by_idempotency_key(self, key: str) -> Job | None:
-        return self.session.scalar(select(Job).where(Job.idempotency_key == key))
+    def get_visible(self, job_id: uuid.UUID, principal: Principal) -> Job | None:
+        """Return the job if ``principal`` may see it (its tenant's, or any for an admin), else None."""
+        return self.session.scalar(select(Job).where(Job.id == job_id, visible_to(principal, Job.tenant)))
+
+    def get_by_idempotency_key(self, tenant: str, key: str) -> Job | None:
+        return self.session.scalar(select(Job).where(Job.tenant == tenant, Job.idempotency_key == key))
 
     def add(self, job: Job, inputs: Sequence[str]) -> None:
         self.session.add(job)
@@ -47,8 +52,16 @@ class JobRepository:
                 insert(JobResult), [{"job_id": job.id, "idx": i, "input": t} for i, t in enumerate(inputs)]
             )
 
-    def list_jobs(self, *, status: str | None, kind: str | None, limit: int, offset: int) -> list[Job]:
-        query = select(Job).order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)
+    def list_jobs(
+        self, principal: Principal, *, status: str | None, kind: str | None, limit: int, offset: int
+    ) -> list[Job]:
+        query = (
+            select(Job)
+            .where(visible_to(principal, Job.tenant))
+            .order_by(Job.created_at.desc(), Job.id)
+            .limit(limit)
+            .offset(offset)
+        )
         if status is not None:
             query = query.where(Job.status == status)
         if kind is not None:

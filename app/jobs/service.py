@@ -15,13 +15,16 @@ import numpy as np
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.catalog.resolver import InvalidModelNameError, UnknownModelError, resolve_model
+from app.catalog.access import resolve_visible
+from app.catalog.resolver import InvalidModelNameError, UnknownModelError
 from app.core.config import Settings
 from app.core.db import enqueue
 from app.core.errors import ConflictError, InvalidRequestError, NotFoundError
 from app.core.queues import TaskName
+from app.core.security import Principal
 from app.jobs.repository import Counts, JobRepository
 from app.jobs.schemas import EmbeddingJobCreate, EncodingFormat, JobResults, ResultItem
+from app.keys.service import admit_job
 from app.models.job import Job, JobKind, JobStatus
 
 log = logging.getLogger(__name__)
@@ -30,10 +33,10 @@ Encode = Callable[[str, list[str]], np.ndarray]
 """(model name, texts) -> float32 array [len(texts), dim] in input order."""
 
 
-def check_model(name: str, settings: Settings) -> str:
-    """Return the model name if a worker can load it, else raise a 4xx naming the known models."""
+def check_model(name: str, settings: Settings, principal: Principal, session: Session | None = None) -> str:
+    """Return the model name if a worker can load it for ``principal``, else raise a 4xx naming the known models."""
     try:
-        resolve_model(name, settings)
+        resolve_visible(name, settings, principal, session)
     except InvalidModelNameError as exc:
         raise InvalidRequestError(str(exc), param="model") from exc
     except UnknownModelError as exc:
@@ -51,8 +54,10 @@ def _batches(total: int, size: int) -> Iterator[tuple[int, int]]:
         yield start, min(start + size, total)
 
 
-def create_embedding_job(session: Session, payload: EmbeddingJobCreate, settings: Settings) -> tuple[Job, bool]:
-    """Return (job, created): a new queued job, or the earlier one with the same idempotency key."""
+def create_embedding_job(
+    session: Session, payload: EmbeddingJobCreate, settings: Settings, principal: Principal
+) -> tuple[Job, bool]:
+    """Return (job, created): a new queued job of the caller's tenant, or its earlier one with the same key."""
     if len(payload.input) > settings.max_inputs_per_job:
         raise InvalidRequestError(
             f"input has {len(payload.input)} items; at most {settings.max_inputs_per_job} per job "
@@ -66,14 +71,17 @@ def create_embedding_job(session: Session, payload: EmbeddingJobCreate, settings
             f"{settings.max_input_chars} (EMBEDQ_MAX_INPUT_CHARS): chunk it first",
             param=f"input[{too_long}]",
         )
-    model = check_model(payload.model or settings.default_model, settings)
+    model = check_model(payload.model or settings.default_model, settings, principal, session)
     digest = _request_hash(payload, model)
     repo = JobRepository(session)
     if payload.idempotency_key is not None:
-        existing = repo.get_by_idempotency_key(payload.idempotency_key)
+        existing = repo.get_by_idempotency_key(principal.tenant, payload.idempotency_key)
         if existing is not None:
             return _same_request(existing, digest), False
+    admit_job(session, principal)
     job = Job(
+        tenant=principal.tenant,
+        api_key_id=principal.key_id,
         id=uuid.uuid4(),
         kind=JobKind.EMBEDDINGS.value,
         status=JobStatus.QUEUED.value,
@@ -89,7 +97,7 @@ def create_embedding_job(session: Session, payload: EmbeddingJobCreate, settings
             repo.add(job, payload.input)
     except IntegrityError:
         # Another request with the same key committed between our lookup and insert.
-        existing = repo.get_by_idempotency_key(payload.idempotency_key or "")
+        existing = repo.get_by_idempotency_key(principal.tenant, payload.idempotency_key or "")
         if existing is None:
             raise
         return _same_request(existing, digest), False
@@ -108,19 +116,30 @@ def _same_request(existing: Job, digest: str) -> Job:
     return existing
 
 
-def get_job(session: Session, job_id: uuid.UUID) -> Job:
-    job = JobRepository(session).get(job_id)
+def get_job(session: Session, job_id: uuid.UUID, principal: Principal) -> Job:
+    """Return the job if ``principal`` may see it; another tenant's job is a 404, as if it did not exist."""
+    job = JobRepository(session).get_visible(job_id, principal)
     if job is None:
         raise NotFoundError(f"no job with id {job_id}", param="job_id")
     return job
 
 
 def list_jobs(
-    session: Session, *, status: JobStatus | None, kind: JobKind | None, limit: int, offset: int
+    session: Session,
+    principal: Principal,
+    *,
+    status: JobStatus | None,
+    kind: JobKind | None,
+    limit: int,
+    offset: int,
 ) -> tuple[list[Job], int | None]:
-    """Return one page of jobs, newest first, and the offset of the next page (None on the last)."""
+    """Return a page of the jobs ``principal`` may see, newest first, and the next page's offset (None on the last)."""
     jobs = JobRepository(session).list_jobs(
-        status=status.value if status else None, kind=kind.value if kind else None, limit=limit + 1, offset=offset
+        principal,
+        status=status.value if status else None,
+        kind=kind.value if kind else None,
+        limit=limit + 1,
+        offset=offset,
     )
     return jobs[:limit], (offset + limit if len(jobs) > limit else None)
 
@@ -165,9 +184,9 @@ def requeue_embedding_batches(session: Session, job: Job) -> int:
     return len(starts)
 
 
-def cancel_job(session: Session, job_id: uuid.UUID) -> Job:
+def cancel_job(session: Session, job_id: uuid.UUID, principal: Principal) -> Job:
     """Cancel a queued or running job; cancelling a finished job is refused with 409."""
-    job = get_job(session, job_id)
+    job = get_job(session, job_id, principal)
     repo = JobRepository(session)
     if repo.cancel(job_id):
         on_job_finished(session, job_id, JobStatus.CANCELLED)
@@ -180,9 +199,15 @@ def cancel_job(session: Session, job_id: uuid.UUID) -> Job:
 
 
 def job_results(
-    session: Session, job_id: uuid.UUID, *, offset: int, limit: int, encoding_format: EncodingFormat
+    session: Session,
+    job_id: uuid.UUID,
+    principal: Principal,
+    *,
+    offset: int,
+    limit: int,
+    encoding_format: EncodingFormat,
 ) -> JobResults:
-    job = get_job(session, job_id)
+    job = get_job(session, job_id, principal)
     rows = JobRepository(session).results_page(job_id, offset=offset, limit=limit)
     items = [
         ResultItem(index=r.idx, embedding=_encode_vector(r.embedding, encoding_format), error=r.error) for r in rows

@@ -10,6 +10,7 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
+from app.core.security import Principal, visible_to
 from app.models.job import ACTIVE_STATUSES, Job, JobKind, JobStatus
 from app.models.registered_model import RegisteredModel
 from app.models.training import TrainingPair, TrainingRun
@@ -38,9 +39,12 @@ class TrainingRepository:
     def get_run(self, job_id: uuid.UUID) -> TrainingRun | None:
         return self.session.get(TrainingRun, job_id)
 
-    def get_training_job(self, job_id: uuid.UUID) -> tuple[Job, TrainingRun] | None:
+    def get_training_job(self, job_id: uuid.UUID, principal: Principal) -> tuple[Job, TrainingRun] | None:
+        """Return the training job and its run if ``principal`` may see the job, else None."""
         row = self.session.execute(
-            select(Job, TrainingRun).join(TrainingRun, TrainingRun.job_id == Job.id).where(Job.id == job_id)
+            select(Job, TrainingRun)
+            .join(TrainingRun, TrainingRun.job_id == Job.id)
+            .where(Job.id == job_id, visible_to(principal, Job.tenant))
         ).first()
         return (row[0], row[1]) if row is not None else None
 
@@ -55,10 +59,10 @@ class TrainingRepository:
     def job_status(self, job_id: uuid.UUID) -> str | None:
         return self.session.scalar(select(Job.status).where(Job.id == job_id))
 
-    def active_job_for_alias(self, alias: str) -> uuid.UUID | None:
+    def active_job_for_alias(self, alias: str) -> Job | None:
         """Return a queued or running training job that will register ``alias``, if any."""
         return self.session.scalar(
-            select(Job.id)
+            select(Job)
             .join(TrainingRun, TrainingRun.job_id == Job.id)
             .where(TrainingRun.alias == alias, Job.status.in_([s.value for s in ACTIVE_STATUSES]))
             .limit(1)
@@ -104,8 +108,20 @@ class TrainingRepository:
     def registered(self, name: str) -> RegisteredModel | None:
         return self.session.get(RegisteredModel, name)
 
-    def list_registered(self) -> list[RegisteredModel]:
-        return list(self.session.scalars(select(RegisteredModel).order_by(RegisteredModel.name)))
+    def list_registered(self, principal: Principal) -> list[RegisteredModel]:
+        return list(
+            self.session.scalars(
+                select(RegisteredModel)
+                .where(visible_to(principal, RegisteredModel.tenant))
+                .order_by(RegisteredModel.name)
+            )
+        )
+
+    def names_hidden_from(self, principal: Principal) -> set[str]:
+        """Return the aliases of other tenants' fine-tuned models (none for an admin)."""
+        if principal.is_admin:
+            return set()
+        return set(self.session.scalars(select(RegisteredModel.name).where(RegisteredModel.tenant != principal.tenant)))
 
     def register(self, model: RegisteredModel) -> None:
         """Insert the alias, or replace every field of an existing one (an overwrite)."""
@@ -116,6 +132,7 @@ class TrainingRepository:
             "path": model.path,
             "dimension": model.dimension,
             "created_by_job": model.created_by_job,
+            "tenant": model.tenant,
         }
         statement = pg_insert(RegisteredModel).values(**values)
         self.session.execute(

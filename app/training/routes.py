@@ -20,6 +20,7 @@ from starlette.datastructures import UploadFile
 from app.core.config import Settings, get_settings
 from app.core.db import get_session
 from app.core.errors import EmbedqError, InvalidRequestError
+from app.keys.auth import PrincipalDep
 from app.training import service
 from app.training.pairs import PairFormat, format_for_filename
 from app.training.schemas import (
@@ -147,10 +148,11 @@ def fine_tune(
     body: Annotated[TrainingRequest, Depends(full_request)],
     session: SessionDep,
     settings: SettingsDep,
+    principal: PrincipalDep,
     response: Response,
 ) -> FineTuneAccepted:
     """Queue a full fine-tune; poll `/train-status/{job_id}`; the model is served as `model_name` once completed."""
-    job = service.create_training_job(session, body.payload, body.text, body.fmt, settings)
+    job = service.create_training_job(session, body.payload, body.text, body.fmt, settings, principal)
     return _accepted(job.id, response)
 
 
@@ -159,20 +161,24 @@ def fine_tune_lora(
     body: Annotated[TrainingRequest, Depends(lora_request)],
     session: SessionDep,
     settings: SettingsDep,
+    principal: PrincipalDep,
     response: Response,
 ) -> FineTuneAccepted:
     """Queue a LoRA fine-tune; the adapter is served over its base as `model_name` once completed."""
-    job = service.create_training_job(session, body.payload, body.text, body.fmt, settings)
+    job = service.create_training_job(session, body.payload, body.text, body.fmt, settings, principal)
     return _accepted(job.id, response)
 
 
 @router.get("/train-status/{job_id}", response_model=TrainStatus)
-def train_status(job_id: uuid.UUID, session: SessionDep) -> TrainStatus:
+def train_status(job_id: uuid.UUID, session: SessionDep, principal: PrincipalDep) -> TrainStatus:
     """Return a training job's status, steps, epoch, loss, evaluation and, once registered, its model alias."""
-    return service.train_status(session, job_id)
+    return service.train_status(session, job_id, principal)
 
 
 @router.get("/fine-tuned-models", response_model=list[RegisteredModelOut])
-def fine_tuned_models(session: SessionDep) -> list[RegisteredModelOut]:
-    """List the model aliases fine-tuning registered."""
-    return [RegisteredModelOut.model_validate(m, from_attributes=True) for m in service.list_registered_models(session)]
+def fine_tuned_models(session: SessionDep, principal: PrincipalDep) -> list[RegisteredModelOut]:
+    """List the model aliases fine-tuning registered for your tenant (every tenant's for an admin key)."""
+    return [
+        RegisteredModelOut.model_validate(m, from_attributes=True)
+        for m in service.list_registered_models(session, principal)
+    ]

@@ -25,8 +25,10 @@ from app.core.config import Settings
 from app.core.db import enqueue
 from app.core.errors import ConflictError, EmbedqError, InvalidRequestError, NotFoundError
 from app.core.queues import TaskName
+from app.core.security import Principal
 from app.jobs.repository import JobRepository
 from app.jobs.service import check_model, on_job_finished
+from app.keys.service import admit_job
 from app.models.job import Job, JobKind, JobStatus
 from app.models.registered_model import RegisteredModel, RegisteredModelKind
 from app.models.training import TrainingRun
@@ -77,9 +79,12 @@ def qlora_unavailable_reason(settings: Settings) -> str | None:
 
 
 def create_training_job(
-    session: Session, payload: FineTuneRequest, text: str, fmt: PairFormat, settings: Settings
+    session: Session, payload: FineTuneRequest, text: str, fmt: PairFormat, settings: Settings, principal: Principal
 ) -> Job:
-    """Return a new queued training job for ``payload`` and the pairs in ``text``, or raise what to fix."""
+    """Return a new queued training job of the caller's tenant for ``payload`` and the pairs in ``text``.
+
+    Raises what to fix; the alias it will register belongs to the caller's tenant.
+    """
     lora = isinstance(payload, LoraFineTuneRequest)
     if lora and payload.use_qlora:
         missing = qlora_unavailable_reason(settings)
@@ -91,8 +96,8 @@ def create_training_job(
                 param="use_qlora",
             )
     repo = TrainingRepository(session)
-    base = _check_base(repo, payload.base_model or settings.default_model, settings)
-    _check_alias_free(repo, payload.model_name, base, payload.overwrite, settings)
+    base = _check_base(repo, payload.base_model or settings.default_model, settings, principal)
+    _check_alias_free(repo, payload.model_name, base, payload.overwrite, settings, principal)
     parsed = parse_pairs(text, fmt)
     if len(parsed.pairs) > settings.training_max_pairs:
         raise InvalidRequestError(
@@ -117,8 +122,11 @@ def create_training_job(
     hyperparams["eval_pairs"] = held_out
     if hyperparams.get("max_seq_length") is None:
         hyperparams.pop("max_seq_length")
+    admit_job(session, principal)
     job = Job(
         id=uuid.uuid4(),
+        tenant=principal.tenant,
+        api_key_id=principal.key_id,
         kind=(JobKind.FINE_TUNE_LORA if lora else JobKind.FINE_TUNE).value,
         status=JobStatus.QUEUED.value,
         model=base,
@@ -149,8 +157,8 @@ def _queued_message(pairs: int, held_out: int, skipped: int) -> str:
     return f"queued: {pairs} pairs, {held_out} held out for evaluation{skipped_note}"
 
 
-def _check_base(repo: TrainingRepository, base: str, settings: Settings) -> str:
-    check_model(base, settings)
+def _check_base(repo: TrainingRepository, base: str, settings: Settings, principal: Principal) -> str:
+    check_model(base, settings, principal, repo.session)
     registered = repo.registered(base)
     if registered is not None and registered.kind == RegisteredModelKind.LORA.value:
         raise InvalidRequestError(
@@ -161,18 +169,35 @@ def _check_base(repo: TrainingRepository, base: str, settings: Settings) -> str:
     return base
 
 
-def _check_alias_free(repo: TrainingRepository, alias: str, base: str, overwrite: bool, settings: Settings) -> None:
-    """Refuse (409) an alias that names another model, is registered (unless ``overwrite``) or is being trained."""
+def _check_alias_free(
+    repo: TrainingRepository, alias: str, base: str, overwrite: bool, settings: Settings, principal: Principal
+) -> None:
+    """Refuse (409) an alias that names another model, is registered (unless ``overwrite``) or is being trained.
+
+    Aliases are one namespace (they are folder names); another tenant's alias is refused as taken, without
+    saying whose it is or which job made it, and can never be overwritten.
+    """
     if alias == base:
         raise ConflictError(f"model_name {alias!r} is the base model's name: pick a new alias", param="model_name")
+    taken = ConflictError(f"model_name {alias!r} is taken: pick another model_name", param="model_name")
     active = repo.active_job_for_alias(alias)
     if active is not None:
+        if not principal.sees(active.tenant):
+            raise taken
         raise ConflictError(
-            f"training job {active} is already producing model {alias!r}: wait for it, cancel it, or pick "
+            f"training job {active.id} is already producing model {alias!r}: wait for it, cancel it, or pick "
             "another model_name",
             param="model_name",
         )
     registered = repo.registered(alias)
+    if registered is not None and not principal.sees(registered.tenant):
+        raise taken
+    if registered is not None and registered.tenant != principal.tenant:
+        raise ConflictError(
+            f"model {alias!r} belongs to tenant {registered.tenant!r}: even an admin key cannot replace another "
+            "tenant's model; pick another model_name",
+            param="model_name",
+        )
     if registered is not None:
         if not overwrite:
             raise ConflictError(
@@ -198,9 +223,10 @@ def _resolves(name: str, settings: Settings) -> bool:
     return True
 
 
-def train_status(session: Session, job_id: uuid.UUID) -> TrainStatus:
-    """Return a training job in the migrated-from /train-status shape; 404 for unknown or non-training jobs."""
-    found = TrainingRepository(session).get_training_job(job_id)
+def train_status(session: Session, job_id: uuid.UUID, principal: Principal) -> TrainStatus:
+    """Return a training job in the migrated-from /train-status shape; 404 for unknown, non-training or
+    another tenant's jobs."""
+    found = TrainingRepository(session).get_training_job(job_id, principal)
     if found is None:
         raise NotFoundError(f"no training job with id {job_id}", param="job_id")
     job, run = found
@@ -231,9 +257,9 @@ def train_status(session: Session, job_id: uuid.UUID) -> TrainStatus:
     )
 
 
-def list_registered_models(session: Session) -> list[RegisteredModel]:
-    """Return every alias fine-tuning registered, by name."""
-    return TrainingRepository(session).list_registered()
+def list_registered_models(session: Session, principal: Principal) -> list[RegisteredModel]:
+    """Return the aliases fine-tuning registered for the caller's tenant (every tenant's for an admin), by name."""
+    return TrainingRepository(session).list_registered(principal)
 
 
 def requeue_training(session: Session, job: Job) -> int:
@@ -393,9 +419,10 @@ def _register(scope: Scope, job_id: uuid.UUID, result: TrainingResult, settings:
             storage.remove_tree(work)
             return RunOutcome.CANCELLED
         run = repo.get_run(job_id)
-        assert run is not None
+        job = jobs.get(job_id)
+        assert run is not None and job is not None
         target = storage.alias_dir(settings.models_dir, run.alias)
-        conflict = _late_conflict(repo, run, target, job_id)
+        conflict = _late_conflict(repo, run, target, job)
         if conflict is not None:
             if jobs.finish(job_id, JobStatus.FAILED, message="trained, but not registered", error=conflict):
                 on_job_finished(session, job_id, JobStatus.FAILED)
@@ -413,6 +440,7 @@ def _register(scope: Scope, job_id: uuid.UUID, result: TrainingResult, settings:
                     path=str(target),
                     dimension=result.dimension or 0,
                     created_by_job=job_id,
+                    tenant=job.tenant,
                 )
             )
             repo.update_run(job_id, eval={**(run.eval or {}), **result.eval}, eta_seconds=None)
@@ -426,10 +454,12 @@ def _register(scope: Scope, job_id: uuid.UUID, result: TrainingResult, settings:
     return RunOutcome.COMPLETED
 
 
-def _late_conflict(repo: TrainingRepository, run: TrainingRun, target: Path, job_id: uuid.UUID) -> str | None:
+def _late_conflict(repo: TrainingRepository, run: TrainingRun, target: Path, job: Job) -> str | None:
     """Return why the alias cannot be registered now (someone took it while the job ran), or None."""
     registered = repo.registered(run.alias)
-    if registered is not None and registered.created_by_job != job_id and not run.overwrite:
+    if registered is not None and registered.created_by_job != job.id and registered.tenant != job.tenant:
+        return f"model {run.alias!r} was taken while this job ran: train again with another model_name"
+    if registered is not None and registered.created_by_job != job.id and not run.overwrite:
         return (
             f"model {run.alias!r} was registered by job {registered.created_by_job} while this job ran: "
             "train again with overwrite=true or another model_name"

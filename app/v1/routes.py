@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
 from app.core.config import Settings, get_settings
+from app.keys.auth import PrincipalDep
 from app.v1 import service
 from app.v1.schemas import (
     EmbeddingsRequest,
@@ -41,11 +42,17 @@ router = APIRouter(tags=["sync"])
 
 
 @openai_router.post("/embeddings", response_model=EmbeddingsResponse, responses={200: {"headers": _HEADERS}, **_ERRORS})
-async def create_embeddings(body: EmbeddingsRequest, settings: SettingsDep) -> JSONResponse:
+async def create_embeddings(body: EmbeddingsRequest, settings: SettingsDep, principal: PrincipalDep) -> JSONResponse:
     """Embed `input` now, as OpenAI's API does; errors come in OpenAI's `{"error": {...}}` shape."""
     texts, token_ids = service.split_input(body.input)
     embedded = await service.embed(
-        body.model, settings, texts=texts, token_ids=token_ids, is_query=body.is_query, dimensions=body.dimensions
+        body.model,
+        settings,
+        principal,
+        texts=texts,
+        token_ids=token_ids,
+        is_query=body.is_query,
+        dimensions=body.dimensions,
     )
     content = {
         "object": "list",
@@ -57,9 +64,9 @@ async def create_embeddings(body: EmbeddingsRequest, settings: SettingsDep) -> J
 
 
 @router.post("/vectorize", response_model=VectorizeResponse, responses={200: {"headers": _HEADERS}, **_ERRORS})
-async def vectorize(body: VectorizeRequest, settings: SettingsDep) -> JSONResponse:
+async def vectorize(body: VectorizeRequest, settings: SettingsDep, principal: PrincipalDep) -> JSONResponse:
     """Embed one text; `is_query` picks the model family's query or passage prompt."""
-    embedded = await service.embed(body.model, settings, texts=[body.text], is_query=body.is_query)
+    embedded = await service.embed(body.model, settings, principal, texts=[body.text], is_query=body.is_query)
     content = {"vector": embedded.vectors[0].tolist(), "model": embedded.model, "dimension": embedded.vectors.shape[1]}
     return JSONResponse(content, headers=embedded.headers())
 
@@ -67,15 +74,15 @@ async def vectorize(body: VectorizeRequest, settings: SettingsDep) -> JSONRespon
 @router.post(
     "/vectorize-batch", response_model=VectorizeBatchResponse, responses={200: {"headers": _HEADERS}, **_ERRORS}
 )
-async def vectorize_batch(body: VectorizeBatchRequest, settings: SettingsDep) -> JSONResponse:
+async def vectorize_batch(body: VectorizeBatchRequest, settings: SettingsDep, principal: PrincipalDep) -> JSONResponse:
     """Embed `items` in order; `is_query` picks the model family's query or passage prompt."""
-    embedded = await service.embed(body.model, settings, texts=body.items, is_query=body.is_query)
+    embedded = await service.embed(body.model, settings, principal, texts=body.items, is_query=body.is_query)
     content = {"vectors": embedded.vectors.tolist(), "model": embedded.model, "dimension": embedded.vectors.shape[1]}
     return JSONResponse(content, headers=embedded.headers())
 
 
 @router.post("/tokenize", response_model=TokenizeResponse, responses=_ERRORS)
-async def tokenize(body: TokenizeRequest, settings: SettingsDep) -> TokenizeResponse:
+async def tokenize(body: TokenizeRequest, settings: SettingsDep, principal: PrincipalDep) -> TokenizeResponse:
     """Return each input's token ids, token strings and token count, from the model's own tokenizer."""
     texts = [body.input] if isinstance(body.input, str) else body.input
-    return TokenizeResponse.model_validate(await service.tokenize(body.model, texts, settings))
+    return TokenizeResponse.model_validate(await service.tokenize(body.model, texts, settings, principal))

@@ -8,10 +8,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from starlette.concurrency import run_in_threadpool
 
-from app.catalog.resolver import InvalidModelNameError, UnknownModelError, resolve_model
+from app.catalog.access import resolve_visible
+from app.catalog.resolver import InvalidModelNameError, UnknownModelError
 from app.core.config import Settings
 from app.core.errors import EmbedqError, NotFoundError
+from app.core.security import Principal
 from app.inference.dispatch import request
 
 EMBED_OP = "embed"
@@ -45,11 +48,14 @@ class Embedded:
         }
 
 
-def check_model(name: str | None, settings: Settings) -> tuple[str, str]:
-    """Return (the name asked for, the name it resolves to), or raise 400 for a bad name and 404 for an unknown one."""
+def check_model(name: str | None, settings: Settings, principal: Principal) -> tuple[str, str]:
+    """Return (the name asked for, the name it resolves to), or raise 400 for a bad name and 404 for an unknown one.
+
+    Another tenant's fine-tuned alias is unknown to ``principal``.
+    """
     asked = name or settings.default_model
     try:
-        resolved = resolve_model(asked, settings)
+        resolved = resolve_visible(asked, settings, principal)
     except InvalidModelNameError as exc:
         raise InvalidInputError(str(exc), param="model") from exc
     except UnknownModelError as exc:
@@ -115,6 +121,7 @@ def split_input(
 async def embed(
     model: str | None,
     settings: Settings,
+    principal: Principal,
     *,
     texts: list[str] | None = None,
     token_ids: list[list[int]] | None = None,
@@ -126,7 +133,7 @@ async def embed(
         check_texts(texts, settings)
     else:
         check_token_ids(token_ids or [], settings)
-    asked, resolved = check_model(model, settings)
+    asked, resolved = await run_in_threadpool(check_model, model, settings, principal)
     if dimensions is not None and not allows_dimensions((asked, resolved), settings):
         raise InvalidInputError(
             f"model {asked!r} does not support dimensions: its vectors were not trained to be shortened. Omit "
@@ -156,10 +163,10 @@ def embedding_items(vectors: np.ndarray, encoding_format: str) -> list[dict[str,
     return [{"object": "embedding", "index": i, "embedding": row} for i, row in enumerate(rows)]
 
 
-async def tokenize(model: str | None, texts: list[str], settings: Settings) -> dict[str, Any]:
+async def tokenize(model: str | None, texts: list[str], settings: Settings, principal: Principal) -> dict[str, Any]:
     """Return the /tokenize body: token ids, strings and counts per text, from the model's own tokenizer."""
     check_texts(texts, settings)
-    asked, _ = check_model(model, settings)
+    asked, _ = await run_in_threadpool(check_model, model, settings, principal)
     result = (await request(TOKENIZE_OP, asked, {"texts": texts})).result
     data = [{"index": i, **item} for i, item in enumerate(result["data"])]
     return {

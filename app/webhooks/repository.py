@@ -8,6 +8,7 @@ from datetime import timedelta
 from sqlalchemy import case, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from app.core.security import Principal, visible_to
 from app.models.job import Job
 from app.models.webhook import WebhookDelivery, WebhookEndpoint, WebhookEvent, WebhookEventStatus
 
@@ -30,23 +31,37 @@ class WebhookRepository:
     def get_endpoint(self, endpoint_id: uuid.UUID) -> WebhookEndpoint | None:
         return self.session.get(WebhookEndpoint, endpoint_id)
 
-    def list_endpoints(self) -> list[WebhookEndpoint]:
-        return list(self.session.scalars(select(WebhookEndpoint).order_by(WebhookEndpoint.created_at)))
+    def get_visible_endpoint(self, endpoint_id: uuid.UUID, principal: Principal) -> WebhookEndpoint | None:
+        return self.session.scalar(
+            select(WebhookEndpoint).where(
+                WebhookEndpoint.id == endpoint_id, visible_to(principal, WebhookEndpoint.tenant)
+            )
+        )
 
-    def endpoint_for_url(self, url: str) -> WebhookEndpoint | None:
-        """Return the newest endpoint registered for exactly ``url``, enabled ones first."""
+    def list_endpoints(self, principal: Principal) -> list[WebhookEndpoint]:
+        return list(
+            self.session.scalars(
+                select(WebhookEndpoint)
+                .where(visible_to(principal, WebhookEndpoint.tenant))
+                .order_by(WebhookEndpoint.created_at)
+            )
+        )
+
+    def endpoint_for_url(self, tenant: str, url: str) -> WebhookEndpoint | None:
+        """Return the tenant's newest endpoint registered for exactly ``url``, enabled ones first."""
         return self.session.scalar(
             select(WebhookEndpoint)
-            .where(WebhookEndpoint.url == url)
+            .where(WebhookEndpoint.tenant == tenant, WebhookEndpoint.url == url)
             .order_by(WebhookEndpoint.enabled.desc(), WebhookEndpoint.created_at.desc())
             .limit(1)
         )
 
-    def all_jobs_endpoints(self) -> list[WebhookEndpoint]:
+    def default_endpoints(self, tenant: str) -> list[WebhookEndpoint]:
+        """Return the tenant's enabled ``all_jobs`` endpoints: every job of the tenant is delivered to them."""
         return list(
             self.session.scalars(
                 select(WebhookEndpoint)
-                .where(WebhookEndpoint.all_jobs, WebhookEndpoint.enabled)
+                .where(WebhookEndpoint.tenant == tenant, WebhookEndpoint.all_jobs, WebhookEndpoint.enabled)
                 .order_by(WebhookEndpoint.created_at)
             )
         )
@@ -66,6 +81,9 @@ class WebhookRepository:
 
     def job(self, job_id: uuid.UUID) -> Job | None:
         return self.session.scalar(select(Job).where(Job.id == job_id).execution_options(populate_existing=True))
+
+    def visible_job(self, job_id: uuid.UUID, principal: Principal) -> Job | None:
+        return self.session.scalar(select(Job).where(Job.id == job_id, visible_to(principal, Job.tenant)))
 
     # Events.
 

@@ -37,7 +37,11 @@ class EndpointCreate(BaseModel):
 
     url: AnyHttpUrl
     description: Annotated[str | None, Field(max_length=500)] = None
-    all_jobs: bool = Field(default=False, description="also receive events of jobs that name no webhook_url")
+    all_jobs: bool = Field(
+        default=False,
+        description="a default endpoint of your tenant: receives the events of every job of the tenant, including "
+        "jobs that name no webhook_url",
+    )
 
 
 class EndpointUpdate(BaseModel):

@@ -3,8 +3,10 @@
 How a job finds its endpoints: a job's ``webhook_url`` is matched to the endpoint registered with the
 same URL (``POST /webhook-endpoints``, which returns the signing secret once). A URL nobody registered
 gets an endpoint created when the first event is due, marked ``auto_created``; its secret was never
-shown, so obtain one with ``POST /webhook-endpoints/{id}/rotate-secret``. Endpoints with ``all_jobs``
-also receive the events of every job.
+shown, so obtain one with ``POST /webhook-endpoints/{id}/rotate-secret``. Endpoints with ``all_jobs`` are
+their tenant's default endpoints: they receive the events of every job of that tenant, with or without a
+``webhook_url``. Endpoints belong to the tenant of the key that made them (or of the job, when auto-created);
+another tenant gets 404 for them.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from app.core.config import Settings
 from app.core.db import enqueue
 from app.core.errors import ConflictError, NotFoundError
 from app.core.queues import TaskName
+from app.core.security import Principal
 from app.models.job import Job, JobStatus
 from app.models.webhook import WebhookEndpoint, WebhookEvent, WebhookEventStatus
 from app.webhooks.repository import WebhookRepository
@@ -38,31 +41,41 @@ from app.webhooks.ssrf import check_url
 log = logging.getLogger(__name__)
 
 
-def create_endpoint(session: Session, payload: EndpointCreate, settings: Settings) -> tuple[WebhookEndpoint, str]:
-    """Return a new endpoint and its secret, once the URL's addresses passed the SSRF guard."""
+def create_endpoint(
+    session: Session, payload: EndpointCreate, settings: Settings, principal: Principal
+) -> tuple[WebhookEndpoint, str]:
+    """Return a new endpoint of the caller's tenant and its secret, once the URL passed the SSRF guard."""
     url = str(payload.url)
     check_url(url, settings.webhook_allowed_cidrs)
     secret = new_secret()
     endpoint = WebhookEndpoint(
-        id=uuid.uuid4(), url=url, description=payload.description, secret=secret, all_jobs=payload.all_jobs
+        id=uuid.uuid4(),
+        tenant=principal.tenant,
+        url=url,
+        description=payload.description,
+        secret=secret,
+        all_jobs=payload.all_jobs,
     )
     return WebhookRepository(session).add_endpoint(endpoint), secret
 
 
-def get_endpoint(session: Session, endpoint_id: uuid.UUID) -> WebhookEndpoint:
-    endpoint = WebhookRepository(session).get_endpoint(endpoint_id)
+def get_endpoint(session: Session, endpoint_id: uuid.UUID, principal: Principal) -> WebhookEndpoint:
+    """Return the endpoint if ``principal`` may see it; another tenant's is a 404."""
+    endpoint = WebhookRepository(session).get_visible_endpoint(endpoint_id, principal)
     if endpoint is None:
         raise NotFoundError(f"no webhook endpoint with id {endpoint_id}", param="endpoint_id")
     return endpoint
 
 
-def list_endpoints(session: Session) -> list[WebhookEndpoint]:
-    return WebhookRepository(session).list_endpoints()
+def list_endpoints(session: Session, principal: Principal) -> list[WebhookEndpoint]:
+    return WebhookRepository(session).list_endpoints(principal)
 
 
-def update_endpoint(session: Session, endpoint_id: uuid.UUID, payload: EndpointUpdate) -> WebhookEndpoint:
+def update_endpoint(
+    session: Session, endpoint_id: uuid.UUID, payload: EndpointUpdate, principal: Principal
+) -> WebhookEndpoint:
     """Return the endpoint with the given fields changed; enabling it clears why it was disabled."""
-    endpoint = get_endpoint(session, endpoint_id)
+    endpoint = get_endpoint(session, endpoint_id, principal)
     if payload.enabled is not None:
         endpoint.enabled = payload.enabled
         endpoint.disabled_reason = None if payload.enabled else "disabled by request"
@@ -75,10 +88,10 @@ def update_endpoint(session: Session, endpoint_id: uuid.UUID, payload: EndpointU
 
 
 def rotate_secret(
-    session: Session, endpoint_id: uuid.UUID, overlap_s: float | None, settings: Settings
+    session: Session, endpoint_id: uuid.UUID, overlap_s: float | None, settings: Settings, principal: Principal
 ) -> tuple[WebhookEndpoint, str]:
     """Return the endpoint and its new secret; the old one keeps signing alongside for the overlap."""
-    endpoint = get_endpoint(session, endpoint_id)
+    endpoint = get_endpoint(session, endpoint_id, principal)
     overlap = settings.webhook_secret_overlap_s if overlap_s is None else overlap_s
     secret = new_secret()
     endpoint.previous_secret = endpoint.secret
@@ -88,9 +101,9 @@ def rotate_secret(
     return endpoint, secret
 
 
-def delete_endpoint(session: Session, endpoint_id: uuid.UUID) -> None:
+def delete_endpoint(session: Session, endpoint_id: uuid.UUID, principal: Principal) -> None:
     """Delete an endpoint with its events and their delivery log."""
-    WebhookRepository(session).delete_endpoint(get_endpoint(session, endpoint_id))
+    WebhookRepository(session).delete_endpoint(get_endpoint(session, endpoint_id, principal))
 
 
 def event_body(job: Job, status: JobStatus, settings: Settings) -> str:
@@ -124,15 +137,17 @@ def _iso(value: datetime | None) -> str | None:
 def _endpoints_for(repo: WebhookRepository, job: Job) -> list[WebhookEndpoint]:
     endpoints: list[WebhookEndpoint] = []
     if job.webhook_url:
-        endpoint = repo.endpoint_for_url(job.webhook_url)
+        endpoint = repo.endpoint_for_url(job.tenant, job.webhook_url)
         if endpoint is None:
             endpoint = repo.add_endpoint(
-                WebhookEndpoint(id=uuid.uuid4(), url=job.webhook_url, secret=new_secret(), auto_created=True)
+                WebhookEndpoint(
+                    id=uuid.uuid4(), tenant=job.tenant, url=job.webhook_url, secret=new_secret(), auto_created=True
+                )
             )
             log.info("created webhook endpoint %s for %s (job %s)", endpoint.id, job.webhook_url, job.id)
         endpoints.append(endpoint)
     seen = {e.id for e in endpoints}
-    endpoints += [e for e in repo.all_jobs_endpoints() if e.id not in seen]
+    endpoints += [e for e in repo.default_endpoints(job.tenant) if e.id not in seen]
     return endpoints
 
 
@@ -161,17 +176,17 @@ def notify_job_finished(session: Session, job_id: uuid.UUID, status: JobStatus, 
     return len(endpoints)
 
 
-def _require_job(repo: WebhookRepository, job_id: uuid.UUID) -> Job:
-    job = repo.job(job_id)
+def _require_job(repo: WebhookRepository, job_id: uuid.UUID, principal: Principal) -> Job:
+    job = repo.visible_job(job_id, principal)
     if job is None:
         raise NotFoundError(f"no job with id {job_id}", param="job_id")
     return job
 
 
-def delivery_log(session: Session, job_id: uuid.UUID) -> DeliveryLog:
+def delivery_log(session: Session, job_id: uuid.UUID, principal: Principal) -> DeliveryLog:
     """Return a job's webhook events and every attempt to send them, oldest first."""
     repo = WebhookRepository(session)
-    _require_job(repo, job_id)
+    _require_job(repo, job_id, principal)
     return DeliveryLog(
         job_id=job_id,
         events=[EventOut.of(e) for e in repo.events_of_job(job_id)],
@@ -179,10 +194,10 @@ def delivery_log(session: Session, job_id: uuid.UUID) -> DeliveryLog:
     )
 
 
-def redeliver(session: Session, job_id: uuid.UUID) -> Redelivery:
+def redeliver(session: Session, job_id: uuid.UUID, principal: Principal) -> Redelivery:
     """Queue every event of a job again (same webhook-id, fresh retry schedule) to its enabled endpoints."""
     repo = WebhookRepository(session)
-    _require_job(repo, job_id)
+    _require_job(repo, job_id, principal)
     events = repo.events_of_job(job_id)
     if not events:
         raise ConflictError(
