@@ -23,6 +23,7 @@ from support.tiny_models import make_tiny_bert
 
 from app.catalog.resolver import ResolvedModel, resolve_model
 from app.core.config import DEFAULT_MODEL, Settings, get_settings
+from app.training import storage
 from workers.runtime import registry
 from workers.runtime.device import DeviceUnavailableError, pick_device
 from workers.runtime.encoder import Encoder
@@ -345,3 +346,19 @@ def test_registry_keeps_a_small_lru(tiny_models_dir: Path, caplog: pytest.LogCap
 def test_registry_shares_one_encoder_between_alias_and_full_name(tiny_models_dir: Path) -> None:
     assert registry.get_encoder("all-MiniLM-L6-v2") is registry.get_encoder(DEFAULT_MODEL)
     assert registry.resident_models() == [DEFAULT_MODEL]
+
+
+def test_registry_reloads_a_model_whose_folder_was_replaced(tiny_models_dir: Path) -> None:
+    texts = ["the cat", "a river in the city"]
+    old = registry.get_encoder("tiny-a")
+    before = old.encode(texts)
+    # What a fine-tune with overwrite=true does: build the new folder aside, then rename it into place.
+    make_tiny_bert(tiny_models_dir / ".staging", seed=1)
+    storage.publish(tiny_models_dir / ".staging", tiny_models_dir / "tiny-a", tiny_models_dir / ".replaced")
+
+    new = registry.get_encoder("tiny-a")
+    assert new is not old and registry.resident_models() == ["tiny-a"]
+    after = new.encode(texts)
+    assert not np.allclose(before, after, atol=1e-3)
+    np.testing.assert_allclose(after, Encoder(resolve_model("tiny-a", get_settings())).encode(texts), atol=1e-6)
+    assert registry.get_encoder("tiny-a") is new  # unchanged since: no reload

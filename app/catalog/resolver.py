@@ -53,6 +53,8 @@ class ResolvedModel:
     ``path`` is None only for the download sources ("hub", "modelscope"): ``candidates`` then lists the hubs
     to fetch from, best first. ``family`` is an explicit family override (``app.catalog.families``); None
     lets the folder and name decide. ``alias`` is the EMBEDQ_MODEL_MAPPING alias that led here, if any.
+    ``revision`` identifies the version of an EMBEDQ_MODELS_DIR folder (see ``folder_revision``): a worker
+    that loaded an older one reloads; it does not make two resolutions of one name unequal.
     """
 
     name: str
@@ -63,6 +65,7 @@ class ResolvedModel:
     backend: BackendSetting = "torch"
     candidates: tuple[HubCandidate, ...] = field(default=(), compare=False)
     alias: str | None = field(default=None, compare=False)
+    revision: str | None = field(default=None, compare=False)
 
 
 class InvalidModelNameError(ValueError):
@@ -134,6 +137,7 @@ def resolve_model(name: str, settings: Settings) -> ResolvedModel:
         backend=(entry.backend if entry is not None else None) or settings.model_backend,
         candidates=located.candidates,
         alias=name if entry is not None else None,
+        revision=located.revision,
     )
 
 
@@ -177,7 +181,20 @@ def _from_models_dir(name: str, settings: Settings) -> ResolvedModel | None:
     folder = settings.models_dir / name
     if not _is_model_folder(folder):
         return None
-    return ResolvedModel(name=name, path=folder, source="models_dir")
+    return ResolvedModel(name=name, path=folder, source="models_dir", revision=folder_revision(folder))
+
+
+def folder_revision(folder: Path) -> str | None:
+    """Return an id of this version of a model folder: its inode and modification time (None if it is gone).
+
+    A fine-tune that overwrites an alias renames a new folder into place (``app.training.storage.publish``),
+    so the id changes on every host that mounts the models volume, with no message to any worker.
+    """
+    try:
+        stat = folder.stat()
+    except OSError:
+        return None
+    return f"{stat.st_ino}-{stat.st_mtime_ns}"
 
 
 def _package_dir(package: str) -> Path | None:

@@ -1,5 +1,9 @@
 """The models this worker process keeps loaded: a small LRU of Encoders, filled on first use.
 
+A resident model whose EMBEDQ_MODELS_DIR folder changed since it was loaded (a fine-tune overwrote its
+alias: ``ResolvedModel.revision``) is dropped and loaded again on its next use, in every worker process,
+since each one checks on use.
+
 Each load and unload is recorded in Redis (``app.catalog.loads``) for ``GET /v1/models``; a record that cannot
 be written is logged and skipped, never a reason to fail a load.
 """
@@ -27,6 +31,7 @@ _lock = threading.Lock()
 _resident: OrderedDict[ResolvedModel, Encoder] = OrderedDict()
 _records: dict[ResolvedModel, ModelLoad] = {}
 _refreshed: dict[ResolvedModel, float] = {}
+_revisions: dict[ResolvedModel, str | None] = {}
 # A record is refreshed at most this often while its model is in use, well within its expiry.
 _REFRESH_EVERY_S = LOAD_RECORD_TTL_S / 6
 
@@ -38,6 +43,9 @@ def get_encoder(name: str) -> Encoder:
     # Loading under the lock is deliberate: two threads asking for one model must not load it twice.
     with _lock:
         encoder = _resident.get(resolved)
+        if encoder is not None and _revisions.get(resolved) != resolved.revision:
+            _unload(resolved, reason=f"its folder changed (revision {_revisions.get(resolved)} -> {resolved.revision})")
+            encoder = None
         if encoder is not None:
             _resident.move_to_end(resolved)
             if time.monotonic() - _refreshed.get(resolved, 0.0) > _REFRESH_EVERY_S:
@@ -54,6 +62,7 @@ def get_encoder(name: str) -> Encoder:
             max_seq_length=settings.max_seq_length,
         )
         _resident[resolved] = encoder
+        _revisions[resolved] = resolved.revision
         _records[resolved] = _load_of(resolved, encoder)
         _write_record(resolved)
         logger.info(
@@ -68,14 +77,18 @@ def get_encoder(name: str) -> Encoder:
 
 
 def _evict_oldest(capacity: int) -> None:
-    evicted, encoder = _resident.popitem(last=False)
-    _forget(evicted)
+    _unload(next(iter(_resident)), reason=f"to make room (max_resident_models={capacity})")
+
+
+def _unload(resolved: ResolvedModel, reason: str) -> None:
+    encoder = _resident.pop(resolved)
+    _forget(resolved)
     on_cuda = encoder.device.type == "cuda"
     del encoder
     if on_cuda:
         # Hand the freed blocks back so the next model (or another process) can use that GPU memory.
         torch.cuda.empty_cache()
-    logger.info("unloaded model %s to make room (max_resident_models=%d)", evicted.name, capacity)
+    logger.info("unloaded model %s %s", resolved.name, reason)
 
 
 def resident_models() -> list[str]:
@@ -133,6 +146,7 @@ def _write_record(resolved: ResolvedModel) -> None:
 def _forget(resolved: ResolvedModel) -> None:
     record = _records.pop(resolved, None)
     _refreshed.pop(resolved, None)
+    _revisions.pop(resolved, None)
     if record is None:
         return
     try:
