@@ -11,6 +11,7 @@ from app.collections.routes import router as collections_router
 from app.core.config import get_settings
 from app.core.errors import EmbedqError
 from app.core.limits import RequestLimits
+from app.core.openapi import document_common_errors
 from app.core.outages import answer_outages_with_503
 from app.health.routes import router as health_router
 from app.hybrid.routes import router as hybrid_router
@@ -57,6 +58,7 @@ def create_app() -> FastAPI:
     api.mount(ui.STATIC_PATH, ui.static_files, name="ui-static")
     # Last: it wraps the exception handlers added above so /v1 paths answer errors in OpenAI's shape.
     install_openai_errors(api)
+    document_common_errors(api)
     return api
 
 
