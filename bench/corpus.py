@@ -44,8 +44,11 @@ def realistic_texts(n: int) -> list[str]:
             if len(text) >= 20 and text not in seen and not text.startswith((">>>", "..")):
                 seen.add(text)
                 out.append(text)
-    if len(out) < n:
-        out += [f"{a} {b}" for a, b in zip(out, reversed(out), strict=False)]
+    # More than the stdlib holds: join pairs of paragraphs, a different pairing each round.
+    unique, shift = len(out), 0
+    while len(out) < n and unique > 1:
+        shift += 1
+        out += [f"{out[i]} {out[(i * 7 + shift) % unique]}" for i in range(min(unique, n - len(out)))]
     return out[:n]
 
 

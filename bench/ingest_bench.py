@@ -162,7 +162,7 @@ def write_and_search(url: str, base: np.ndarray, args: argparse.Namespace) -> No
     from sqlalchemy import create_engine, text
     from sqlalchemy.orm import Session
 
-    from app.collections.repository import ChunkRow, CollectionRepository, DocumentInput
+    from app.collections.repository import ChunkRow, CollectionRepository, DocumentInput, Vectors
     from app.models.collection import Collection, CollectionVersion
 
     vectors = clustered_vectors(base, args.search_vectors, seed=1)
@@ -196,7 +196,7 @@ def write_and_search(url: str, base: np.ndarray, args: argparse.Namespace) -> No
                 for i, doc_id in zip(range(start, stop), ids, strict=True)
             ]
             began = time.perf_counter()
-            written += repo.write_chunks(version.id, rows, vectors[start:stop])
+            written += repo.write_chunks(version.id, rows, Vectors(vectors[start:stop]))
             session.commit()
             write_seconds += time.perf_counter() - began
         print(f"writes: {written} chunks with {DIMENSION}-d vectors in {write_seconds:.1f}s = "

@@ -149,3 +149,44 @@ def test_the_cli_ingests_with_progress_searches_and_shows_jobs(
     assert unchanged.returncode == 0 and "21 unchanged" in unchanged.stdout
     wrong_model = embedq("ingest", str(corpus), "--collection", "cli", "--model", "other", env=env)
     assert wrong_model.returncode != 0 and f"embedded with {MODEL}" in wrong_model.stderr
+
+
+M3_TEXTS = [
+    "the cat and the dog on the river",
+    "hybrid search with sparse vectors and dense vectors",
+    "machine learning data is fast and small",
+    "red blue green city music",
+]
+
+
+def test_a_bge_m3_collection_answers_sparse_and_hybrid_search(http: httpx.Client, ingest_env: dict[str, str]) -> None:
+    from support.tiny_m3 import make_tiny_m3
+
+    # The session's models dir: the bulk worker, the sync worker and the API all resolve the name there.
+    folder = Path(ingest_env["EMBEDQ_MODELS_DIR"]) / "acme" / "m3-e2e"
+    if not folder.exists():
+        make_tiny_m3(folder)
+    made = http.post("/collections", json={"name": "m3", "model": "acme/m3-e2e", "chunking": {"max_tokens": 64}})
+    assert made.status_code == 201, made.text
+    body = "".join(json.dumps({"id": f"m{i}", "text": t}) + "\n" for i, t in enumerate(M3_TEXTS)).encode()
+    created = http.post("/collections/m3/documents", content=body, headers={"Content-Type": "application/x-ndjson"})
+    assert wait_for(http, created.json()["id"])["status"] == "succeeded"
+
+    query = {"query": "sparse vectors for hybrid search", "top_k": 4}
+    sparse = http.post("/collections/m3/search", json={**query, "mode": "sparse"})
+    assert sparse.status_code == 200, sparse.text
+    hits = sparse.json()["data"]
+    assert hits[0]["document_id"] == "m1" and all(h["score"] > 0 for h in hits)
+    hybrid = http.post("/collections/m3/search", json={**query, "mode": "hybrid", "weights": {"dense": 1, "sparse": 1}})
+    dense = http.post("/collections/m3/search", json=query)
+    assert hybrid.status_code == dense.status_code == 200, hybrid.text
+    # Hybrid scores are the mean of the dense cosine and the sparse inner product of each chunk.
+    cosine = {h["document_id"]: h["score"] for h in dense.json()["data"]}
+    lexical = {h["document_id"]: h["score"] for h in hits}
+    for hit in hybrid.json()["data"]:
+        want = (cosine[hit["document_id"]] + lexical.get(hit["document_id"], 0.0)) / 2
+        assert hit["score"] == pytest.approx(want, abs=1e-4)
+
+    http.post("/collections", json={"name": "dense-only", "model": MODEL, "chunking": {"max_tokens": 64}})
+    refused = http.post("/collections/dense-only/search", json={**query, "mode": "sparse"})
+    assert refused.status_code == 400 and "BGE-M3" in refused.text, refused.text

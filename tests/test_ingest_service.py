@@ -21,7 +21,7 @@ from support.texts import SENTENCES
 from support.tiny_models import make_tiny_bert
 
 from app.collections import ingestion, service
-from app.collections.repository import ChunkRow, CollectionRepository, vector_table
+from app.collections.repository import ChunkRow, CollectionRepository, Vectors, vector_table
 from app.collections.schemas import ChunkingSpec, CollectionCreate, ReembedRequest, SearchRequest
 from app.collections.uploads import UploadOptions, UploadReader
 from app.core.config import get_settings
@@ -211,7 +211,7 @@ def test_a_redelivered_batch_changes_nothing(db_session: Session, scope, setting
     version = active_version(db_session)
     chunk = db_session.scalars(select(Chunk).order_by(Chunk.id)).first()
     row = ChunkRow(chunk.document_id, chunk.idx, "other text", 3, 0, 10)
-    assert repo.write_chunks(version.id, [row], np.ones((1, 32), dtype=np.float32)) == 0
+    assert repo.write_chunks(version.id, [row], Vectors(np.ones((1, 32), dtype=np.float32))) == 0
     db_session.refresh(chunk)
     assert chunk.text != "other text"
 

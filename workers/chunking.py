@@ -12,9 +12,8 @@ import bisect
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from app.collections.ingestion import ChunkPiece
+from app.collections.repository import Vectors
 
 if TYPE_CHECKING:
     from workers.runtime.encoder import Encoder
@@ -110,9 +109,15 @@ class EncoderModel:
     def chunk(self, texts: list[str], max_tokens: int, overlap_tokens: int) -> list[list[ChunkPiece]]:
         return self.chunker.chunk(texts, max_tokens, overlap_tokens)
 
-    def embed(self, texts: list[str]) -> np.ndarray:
+    def embed(self, texts: list[str]) -> Vectors:
+        if self.encoder.m3_heads is not None:
+            # BGE-M3: the dense vector and the sparse token weights from one forward pass.
+            from workers.runtime.m3 import encode_hybrid
+
+            output = encode_hybrid(self.encoder, texts, return_sparse=True)
+            return Vectors(output.dense, output.sparse, len(self.encoder.tokenizer))
         # Documents get the family's passage prompt (E5 "passage: "), as the chunker counted them.
-        return self.encoder.encode(texts, is_query=False)
+        return Vectors(self.encoder.encode(texts, is_query=False))
 
 
 def load_model(name: str) -> EncoderModel:

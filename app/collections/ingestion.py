@@ -20,7 +20,7 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from app.catalog.resolver import InvalidModelNameError, UnknownModelError
-from app.collections.repository import ChunkRow, CollectionRepository, PendingDocument
+from app.collections.repository import ChunkRow, CollectionRepository, PendingDocument, Vectors
 from app.core.config import Settings
 from app.core.db import enqueue
 from app.core.queues import TaskName
@@ -57,8 +57,9 @@ class IngestModel(Protocol):
         """Return each text's chunks, in order, by the model's own tokenizer."""
         ...
 
-    def embed(self, texts: list[str]) -> np.ndarray:
-        """Return float32 [len(texts), dimension] document vectors (the family's passage prompt applied)."""
+    def embed(self, texts: list[str]) -> Vectors:
+        """Return float32 [len(texts), dimension] document vectors (the family's passage prompt applied),
+        with each text's sparse token weights when the model has a BGE-M3 sparse head."""
         ...
 
 
@@ -120,7 +121,7 @@ def run_ingest_batch(scope: Scope, job_id: uuid.UUID, seq: int, load: LoadModel,
             return _NOTHING
         pending = [d for d in repo.pending_documents(work.document_ids) if work.hashes.get(d.id) == d.content_hash]
     pieces: list[list[ChunkPiece]] = []
-    vectors = np.empty((0, 0), dtype=np.float32)
+    vectors = Vectors(np.empty((0, 0), dtype=np.float32))
     dimension, error = 0, None
     if pending:
         try:
@@ -164,7 +165,7 @@ def _store_chunks(
     work: _Work,
     pending: Sequence[PendingDocument],
     pieces: Sequence[Sequence[ChunkPiece]],
-    vectors: np.ndarray,
+    vectors: Vectors,
     ours: set[int],
 ) -> tuple[dict[int, int], dict[int, str]]:
     """Replace our documents' chunks with the new ones; return (chunks per document, failures)."""
@@ -182,7 +183,7 @@ def _store_chunks(
             written[doc.id] = len(doc_pieces)
         offset += len(doc_pieces)
     repo.delete_chunks(work.collection_id, sorted(written))
-    repo.write_chunks(work.version_id, rows, vectors[keep])
+    repo.write_chunks(work.version_id, rows, vectors.take(keep))
     repo.mark_ready(written)
     return written, failures
 
@@ -207,7 +208,7 @@ def run_reembed_batch(scope: Scope, job_id: uuid.UUID, seq: int, load: LoadModel
         if work is None:
             return _NOTHING
         chunks = repo.chunks_of(work.document_ids)
-    vectors = np.empty((0, 0), dtype=np.float32)
+    vectors = Vectors(np.empty((0, 0), dtype=np.float32))
     dimension, error = 0, None
     if chunks:
         try:

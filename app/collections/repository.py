@@ -16,6 +16,11 @@ partial expression index per version (``USING hnsw ((embedding::vector(384)) ...
   insert (measurably slower COPY); ``delete_chunks`` deletes vectors first, and reads join on chunks;
 - search and export name the table from an integer id we issued, so no user text reaches the SQL.
 
+Next to the dense vector, each row has a nullable ``sparse sparsevec`` column: a BGE-M3 model's sparse
+token weights (vocabulary-sized, 0-based token ids), NULL for every other model. Sparse and hybrid
+search score it exactly (inner product over the rows with weights): pgvector's HNSW would need a typed
+dimension and at most 1,000 non-zero entries per row, and lexical weights are a re-scoring signal here.
+
 The cost: DDL at run time, outside Alembic (``migrations/env.py`` ignores these tables).
 """
 
@@ -82,6 +87,23 @@ class ChunkRow:
     token_count: int
     start_char: int
     end_char: int
+
+
+@dataclass(frozen=True)
+class Vectors:
+    """One row per chunk: dense vectors, and for a BGE-M3 model each row's sparse {token id: weight}."""
+
+    dense: np.ndarray
+    sparse: Sequence[dict[int, float]] | None = None
+    sparse_dimension: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.dense)
+
+    def take(self, rows: Sequence[int]) -> Vectors:
+        """Return the given rows, in that order."""
+        sparse = [self.sparse[i] for i in rows] if self.sparse is not None else None
+        return Vectors(self.dense[list(rows)], sparse, self.sparse_dimension)
 
 
 @dataclass(frozen=True)
@@ -496,7 +518,7 @@ class CollectionRepository:
         self.session.execute(
             text(
                 f"CREATE TABLE IF NOT EXISTS {table} ("
-                f"chunk_id bigint PRIMARY KEY, embedding vector({int(dimension)}) NOT NULL)"
+                f"chunk_id bigint PRIMARY KEY, embedding vector({int(dimension)}) NOT NULL, sparse sparsevec)"
             )
         )
 
@@ -515,7 +537,7 @@ class CollectionRepository:
             )
         )
 
-    def write_chunks(self, version_id: int, rows: Sequence[ChunkRow], vectors: np.ndarray) -> int:
+    def write_chunks(self, version_id: int, rows: Sequence[ChunkRow], vectors: Vectors) -> int:
         """Insert chunks and their vectors through one binary COPY; return how many vectors were new.
 
         Idempotent on (document, chunk index) and on the chunk's vector: a repeated call inserts nothing.
@@ -525,7 +547,7 @@ class CollectionRepository:
         self._copy(
             "ingest_staging",
             "document_id bigint, idx integer, token_count integer, start_char integer, end_char integer, "
-            "text text, embedding vector",
+            "text text, embedding vector, sparse sparsevec",
             _chunk_copy_payload(rows, vectors),
         )
         # One statement: the vectors join the chunks just inserted (not the whole chunks table), so a batch
@@ -537,23 +559,27 @@ class CollectionRepository:
                 "  INSERT INTO chunks (document_id, idx, text, token_count, start_char, end_char) "
                 "  SELECT document_id, idx, text, token_count, start_char, end_char FROM ingest_staging "
                 "  ON CONFLICT (document_id, idx) DO NOTHING RETURNING id, document_id, idx) "
-                f"INSERT INTO {vector_table(version_id)} (chunk_id, embedding) "
-                "SELECT i.id, s.embedding FROM inserted i "
+                f"INSERT INTO {vector_table(version_id)} (chunk_id, embedding, sparse) "
+                "SELECT i.id, s.embedding, s.sparse FROM inserted i "
                 "JOIN ingest_staging s ON s.document_id = i.document_id AND s.idx = i.idx "
                 "ON CONFLICT (chunk_id) DO NOTHING"
             )
         )
         return result.rowcount
 
-    def write_vectors(self, version_id: int, chunk_ids: Sequence[int], vectors: np.ndarray) -> int:
+    def write_vectors(self, version_id: int, chunk_ids: Sequence[int], vectors: Vectors) -> int:
         """Insert vectors of existing chunks through one binary COPY; return how many were new."""
         if len(chunk_ids) == 0:
             return 0
-        self._copy("vector_staging", "chunk_id bigint, embedding vector", _vector_copy_payload(chunk_ids, vectors))
+        self._copy(
+            "vector_staging",
+            "chunk_id bigint, embedding vector, sparse sparsevec",
+            _vector_copy_payload(chunk_ids, vectors),
+        )
         result = self.session.execute(
             text(
-                f"INSERT INTO {vector_table(version_id)} (chunk_id, embedding) "
-                "SELECT s.chunk_id, s.embedding FROM vector_staging s JOIN chunks c ON c.id = s.chunk_id "
+                f"INSERT INTO {vector_table(version_id)} (chunk_id, embedding, sparse) "
+                "SELECT s.chunk_id, s.embedding, s.sparse FROM vector_staging s JOIN chunks c ON c.id = s.chunk_id "
                 "ON CONFLICT (chunk_id) DO NOTHING"
             )
         )
@@ -610,6 +636,70 @@ class CollectionRepository:
         )
         return [SearchRow(r.external_id, r.idx, r.text, r.metadata, float(r.score)) for r in rows]
 
+    def search_hybrid(
+        self,
+        version: CollectionVersion,
+        vector: np.ndarray,
+        sparse: dict[int, float],
+        sparse_dimension: int,
+        *,
+        top_k: int,
+        metadata_filter: dict[str, Any] | None,
+        ef_search: int,
+        dense_weight: float,
+        sparse_weight: float,
+    ) -> list[SearchRow]:
+        """Return the ``top_k`` chunks by (dense_weight * cosine + sparse_weight * sparse dot) / (sum of weights).
+
+        Candidates are the ``max(top_k, ef_search)`` nearest by dense cosine (HNSW when indexed; left out when
+        ``dense_weight`` is 0, and then so is every chunk sharing no token with the query) and as many by sparse
+        inner product (exact), re-scored together: BGE-M3's authors combine its dense and lexical scores this way.
+        """
+        assert version.dimension is not None
+        table = vector_table(version.id)
+        query_vector = f"CAST(:q AS vector({int(version.dimension)}))"
+        self.session.execute(text("SELECT set_config('hnsw.ef_search', :ef, true)"), {"ef": str(ef_search)})
+        params: dict[str, Any] = {
+            "q": _vector_text(vector),
+            "s": _sparse_text(sparse, sparse_dimension),
+            "k": top_k,
+            "n": max(top_k, ef_search),
+            "wd": dense_weight,
+            "ws": sparse_weight,
+        }
+        joins = f"FROM {table} v JOIN chunks c ON c.id = v.chunk_id JOIN documents d ON d.id = c.document_id "
+        where = ""
+        if metadata_filter:
+            self.session.execute(text("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)"))
+            where = "AND d.metadata @> CAST(:filter AS jsonb) "
+            params["filter"] = json.dumps(metadata_filter)
+        candidates = [
+            f"lexical AS MATERIALIZED (SELECT v.chunk_id {joins}WHERE v.sparse IS NOT NULL {where}"
+            "ORDER BY v.sparse <#> CAST(:s AS sparsevec) LIMIT :n)"
+        ]
+        union = "SELECT chunk_id FROM lexical"
+        # Sparse alone: a chunk that shares no token with the query scores 0 and is no match.
+        shared = "" if dense_weight > 0 else "AND v.sparse <#> CAST(:s AS sparsevec) < 0 "
+        if dense_weight > 0:
+            candidates.append(
+                f"dense AS MATERIALIZED (SELECT v.chunk_id {joins}WHERE true {where}"
+                f"ORDER BY v.embedding <=> {query_vector} LIMIT :n)"
+            )
+            union += " UNION SELECT chunk_id FROM dense"
+        rows = self.session.execute(
+            text(
+                f"WITH {', '.join(candidates)}, scored AS MATERIALIZED ("
+                f"  SELECT v.chunk_id, (:wd * (1 - (v.embedding <=> {query_vector})) "
+                "    + :ws * COALESCE(-(v.sparse <#> CAST(:s AS sparsevec)), 0)) / (:wd + :ws) AS score "
+                f"  FROM {table} v WHERE v.chunk_id IN ({union}) {shared}ORDER BY score DESC LIMIT :k) "
+                "SELECT d.external_id, c.idx, c.text, d.metadata, n.score "
+                "FROM scored n JOIN chunks c ON c.id = n.chunk_id JOIN documents d ON d.id = c.document_id "
+                "ORDER BY n.score DESC, d.external_id, c.idx"
+            ),
+            params,
+        )
+        return [SearchRow(r.external_id, r.idx, r.text, r.metadata, float(r.score)) for r in rows]
+
     def export_rows(self, collection_id: int, version_id: int, *, vectors_as: str) -> Iterator[Sequence[Any]]:
         """Yield (document id, chunk index, chunk text, metadata, vector) in document order, streamed.
 
@@ -637,28 +727,51 @@ def _vector_text(vector: np.ndarray) -> str:
     return "[" + ",".join(map(repr, np.asarray(vector, dtype=np.float32).tolist())) + "]"
 
 
+def _sparse_text(weights: dict[int, float], dimension: int) -> str:
+    # pgvector's text form numbers dimensions from 1.
+    return "{" + ",".join(f"{int(i) + 1}:{float(w)!r}" for i, w in sorted(weights.items())) + f"}}/{int(dimension)}"
+
+
 def _vector_field_header(dimension: int) -> bytes:
     # A pgvector value in binary COPY: int32 length, then int16 dim, int16 unused, float32 big-endian values.
     return struct.pack("!ihh", 4 + 4 * dimension, dimension, 0)
 
 
-def _chunk_copy_payload(rows: Sequence[ChunkRow], vectors: np.ndarray) -> bytes:
-    dimension = vectors.shape[1]
-    big_endian = np.ascontiguousarray(vectors, dtype=">f4")
+_NULL_FIELD = struct.pack("!i", -1)
+
+
+def _sparse_field(weights: dict[int, float] | None, dimension: int | None) -> bytes:
+    """A sparsevec value in binary COPY: int32 length, then int32 dim, nnz, unused, 0-based sorted ids, floats."""
+    if weights is None or dimension is None:
+        return _NULL_FIELD
+    ids = sorted(weights)
+    body = struct.pack(f"!iii{len(ids)}i{len(ids)}f", dimension, len(ids), 0, *ids, *(weights[i] for i in ids))
+    return struct.pack("!i", len(body)) + body
+
+
+def _sparse_fields(vectors: Vectors) -> list[bytes]:
+    if vectors.sparse is None:
+        return [_NULL_FIELD] * len(vectors)
+    return [_sparse_field(weights, vectors.sparse_dimension) for weights in vectors.sparse]
+
+
+def _chunk_copy_payload(rows: Sequence[ChunkRow], vectors: Vectors) -> bytes:
+    dimension = vectors.dense.shape[1]
+    big_endian = np.ascontiguousarray(vectors.dense, dtype=">f4")
     vector_header = _vector_field_header(dimension)
     parts = [_COPY_HEADER]
-    for row, vector in zip(rows, big_endian, strict=True):
+    for row, vector, sparse in zip(rows, big_endian, _sparse_fields(vectors), strict=True):
         encoded = row.text.encode("utf-8")
         parts.append(
-            _CHUNK_ROW.pack(7, 8, row.document_id, 4, row.idx, 4, row.token_count, 4, row.start_char, 4, row.end_char)
+            _CHUNK_ROW.pack(8, 8, row.document_id, 4, row.idx, 4, row.token_count, 4, row.start_char, 4, row.end_char)
         )
-        parts += [struct.pack("!i", len(encoded)), encoded, vector_header, vector.tobytes()]
+        parts += [struct.pack("!i", len(encoded)), encoded, vector_header, vector.tobytes(), sparse]
     parts.append(_COPY_TRAILER)
     return b"".join(parts)
 
 
-def _vector_copy_payload(chunk_ids: Sequence[int], vectors: np.ndarray) -> bytes:
-    count, dimension = vectors.shape
+def _vector_copy_payload(chunk_ids: Sequence[int], vectors: Vectors) -> bytes:
+    count, dimension = vectors.dense.shape
     row = np.dtype(
         [
             ("fields", ">i2"),
@@ -671,7 +784,16 @@ def _vector_copy_payload(chunk_ids: Sequence[int], vectors: np.ndarray) -> bytes
         ]
     )
     records = np.empty(count, dtype=row)
-    records["fields"], records["id_len"], records["id"] = 2, 8, np.asarray(chunk_ids, dtype=np.int64)
+    records["fields"], records["id_len"], records["id"] = 3, 8, np.asarray(chunk_ids, dtype=np.int64)
     records["vec_len"], records["dim"], records["unused"] = 4 + 4 * dimension, dimension, 0
-    records["values"] = vectors
-    return _COPY_HEADER + records.tobytes() + _COPY_TRAILER
+    records["values"] = vectors.dense
+    if vectors.sparse is None:  # the common case stays one numpy buffer: every sparse field is NULL
+        null = np.full(count, -1, dtype=">i4")
+        packed = np.empty(count, dtype=[("row", row), ("sparse", ">i4")])
+        packed["row"], packed["sparse"] = records, null
+        return _COPY_HEADER + packed.tobytes() + _COPY_TRAILER
+    parts = [_COPY_HEADER]
+    for record, sparse in zip(records, _sparse_fields(vectors), strict=True):
+        parts += [record.tobytes(), sparse]
+    parts.append(_COPY_TRAILER)
+    return b"".join(parts)

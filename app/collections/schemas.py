@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, model_validator
 
@@ -90,6 +90,21 @@ class CollectionList(BaseModel):
     next_offset: int | None
 
 
+class HybridWeights(BaseModel):
+    """How much each score counts in hybrid search: (dense * cosine + sparse * sparse dot) / (dense + sparse)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dense: Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)] = 0.4
+    sparse: Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)] = 0.2
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> HybridWeights:
+        if self.dense + self.sparse <= 0:
+            raise ValueError("at least one of the weights must be above 0")
+        return self
+
+
 class SearchRequest(BaseModel):
     """Nearest chunks to a query text (embedded with the collection's model) or to a query vector."""
 
@@ -105,11 +120,21 @@ class SearchRequest(BaseModel):
     model: Annotated[str | None, Field(max_length=200, description="must be the collection's model if given")] = None
     top_k: Annotated[int, Field(ge=1, le=10_000, description="capped at EMBEDQ_SEARCH_MAX_TOP_K")] = 10
     filter: dict[str, FilterValue] | None = Field(default=None, description="metadata fields that must be equal")
+    mode: Literal["dense", "sparse", "hybrid"] = Field(
+        default="dense",
+        description="dense: cosine of the vectors; sparse: inner product of BGE-M3 sparse token weights; hybrid: "
+        "both, weighted by `weights` (sparse and hybrid need a BGE-M3 collection and a `query` text)",
+    )
+    weights: HybridWeights | None = Field(default=None, description="hybrid mode: default dense 0.4, sparse 0.2")
 
     @model_validator(mode="after")
     def _one_query(self) -> SearchRequest:
         if (self.query is None) == (self.vector is None):
             raise ValueError("give exactly one of `query` (a text) or `vector` (floats)")
+        if self.mode != "dense" and self.vector is not None:
+            raise ValueError(f"mode {self.mode!r} embeds the query text itself: send `query`, not `vector`")
+        if self.weights is not None and self.mode != "hybrid":
+            raise ValueError("`weights` apply to mode 'hybrid' only")
         return self
 
 
@@ -118,7 +143,10 @@ class SearchHit(BaseModel):
     chunk_index: int
     text: str
     metadata: dict[str, Any]
-    score: float = Field(description="cosine similarity, 1 is identical")
+    score: float = Field(
+        description="dense: cosine similarity (1 is identical); sparse: the inner product of token weights; "
+        "hybrid: the weighted mean of the two"
+    )
 
 
 class SearchResponse(BaseModel):

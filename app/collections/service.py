@@ -14,6 +14,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,6 +32,7 @@ from app.collections.schemas import (
     CollectionLinks,
     CollectionList,
     CollectionOut,
+    HybridWeights,
     IngestErrorList,
     IngestErrorOut,
     ReembedRequest,
@@ -45,6 +47,7 @@ from app.core.db import enqueue, session_scope
 from app.core.errors import ConflictError, InvalidRequestError, NotFoundError
 from app.core.queues import TaskName
 from app.core.security import Principal
+from app.hybrid.service import check_hybrid_model
 from app.jobs.repository import JobRepository
 from app.jobs.service import check_model
 from app.keys.service import admit_job
@@ -426,6 +429,10 @@ async def search(
             param="model",
         )
     vector = np.asarray(payload.vector, dtype=np.float32) if payload.vector is not None else None
+    sparse: SparseQuery | None = None
+    if payload.mode != "dense":
+        check_hybrid_model(version.model, settings, principal)
+        vector, sparse = await _embed_hybrid_query(version.model, payload.query or "")
     if vector is None:
         vector = await _embed_query(version.model, payload.query or "")
     if version.dimension is not None and vector.shape[0] != version.dimension:
@@ -437,7 +444,13 @@ async def search(
     if not np.all(np.isfinite(vector)) or not np.any(vector):
         raise InvalidRequestError("the query vector must be finite and not all zeros", param="vector")
     top_k = min(payload.top_k, settings.search_max_top_k)
-    rows = await run_in_threadpool(_nearest, session, version, vector, top_k, payload.filter, settings)
+    if sparse is None:
+        rows = await run_in_threadpool(_nearest, session, version, vector, top_k, payload.filter, settings)
+    else:
+        weights = _mode_weights(payload)
+        rows = await run_in_threadpool(
+            _nearest_hybrid, session, version, vector, sparse, weights, top_k, payload.filter, settings
+        )
     return SearchResponse(
         collection=collection.name,
         model=version.model,
@@ -471,6 +484,47 @@ def _nearest(
     return repo.search(
         version, vector, top_k=top_k, metadata_filter=metadata_filter, ef_search=settings.search_ef_search
     )
+
+
+def _mode_weights(payload: SearchRequest) -> tuple[float, float]:
+    if payload.mode == "sparse":
+        return 0.0, 1.0
+    weights = payload.weights or HybridWeights()
+    return weights.dense, weights.sparse
+
+
+@dataclass(frozen=True)
+class SparseQuery:
+    weights: dict[int, float]
+    dimension: int
+
+
+def _nearest_hybrid(
+    session: Session,
+    version: CollectionVersion,
+    vector: np.ndarray,
+    sparse: SparseQuery,
+    weights: tuple[float, float],
+    top_k: int,
+    metadata_filter: dict[str, Any] | None,
+    settings: Settings,
+) -> list[Any]:
+    repo = CollectionRepository(session)
+    if version.dimension is None or not repo.vector_table_exists(version.id):
+        return []
+    return repo.search_hybrid(
+        version, vector, sparse.weights, sparse.dimension, top_k=top_k, metadata_filter=metadata_filter,
+        ef_search=settings.search_ef_search, dense_weight=weights[0], sparse_weight=weights[1],
+    )  # fmt: skip
+
+
+async def _embed_hybrid_query(model: str, query: str) -> tuple[np.ndarray, SparseQuery]:
+    from app.inference.dispatch import infer
+
+    result = await infer("hybrid", model, {"texts": [query], "return_colbert": False})
+    item = result["data"][0]
+    sparse = SparseQuery({int(k): float(v) for k, v in item["sparse"].items()}, int(result["sparse_dimension"]))
+    return np.asarray(item["dense"], dtype=np.float32), sparse
 
 
 async def _embed_query(model: str, query: str) -> np.ndarray:

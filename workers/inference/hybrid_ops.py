@@ -53,7 +53,9 @@ def hybrid(encoder: Encoder, payloads: list[Payload]) -> list[Result | OpError]:
             continue
         rows = range(start, start + len(item))
         start += len(item)
-        results.append({"data": [_item(encoder, output, row, payload) for row in rows]})
+        # sparse_dimension: the vocabulary a sparse vector's token ids index (a pgvector sparsevec's dim).
+        data = [_item(encoder, output, row, payload) for row in rows]
+        results.append({"data": data, "sparse_dimension": len(encoder.tokenizer)})
     return results
 
 
