@@ -140,6 +140,19 @@ def test_an_m3_collection_stores_each_chunks_sparse_weights_next_to_its_dense_ve
         assert weights.keys() == expected.sparse[row].keys() and weights
         assert weights == pytest.approx(expected.sparse[row], rel=1e-5)
 
+    # The JSONL export carries them as /vectorize-hybrid does: token id (a string) -> weight.
+    collection_id, version_id, _ = service.export_target(db_session, "m3docs", ADMIN)
+    lines = [
+        json.loads(line)
+        for part in service.export_jsonl(collection_id, version_id, scope)
+        for line in part.splitlines()
+    ]
+    assert len(lines) == len(chunks)
+    by_text = {line["text"]: line["sparse"] for line in lines}
+    for row, chunk in enumerate(chunks):
+        got = {int(k): v for k, v in by_text[chunk.text].items()}
+        assert got == pytest.approx(expected.sparse[row], rel=1e-5)
+
 
 def test_a_dense_only_collection_leaves_the_sparse_column_empty_and_refuses_sparse_search(
     db_session: Session, scope, settings

@@ -701,14 +701,17 @@ class CollectionRepository:
         return [SearchRow(r.external_id, r.idx, r.text, r.metadata, float(r.score)) for r in rows]
 
     def export_rows(self, collection_id: int, version_id: int, *, vectors_as: str) -> Iterator[Sequence[Any]]:
-        """Yield (document id, chunk index, chunk text, metadata, vector) in document order, streamed.
+        """Yield (document id, chunk index, chunk text, metadata, vector, sparse) in document order, streamed.
+
+        ``sparse`` is pgvector's text form of the BGE-M3 sparse weights (see ``sparse_weights``), or None.
 
         ``vectors_as`` is "text" (pgvector's JSON-compatible text form) or "array" (a list of floats).
         """
         cast = "text" if vectors_as == "text" else "real[]"
         result = self.session.execute(
             text(
-                f"SELECT d.external_id, c.idx, c.text, d.metadata, v.embedding::{cast} AS embedding "
+                f"SELECT d.external_id, c.idx, c.text, d.metadata, v.embedding::{cast} AS embedding, "
+                "v.sparse::text AS sparse "
                 f"FROM documents d JOIN chunks c ON c.document_id = d.id "
                 f"LEFT JOIN {vector_table(version_id)} v ON v.chunk_id = c.id "
                 "WHERE d.collection_id = :cid AND d.status = 'ready' ORDER BY d.id, c.idx"
@@ -725,6 +728,13 @@ def _index_lock_key(version_id: int) -> int:
 
 def _vector_text(vector: np.ndarray) -> str:
     return "[" + ",".join(map(repr, np.asarray(vector, dtype=np.float32).tolist())) + "]"
+
+
+def sparse_weights(literal: str) -> dict[str, float]:
+    """Return pgvector's sparsevec text ``{1:0.5,8:0.25}/dim`` as {0-based token id: weight}, as /vectorize-hybrid."""
+    body = literal.rsplit("/", 1)[0].strip("{}")
+    pairs = (pair.split(":") for pair in body.split(",") if pair)
+    return {str(int(i) - 1): float(w) for i, w in pairs}
 
 
 def _sparse_text(weights: dict[int, float], dimension: int) -> str:

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from app.catalog.resolver import resolve_model
 from app.collections.ingestion import Scope, cancel_jobs, settle
 from app.collections.model_info import model_dimension
-from app.collections.repository import CollectionRepository, DocumentInput
+from app.collections.repository import CollectionRepository, DocumentInput, sparse_weights
 from app.collections.schemas import (
     ChunkingSpec,
     CollectionCounts,
@@ -583,13 +583,13 @@ def export_jsonl(collection_id: int, version_id: int, scope: Scope = session_sco
         if not repo.vector_table_exists(version_id):
             return
         lines: list[str] = []
-        for external_id, idx, chunk_text, metadata, embedding in repo.export_rows(
+        for external_id, idx, chunk_text, metadata, embedding, sparse in repo.export_rows(
             collection_id, version_id, vectors_as="text"
         ):
-            head = json.dumps(
-                {"document_id": external_id, "chunk_index": idx, "text": chunk_text, "metadata": metadata},
-                ensure_ascii=False,
-            )
+            fields = {"document_id": external_id, "chunk_index": idx, "text": chunk_text, "metadata": metadata}
+            if sparse is not None:  # BGE-M3 collections: token id -> weight, as /vectorize-hybrid returns it
+                fields["sparse"] = sparse_weights(sparse)
+            head = json.dumps(fields, ensure_ascii=False)
             # pgvector's text form is already a JSON array.
             lines.append(f'{head[:-1]}, "embedding": {embedding or "null"}}}\n')
             if len(lines) >= 500:
