@@ -19,7 +19,7 @@ from app.catalog.families import Family, detect_family
 from app.catalog.resolver import ResolvedModel
 from app.catalog.sources import HubCandidate, fetch
 from app.core.config import get_settings
-from workers.runtime.adapters import load_transformer
+from workers.runtime.adapters import ModelView, load_transformer
 from workers.runtime.m3 import M3Heads, load_m3_heads
 from workers.runtime.onnx_backend import OnnxModel, check_onnx_precision, prepare_onnx
 from workers.runtime.pooling import PoolingConfig, pool, read_pooling_config
@@ -116,7 +116,7 @@ class Encoder:
         self.encode(["warm-up"])
         self.load_seconds = time.perf_counter() - started
 
-    def _load_model(self, transformer_dir: Path) -> torch.nn.Module:
+    def _load_model(self, transformer_dir: Path) -> torch.nn.Module | ModelView:
         if bitsandbytes_kwargs(self.precision, self.device) is not None:
             return load_quantized(transformer_dir, self.precision, self.device).eval()
         # ONNX exports from float32 weights; int8 is applied to the exported graph, not the torch model.
@@ -126,8 +126,10 @@ class Encoder:
                 transformer_dir, dtype=dtype, local_files_only=True, trust_remote_code=True
             )
         else:
-            # A LoRA alias folder loads as its base with the adapter merged in (see workers/runtime/adapters.py).
-            model = load_transformer(self.path, transformer_dir, dtype)
+            # One resident base serves it and its LoRA adapters (workers/runtime/adapters.py), unless this load
+            # transforms the module (int8, ONNX export): then a private copy, adapter merged in.
+            shared = self.backend == "torch" and self.precision != "int8"
+            model = load_transformer(self.path, transformer_dir, dtype, self.device, shared=shared)
         model.to(self.device).eval()
         if self.precision == "int8" and self.backend == "torch":
             model = quantize_dynamic_int8(model)
