@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import pytest
@@ -108,6 +108,18 @@ def db_session(db_engine: Engine) -> Iterator[Session]:
         finally:
             session.close()
             transaction.rollback()
+
+
+@pytest.fixture
+def scope(db_session: Session):
+    """A session scope for worker-side code run in-process: it hands out ``db_session`` and flushes after."""
+
+    @contextmanager
+    def _scope() -> Iterator[Session]:
+        yield db_session
+        db_session.flush()
+
+    return _scope
 
 
 def _empty_state(engine: Engine, session_redis_db: SessionRedis) -> None:

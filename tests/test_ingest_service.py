@@ -8,15 +8,13 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
+from support.ingestion import drain
 from support.texts import SENTENCES
 from support.tiny_models import make_tiny_bert
 
@@ -29,7 +27,7 @@ from app.core.errors import ConflictError, InvalidRequestError
 from app.core.security import Principal
 from app.jobs.schemas import JobOut
 from app.models.collection import Chunk, Document, IngestBatch
-from app.models.job import Job, JobStatus
+from app.models.job import Job
 from workers.chunking import load_model
 
 # Auth is off in these tests: every call acts as the default tenant's admin.
@@ -53,16 +51,6 @@ def settings(monkeypatch: pytest.MonkeyPatch):
     get_settings.cache_clear()
     yield get_settings()
     get_settings.cache_clear()
-
-
-@pytest.fixture
-def scope(db_session: Session):
-    @contextmanager
-    def _scope() -> Iterator[Session]:
-        yield db_session
-        db_session.flush()
-
-    return _scope
 
 
 def long_text(i: int) -> str:
@@ -103,23 +91,6 @@ def upload(
         if writer.add(item):
             writer.flush()
     return writer.finish()
-
-
-def drain(session: Session, scope, settings, job_id: uuid.UUID, load=load_model) -> Job:
-    """Run every pending batch, then the index build, as the bulk queue's workers would."""
-    repo = CollectionRepository(session)
-    for _ in range(20):
-        job = session.get(Job, job_id)
-        session.refresh(job)
-        if job.status != JobStatus.RUNNING.value:
-            return job
-        seqs = repo.pending_batches(job_id)
-        run = ingestion.run_reembed_batch if job.kind == "reembed" else ingestion.run_ingest_batch
-        for seq in seqs:
-            run(scope, job_id, seq, load, settings)
-        if not seqs and job.message == ingestion.INDEXING:
-            ingestion.build_index(scope, job_id, int(job.params["version_id"]), settings)
-    raise AssertionError("the job did not finish")
 
 
 def chunk_vectors(session: Session, version_id: int) -> dict[int, np.ndarray]:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -33,16 +31,6 @@ def fake_vectors(model: str, texts: list[str]) -> np.ndarray:
 
 def failing_encoder(model: str, texts: list[str]) -> np.ndarray:
     raise RuntimeError("CUDA out of memory (simulated)")
-
-
-@pytest.fixture
-def scope(db_session: Session):
-    @contextmanager
-    def _scope() -> Iterator[Session]:
-        yield db_session
-        db_session.flush()
-
-    return _scope
 
 
 @pytest.fixture

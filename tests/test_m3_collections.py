@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
+from support.ingestion import drain
 from support.tiny_m3 import make_tiny_m3
 from support.tiny_models import make_tiny_bert
 
-from app.collections import ingestion, service
+from app.collections import service
 from app.collections.repository import CollectionRepository, vector_table
 from app.collections.schemas import ChunkingSpec, CollectionCreate, ReembedRequest, SearchRequest
 from app.collections.uploads import UploadOptions, UploadReader
@@ -28,7 +26,7 @@ from app.core.config import get_settings
 from app.core.errors import EmbedqError
 from app.core.security import Principal
 from app.models.collection import Chunk
-from app.models.job import Job, JobStatus
+from app.models.job import Job
 from workers.chunking import load_model
 from workers.runtime.m3 import encode_hybrid
 
@@ -60,16 +58,6 @@ def settings():
     yield get_settings()
 
 
-@pytest.fixture
-def scope(db_session: Session):
-    @contextmanager
-    def _scope() -> Iterator[Session]:
-        yield db_session
-        db_session.flush()
-
-    return _scope
-
-
 def ingest(session: Session, scope, settings, name: str, model: str) -> Job:
     service.create_collection(
         session,
@@ -85,22 +73,6 @@ def ingest(session: Session, scope, settings, name: str, model: str) -> Job:
         if writer.add(item):
             writer.flush()
     return drain(session, scope, settings, writer.finish().id)
-
-
-def drain(session: Session, scope, settings, job_id: uuid.UUID) -> Job:
-    repo = CollectionRepository(session)
-    for _ in range(20):
-        job = session.get(Job, job_id)
-        session.refresh(job)
-        if job.status != JobStatus.RUNNING.value:
-            return job
-        seqs = repo.pending_batches(job_id)
-        run = ingestion.run_reembed_batch if job.kind == "reembed" else ingestion.run_ingest_batch
-        for seq in seqs:
-            run(scope, job_id, seq, load_model, settings)
-        if not seqs and job.message == ingestion.INDEXING:
-            ingestion.build_index(scope, job_id, int(job.params["version_id"]), settings)
-    raise AssertionError("the job did not finish")
 
 
 def stored(session: Session, version_id: int) -> dict[int, tuple[np.ndarray, str | None]]:

@@ -38,16 +38,6 @@ def fake_vectors(model: str, texts: list[str]) -> np.ndarray:
 
 
 @pytest.fixture
-def scope(db_session: Session):
-    @contextmanager
-    def _scope() -> Iterator[Session]:
-        yield db_session
-        db_session.flush()
-
-    return _scope
-
-
-@pytest.fixture
 def settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
     monkeypatch.setenv("EMBEDQ_JOB_BATCH_SIZE", "4")
     monkeypatch.setenv("EMBEDQ_REAPER_MAX_REQUEUES", "2")

@@ -444,13 +444,7 @@ async def search(
     if not np.all(np.isfinite(vector)) or not np.any(vector):
         raise InvalidRequestError("the query vector must be finite and not all zeros", param="vector")
     top_k = min(payload.top_k, settings.search_max_top_k)
-    if sparse is None:
-        rows = await run_in_threadpool(_nearest, session, version, vector, top_k, payload.filter, settings)
-    else:
-        weights = _mode_weights(payload)
-        rows = await run_in_threadpool(
-            _nearest_hybrid, session, version, vector, sparse, weights, top_k, payload.filter, settings
-        )
+    rows = await run_in_threadpool(_nearest, session, version, vector, sparse, payload, top_k, settings)
     return SearchResponse(
         collection=collection.name,
         model=version.model,
@@ -470,52 +464,38 @@ def _search_target(session: Session, name: str, principal: Principal) -> tuple[C
     return collection, repo.active_version(collection.id)
 
 
-def _nearest(
-    session: Session,
-    version: CollectionVersion,
-    vector: np.ndarray,
-    top_k: int,
-    metadata_filter: dict[str, Any] | None,
-    settings: Settings,
-) -> list[Any]:
-    repo = CollectionRepository(session)
-    if version.dimension is None or not repo.vector_table_exists(version.id):
-        return []
-    return repo.search(
-        version, vector, top_k=top_k, metadata_filter=metadata_filter, ef_search=settings.search_ef_search
-    )
-
-
-def _mode_weights(payload: SearchRequest) -> tuple[float, float]:
-    if payload.mode == "sparse":
-        return 0.0, 1.0
-    weights = payload.weights or HybridWeights()
-    return weights.dense, weights.sparse
-
-
 @dataclass(frozen=True)
 class SparseQuery:
     weights: dict[int, float]
     dimension: int
 
 
-def _nearest_hybrid(
+def _nearest(
     session: Session,
     version: CollectionVersion,
     vector: np.ndarray,
-    sparse: SparseQuery,
-    weights: tuple[float, float],
+    sparse: SparseQuery | None,
+    payload: SearchRequest,
     top_k: int,
-    metadata_filter: dict[str, Any] | None,
     settings: Settings,
 ) -> list[Any]:
+    """Search the version: by dense cosine, or (``sparse`` given) by the sparse/hybrid score of ``payload.mode``."""
     repo = CollectionRepository(session)
     if version.dimension is None or not repo.vector_table_exists(version.id):
         return []
+    common = {"top_k": top_k, "metadata_filter": payload.filter, "ef_search": settings.search_ef_search}
+    if sparse is None:
+        return repo.search(version, vector, **common)
+    dense_weight, sparse_weight = (0.0, 1.0) if payload.mode == "sparse" else _hybrid_weights(payload)
     return repo.search_hybrid(
-        version, vector, sparse.weights, sparse.dimension, top_k=top_k, metadata_filter=metadata_filter,
-        ef_search=settings.search_ef_search, dense_weight=weights[0], sparse_weight=weights[1],
+        version, vector, sparse.weights, sparse.dimension, dense_weight=dense_weight, sparse_weight=sparse_weight,
+        **common,
     )  # fmt: skip
+
+
+def _hybrid_weights(payload: SearchRequest) -> tuple[float, float]:
+    weights = payload.weights or HybridWeights()
+    return weights.dense, weights.sparse
 
 
 async def _embed_hybrid_query(model: str, query: str) -> tuple[np.ndarray, SparseQuery]:
