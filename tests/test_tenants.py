@@ -17,6 +17,7 @@ from sqlalchemy import Engine, text
 from support.tiny_models import make_tiny_bert
 
 from app.cli.main import main as embedq
+from app.cli.up import UpOptions, banner
 from app.core.config import Settings, get_settings
 from app.core.db import session_scope
 from app.core.security import Principal
@@ -381,6 +382,9 @@ def test_embedq_up_turns_auth_off_explicitly_and_loudly_only_when_nothing_was_ch
     monkeypatch.setenv("EMBEDQ_API_KEYS", "k")
     _local_auth_default()
     assert "EMBEDQ_AUTH_DISABLED" not in os.environ
+    options = UpOptions(state_dir=None, flower=False, concurrency=None, stop_timeout=1.0)
+    assert "Auth    OFF" in banner(Settings(auth_disabled=True), options)
+    assert "Auth" not in banner(Settings(auth_disabled=False), options)
 
 
 def test_an_unknown_job_id_and_another_tenants_look_the_same(acme: Caller, globex: Caller) -> None:

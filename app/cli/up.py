@@ -261,7 +261,10 @@ def banner(settings: Settings, options: UpOptions) -> str:
     lines = ["", "embedq is up", f"  UI      {api}/ui", f"  API     {api}", f"  Docs    {api}/docs"]
     if options.flower:
         lines.append(f"  Flower  {flower_url(settings)}")
-    lines += [f"  State   {settings.state_dir}", "Press Ctrl-C to stop.", ""]
+    lines.append(f"  State   {settings.state_dir}")
+    if settings.auth_disabled:
+        lines.append("  Auth    OFF (EMBEDQ_AUTH_DISABLED=true): anyone who reaches the API is an admin")
+    lines += ["Press Ctrl-C to stop.", ""]
     return "\n".join(lines)
 
 
