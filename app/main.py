@@ -16,8 +16,8 @@ from app.core.outages import answer_outages_with_503
 from app.health.routes import router as health_router
 from app.hybrid.routes import router as hybrid_router
 from app.jobs.routes import router as jobs_router
+from app.keys.auth import AUTH_ERRORS, RATE_LIMIT_ERRORS, current_principal, rate_limited
 from app.observability.setup import instrument
-from app.keys.auth import current_principal, rate_limited
 from app.training.routes import router as training_router
 from app.ui import routes as ui
 from app.v1 import routes as sync_api
@@ -41,15 +41,15 @@ def create_app() -> FastAPI:
     api.add_exception_handler(EmbedqError, _render_error)
     answer_outages_with_503(api)
     api.include_router(health_router)
-    api.include_router(jobs_router, dependencies=[Depends(current_principal)])
-    api.include_router(collections_router, dependencies=[Depends(current_principal)])
-    api.include_router(ingest_errors_router, dependencies=[Depends(current_principal)])
-    api.include_router(training_router, dependencies=[Depends(current_principal)])
-    api.include_router(webhooks_router, dependencies=[Depends(current_principal)])
-    api.include_router(sync_api.openai_router, dependencies=[Depends(rate_limited)])
-    api.include_router(sync_api.router, dependencies=[Depends(rate_limited)])
-    api.include_router(models_router, dependencies=[Depends(current_principal)])
-    api.include_router(hybrid_router, dependencies=[Depends(rate_limited)])
+    api.include_router(jobs_router, dependencies=[Depends(current_principal)], responses=AUTH_ERRORS)
+    api.include_router(collections_router, dependencies=[Depends(current_principal)], responses=AUTH_ERRORS)
+    api.include_router(ingest_errors_router, dependencies=[Depends(current_principal)], responses=AUTH_ERRORS)
+    api.include_router(training_router, dependencies=[Depends(current_principal)], responses=AUTH_ERRORS)
+    api.include_router(webhooks_router, dependencies=[Depends(current_principal)], responses=AUTH_ERRORS)
+    api.include_router(sync_api.openai_router, dependencies=[Depends(rate_limited)], responses=RATE_LIMIT_ERRORS)
+    api.include_router(sync_api.router, dependencies=[Depends(rate_limited)], responses=RATE_LIMIT_ERRORS)
+    api.include_router(models_router, dependencies=[Depends(current_principal)], responses=AUTH_ERRORS)
+    api.include_router(hybrid_router, dependencies=[Depends(rate_limited)], responses=RATE_LIMIT_ERRORS)
     # Before instrument(): the metrics middleware, outside this one, counts its 413s and 400s too.
     api.add_middleware(RequestLimits, settings=get_settings(), error_body=error_body)
     instrument(api)

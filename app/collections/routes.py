@@ -26,7 +26,7 @@ from app.core.config import Settings, get_settings
 from app.core.db import get_session
 from app.core.limits import BodyTooLargeError
 from app.jobs.schemas import MAX_OFFSET, JobOut
-from app.keys.auth import PrincipalDep
+from app.keys.auth import JOB_LIMIT_ERRORS, PrincipalDep
 
 router = APIRouter(prefix="/collections", tags=["collections"])
 errors_router = APIRouter(prefix="/jobs", tags=["collections"])
@@ -84,7 +84,11 @@ def delete_collection(name: str, session: SessionDep, principal: PrincipalDep) -
 
 
 @router.post(
-    "/{name}/documents", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut, openapi_extra=_UPLOAD_BODY
+    "/{name}/documents",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobOut,
+    openapi_extra=_UPLOAD_BODY,
+    responses=JOB_LIMIT_ERRORS,
 )
 async def upload_documents(
     name: str,
@@ -146,7 +150,7 @@ async def upload_documents(
     return JobOut.of(job)
 
 
-@router.post("/{name}/reembed", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut)
+@router.post("/{name}/reembed", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut, responses=JOB_LIMIT_ERRORS)
 def reembed_collection(
     name: str, payload: ReembedRequest, session: SessionDep, settings: SettingsDep, principal: PrincipalDep
 ) -> JobOut:

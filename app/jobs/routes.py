@@ -12,7 +12,7 @@ from app.core.config import Settings, get_settings
 from app.core.db import get_session
 from app.jobs import service
 from app.jobs.schemas import MAX_OFFSET, EmbeddingJobCreate, EncodingFormat, JobList, JobOut, JobResults
-from app.keys.auth import PrincipalDep
+from app.keys.auth import JOB_LIMIT_ERRORS, PrincipalDep
 from app.models.job import JobKind, JobStatus
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -26,7 +26,10 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
     "/embeddings",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobOut,
-    responses={200: {"model": JobOut, "description": "an earlier job with the same idempotency_key"}},
+    responses={
+        200: {"model": JobOut, "description": "an earlier job with the same idempotency_key"},
+        **JOB_LIMIT_ERRORS,
+    },
 )
 def create_embedding_job(
     payload: EmbeddingJobCreate, session: SessionDep, settings: SettingsDep, principal: PrincipalDep, response: Response

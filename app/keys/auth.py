@@ -7,7 +7,7 @@ change tenant-owned rows take it too (FastAPI resolves it once per request) and 
 from __future__ import annotations
 
 import hmac
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -84,6 +84,19 @@ async def current_principal(
 
 
 PrincipalDep = Annotated[Principal, Depends(current_principal)]
+
+# OpenAPI responses of the two dependencies, and of creating a job over the key's concurrency limit.
+AUTH_ERRORS: dict[int | str, dict[str, Any]] = {401: {"description": "missing, unknown or revoked API key"}}
+RATE_LIMIT_ERRORS: dict[int | str, dict[str, Any]] = {
+    **AUTH_ERRORS,
+    429: {
+        "description": "the key's requests per minute are used up: retry after Retry-After seconds",
+        "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+    },
+}
+JOB_LIMIT_ERRORS: dict[int | str, dict[str, Any]] = {
+    429: {"description": "the key has max_concurrent_jobs queued or running jobs already"}
+}
 
 
 async def rate_limited(principal: PrincipalDep, settings: Annotated[Settings, Depends(get_settings)]) -> Principal:

@@ -20,7 +20,7 @@ from starlette.datastructures import UploadFile
 from app.core.config import Settings, get_settings
 from app.core.db import get_session
 from app.core.errors import EmbedqError, InvalidRequestError
-from app.keys.auth import PrincipalDep
+from app.keys.auth import JOB_LIMIT_ERRORS, PrincipalDep
 from app.training import service
 from app.training.pairs import PairFormat, format_for_filename
 from app.training.schemas import (
@@ -143,7 +143,9 @@ def _accepted(job_id: uuid.UUID, response: Response) -> FineTuneAccepted:
     return FineTuneAccepted(job_id=str(job_id))
 
 
-@router.post("/fine-tune", response_model=FineTuneAccepted, openapi_extra=_body_doc(FineTuneRequest))
+@router.post(
+    "/fine-tune", response_model=FineTuneAccepted, openapi_extra=_body_doc(FineTuneRequest), responses=JOB_LIMIT_ERRORS
+)
 def fine_tune(
     body: Annotated[TrainingRequest, Depends(full_request)],
     session: SessionDep,
@@ -156,7 +158,12 @@ def fine_tune(
     return _accepted(job.id, response)
 
 
-@router.post("/fine-tune-lora", response_model=FineTuneAccepted, openapi_extra=_body_doc(LoraFineTuneRequest))
+@router.post(
+    "/fine-tune-lora",
+    response_model=FineTuneAccepted,
+    openapi_extra=_body_doc(LoraFineTuneRequest),
+    responses=JOB_LIMIT_ERRORS,
+)
 def fine_tune_lora(
     body: Annotated[TrainingRequest, Depends(lora_request)],
     session: SessionDep,
