@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -19,10 +20,13 @@ from app.maintenance.kinds import RECOVERIES
 from app.models.job import Job, JobKind
 from app.models.registered_model import RegisteredModel
 from app.models.training import TrainingRun
+from app.models.webhook import WebhookEvent
 from app.training import storage
 from app.training.schemas import FineTuneRequest, LoraFineTuneRequest
 from app.training.service import RunOutcome, create_training_job, requeue_training, run_training, train_status
 from app.training.spec import Progress, StopReason, TrainingHooks, TrainingResult, TrainingSpec
+from app.webhooks.schemas import EndpointCreate
+from app.webhooks.service import create_endpoint
 from workers.training.trainer import train
 
 # Auth is off in these tests: every call acts as the default tenant's admin.
@@ -214,3 +218,21 @@ def test_the_loss_history_keeps_every_report_and_a_resumed_run_replaces_the_step
         status = train_status(session, job_id, ADMIN)
     assert [(p.step, p.loss) for p in status.loss_history] == [(1, 2.0), (2, 1.5), (3, 1.0), (4, 0.75)]
     assert status.loss_history[-1].epoch == 0.8 and status.loss == 0.75
+
+
+def test_progress_milestones_record_one_webhook_event_each_across_a_resume(settings: Settings, tiny_base: str) -> None:
+    hooks = settings.model_copy(update={"webhook_allowed_cidrs": ["127.0.0.1/32"]})
+    with session_scope() as session:
+        create_endpoint(session, EndpointCreate(url="http://127.0.0.1:9/hooks", all_jobs=True), hooks, ADMIN)
+    job_id = create(settings, request(tiny_base, f"ms-{uuid.uuid4().hex[:6]}", progress_milestones=[40, 80]))
+    assert run_training(session_scope, job_id, reporting({1: 2.0, 2: 1.5}, StopReason.SHUTDOWN), settings) is (
+        RunOutcome.INTERRUPTED
+    )
+    # Resumed from step 1: step 2 (40%) is reported again, then step 4 (80%).
+    assert run_training(session_scope, job_id, reporting({2: 1.4, 4: 1.0}, StopReason.SHUTDOWN), settings) is (
+        RunOutcome.INTERRUPTED
+    )
+    with session_scope() as session:
+        events = session.scalars(select(WebhookEvent).where(WebhookEvent.job_id == job_id)).all()
+        milestones = sorted(json.loads(e.body)["data"]["milestone"] for e in events if e.type == "job.progress")
+    assert milestones == [40, 80]

@@ -11,6 +11,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
 from pytest_httpserver import HTTPServer
 from sqlalchemy import select
@@ -304,3 +305,46 @@ def test_an_unregistered_url_gets_an_endpoint_and_rotation_signs_with_both(
     verified(request, first_secret)
     verified(request, second_secret)
     assert json.loads(request.get_data())["type"] == "job.cancelled"
+
+
+def fake_vectors(model: str, texts: list[str]) -> np.ndarray:
+    """One unit vector per text: the progress bookkeeping under test needs no model."""
+    return np.tile(np.eye(1, 8, dtype=np.float32), (len(texts), 1))
+
+
+def test_progress_milestones_send_one_signed_event_each_even_when_batches_are_redelivered(
+    clean_state, receiver: HTTPServer, settings
+) -> None:
+    url = receiver.url_for("/progress")
+    _, secret = register(url, settings)
+    receiver.expect_request("/progress").respond_with_data("", status=204)
+    payload = EmbeddingJobCreate(input=["a", "b", "c", "d"], webhook_url=url, progress_milestones=[75, 25, 50])
+    with session_scope() as session:
+        job, _ = jobs.create_embedding_job(session, payload, Settings(job_batch_size=1), ADMIN)
+
+    def progress_events() -> list[WebhookEvent]:
+        return [e for e in events_of(job.id) if e.type == "job.progress"]
+
+    jobs.run_embedding_batch(session_scope, job.id, 0, 1, fake_vectors)
+    assert len(progress_events()) == 1  # 25%
+    # A redelivered batch (its input already embedded) and a repeated progress update add no event.
+    jobs.run_embedding_batch(session_scope, job.id, 0, 1, fake_vectors)
+    with session_scope() as session:
+        jobs.on_job_progress(session, job.id, 25.0, [25, 50, 75])
+    assert len(progress_events()) == 1
+    for start in (1, 2, 3):
+        jobs.run_embedding_batch(session_scope, job.id, start, start + 1, fake_vectors)
+    assert sorted(e.type for e in events_of(job.id)) == ["job.progress"] * 3 + ["job.succeeded"]
+
+    for event in events_of(job.id):
+        assert [o.outcome for o in run_worker(job.id, event.id, settings)] == [Outcome.SUCCEEDED]
+    received = [verified(request, secret) for request in requests_to(receiver, "/progress")]
+    progress = sorted((p["data"]["milestone"], p["data"]["progress"]) for p in received if p["type"] == "job.progress")
+    assert progress == [(25, 25.0), (50, 50.0), (75, 75.0)]
+    assert [p["data"]["status"] for p in received if p["type"] == "job.succeeded"] == ["succeeded"]
+
+
+@pytest.mark.parametrize("milestones", [[0], [100], [50, 50], [], list(range(1, 12))])
+def test_bad_progress_milestones_are_refused(milestones: list[int]) -> None:
+    with pytest.raises(ValueError, match="progress_milestones"):
+        EmbeddingJobCreate(input=["a"], progress_milestones=milestones)

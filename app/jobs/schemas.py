@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr, field_validator
 
 from app.models.job import Job, JobKind, JobStatus
 from app.webhooks.schemas import WebhookUrl
@@ -19,6 +19,30 @@ MAX_OFFSET = 2**31 - 1
 class EncodingFormat(StrEnum):
     FLOAT = "float"
     BASE64 = "base64"
+
+
+MAX_PROGRESS_MILESTONES = 10
+
+
+def _distinct_ascending(milestones: list[int]) -> list[int]:
+    if len(set(milestones)) != len(milestones):
+        raise ValueError("progress_milestones has a percentage twice: list each once")
+    return sorted(milestones)
+
+
+ProgressMilestones = Annotated[
+    list[Annotated[int, Field(ge=1, le=99)]],
+    Field(
+        min_length=1,
+        max_length=MAX_PROGRESS_MILESTONES,
+        description=(
+            "percentages (1-99) at which to send a signed `job.progress` webhook event, once each, as progress "
+            "first reaches them; the end of the job has its own event"
+        ),
+        examples=[[25, 50, 75]],
+    ),
+    AfterValidator(_distinct_ascending),
+]
 
 
 class EmbeddingJobCreate(BaseModel):
@@ -33,6 +57,7 @@ class EmbeddingJobCreate(BaseModel):
     model: Annotated[str | None, Field(min_length=1, max_length=200)] = None
     webhook_url: WebhookUrl | None = None
     idempotency_key: Annotated[str | None, Field(min_length=1, max_length=255)] = None
+    progress_milestones: ProgressMilestones | None = None
 
     @field_validator("input")
     @classmethod

@@ -46,6 +46,8 @@ def check_model(name: str, settings: Settings, principal: Principal, session: Se
 
 def _request_hash(payload: EmbeddingJobCreate, model: str) -> str:
     body = {"input": payload.input, "model": model, "webhook_url": str(payload.webhook_url or "")}
+    if payload.progress_milestones:
+        body["progress_milestones"] = payload.progress_milestones
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
@@ -86,7 +88,10 @@ def create_embedding_job(
         kind=JobKind.EMBEDDINGS.value,
         status=JobStatus.QUEUED.value,
         model=model,
-        params={"batch_size": settings.job_batch_size},
+        params={
+            "batch_size": settings.job_batch_size,
+            **({"progress_milestones": payload.progress_milestones} if payload.progress_milestones else {}),
+        },
         total=len(payload.input),
         webhook_url=str(payload.webhook_url) if payload.webhook_url else None,
         idempotency_key=payload.idempotency_key,
@@ -155,6 +160,20 @@ def on_job_finished(session: Session, job_id: uuid.UUID, status: JobStatus) -> N
 
     log.info("job %s finished: %s", job_id, status.value)
     notify_job_finished(session, job_id, status, get_settings())
+
+
+def on_job_progress(session: Session, job_id: uuid.UUID, progress: float, milestones: list[int]) -> None:
+    """Queue the ``job.progress`` webhook events of the ``milestones`` (percentages) that ``progress`` reached.
+
+    Call it with the job's ``params["progress_milestones"]`` after every progress update, in the same
+    transaction; events already recorded are not recorded or sent again, so repeating a call is harmless.
+    """
+    from app.core.config import get_settings
+    from app.webhooks.service import notify_job_progress
+
+    reached = [m for m in milestones if progress >= m]
+    if reached:
+        notify_job_progress(session, job_id, reached, get_settings())
 
 
 def fail_job(session: Session, job_id: uuid.UUID, reason: str) -> bool:
@@ -257,6 +276,7 @@ def run_embedding_batch(
         if job is None:
             return BatchOutcome(0, 0, None)
         model = job.model
+        milestones: list[int] = list(job.params.get("progress_milestones") or [])
         pending = repo.pending_inputs(job_id, start, stop)
     if not pending:
         return BatchOutcome(0, 0, None)
@@ -275,6 +295,8 @@ def run_embedding_batch(
         written = repo.write_embeddings(job_id, idxs, vectors) if vectors is not None else 0
         failed = repo.fail_inputs(job_id, idxs, error) if error is not None else 0
         counts = repo.add_counts(job_id, done=written, failed=failed)
+        if milestones:
+            on_job_progress(session, job_id, 100.0 * (counts.done + counts.failed) / max(counts.total, 1), milestones)
         status = None
         if counts.finished:
             status = _finalize(repo, job_id, counts)

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from app.jobs.schemas import ProgressMilestones
 from app.models.job import JobStatus
 
 ALIAS_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -63,6 +64,7 @@ class FineTuneRequest(BaseModel):
     overwrite: bool = Field(default=False, description="replace an alias an earlier fine-tune registered")
     eval_share: float | None = Field(default=None, ge=0, lt=1, description="share of pairs held out for evaluation")
     seed: int = Field(default=42, ge=0, le=2**32 - 1)
+    progress_milestones: ProgressMilestones | None = None
 
     @field_validator("model_name")
     @classmethod

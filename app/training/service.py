@@ -27,7 +27,7 @@ from app.core.errors import ConflictError, EmbedqError, InvalidRequestError, Not
 from app.core.queues import TaskName
 from app.core.security import Principal
 from app.jobs.repository import JobRepository
-from app.jobs.service import check_model, on_job_finished
+from app.jobs.service import check_model, on_job_finished, on_job_progress
 from app.keys.service import admit_job
 from app.models.job import Job, JobKind, JobStatus
 from app.models.registered_model import RegisteredModel, RegisteredModelKind
@@ -120,8 +120,9 @@ def create_training_job(
     total_steps = planned_steps(train, payload.batch_size) * payload.epochs
     hyperparams = payload.model_dump(exclude={"text_content", "model_name", "base_model", "overwrite"})
     hyperparams["eval_pairs"] = held_out
-    if hyperparams.get("max_seq_length") is None:
-        hyperparams.pop("max_seq_length")
+    for optional in ("max_seq_length", "progress_milestones"):
+        if hyperparams.get(optional) is None:
+            hyperparams.pop(optional)
     admit_job(session, principal)
     job = Job(
         id=uuid.uuid4(),
@@ -287,6 +288,7 @@ class _DbHooks:
     def report(self, progress: Progress) -> None:
         loss = f", loss {progress.loss:.4f}" if progress.loss is not None else ""
         message = f"training: step {progress.step}/{progress.total_steps}, epoch {progress.epoch:.2f}{loss}"
+        percent = 100.0 * progress.step / max(progress.total_steps, 1)
         with self.scope() as session:
             repo = TrainingRepository(session)
             recorded = repo.record_progress(
@@ -299,15 +301,19 @@ class _DbHooks:
                     "seconds_per_step": progress.seconds_per_step,
                     "eta_seconds": progress.eta_seconds,
                 },
-                progress=100.0 * progress.step / max(progress.total_steps, 1),
+                progress=percent,
                 total=progress.total_steps,
                 message=message,
             )
-            if recorded and progress.loss is not None:
+            if not recorded:
+                return
+            params = repo.job_params(self.job_id)
+            if progress.loss is not None:
                 point = {"step": progress.step, "epoch": progress.epoch, "loss": progress.loss}
-                params = repo.job_params(self.job_id)
                 params[loss_history.HISTORY_KEY] = loss_history.with_point(loss_history.history_of(params), point)
                 repo.set_job_params(self.job_id, params)
+            milestones = list(params.get("progress_milestones") or [])
+            on_job_progress(session, self.job_id, percent, milestones)
 
     def evaluated(self, name: str, metrics: dict[str, float]) -> None:
         with self.scope() as session:

@@ -6,6 +6,7 @@ import uuid
 from datetime import timedelta
 
 from sqlalchemy import case, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from app.core.security import Principal, visible_to
@@ -91,6 +92,22 @@ class WebhookRepository:
         self.session.add(event)
         self.session.flush()
         return event
+
+    def add_event_once(self, event: WebhookEvent) -> bool:
+        """Insert ``event`` unless one with its id exists; True if it was inserted."""
+        inserted = self.session.scalar(
+            pg_insert(WebhookEvent)
+            .values(
+                id=event.id,
+                job_id=event.job_id,
+                endpoint_id=event.endpoint_id,
+                type=event.type,
+                body=event.body,
+            )
+            .on_conflict_do_nothing(index_elements=[WebhookEvent.id])
+            .returning(WebhookEvent.id)
+        )
+        return inserted is not None
 
     def events_of_job(self, job_id: uuid.UUID) -> list[WebhookEvent]:
         return list(

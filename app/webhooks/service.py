@@ -1,4 +1,7 @@
-"""Webhook endpoints (create, rotate, enable), the events a finished job owes them, and the delivery log.
+"""Webhook endpoints (create, rotate, enable), the events a job owes them, and the delivery log.
+
+A job owes an event when it finishes (``job.succeeded``, ``job.failed``, ``job.cancelled``) and, if it
+asked with ``progress_milestones``, a ``job.progress`` event as its progress first reaches each milestone.
 
 How a job finds its endpoints: a job's ``webhook_url`` is matched to the endpoint registered with the
 same URL (``POST /webhook-endpoints``, which returns the signing secret once). A URL nobody registered
@@ -39,6 +42,8 @@ from app.webhooks.signing import new_secret
 from app.webhooks.ssrf import check_url
 
 log = logging.getLogger(__name__)
+
+PROGRESS_EVENT = "job.progress"
 
 
 def create_endpoint(
@@ -108,11 +113,27 @@ def delete_endpoint(session: Session, endpoint_id: uuid.UUID, principal: Princip
 
 def event_body(job: Job, status: JobStatus, settings: Settings) -> str:
     """Return the JSON event for a job that reached ``status``: its state and links, never its vectors."""
+    return _event(f"job.{status.value}", _job_data(job, status, settings))
+
+
+def progress_event_body(job: Job, milestone: int, settings: Settings) -> str:
+    """Return the ``job.progress`` event for a job whose progress reached ``milestone`` percent."""
+    data = _job_data(job, JobStatus(job.status), settings)
+    data["milestone"] = milestone
+    return _event(PROGRESS_EVENT, data)
+
+
+def _event(event_type: str, data: dict[str, Any]) -> str:
+    event = {"type": event_type, "timestamp": datetime.now(UTC).isoformat(), "data": data}
+    return json.dumps(event, separators=(",", ":"))
+
+
+def _job_data(job: Job, status: JobStatus, settings: Settings) -> dict[str, Any]:
     base = (settings.public_url or "").rstrip("/")
     links = {"self": f"{base}/jobs/{job.id}", "webhook_deliveries": f"{base}/jobs/{job.id}/webhook-deliveries"}
     if job.kind == "embeddings":
         links["results"] = f"{base}/jobs/{job.id}/results"
-    data: dict[str, Any] = {
+    return {
         "id": str(job.id),
         "kind": job.kind,
         "status": status.value,
@@ -126,8 +147,6 @@ def event_body(job: Job, status: JobStatus, settings: Settings) -> str:
         "finished_at": _iso(job.finished_at),
         "links": links,
     }
-    event = {"type": f"job.{status.value}", "timestamp": datetime.now(UTC).isoformat(), "data": data}
-    return json.dumps(event, separators=(",", ":"))
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -174,6 +193,36 @@ def notify_job_finished(session: Session, job_id: uuid.UUID, status: JobStatus, 
             event.last_error = f"endpoint disabled: {endpoint.disabled_reason}"
             repo.add_event(event)
     return len(endpoints)
+
+
+def notify_job_progress(session: Session, job_id: uuid.UUID, reached: list[int], settings: Settings) -> int:
+    """Record a ``job.progress`` event per milestone in ``reached`` for each enabled endpoint; return how many new.
+
+    Called with every milestone reached so far, after every progress update: each event's id is derived from
+    (job, endpoint, milestone), so a redelivered batch or a repeated report records and queues nothing twice.
+    """
+    if not reached:
+        return 0
+    repo = WebhookRepository(session)
+    job = repo.job(job_id)
+    if job is None:
+        return 0
+    added = 0
+    for endpoint in _endpoints_for(repo, job):
+        if not endpoint.enabled:
+            continue
+        for milestone in reached:
+            event = WebhookEvent(
+                id=uuid.uuid5(job.id, f"{PROGRESS_EVENT}:{milestone}:{endpoint.id}"),
+                job_id=job.id,
+                endpoint_id=endpoint.id,
+                type=PROGRESS_EVENT,
+                body=progress_event_body(job, milestone, settings),
+            )
+            if repo.add_event_once(event):
+                enqueue(session, TaskName.WEBHOOK_DELIVER, str(job.id), str(event.id), 0)
+                added += 1
+    return added
 
 
 def _require_job(repo: WebhookRepository, job_id: uuid.UUID, principal: Principal) -> Job:
