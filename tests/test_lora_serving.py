@@ -19,6 +19,7 @@ from transformers import AutoModel
 
 from app.catalog.resolver import resolve_model
 from app.core.config import get_settings
+from app.training import storage
 from workers.runtime import registry
 from workers.runtime.adapters import ModelView, write_pointer
 from workers.runtime.encoder import Encoder
@@ -118,3 +119,20 @@ def test_an_unloaded_adapter_is_detached_from_the_base(models_dir: Path) -> None
     np.testing.assert_allclose(
         registry.get_encoder("lora-a").encode(TEXTS), merged_reference(models_dir, models_dir / "lora-a"), atol=1e-5
     )
+
+
+def test_an_overwritten_adapter_is_reattached_and_the_old_one_detached(models_dir: Path) -> None:
+    old = registry.get_encoder("lora-a")
+    before = old.encode(TEXTS)
+    shared = old.model.base
+    # A fine-tune with overwrite=true: the new adapter folder is renamed into place.
+    make_adapter(models_dir, "staging", seed=3)
+    storage.publish(models_dir / "staging", models_dir / "lora-a", models_dir / ".replaced")
+    del old
+
+    new = registry.get_encoder("lora-a")
+    gc.collect()
+    after = new.encode(TEXTS)
+    assert new.model.base is shared and len(shared.adapters()) == 1
+    assert not np.allclose(before, after, atol=1e-3)
+    np.testing.assert_allclose(after, merged_reference(models_dir, models_dir / "lora-a"), atol=1e-5)

@@ -17,6 +17,7 @@ adapter into a private copy of the base instead, as fast as the base itself.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import json
 import logging
@@ -87,12 +88,16 @@ class SharedBase:
         self._adapters: set[str] = set()
         self._selected: str | None = None
         self._names = itertools.count(1)
+        # Adapters whose view is gone, detached at the next use under the lock: a view may be collected in
+        # any thread, even one inside ``run``, where taking the lock again would deadlock.
+        self._retired: collections.deque[str] = collections.deque()
 
     def attach(self, adapter_dir: Path) -> str:
         """Load the adapter in ``adapter_dir`` over the base; return the name a view selects it by."""
         # A name of our own: aliases may hold '.', which module names may not.
         name = f"embedq_{next(self._names)}"
         with self._lock, warnings.catch_warnings():
+            self._detach_retired()
             # peft warns that a model holding an adapter gets another: holding several is the point here.
             warnings.filterwarnings("ignore", message=".*multiple adapters", category=UserWarning)
             self.model.load_adapter(str(adapter_dir), adapter_name=name, hotswap=False)
@@ -100,28 +105,35 @@ class SharedBase:
             self._select(None, force=True)
         return name
 
-    def detach(self, name: str) -> None:
-        """Remove an adapter (its view is gone); the base and the other adapters stay."""
-        with self._lock, warnings.catch_warnings():
-            if name not in self._adapters:
-                return
-            # peft warns when the adapter it deletes was the active one, and activates another.
-            warnings.filterwarnings("ignore", message=".*now deleted", category=UserWarning)
-            self.model.delete_adapter(name)
-            self._adapters.discard(name)
-            self._select(None, force=True)
-        logger.info("detached LoRA adapter %s", name)
+    def retire(self, name: str) -> None:
+        """Mark an adapter for removal (its view is gone); it is detached at the base's next use."""
+        self._retired.append(name)
 
     def adapters(self) -> list[str]:
         """Return the names of the attached adapters."""
         with self._lock:
+            self._detach_retired()
             return sorted(self._adapters)
 
     def run(self, adapter: str | None, inputs: dict[str, torch.Tensor]) -> Any:
         """Return the base's output for ``inputs`` with ``adapter`` (None: no adapter) in effect."""
         with self._lock:
+            self._detach_retired()
             self._select(adapter)
             return self.model(**inputs)
+
+    def _detach_retired(self) -> None:
+        while self._retired:
+            name = self._retired.popleft()
+            if name not in self._adapters:
+                continue
+            with warnings.catch_warnings():
+                # peft warns when the adapter it deletes was the active one, and activates another.
+                warnings.filterwarnings("ignore", message=".*now deleted", category=UserWarning)
+                self.model.delete_adapter(name)
+            self._adapters.discard(name)
+            self._select(None, force=True)
+            logger.info("detached LoRA adapter %s", name)
 
     def _select(self, adapter: str | None, *, force: bool = False) -> None:
         if not self._adapters or (adapter == self._selected and not force):
@@ -139,7 +151,7 @@ class ModelView:
     """The model an Encoder calls: a shared base, run with this view's adapter (or none) selected.
 
     Quacks like the Hugging Face model where an Encoder uses it (call, ``config``, ``to``, ``eval``). The
-    adapter is detached from the base when the view is garbage-collected, i.e. once its Encoder was unloaded
+    adapter is detached from the base once the view is garbage-collected, i.e. once its Encoder was unloaded
     and no request still holds it.
     """
 
@@ -148,7 +160,7 @@ class ModelView:
         self.adapter = adapter
         self.config: PretrainedConfig = base.model.config
         if adapter is not None:
-            weakref.finalize(self, base.detach, adapter)
+            weakref.finalize(self, base.retire, adapter)
 
     def __call__(self, **inputs: torch.Tensor) -> Any:
         return self.base.run(self.adapter, inputs)
