@@ -393,3 +393,16 @@ def test_an_unknown_job_id_and_another_tenants_look_the_same(acme: Caller, globe
     nobody = globex.get(f"/jobs/{uuid.uuid4()}")
     assert theirs.status_code == nobody.status_code == 404
     assert theirs.json()["code"] == nobody.json()["code"] == "not_found"
+
+
+def test_the_rpm_window_is_one_minute_shared_through_redis(session_services, redis_client) -> None:
+    from app.keys.rate_limit import hit_rate_limit
+
+    url = get_settings().redis_url
+    assert url is not None
+    key = f"window-{uuid.uuid4().hex}"
+    assert hit_rate_limit(url, key, 2, now=6000.0) is None
+    assert hit_rate_limit(url, key, 2, now=6030.2) is None
+    assert hit_rate_limit(url, key, 2, now=6059.5) == 1  # the minute [6000, 6060) is used up
+    assert hit_rate_limit(url, key, 2, now=6060.0) is None  # a new window
+    assert 0 < redis_client.ttl(f"embedq:rpm:{key}:101") <= 61
