@@ -1,19 +1,23 @@
-"""End to end: a fine-tune that overwrites an alias is served at once by a worker that had the old one loaded.
+"""End to end: a fine-tune that overwrites an alias is served at once by every worker that had the old one.
 
-The session's worker (a real Celery process) embeds with the alias, so its registry holds the first
-model; a second fine-tune with ``overwrite`` renames a new folder into place; the very next requests, by
-job and by /v1/embeddings, must use the new weights, with no restart and no message to the worker.
+Two real Celery worker processes hold the first model: the session's worker embeds the jobs, and this
+module's own thread-pool worker answers /v1/embeddings (the session's worker stops consuming the sync
+queue meanwhile). A second fine-tune with ``overwrite`` renames a new folder into place; the very next
+requests to both must use the new weights, with no restart and no message to either worker.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+from celery import Celery
+from support.processes import ManagedProcess, start_worker
 from support.tiny_models import make_tiny_bert
 
 from app.catalog.resolver import resolve_model
@@ -24,6 +28,21 @@ pytestmark = pytest.mark.e2e
 
 TEXTS = ["a red cat in the house", "music by the river", "the blue machine"]
 NOUNS = "cat dog house river mountain city music book water food language machine".split()
+
+
+@pytest.fixture
+def sync_worker(service_env: dict[str, str], worker: ManagedProcess) -> Iterator[ManagedProcess]:
+    """Yield a second worker process that alone answers /v1/embeddings while the test runs."""
+    queue = get_settings().sync_queue
+    control = Celery("embedq-tests", broker=service_env["EMBEDQ_REDIS_URL"])
+    control.control.cancel_consumer(queue, destination=[worker.nodename], reply=True)
+    second = start_worker(service_env, queues=(queue,), concurrency=2, pool="threads")
+    try:
+        yield second
+    finally:
+        second.stop(timeout=60)
+        control.control.add_consumer(queue, destination=[worker.nodename], reply=True)
+        control.close()
 
 
 def pairs(n: int) -> str:
@@ -60,8 +79,8 @@ def embed_sync(client: httpx.Client, model: str) -> np.ndarray:
     return np.asarray([d["embedding"] for d in answer.json()["data"]], np.float32)
 
 
-def test_an_overwritten_alias_is_served_with_its_new_weights_by_a_worker_that_had_the_old(
-    api, worker, clean_state, service_env
+def test_an_overwritten_alias_is_served_with_its_new_weights_by_every_worker_that_had_the_old(
+    api, worker, sync_worker, clean_state, service_env
 ) -> None:
     base = f"ow-base-{uuid.uuid4().hex[:6]}"
     alias = f"ow-alias-{uuid.uuid4().hex[:6]}"
@@ -77,4 +96,5 @@ def test_an_overwritten_alias_is_served_with_its_new_weights_by_a_worker_that_ha
         np.testing.assert_allclose(embed_by_job(client, alias), new_weights, atol=1e-5)
         np.testing.assert_allclose(embed_sync(client, alias), new_weights, atol=1e-5)
         np.testing.assert_allclose(first_sync, first_by_job, atol=1e-5)
-    assert "its folder changed" in worker.log_text()
+    for process in (worker, sync_worker):
+        assert f"unloaded model {alias} its folder changed" in process.log_text(), process.name
