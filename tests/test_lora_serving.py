@@ -136,3 +136,18 @@ def test_an_overwritten_adapter_is_reattached_and_the_old_one_detached(models_di
     assert new.model.base is shared and len(shared.adapters()) == 1
     assert not np.allclose(before, after, atol=1e-3)
     np.testing.assert_allclose(after, merged_reference(models_dir, models_dir / "lora-a"), atol=1e-5)
+
+
+def test_an_adapter_is_reloaded_over_its_base_when_the_base_is_overwritten(models_dir: Path) -> None:
+    old = registry.get_encoder("lora-a")
+    before = old.encode(TEXTS)
+    # A full fine-tune with overwrite=true replaces the base folder the adapter points at.
+    make_tiny_bert(models_dir / "staging", seed=5)
+    storage.publish(models_dir / "staging", models_dir / BASE, models_dir / ".replaced")
+
+    new = registry.get_encoder("lora-a")
+    assert new is not old and new.model.base is not old.model.base
+    after = new.encode(TEXTS)
+    assert not np.allclose(before, after, atol=1e-3)
+    np.testing.assert_allclose(after, merged_reference(models_dir, models_dir / "lora-a"), atol=1e-5)
+    assert registry.get_encoder("lora-a") is new

@@ -55,6 +55,22 @@ def base_model_of(folder: Path | None) -> str | None:
     return str(pointer["base_model"])
 
 
+def served_revision(model: ResolvedModel) -> str | None:
+    """Return the revision of what serving ``model`` reads: its folder's, and for a LoRA folder its base's too.
+
+    A LoRA alias over a fine-tuned full alias must be reloaded when that base is overwritten, though its own
+    folder did not change.
+    """
+    base_name = base_model_of(model.path) if model.revision is not None else None
+    if base_name is None:
+        return model.revision
+    try:
+        base = resolve_model(base_name, get_settings())
+    except (LookupError, ValueError):
+        return model.revision  # loading says what is wrong with the base
+    return f"{model.revision}+{base.revision}"
+
+
 def load_transformer(
     model_dir: Path, transformer_dir: Path, dtype: torch.dtype, device: torch.device, *, shared: bool = True
 ) -> PreTrainedModel | ModelView:

@@ -1,8 +1,8 @@
 """The models this worker process keeps loaded: a small LRU of Encoders, filled on first use.
 
 A resident model whose EMBEDQ_MODELS_DIR folder changed since it was loaded (a fine-tune overwrote its
-alias: ``ResolvedModel.revision``) is dropped and loaded again on its next use, in every worker process,
-since each one checks on use.
+alias: ``ResolvedModel.revision``), or a LoRA alias whose base folder changed, is dropped and loaded again
+on its next use, in every worker process, since each one checks on use.
 
 Each load and unload is recorded in Redis (``app.catalog.loads``) for ``GET /v1/models``; a record that cannot
 be written is logged and skipped, never a reason to fail a load.
@@ -22,6 +22,7 @@ import torch
 from app.catalog.loads import LOAD_RECORD_TTL_S, ModelLoad, load_settings, record_load, record_unload, this_worker
 from app.catalog.resolver import ResolvedModel, resolve_model
 from app.core.config import get_settings
+from workers.runtime.adapters import served_revision
 from workers.runtime.device import pick_device
 from workers.runtime.encoder import Encoder
 
@@ -41,10 +42,11 @@ def get_encoder(name: str) -> Encoder:
     settings = get_settings()
     resolved = resolve_model(name, settings)
     # Loading under the lock is deliberate: two threads asking for one model must not load it twice.
+    revision = served_revision(resolved)
     with _lock:
         encoder = _resident.get(resolved)
-        if encoder is not None and _revisions.get(resolved) != resolved.revision:
-            _unload(resolved, reason=f"its folder changed (revision {_revisions.get(resolved)} -> {resolved.revision})")
+        if encoder is not None and _revisions.get(resolved) != revision:
+            _unload(resolved, reason=f"its folder changed (revision {_revisions.get(resolved)} -> {revision})")
             encoder = None
         if encoder is not None:
             _resident.move_to_end(resolved)
@@ -62,7 +64,7 @@ def get_encoder(name: str) -> Encoder:
             max_seq_length=settings.max_seq_length,
         )
         _resident[resolved] = encoder
-        _revisions[resolved] = resolved.revision
+        _revisions[resolved] = revision
         _records[resolved] = _load_of(resolved, encoder)
         _write_record(resolved)
         logger.info(
