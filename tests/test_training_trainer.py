@@ -1,4 +1,4 @@
-"""The worker's trainer on a tiny real BERT: batches without duplicates, exact resume, LoRA folders served merged."""
+"""The worker's trainer on a tiny real BERT: batches without duplicates, exact resume, LoRA folders served."""
 
 from __future__ import annotations
 
@@ -150,7 +150,7 @@ def test_cancel_stops_without_a_model(tmp_path: Path, tiny_base) -> None:
     assert not spec.output_dir.exists()
 
 
-def test_lora_folder_points_at_its_base_by_name_and_serves_merged(tmp_path: Path, tiny_base) -> None:
+def test_lora_folder_points_at_its_base_by_name_and_serves_like_peft(tmp_path: Path, tiny_base) -> None:
     spec = make_spec(tmp_path, tiny_base, "lora", learning_rate=5e-2)
     result = train(spec, RecordingHooks())
     assert result.stopped is None and result.dimension == 32
