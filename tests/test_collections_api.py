@@ -170,3 +170,20 @@ def test_reembed_is_a_job_and_excludes_other_jobs_on_the_collection(client: Test
     assert upload.status_code == 409 and "being re-embedded" in upload.json()["detail"]
     versions = client.get("/collections/docs").json()["versions"]
     assert [(v["number"], v["status"]) for v in versions] == [(1, "active"), (2, "building")]
+
+
+def test_upload_notification_parameters_are_validated_and_kept(client: TestClient) -> None:
+    create(client)
+    body = b'{"id": "a", "text": "some text"}\n'
+    headers = {"Content-Type": "application/x-ndjson"}
+    late = client.post("/collections/docs/documents?progress_milestones=150", content=body, headers=headers)
+    assert late.status_code == 422 and late.json()["detail"][0]["loc"][:2] == ["query", "progress_milestones"]
+    private = client.post("/collections/docs/documents?webhook_url=http://10.0.0.1/hook", content=body, headers=headers)
+    assert private.status_code == 422 and "10.0.0.1" in private.text
+    assert client.get("/collections/docs").json()["counts"]["documents"] == 0  # refused before reading anything
+    kept = client.post(
+        "/collections/docs/documents?webhook_url=http://127.0.0.1:9/h&progress_milestones=50&progress_milestones=25",
+        content=body,
+        headers=headers,
+    )
+    assert kept.status_code == 202 and kept.json()["webhook_url"] == "http://127.0.0.1:9/h"

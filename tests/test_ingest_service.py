@@ -20,7 +20,7 @@ from support.tiny_models import make_tiny_bert
 
 from app.collections import ingestion, service
 from app.collections.repository import ChunkRow, CollectionRepository, Vectors, vector_table
-from app.collections.schemas import ChunkingSpec, CollectionCreate, ReembedRequest, SearchRequest
+from app.collections.schemas import ChunkingSpec, CollectionCreate, JobNotifications, ReembedRequest, SearchRequest
 from app.collections.uploads import UploadOptions, UploadReader
 from app.core.config import get_settings
 from app.core.errors import ConflictError, InvalidRequestError
@@ -28,6 +28,7 @@ from app.core.security import Principal
 from app.jobs.schemas import JobOut
 from app.models.collection import Chunk, Document, IngestBatch
 from app.models.job import Job
+from app.models.webhook import WebhookEvent
 from workers.chunking import load_model
 
 # Auth is off in these tests: every call acts as the default tenant's admin.
@@ -82,9 +83,10 @@ def upload(
     name: str = "docs",
     content_type: str = "application/x-ndjson",
     piece: int = 97,
+    notifications: JobNotifications | None = None,
 ) -> Job:
     reader = UploadReader(content_type, UploadOptions())
-    writer = service.UploadWriter(session, name, settings, {"format": None}, ADMIN)
+    writer = service.UploadWriter(session, name, settings, {"format": None}, ADMIN, notifications)
     writer.open()
     pieces = [reader.feed(body[start : start + piece]) for start in range(0, len(body), piece)]
     for item in [item for items in pieces for item in items] + reader.close():
@@ -348,3 +350,30 @@ def test_the_reaper_requeues_pending_batches_and_closes_a_dead_upload(db_session
     assert stalled.input_complete and stalled.params["upload_error"].startswith("the upload stopped arriving")
     stalled = drain(db_session, scope, settings, stalled.id)
     assert stalled.status == "failed" and "stopped arriving" in stalled.error and stalled.done == 2
+
+
+def test_ingest_and_reembed_jobs_send_progress_milestones_and_their_end_once(
+    db_session: Session, scope, settings
+) -> None:
+    make_collection(db_session, settings)
+    hook = JobNotifications(webhook_url="http://127.0.0.1:9/ingest-hook", progress_milestones=[25, 50, 75])
+    job = upload(db_session, settings, jsonl(corpus(30)), notifications=hook)
+    assert job.webhook_url == "http://127.0.0.1:9/ingest-hook"
+    # 4 batches of 8, 8, 8, 6 documents: 25% and 50% fall due with the 2nd batch, 75% with the 3rd.
+    ingestion.run_ingest_batch(scope, job.id, 0, load_model, settings)
+    ingestion.run_ingest_batch(scope, job.id, 1, load_model, settings)
+
+    def events(job_id) -> list[tuple[str, int | None]]:
+        rows = db_session.scalars(select(WebhookEvent).where(WebhookEvent.job_id == job_id)).all()
+        return sorted((e.type, json.loads(e.body)["data"].get("milestone")) for e in rows)
+
+    assert events(job.id) == [("job.progress", 25), ("job.progress", 50)]
+    ingestion.run_ingest_batch(scope, job.id, 1, load_model, settings)  # redelivered: nothing new
+    assert events(job.id) == [("job.progress", 25), ("job.progress", 50)]
+    assert drain(db_session, scope, settings, job.id).status == "succeeded"
+    assert events(job.id) == [("job.progress", 25), ("job.progress", 50), ("job.progress", 75), ("job.succeeded", None)]
+
+    request = ReembedRequest(model=OTHER_MODEL, webhook_url="http://127.0.0.1:9/reembed-hook", progress_milestones=[50])
+    reembed = drain(db_session, scope, settings, service.start_reembed(db_session, "docs", request, settings, ADMIN).id)
+    assert reembed.status == "succeeded"
+    assert events(reembed.id) == [("job.progress", 50), ("job.succeeded", None)]

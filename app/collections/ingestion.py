@@ -20,11 +20,11 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from app.catalog.resolver import InvalidModelNameError, UnknownModelError
-from app.collections.repository import ChunkRow, CollectionRepository, PendingDocument, Vectors
+from app.collections.repository import ChunkRow, CollectionRepository, JobCounters, PendingDocument, Vectors
 from app.core.config import Settings
 from app.core.db import enqueue
 from app.core.queues import TaskName
-from app.jobs.service import on_job_finished
+from app.jobs.service import on_job_finished, on_job_progress
 from app.models.collection import CollectionVersion, IndexStatus, VersionStatus
 from app.models.job import Job, JobKind, JobStatus
 
@@ -149,13 +149,14 @@ def run_ingest_batch(scope: Scope, job_id: uuid.UUID, seq: int, load: LoadModel,
         _record_failures(repo, job_id, failures, settings)
         chunks_written = sum(written.values())
         chunks_failed = sum(len(p) for d, p in zip(pending, pieces, strict=False) if d.id in failures)
-        repo.add_job_counts(
+        counts = repo.add_job_counts(
             job_id,
             done=len(work.document_ids) - len(failures),
             failed=len(failures),
             chunks_total=chunks_written + chunks_failed,
             chunks_done=chunks_written,
         )
+        report_progress(session, job_id, counts)
         status = settle(session, job_id, settings)
     return BatchOutcome(len(written), chunks_written, len(failures), status)
 
@@ -234,15 +235,27 @@ def run_reembed_batch(scope: Scope, job_id: uuid.UUID, seq: int, load: LoadModel
             errors = [(names.get(i), None, error) for i in work.document_ids]
             repo.add_errors(job_id, errors, settings.ingest_errors_in_view)
         failed = 0 if error is None else len(work.document_ids)
-        repo.add_job_counts(
+        counts = repo.add_job_counts(
             job_id,
             done=len(work.document_ids) - failed,
             failed=failed,
             chunks_total=len(chunks),
             chunks_done=written,
         )
+        report_progress(session, job_id, counts)
         status = settle(session, job_id, settings)
     return BatchOutcome(len(work.document_ids) - failed, written, failed, status)
+
+
+def report_progress(session: Session, job_id: uuid.UUID, counts: JobCounters) -> None:
+    """Send the job's ``job.progress`` milestones its documents reached, once the upload is complete.
+
+    While an upload still streams its total grows, so a percentage of it would mean nothing yet.
+    """
+    job = session.get(Job, job_id)
+    milestones = list(job.params.get("progress_milestones") or []) if job is not None else []
+    if milestones and counts.input_complete:
+        on_job_progress(session, job_id, 100.0 * (counts.done + counts.failed) / max(counts.total, 1), milestones)
 
 
 def _ensure_vector_table(repo: CollectionRepository, version_id: int, model: str, dimension: int) -> str | None:

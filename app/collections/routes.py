@@ -6,7 +6,9 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
+from pydantic import ValidationError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
@@ -17,6 +19,7 @@ from app.collections.schemas import (
     CollectionList,
     CollectionOut,
     IngestErrorList,
+    JobNotifications,
     ReembedRequest,
     SearchRequest,
     SearchResponse,
@@ -101,6 +104,13 @@ async def upload_documents(
     id_field: Annotated[str, Query(min_length=1, max_length=200)] = "id",
     text_field: Annotated[str, Query(min_length=1, max_length=200)] = "text",
     document_id: Annotated[str | None, Query(min_length=1, max_length=512)] = None,
+    webhook_url: Annotated[
+        str | None, Query(max_length=2048, description="POSTed a signed event when the job ends")
+    ] = None,
+    progress_milestones: Annotated[
+        list[int] | None,
+        Query(description="percentages (1-99, repeat the parameter) at which to send a `job.progress` event"),
+    ] = None,
 ) -> JobOut:
     """Stream documents in and return the ingest job (202); workers start before the upload ends.
 
@@ -114,9 +124,10 @@ async def upload_documents(
         document_id=document_id,
         max_line_bytes=settings.ingest_max_line_bytes,
     )
+    notifications = _notifications(webhook_url, progress_milestones)
     reader = UploadReader(request.headers.get("content-type"), options)
     source = {"format": format.value if format else None, "content_type": request.headers.get("content-type")}
-    writer = service.UploadWriter(session, name, settings, source, principal)
+    writer = service.UploadWriter(session, name, settings, source, principal, notifications)
     await run_in_threadpool(writer.open)
     received = 0
     try:
@@ -201,3 +212,12 @@ def ingest_job_errors(
 ) -> IngestErrorList:
     """Return an ingest or reembed job's error file: which document failed and why, in upload order."""
     return service.ingest_errors(session, job_id, principal, after=after, limit=limit)
+
+
+def _notifications(webhook_url: str | None, milestones: list[int] | None) -> JobNotifications:
+    """Validate the upload's notification query parameters as the JSON routes validate theirs (422)."""
+    try:
+        return JobNotifications(webhook_url=webhook_url, progress_milestones=milestones)
+    except ValidationError as exc:
+        errors = [{**e, "loc": ("query", *e["loc"])} for e in exc.errors(include_url=False, include_context=False)]
+        raise RequestValidationError(errors) from exc

@@ -8,6 +8,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, model_validator
 
+from app.jobs.schemas import ProgressMilestones
+from app.webhooks.schemas import WebhookUrl
+
 COLLECTION_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 CollectionName = Annotated[str, Field(pattern=COLLECTION_NAME, description="letters, digits, '.', '_', '-'")]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
@@ -156,9 +159,20 @@ class SearchResponse(BaseModel):
     data: list[SearchHit]
 
 
-class ReembedRequest(BaseModel):
+class JobNotifications(BaseModel):
+    """Who hears of an ingest or reembed job: its webhook URL and the progress milestones to report."""
+
     model_config = ConfigDict(extra="forbid")
 
+    webhook_url: WebhookUrl | None = None
+    progress_milestones: ProgressMilestones | None = None
+
+    def params(self) -> dict[str, Any]:
+        """The job params these notifications add."""
+        return {"progress_milestones": self.progress_milestones} if self.progress_milestones else {}
+
+
+class ReembedRequest(JobNotifications):
     model: Annotated[str, Field(min_length=1, max_length=200)]
 
 

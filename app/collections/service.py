@@ -22,7 +22,7 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from app.catalog.resolver import resolve_model
-from app.collections.ingestion import Scope, cancel_jobs, settle
+from app.collections.ingestion import Scope, cancel_jobs, report_progress, settle
 from app.collections.model_info import model_dimension
 from app.collections.repository import CollectionRepository, DocumentInput, sparse_weights
 from app.collections.schemas import (
@@ -35,6 +35,7 @@ from app.collections.schemas import (
     HybridWeights,
     IngestErrorList,
     IngestErrorOut,
+    JobNotifications,
     ReembedRequest,
     SearchHit,
     SearchRequest,
@@ -201,9 +202,16 @@ class UploadWriter:
     """
 
     def __init__(
-        self, session: Session, name: str, settings: Settings, source: dict[str, Any], principal: Principal
+        self,
+        session: Session,
+        name: str,
+        settings: Settings,
+        source: dict[str, Any],
+        principal: Principal,
+        notifications: JobNotifications | None = None,
     ) -> None:
         self.session = session
+        self.notifications = notifications or JobNotifications()
         self.principal = principal
         self.repo = CollectionRepository(session)
         self.name = name
@@ -306,6 +314,8 @@ class UploadWriter:
         assert self.job_id is not None
         self._lock_open_job()
         self.repo.close_input(self.job_id, reason)
+        # Milestones count once the total is known: the batches done while the body streamed may have passed some.
+        report_progress(self.session, self.job_id, self.repo.add_job_counts(self.job_id))
         settle(self.session, self.job_id, self.settings)
         self.session.commit()
         job = self.session.get(Job, self.job_id)
@@ -325,7 +335,14 @@ class UploadWriter:
             kind=JobKind.INGEST.value,
             status=JobStatus.RUNNING.value,
             model=version.model,
-            params={"collection": self.name, "collection_id": collection.id, "version_id": version.id, **self.source},
+            params={
+                "collection": self.name,
+                "collection_id": collection.id,
+                "version_id": version.id,
+                **self.source,
+                **self.notifications.params(),
+            },
+            webhook_url=str(self.notifications.webhook_url) if self.notifications.webhook_url else None,
             total=0,
             input_complete=False,
             started_at=datetime.now(UTC),
@@ -393,7 +410,8 @@ def start_reembed(
         kind=JobKind.REEMBED.value,
         status=JobStatus.RUNNING.value,
         model=model,
-        params={"collection": name, "collection_id": collection.id, "version_id": version.id},
+        params={"collection": name, "collection_id": collection.id, "version_id": version.id, **payload.params()},
+        webhook_url=str(payload.webhook_url) if payload.webhook_url else None,
         total=0,
         input_complete=True,
         started_at=datetime.now(UTC),
