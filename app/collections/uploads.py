@@ -93,17 +93,26 @@ class RejectedLine:
 Item = ParsedDocument | RejectedLine
 
 
+def shown(text: str) -> str:
+    """Return ``text`` fit for an error message stored in Postgres: NUL and lone surrogates escaped."""
+    return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def shown_id(document_id: str | None) -> str | None:
+    """Return a rejected document's id as stored with its error: at most MAX_ID_CHARS, no NUL."""
+    return shown(document_id[:MAX_ID_CHARS]) if document_id else document_id
+
+
 def check_document(external_id: Any, text: Any, metadata: Any, line: int, where: str) -> Item:
     """Return the document, or a rejection saying what is wrong with it and how to fix it."""
     if isinstance(external_id, int) and not isinstance(external_id, bool):
         external_id = str(external_id)
-    shown = external_id if isinstance(external_id, str) else None
+    document_id = external_id if isinstance(external_id, str) else None
     problem = None
     if not isinstance(external_id, str) or not external_id.strip():
         problem = 'has no "id" (a non-empty string or integer)'
     elif len(external_id) > MAX_ID_CHARS or "\x00" in external_id:
         problem = f"has an id longer than {MAX_ID_CHARS} characters or with a NUL character"
-        shown = external_id[:MAX_ID_CHARS]
     elif not isinstance(text, str):
         problem = 'has no "text" string'
     elif not text.strip():
@@ -114,9 +123,20 @@ def check_document(external_id: Any, text: Any, metadata: Any, line: int, where:
         problem = '"metadata" is not a JSON object'
     elif "\\u0000" in json.dumps(metadata):
         problem = "has a NUL character (\\u0000) in its metadata"
+    elif not _valid_unicode(external_id, text, json.dumps(metadata, ensure_ascii=False)):
+        problem = "has a lone surrogate (\\ud800-\\udfff) in its id, text or metadata: send valid Unicode"
     if problem is not None:
-        return RejectedLine(line, shown, f"{where} {problem}")
+        return RejectedLine(line, shown_id(document_id), f"{where} {problem}")
     return ParsedDocument(external_id, text, metadata, line)
+
+
+def _valid_unicode(*texts: str) -> bool:
+    try:
+        for text in texts:
+            text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class _Parser(Protocol):
@@ -414,10 +434,11 @@ class _TextParser:
         document_id = self.name
         where = f"{self.label}the text document"
         if self.too_big:
-            return [RejectedLine(1, document_id, f"{where} is larger than {self.options.max_line_bytes} bytes")]
+            too_big = f"{where} is larger than {self.options.max_line_bytes} bytes"
+            return [RejectedLine(1, shown_id(document_id), too_big)]
         text = _decode(bytes(self.whole), where)
         if isinstance(text, RejectedLine):
-            return [RejectedLine(1, document_id, text.error)]
+            return [RejectedLine(1, shown_id(document_id), text.error)]
         return [check_document(document_id, text, {}, 1, where)]
 
     def _line(self, number: int, raw: bytes | None) -> Item | None:
@@ -429,7 +450,7 @@ class _TextParser:
         document_id = f"{self.name or 'line'}:{number}"
         text = _decode(raw, where)
         if isinstance(text, RejectedLine):
-            return RejectedLine(number, document_id, text.error)
+            return RejectedLine(number, shown_id(document_id), text.error)
         return check_document(document_id, text, {}, number, where)
 
 
@@ -443,14 +464,14 @@ def _format_of(options: UploadOptions, filename: str | None, media_type: str | N
     if media_type and media_type in _BY_MEDIA_TYPE:
         return _BY_MEDIA_TYPE[media_type]
     raise UploadFormatError(
-        f"cannot tell the format of {filename or 'the upload'} (Content-Type {media_type or 'missing'}): pass "
+        f"cannot tell the format of {shown(filename or 'the upload')} (Content-Type {media_type or 'missing'}): pass "
         f"?format= one of {', '.join(f.value for f in UploadFormat)}, or a file name with a known extension",
         param="format",
     )
 
 
 def _parser_for(fmt: UploadFormat, options: UploadOptions, filename: str | None) -> _Parser:
-    label = f"{filename}: " if filename else ""
+    label = f"{shown(filename)}: " if filename else ""
     if fmt is UploadFormat.JSON:
         return _JsonArrayParser(options, label)
     if fmt is UploadFormat.JSONL:

@@ -7,7 +7,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 
-EmbeddingInput = StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
+# Token ids are vocabulary indexes within int32; a negative one is refused by the service, naming the input.
+TokenId = Annotated[StrictInt, Field(ge=-(2**31), le=2**31 - 1)]
+EmbeddingInput = StrictStr | list[StrictStr] | list[TokenId] | list[list[TokenId]]
 
 _INPUT_SHAPES = "a string, an array of strings, an array of token ids, or an array of arrays of token ids"
 
