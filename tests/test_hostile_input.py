@@ -24,6 +24,8 @@ from app.cli.main import main as cli
 from app.core.config import Settings
 from app.main import create_app
 
+pytestmark = pytest.mark.e2e  # real API processes
+
 REQUEST_LIMIT = 4 * 1024 * 1024
 UPLOAD_LIMIT = 8 * 1024 * 1024
 NDJSON = {"content-type": "application/x-ndjson"}
