@@ -496,3 +496,22 @@ def test_100k_character_inputs_are_truncated_or_refused_as_the_settings_say(
     assert r.headers["x-embedq-truncated-inputs"] == "1" and len(r.json()["data"]) == 2
     r = httpx.post(f"{strict.base_url}/v1/embeddings", json={"input": long_text}, timeout=120)
     assert r.status_code == 400 and "EMBEDQ_TRUNCATE" in r.json()["error"]["message"], r.text
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "multipart/form-data",
+        "multipart/form-data; boundary=" + "b" * 300,
+        'multipart/form-data; boundary=""',
+        "application/x-unknown",
+        "text/plain; charset=ebcdic",
+    ],
+)
+def test_odd_content_types_are_a_4xx(http: httpx.Client, collection: str, content_type: str) -> None:
+    headers = {"content-type": content_type}
+    body = b"--" + b"b" * 300 + b"\r\nnot really multipart\r\n"
+    r = http.post(f"/collections/{collection}/documents", content=body, headers=headers)
+    assert 400 <= r.status_code < 500, r.text
+    r = http.post("/fine-tune", content=body, headers=headers)
+    assert 400 <= r.status_code < 500, r.text

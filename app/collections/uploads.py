@@ -578,7 +578,10 @@ class UploadReader:
             boundary = params.get(b"boundary")
             if not boundary:
                 raise UploadFormatError("multipart/form-data without a boundary parameter in Content-Type")
-            self._inner: _Parser = _Multipart(boundary, options)
+            try:
+                self._inner: _Parser = _Multipart(boundary, options)
+            except ValueError as exc:  # python-multipart refuses a boundary over 256 bytes
+                raise UploadFormatError(f"the multipart boundary is invalid ({exc})") from exc
         else:
             self._inner = _parser_for(_format_of(options, None, media_type), options, None)
 
