@@ -515,3 +515,32 @@ def test_odd_content_types_are_a_4xx(http: httpx.Client, collection: str, conten
     assert 400 <= r.status_code < 500, r.text
     r = http.post("/fine-tune", content=body, headers=headers)
     assert 400 <= r.status_code < 500, r.text
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("model_name", b"bad\xffname"),
+        ("model_name", b"nul\x00"),
+        ("text_content", b"q\tp\x00\n" * 20),
+        ("epochs", b"1e400"),
+        ("epochs", b"NaN"),
+    ],
+)
+def test_hostile_fine_tuning_form_fields_are_a_4xx(http: httpx.Client, field: str, value: bytes) -> None:
+    """Form fields are decoded by Starlette (a bad UTF-8 byte becomes U+FFFD), then validated like JSON."""
+    fields = {"model_name": b"ok-name", "text_content": b"query\tpassage\n" * 20, field: value}
+    boundary = b"formboundary"
+    body = b"".join(
+        b'--%s\r\nContent-Disposition: form-data; name="%s"\r\n\r\n%s\r\n' % (boundary, name.encode(), data)
+        for name, data in fields.items()
+    )
+    body += b"--%s--\r\n" % boundary
+    r = http.post("/fine-tune", content=body, headers={"content-type": "multipart/form-data; boundary=formboundary"})
+    assert 400 <= r.status_code < 500, r.text
+
+
+@pytest.mark.parametrize("pairs", [b"q\tp\x00\n" * 20, b"q\tp\xff\n" * 20, b"\x00" * 100])
+def test_hostile_fine_tuning_files_are_a_4xx(http: httpx.Client, pairs: bytes) -> None:
+    r = http.post("/fine-tune", data={"model_name": "ok-name"}, files={"file": ("pairs.tsv", pairs)})
+    assert 400 <= r.status_code < 500, r.text
