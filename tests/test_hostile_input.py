@@ -30,10 +30,12 @@ REQUEST_LIMIT = 4 * 1024 * 1024
 UPLOAD_LIMIT = 8 * 1024 * 1024
 NDJSON = {"content-type": "application/x-ndjson"}
 STRING_LIMIT = 300_000
+TRAINING_LIMIT = 1024 * 1024
 LIMITS_ENV = {
     "EMBEDQ_MAX_REQUEST_BYTES": str(REQUEST_LIMIT),
     "EMBEDQ_MAX_UPLOAD_BYTES": str(UPLOAD_LIMIT),
     "EMBEDQ_MAX_JSON_STRING_CHARS": str(STRING_LIMIT),
+    "EMBEDQ_TRAINING_MAX_UPLOAD_BYTES": str(TRAINING_LIMIT),
     "EMBEDQ_AUTH_DISABLED": "true",
 }
 MIB = 1024 * 1024
@@ -153,6 +155,18 @@ def test_uploads_have_their_own_larger_limit_and_keep_what_arrived(
     assert job["ingest"]["input_complete"] and job["counts"]["total"] > 0
     errors = http.get(f"/jobs/{job_id}/errors").json()["data"]
     assert any("EMBEDQ_MAX_UPLOAD_BYTES" in e["error"] for e in errors)
+
+
+def test_fine_tuning_bodies_are_limited_by_the_training_setting(
+    http: httpx.Client, limited_api: ManagedProcess
+) -> None:
+    pairs = "what is it\tit is a thing\n" * (2 * TRAINING_LIMIT // 25)
+    r = http.post("/fine-tune", json={"text_content": pairs, "model_name": "big"})
+    assert r.status_code == 413 and "EMBEDQ_TRAINING_MAX_UPLOAD_BYTES" in r.json()["detail"]
+    part = b'--tb\r\nContent-Disposition: form-data; name="file"; filename="p.tsv"\r\n\r\n'
+    chunks = iter([part, *endless(b"what is it\tit is a thing\n" * 2000, 4 * TRAINING_LIMIT)])
+    status, body, _ = send_chunked(limited_api.base_url, "/fine-tune", chunks, "multipart/form-data; boundary=tb")
+    assert status == 413 and b"EMBEDQ_TRAINING_MAX_UPLOAD_BYTES" in body, body
 
 
 # --- JSON shape --------------------------------------------------------------------------------------------

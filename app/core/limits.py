@@ -61,7 +61,6 @@ class BodyTooLargeError(HTTPException):
             status_code=413,
             detail=f"the request body is larger than {limit} bytes ({setting}): send less, or split it",
         )
-        self.setting = setting
 
 
 @dataclass(frozen=True)
