@@ -554,7 +554,9 @@ def test_hostile_fine_tuning_form_fields_are_a_4xx(http: httpx.Client, field: st
     assert 400 <= r.status_code < 500, r.text
 
 
-@pytest.mark.parametrize("pairs", [b"q\tp\x00\n" * 20, b"q\tp\xff\n" * 20, b"\x00" * 100])
+@pytest.mark.parametrize(
+    "pairs", [b"q\tp\x00\n" * 20, b"q\tp\xff\n" * 20, b"\x00" * 100], ids=["nul-in-lines", "latin-1", "all-nul"]
+)
 def test_hostile_fine_tuning_files_are_a_4xx(http: httpx.Client, pairs: bytes) -> None:
     r = http.post("/fine-tune", data={"model_name": "ok-name"}, files={"file": ("pairs.tsv", pairs)})
     assert 400 <= r.status_code < 500, r.text
