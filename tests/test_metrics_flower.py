@@ -64,7 +64,7 @@ def test_flower_api_lists_a_running_worker_behind_basic_auth(service_env, tmp_pa
 
 def test_flower_without_credentials_is_refused_outside_dev() -> None:
     with pytest.raises(FlowerAuthMissingError, match="EMBEDQ_FLOWER_BASIC_AUTH"):
-        flower_env(Settings(environment="prod", flower_basic_auth=[]))
+        flower_env(Settings(environment="prod", flower_basic_auth=[], auth_disabled=False))
     assert flower_env(Settings(environment="dev")) == {}
     assert flower_env(Settings(flower_basic_auth=["a:b", "c:d"])) == {"FLOWER_BASIC_AUTH": "a:b,c:d"}
     with pytest.raises(ValueError, match="user:password"):

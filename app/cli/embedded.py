@@ -328,6 +328,17 @@ class EmbeddedRedis:
             host=LOCALHOST, port=self.port, socket_connect_timeout=1, socket_timeout=5, retry=Retry(NoBackoff(), 0)
         )
 
+    def _died(self) -> bool:
+        """Return whether the pid file names a process that is gone.
+
+        Valkey creates the file before it writes the pid: an empty or half-written file says nothing yet.
+        """
+        try:
+            pid = int(self.pid_path.read_text().strip())
+        except (OSError, ValueError):
+            return False
+        return not _pid_alive(pid)
+
     def _pid(self) -> int | None:
         """Return the pid of the server started on this data dir, or None if it is not running."""
         try:
@@ -370,7 +381,7 @@ class EmbeddedRedis:
                 except redis.ConnectionError:
                     # Also raised while the append-only file loads (BusyLoadingError).
                     pass
-                if self.pid_path.exists() and self._pid() is None:
+                if self._died():
                     break
                 time.sleep(0.1)
         finally:
