@@ -190,3 +190,28 @@ def test_a_bge_m3_collection_answers_sparse_and_hybrid_search(http: httpx.Client
     http.post("/collections", json={"name": "dense-only", "model": MODEL, "chunking": {"max_tokens": 64}})
     refused = http.post("/collections/dense-only/search", json={**query, "mode": "sparse"})
     assert refused.status_code == 400 and "BGE-M3" in refused.text, refused.text
+
+
+def test_reembed_through_the_api_switches_a_collection_to_another_model(
+    http: httpx.Client, ingest_env: dict[str, str]
+) -> None:
+    from support.tiny_m3 import make_tiny_m3
+
+    folder = Path(ingest_env["EMBEDQ_MODELS_DIR"]) / "acme" / "m3-e2e"
+    if not folder.exists():
+        make_tiny_m3(folder)
+    http.post("/collections", json={"name": "moving", "model": MODEL, "chunking": {"max_tokens": 64}})
+    body = "".join(json.dumps({"id": f"m{i}", "text": t}) + "\n" for i, t in enumerate(M3_TEXTS)).encode()
+    created = http.post("/collections/moving/documents", content=body, headers={"Content-Type": "application/x-ndjson"})
+    assert wait_for(http, created.json()["id"])["status"] == "succeeded"
+    assert http.get("/collections/moving").json()["dimension"] == 384
+
+    started = http.post("/collections/moving/reembed", json={"model": "acme/m3-e2e"})
+    assert started.status_code == 202, started.text
+    assert wait_for(http, started.json()["id"])["status"] == "succeeded"
+    moved = http.get("/collections/moving").json()
+    assert (moved["model"], moved["dimension"], moved["counts"]["vectors"]) == ("acme/m3-e2e", 32, len(M3_TEXTS))
+    found = http.post(
+        "/collections/moving/search", json={"query": "sparse vectors for hybrid search", "mode": "sparse"}
+    )
+    assert found.status_code == 200 and found.json()["data"][0]["document_id"] == "m1", found.text
