@@ -255,7 +255,7 @@ def report_progress(session: Session, job_id: uuid.UUID, counts: JobCounters) ->
     job = session.get(Job, job_id)
     milestones = list(job.params.get("progress_milestones") or []) if job is not None else []
     if milestones and counts.input_complete:
-        on_job_progress(session, job_id, 100.0 * (counts.done + counts.failed) / max(counts.total, 1), milestones)
+        on_job_progress(session, job_id, counts.progress, milestones)
 
 
 def _ensure_vector_table(repo: CollectionRepository, version_id: int, model: str, dimension: int) -> str | None:

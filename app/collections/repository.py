@@ -52,6 +52,8 @@ from app.models.collection import (
 from app.models.job import ACTIVE_STATUSES, Job, JobStatus
 
 VECTOR_TABLE_PREFIX = "collection_vectors_"
+# What an update of a job's counts returns (JobCounters' fields, in order).
+_COUNTERS = (Job.total, Job.done, Job.failed, Job.input_complete, Job.progress)
 
 _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
 _COPY_TRAILER = struct.pack("!h", -1)
@@ -112,6 +114,7 @@ class JobCounters:
     done: int
     failed: int
     input_complete: bool
+    progress: float
 
 
 @dataclass(frozen=True)
@@ -300,15 +303,17 @@ class CollectionRepository:
                 progress=100.0 * (Job.done + done + Job.failed + failed) / func.greatest(Job.total + total, 1),
                 updated_at=func.now(),
             )
-            .returning(Job.total, Job.done, Job.failed, Job.input_complete)
+            .returning(*_COUNTERS)
         ).one()
         return JobCounters(*row)
 
-    def close_input(self, job_id: uuid.UUID, upload_error: str | None) -> None:
+    def close_input(self, job_id: uuid.UUID, upload_error: str | None) -> JobCounters:
+        """Mark the job's upload complete (with why it broke off, if it did); return its counters."""
         values: dict[str, Any] = {"input_complete": True, "updated_at": func.now()}
         if upload_error is not None:
             values["params"] = Job.params.op("||")(func.jsonb_build_object("upload_error", upload_error))
-        self.session.execute(update(Job).where(Job.id == job_id).values(**values))
+        row = self.session.execute(update(Job).where(Job.id == job_id).values(**values).returning(*_COUNTERS)).one()
+        return JobCounters(*row)
 
     def set_job_message(self, job_id: uuid.UUID, message: str) -> None:
         self.session.execute(update(Job).where(Job.id == job_id).values(message=message, updated_at=func.now()))
@@ -782,26 +787,24 @@ def _chunk_copy_payload(rows: Sequence[ChunkRow], vectors: Vectors) -> bytes:
 
 def _vector_copy_payload(chunk_ids: Sequence[int], vectors: Vectors) -> bytes:
     count, dimension = vectors.dense.shape
-    row = np.dtype(
-        [
-            ("fields", ">i2"),
-            ("id_len", ">i4"),
-            ("id", ">i8"),
-            ("vec_len", ">i4"),
-            ("dim", ">i2"),
-            ("unused", ">i2"),
-            ("values", ">f4", (dimension,)),
-        ]
-    )
-    records = np.empty(count, dtype=row)
+    fields = [
+        ("fields", ">i2"),
+        ("id_len", ">i4"),
+        ("id", ">i8"),
+        ("vec_len", ">i4"),
+        ("dim", ">i2"),
+        ("unused", ">i2"),
+        ("values", ">f4", (dimension,)),
+    ]
+    if vectors.sparse is None:  # the common case stays one numpy buffer: every sparse field is NULL (-1)
+        fields.append(("sparse_null", ">i4"))
+    records = np.empty(count, dtype=np.dtype(fields))
     records["fields"], records["id_len"], records["id"] = 3, 8, np.asarray(chunk_ids, dtype=np.int64)
     records["vec_len"], records["dim"], records["unused"] = 4 + 4 * dimension, dimension, 0
     records["values"] = vectors.dense
-    if vectors.sparse is None:  # the common case stays one numpy buffer: every sparse field is NULL
-        null = np.full(count, -1, dtype=">i4")
-        packed = np.empty(count, dtype=[("row", row), ("sparse", ">i4")])
-        packed["row"], packed["sparse"] = records, null
-        return _COPY_HEADER + packed.tobytes() + _COPY_TRAILER
+    if vectors.sparse is None:
+        records["sparse_null"] = -1
+        return _COPY_HEADER + records.tobytes() + _COPY_TRAILER
     parts = [_COPY_HEADER]
     for record, sparse in zip(records, _sparse_fields(vectors), strict=True):
         parts += [record.tobytes(), sparse]

@@ -313,9 +313,8 @@ class UploadWriter:
     def _close(self, reason: str | None) -> Job:
         assert self.job_id is not None
         self._lock_open_job()
-        self.repo.close_input(self.job_id, reason)
         # Milestones count once the total is known: the batches done while the body streamed may have passed some.
-        report_progress(self.session, self.job_id, self.repo.add_job_counts(self.job_id))
+        report_progress(self.session, self.job_id, self.repo.close_input(self.job_id, reason))
         settle(self.session, self.job_id, self.settings)
         self.session.commit()
         job = self.session.get(Job, self.job_id)

@@ -57,10 +57,7 @@ class BodyTooLargeError(HTTPException):
     """A body that passed its byte limit while streaming; routes that stream it (uploads) see this."""
 
     def __init__(self, limit: int, setting: str) -> None:
-        super().__init__(
-            status_code=413,
-            detail=f"the request body is larger than {limit} bytes ({setting}): send less, or split it",
-        )
+        super().__init__(status_code=413, detail=_too_large_message(limit, setting))
 
 
 @dataclass(frozen=True)
@@ -272,9 +269,12 @@ def _content_length(headers: Headers) -> int | None:
     return int(value)
 
 
+def _too_large_message(limit: int, setting: str) -> str:
+    return f"the request body is larger than {limit} bytes ({setting}): send less, or split it"
+
+
 def _too_large(rule: _BodyRule) -> _Rejection:
-    message = f"the request body is larger than {rule.limit} bytes ({rule.setting}): send less, or split it"
-    return _Rejection(413, "payload_too_large", message)
+    return _Rejection(413, "payload_too_large", _too_large_message(rule.limit, rule.setting))
 
 
 def _replay(bodies: list[bytes], final: Message | None, receive: Receive | None = None) -> Receive:

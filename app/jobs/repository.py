@@ -19,6 +19,7 @@ class Counts:
     done: int
     failed: int
     total: int
+    progress: float
 
     @property
     def finished(self) -> bool:
@@ -131,7 +132,7 @@ class JobRepository:
                 failed=Job.failed + failed,
                 progress=100.0 * (Job.done + done + Job.failed + failed) / func.greatest(Job.total, 1),
             )
-            .returning(Job.done, Job.failed, Job.total)
+            .returning(Job.done, Job.failed, Job.total, Job.progress)
         ).one()
         return Counts(*row)
 

@@ -296,7 +296,7 @@ def run_embedding_batch(
         failed = repo.fail_inputs(job_id, idxs, error) if error is not None else 0
         counts = repo.add_counts(job_id, done=written, failed=failed)
         if milestones:
-            on_job_progress(session, job_id, 100.0 * (counts.done + counts.failed) / max(counts.total, 1), milestones)
+            on_job_progress(session, job_id, counts.progress, milestones)
         status = None
         if counts.finished:
             status = _finalize(repo, job_id, counts)

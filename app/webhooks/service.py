@@ -207,17 +207,18 @@ def notify_job_progress(session: Session, job_id: uuid.UUID, reached: list[int],
     job = repo.job(job_id)
     if job is None:
         return 0
+    bodies = {milestone: progress_event_body(job, milestone, settings) for milestone in reached}
     added = 0
     for endpoint in _endpoints_for(repo, job):
         if not endpoint.enabled:
             continue
-        for milestone in reached:
+        for milestone, body in bodies.items():
             event = WebhookEvent(
                 id=uuid.uuid5(job.id, f"{PROGRESS_EVENT}:{milestone}:{endpoint.id}"),
                 job_id=job.id,
                 endpoint_id=endpoint.id,
                 type=PROGRESS_EVENT,
-                body=progress_event_body(job, milestone, settings),
+                body=body,
             )
             if repo.add_event_once(event):
                 enqueue(session, TaskName.WEBHOOK_DELIVER, str(job.id), str(event.id), 0)
