@@ -6,6 +6,8 @@ MiniLM (packaged) for parity with the runtime's own encode, a tiny random E5-nam
 from __future__ import annotations
 
 import base64
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +18,19 @@ from support.tiny_models import make_tiny_bert
 
 from app.catalog.resolver import ResolvedModel, resolve_model
 from app.core.config import DEFAULT_MODEL, Settings, get_settings
-from workers.inference.embed_ops import budget_chunks, embed, tokenize
-from workers.inference.ops import OpError, get_op, weight_of
+from workers.inference.embed_ops import embed, tokenize
+from workers.inference.ops import OpError, Payload, Result, get_op, register_op, weight_of
 from workers.inference.service import handle_request
 from workers.inference.token_ids import content_ids
+from workers.runtime.batching import budget_chunks
 from workers.runtime.encoder import Encoder
 
 CLOSE = {"rtol": 0, "atol": 2e-6}
+
+
+@register_op("test_thread_of")
+def _thread_of(encoder: Encoder, payloads: list[Payload]) -> list[Result | OpError]:
+    return [{"thread": threading.get_ident(), "model": encoder.name} for _ in payloads]
 
 
 @pytest.fixture(scope="module")
@@ -174,5 +182,27 @@ def test_handle_request_replies_with_the_result_or_the_error(batching: str, monk
         assert handle_request("nope", DEFAULT_MODEL, {})["error"]["code"] == "unknown_op"
         late = handle_request("embed", DEFAULT_MODEL, {"texts": ["a"]}, deadline=1.0)
         assert late["error"]["status"] == 504
+    finally:
+        get_settings.cache_clear()
+
+
+@pytest.mark.parametrize("batching", ["true", "false"])
+def test_every_request_runs_on_one_engine_thread_whoever_submits_it(batching: str, monkeypatch) -> None:
+    """Model loads and forward passes share one thread (batcher.process_batcher says why), batching on or off."""
+    monkeypatch.setenv("EMBEDQ_ENABLE_DYNAMIC_BATCHING", batching)
+    get_settings.cache_clear()
+    try:
+        warm = handle_request("warm_up", DEFAULT_MODEL, {})
+        assert warm["result"] == {"model": DEFAULT_MODEL}
+
+        def ask(_: int) -> tuple[int, dict[str, Any]]:
+            return threading.get_ident(), handle_request("test_thread_of", DEFAULT_MODEL, {})
+
+        with ThreadPoolExecutor(4) as pool:
+            replies = list(pool.map(ask, range(12)))
+        engines = {reply["result"]["thread"] for _, reply in replies}
+        callers = {caller for caller, _ in replies}
+        assert len(engines) == 1 and not engines & callers, (engines, callers)
+        assert engines != {threading.get_ident()}
     finally:
         get_settings.cache_clear()

@@ -205,7 +205,7 @@ def sync_worker_command(settings: Settings) -> list[str]:
     return [
         sys.executable, "-m", "celery", "-A", WORKER_APP, "worker", "-Q", settings.sync_queue,
         "--pool", "threads", "--concurrency", str(settings.sync_worker_threads),
-        "-E", "--loglevel", "INFO", "-n", "sync@%h",
+        "--loglevel", "INFO", "-n", "sync@%h",
     ]  # fmt: skip
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import anyio.to_thread
 from celery import states
 
-from app.core.celery import celery_client
+from app.core.celery import celery_client, sync_sender
 from app.core.config import Settings, get_settings
 from app.core.queues import TaskName
 from app.inference.errors import InferenceFailedError, InferenceRejectedError, InferenceTimeoutError
@@ -64,7 +64,7 @@ async def request(op: str, model: str, payload: dict[str, Any], *, timeout: floa
 
 
 def _send(settings: Settings, task_id: str, op: str, model: str, payload: dict[str, Any], deadline: float) -> None:
-    celery_client().send_task(
+    sync_sender().send_task(
         TaskName.INFERENCE_RUN.value,
         kwargs={"op": op, "model": model, "payload": payload, "deadline": deadline},
         task_id=task_id,

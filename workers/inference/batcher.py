@@ -143,14 +143,40 @@ class DynamicBatcher:
                 request.future.set_result(Delivery(outcome, len(requests), inputs))
 
 
-_batcher: tuple[int, DynamicBatcher] | None = None
-_batcher_lock = threading.Lock()
+@dataclass(frozen=True)
+class BatcherSettings:
+    """How a DynamicBatcher pools requests; ``off()`` runs each request alone, in arrival order."""
+
+    max_wait_s: float
+    min_batch_size: int
+    max_batch_inputs: int
+
+    @classmethod
+    def off(cls) -> BatcherSettings:
+        return cls(max_wait_s=0.0, min_batch_size=1, max_batch_inputs=1)
 
 
-def process_batcher(factory: Callable[[], DynamicBatcher]) -> DynamicBatcher:
-    """Return this process's batcher, made by ``factory`` on first use (again in a forked child)."""
-    global _batcher
-    with _batcher_lock:
-        if _batcher is None or _batcher[0] != os.getpid():
-            _batcher = (os.getpid(), factory())
-        return _batcher[1]
+_batchers: dict[tuple[int, BatcherSettings], DynamicBatcher] = {}
+_batchers_lock = threading.Lock()
+
+
+def process_batcher(run_group: RunGroup, settings: BatcherSettings) -> DynamicBatcher:
+    """Return this process's batcher for ``settings``, made on first use (again in a forked child).
+
+    A sync worker runs every op on its batcher's one thread, model loads included, with batching off as well:
+    torch's OpenMP runtime (libgomp) keeps a team of threads per calling thread, and once two threads have
+    used torch there are more OpenMP threads than cores, so idle ones sleep instead of spinning. Measured on
+    2 cores with MiniLM and one short input: a forward pass on a second thread took 15-17 ms, on the thread
+    that also loaded the model 5-6 ms.
+    """
+    key = (os.getpid(), settings)
+    with _batchers_lock:
+        batcher = _batchers.get(key)
+        if batcher is None:
+            batcher = _batchers[key] = DynamicBatcher(
+                run_group,
+                max_wait_s=settings.max_wait_s,
+                min_batch_size=settings.min_batch_size,
+                max_batch_inputs=settings.max_batch_inputs,
+            )
+        return batcher

@@ -13,7 +13,6 @@ EMBEDQ_MAX_BATCH_SIZE rows and EMBEDQ_MAX_BATCH_TOKENS padded tokens.
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +21,7 @@ import numpy as np
 from app.core.config import get_settings
 from workers.inference.ops import OpError, Payload, Result, register_op
 from workers.inference.token_ids import check_ids, content_ids, encode_ids, special_affixes
+from workers.runtime.batching import budget_chunks
 
 if TYPE_CHECKING:
     from workers.runtime.encoder import Encoder
@@ -41,26 +41,6 @@ class _Plan:
     lengths: list[int]
     truncated: list[int]
     dimensions: int | None
-
-
-def budget_chunks(lengths: Sequence[int], max_rows: int, max_tokens: int) -> list[list[int]]:
-    """Return index lists, longest inputs first, each of at most ``max_rows`` rows and ``max_tokens`` padded tokens.
-
-    A chunk pads to its first (longest) input; an input longer than ``max_tokens`` alone still gets a chunk.
-    """
-    chunks: list[list[int]] = []
-    current: list[int] = []
-    width = 0
-    for i in sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True):
-        if current and (len(current) >= max_rows or (len(current) + 1) * width > max_tokens):
-            chunks.append(current)
-            current = []
-        if not current:
-            width = max(1, lengths[i])
-        current.append(i)
-    if current:
-        chunks.append(current)
-    return chunks
 
 
 def _plan(encoder: Encoder, payload: Payload) -> _Plan:
@@ -168,6 +148,13 @@ def embed(encoder: Encoder, payloads: list[Payload]) -> list[Result | OpError]:
             }
         )
     return results
+
+
+@register_op("warm_up")
+def warm_up(encoder: Encoder, payloads: list[Payload]) -> list[Result | OpError]:
+    """Load the model (the runner does) and run one forward pass, so that the first request pays for neither."""
+    encoder.encode(["warm up"])
+    return [{"model": encoder.name} for _ in payloads]
 
 
 @register_op("tokenize", weight=lambda payload: len(payload.get("texts") or ()))

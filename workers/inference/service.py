@@ -6,15 +6,16 @@ import time
 from typing import Any
 
 from app.core.config import get_settings
-from workers.inference.batcher import Delivery, DynamicBatcher, process_batcher
+from workers.inference.batcher import BatcherSettings, Delivery, process_batcher
 from workers.inference.ops import OpError, Payload, weight_of
 from workers.inference.runner import run_group
 
 
-def _new_batcher() -> DynamicBatcher:
+def _batcher_settings() -> BatcherSettings:
     settings = get_settings()
-    return DynamicBatcher(
-        run_group,
+    if not settings.enable_dynamic_batching:
+        return BatcherSettings.off()
+    return BatcherSettings(
         max_wait_s=settings.max_wait_time_ms / 1000,
         min_batch_size=settings.min_batch_size,
         max_batch_inputs=settings.max_batch_inputs,
@@ -24,19 +25,16 @@ def _new_batcher() -> DynamicBatcher:
 def handle_request(op: str, model: str, payload: Payload, *, deadline: float | None = None) -> dict[str, Any]:
     """Return the reply the API reads: ``{"result", "batch"}`` on success, ``{"error"}`` otherwise.
 
-    ``deadline`` (epoch seconds) is when the API stops waiting: a request still unrun by then is dropped.
+    Runs on the process's batcher thread, batched with its neighbours unless EMBEDQ_ENABLE_DYNAMIC_BATCHING
+    is off. ``deadline`` (epoch seconds) is when the API stops waiting: a request still unrun by then is dropped.
     """
     if deadline is not None and time.time() > deadline:
         delivery = Delivery(
             OpError("the caller stopped waiting before the request ran", status=504, code="timeout"), 0, 0
         )
-    elif get_settings().enable_dynamic_batching:
-        future = process_batcher(_new_batcher).submit(
-            op, model, payload, weight=weight_of(op, payload), deadline=deadline
-        )
-        delivery = future.result()
     else:
-        delivery = Delivery(run_group(op, model, [payload])[0], 1, weight_of(op, payload))
+        batcher = process_batcher(run_group, _batcher_settings())
+        delivery = batcher.submit(op, model, payload, weight=weight_of(op, payload), deadline=deadline).result()
     return reply(delivery)
 
 

@@ -6,7 +6,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from app.catalog.resolver import ResolvedModel
 from app.catalog.sources import HubCandidate, fetch
 from app.core.config import get_settings
 from workers.runtime.adapters import ModelView, load_transformer
+from workers.runtime.batching import budget_chunks
 from workers.runtime.m3 import M3Heads, load_m3_heads
 from workers.runtime.onnx_backend import OnnxModel, check_onnx_precision, prepare_onnx
 from workers.runtime.pooling import PoolingConfig, pool, read_pooling_config
@@ -58,6 +59,7 @@ class Encoder:
         *,
         device: torch.device | None = None,
         batch_size: int = 32,
+        batch_tokens: int | None = None,
         max_seq_length: int | None = None,
     ) -> None:
         started = time.perf_counter()
@@ -76,6 +78,7 @@ class Encoder:
         if self.backend == "onnx":
             check_onnx_precision(self.precision)
         self.batch_size = batch_size
+        self.batch_tokens = settings.max_batch_tokens if batch_tokens is None else batch_tokens
         self.family: Family = detect_family(model.name, self.path, model.family)
         pooling = read_pooling_config(self.path, family_default=_family_pooling(self.family))
         self.pooling_mode = pooling.mode
@@ -178,7 +181,7 @@ class Encoder:
             return
         with self._lock:
             tokens = self.tokenize(texts, is_query=is_query)
-            for rows in length_sorted_batches([len(ids) for ids in tokens["input_ids"]], size):
+            for rows in budget_chunks([len(ids) for ids in tokens["input_ids"]], size, self.batch_tokens):
                 batch = self.collate(tokens, rows)
                 handle(rows, batch, self.forward(batch))
 
@@ -275,13 +278,6 @@ class Encoder:
             f"dimension={self.dimension}, pooling={self.pooling_mode!r}, normalize={self.normalize_default}, "
             f"max_seq_length={self.max_seq_length})"
         )
-
-
-def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
-    """Yield lists of input indices, longest first, so each batch pads to rows of similar length."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
-    for start in range(0, len(order), batch_size):
-        yield order[start : start + batch_size]
 
 
 def _check_texts(texts: list[str]) -> None:

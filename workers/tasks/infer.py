@@ -33,13 +33,11 @@ def _preload_in_thread_pool(sender: Any = None, **_: Any) -> None:
     # request rather than during it: EMBEDQ_PRELOAD_MODELS, else the default model.
     if not isinstance(getattr(sender, "pool", None), ThreadTaskPool):
         return
-    from workers.runtime.registry import get_encoder
-
     settings = get_settings()
     for name in settings.preload_models or [settings.default_model]:
-        try:
-            get_encoder(name)
-        except Exception:  # a model that cannot load now is reported to the requests that ask for it
-            log.exception("could not preload model %s", name)
+        # On the thread that will run every request (workers/inference/batcher.py says why it matters).
+        outcome = handle_request("warm_up", name, {})
+        if "error" in outcome:  # a model that cannot load now is reported to the requests that ask for it
+            log.error("could not preload model %s: %s", name, outcome["error"]["message"])
         else:
             log.info("preloaded model %s", name)
