@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import re
+import sysconfig
 import warnings
 
 _SKIP = ("test", "idlelib", "tkinter", "turtledemo", "lib2to3", "ensurepip", "antigravity", "this", "__")
@@ -18,10 +19,11 @@ def _docstrings() -> list[str]:
 
 def _collect() -> list[str]:
     docs: list[str] = []
-    for info in sorted(pkgutil.iter_modules(), key=lambda m: m.name):
-        if info.name.startswith(_SKIP) or not isinstance(info.module_finder, importlib.machinery.FileFinder):
-            continue
-        if "site-packages" in str(info.module_finder.path):
+    # The standard library's own folder only: sys.path also holds the current and the script's folder, whose
+    # modules (a stray script, the project itself) must not be imported, let alone run.
+    stdlib = sysconfig.get_paths()["stdlib"]
+    for info in sorted(pkgutil.iter_modules([stdlib]), key=lambda m: m.name):
+        if info.name.startswith(_SKIP):
             continue
         try:
             module = importlib.import_module(info.name)

@@ -44,8 +44,11 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
-def _encoder(model: str, precision: str, backend: str, onnx_dir: Path) -> Encoder:
+def _encoder(model: str, precision: str, backend: str, onnx_dir: Path, *, smoothing: float | None = None) -> Encoder:
     os.environ["EMBEDQ_ONNX_DIR"] = str(onnx_dir)
+    os.environ.pop("EMBEDQ_INT8_SMOOTHING", None)
+    if smoothing is not None:
+        os.environ["EMBEDQ_INT8_SMOOTHING"] = str(smoothing)
     get_settings.cache_clear()
     resolved = resolve_model(model, get_settings())
     return Encoder(replace(resolved, precision=precision, backend=backend))
@@ -83,13 +86,15 @@ def build_variants(model: str, work: Path) -> tuple[Variant, list[Variant]]:
         lambda texts: baseline_model.encode(texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True),
     )
     torch_int8 = _encoder(model, "int8", "torch", work)
+    torch_int8_plain = _encoder(model, "int8", "torch", work, smoothing=0)
     torch_bf16 = _encoder(model, "bf16", "torch", work)
     onnx_fp32 = _encoder(model, "fp32", "onnx", work)
     onnx_int8 = _encoder(model, "int8", "onnx", work)
     variants = [
         Variant("embedq torch fp32", torch_fp32.encode),
         Variant("embedq torch bf16", torch_bf16.encode),
-        Variant("embedq torch int8 (dynamic, per-channel)", torch_int8.encode),
+        Variant("embedq torch int8 [default: per-channel, SmoothQuant alpha 0.8, first layer fp32]", torch_int8.encode),
+        Variant("embedq torch int8, no smoothing (EMBEDQ_INT8_SMOOTHING=0)", torch_int8_plain.encode),
         Variant("embedq onnx fp32 (fused)", onnx_fp32.encode),
         Variant("embedq onnx int8 [default: per-channel, first layer fp32]", onnx_int8.encode),
         Variant("onnx int8, per-channel, every layer", _onnx_recipe(onnx_fp32, work, per_channel=True)),

@@ -22,6 +22,7 @@ from app.core.config import DEFAULT_MODEL, get_settings
 from workers.runtime.encoder import Encoder
 from workers.runtime.onnx_backend import OnnxUnavailableError, require_onnxruntime
 from workers.runtime.precision import PrecisionUnavailableError, bitsandbytes_kwargs, resolve_precision
+from workers.runtime.smoothing import SmoothedLinear, smoothing_scale
 
 TEXTS = ["hello world", "the cat sat on the mat", "machine learning data " * 20, "a", "Dog, river; 42!"]
 CPU, CUDA, MPS = torch.device("cpu"), torch.device("cuda", 0), torch.device("mps")
@@ -96,11 +97,40 @@ def test_torch_precisions_stay_close_to_fp32(precision: str, floor: float, tiny:
     assert not np.array_equal(vectors, reference), f"{precision} must really change the arithmetic"
 
 
-def test_int8_quantizes_every_linear_layer(tiny: Path) -> None:
+def test_int8_quantizes_every_linear_layer_but_the_first_transformer_layers(tiny: Path) -> None:
     encoder = Encoder(at(tiny, "int8"))
     kinds = {type(module).__module__ + "." + type(module).__name__ for module in encoder.model.modules()}
     assert any("quantized" in kind and kind.endswith("Linear") for kind in kinds)
-    assert not any(isinstance(module, torch.nn.Linear) for module in encoder.model.modules())
+    floats = [name for name, m in encoder.model.named_modules() if isinstance(m, torch.nn.Linear)]
+    assert floats and all(".layer.0." in f".{name}" for name in floats), floats
+
+
+def test_int8_smooths_each_layer_by_its_measured_inputs_unless_turned_off(
+    tiny: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    smoothed = [m for m in Encoder(at(tiny, "int8")).model.modules() if isinstance(m, SmoothedLinear)]
+    assert smoothed, "int8 must smooth its Linear layers by default"
+    for layer in smoothed:
+        assert torch.isfinite(layer.inverse_scale).all() and (layer.inverse_scale > 0).all()
+        assert layer.inverse_scale.std() > 0, "scales must follow the measured channels, not be one constant"
+
+    monkeypatch.setenv("EMBEDQ_INT8_SMOOTHING", "0")
+    get_settings.cache_clear()
+    plain = Encoder(at(tiny, "int8")).model
+    assert not any(isinstance(m, SmoothedLinear) for m in plain.modules())
+    assert not any(isinstance(m, torch.nn.Linear) for m in plain.modules()), "plain int8 quantizes every Linear"
+
+
+def test_smoothing_leaves_the_float_product_unchanged() -> None:
+    """x / s through W * s is x through W: only the int8 rounding differs (checked here without it)."""
+    torch.manual_seed(0)
+    x = torch.randn(8, 16) * torch.linspace(0.1, 30, 16)  # a few loud input channels
+    weight = torch.randn(4, 16)
+    scale = smoothing_scale(x.abs().amax(dim=0), weight, alpha=0.8)
+    assert torch.allclose((x / scale) @ (weight * scale).T, x @ weight.T, atol=1e-4)
+    assert ((x / scale).abs().amax(dim=0).max() / (x / scale).abs().amax(dim=0).min()) < (
+        x.abs().amax(dim=0).max() / x.abs().amax(dim=0).min()
+    ), "smoothing must flatten the activations' channel maxima"
 
 
 def test_enable_quantization_turns_auto_into_int8(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -171,10 +201,22 @@ def minilm_reference(minilm_texts: list[str]) -> np.ndarray:
     return SentenceTransformer(str(path), device="cpu").encode(minilm_texts, normalize_embeddings=True)
 
 
-@pytest.mark.parametrize(("precision", "backend", "floor"), [("int8", "onnx", 0.99), ("int8", "torch", 0.9)])
+@pytest.mark.parametrize(
+    ("precision", "backend", "floor", "smoothing"),
+    [("int8", "onnx", 0.99, None), ("int8", "torch", 0.99, None), ("int8", "torch", 0.9, "0")],
+)
 def test_minilm_fast_paths_fidelity(
-    precision: str, backend: str, floor: float, minilm_texts: list[str], minilm_reference: np.ndarray
+    precision: str,
+    backend: str,
+    floor: float,
+    smoothing: str | None,
+    minilm_texts: list[str],
+    minilm_reference: np.ndarray,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    if smoothing is not None:
+        monkeypatch.setenv("EMBEDQ_INT8_SMOOTHING", smoothing)
+        get_settings.cache_clear()
     resolved = resolve_model(DEFAULT_MODEL, get_settings())
     encoder = Encoder(
         ResolvedModel(resolved.name, resolved.path, resolved.source, precision=precision, backend=backend)
@@ -182,5 +224,6 @@ def test_minilm_fast_paths_fidelity(
 
     similarity = cosines(encoder.encode(minilm_texts), minilm_reference)
 
-    print(f"MiniLM {backend} {precision}: mean cosine {similarity.mean():.5f}, min {similarity.min():.5f}")
+    label = f"MiniLM {backend} {precision} (smoothing {smoothing or 'default'})"
+    print(f"{label}: mean cosine {similarity.mean():.5f}, min {similarity.min():.5f}")
     assert similarity.mean() >= floor

@@ -120,6 +120,12 @@ class Settings(BaseSettings):
         validation_alias=_also_provider("ENABLE_QUANTIZATION"),
         description="precision auto becomes int8 on CPU",
     )
+    int8_smoothing: float = Field(
+        default=0.8,
+        ge=0,
+        le=1,
+        description="SmoothQuant alpha of torch int8 models on the CPU (workers/runtime/smoothing.py); 0: plain",
+    )
     model_backend: BackendSetting = "torch"
     onnx_dir: Path | None = Field(default=None, description="exported ONNX models; default STATE_DIR/onnx")
 

@@ -32,6 +32,7 @@ from workers.runtime.precision import (
     quantize_dynamic_int8,
     resolve_precision,
 )
+from workers.runtime.smoothing import calibration_texts, input_absmax, quantize_smoothed
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +116,9 @@ class Encoder:
         }
         # Fast tokenizers reset their truncation state on every call, which breaks under concurrent calls.
         self._lock = threading.Lock()
+        if self.precision == "int8" and self.backend == "torch":
+            # Calibrated by running the float32 model, so only now that it can encode (workers/runtime/smoothing.py).
+            self.model = self._quantize_int8(self.model, settings.int8_smoothing)  # type: ignore[arg-type]
         # The first forward pass allocates and picks kernels; pay for it here, not in the first job.
         self.encode(["warm-up"])
         self.load_seconds = time.perf_counter() - started
@@ -134,9 +138,14 @@ class Encoder:
             shared = self.backend == "torch" and self.precision != "int8"
             model = load_transformer(self.path, transformer_dir, dtype, self.device, shared=shared)
         model.to(self.device).eval()
-        if self.precision == "int8" and self.backend == "torch":
-            model = quantize_dynamic_int8(model)
         return model
+
+    def _quantize_int8(self, model: torch.nn.Module, alpha: float) -> torch.nn.Module:
+        """Return ``model`` (float32, private) with int8 Linear layers: smoothed unless ``alpha`` is 0."""
+        if alpha <= 0:
+            return quantize_dynamic_int8(model)
+        absmax = input_absmax(model, lambda: self.encode(calibration_texts()))
+        return quantize_smoothed(model, absmax, alpha)
 
     def encode(
         self,
