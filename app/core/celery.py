@@ -60,9 +60,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 @lru_cache
 def celery_client() -> Celery:
     """Return the process's Celery app for sending tasks by name (it registers no tasks)."""
-    client = Celery("embedq")
-    client.conf.update(celery_config(get_settings()))
-    return client
+    return _app("embedq")
 
 
 @lru_cache
@@ -74,6 +72,10 @@ def sync_sender() -> Celery:
     UNSUBSCRIBE a blocking connection of its own to every request's result channel. Three Redis round trips
     fewer per request. The worker stores results with its own backend, as for any task.
     """
-    sender = Celery("embedq-sync")
-    sender.conf.update({**celery_config(get_settings()), "result_backend": None, "task_send_sent_event": False})
-    return sender
+    return _app("embedq-sync", result_backend=None, task_send_sent_event=False)
+
+
+def _app(name: str, **overrides: Any) -> Celery:
+    app = Celery(name)
+    app.conf.update({**celery_config(get_settings()), **overrides})
+    return app

@@ -20,8 +20,7 @@ import numpy as np
 
 from app.core.config import get_settings
 from workers.inference.ops import OpError, Payload, Result, register_op
-from workers.inference.token_ids import check_ids, content_ids, encode_ids, special_affixes
-from workers.runtime.batching import budget_chunks
+from workers.inference.token_ids import check_ids, content_ids, id_inputs, special_affixes
 
 if TYPE_CHECKING:
     from workers.runtime.encoder import Encoder
@@ -98,16 +97,14 @@ def _encode_plans(encoder: Encoder, plans: list[_Plan]) -> list[np.ndarray]:
     for p, plan in enumerate(plans):
         pools.setdefault((plan.by_ids, plan.is_query), []).extend((p, j) for j in range(len(plan.inputs)))
     for (by_ids, is_query), units in pools.items():
-        lengths = [plans[p].lengths[j] for p, j in units]
-        for chunk in budget_chunks(lengths, settings.max_batch_size, settings.max_batch_tokens):
-            inputs = [plans[units[u][0]].inputs[units[u][1]] for u in chunk]
-            if by_ids:
-                vectors = encode_ids(encoder, inputs)
-            else:
-                vectors = encoder.encode(inputs, is_query=is_query, batch_size=len(inputs))
-            for row, u in enumerate(chunk):
-                p, j = units[u]
-                out[p][j] = vectors[row]
+        # The encoder plans the passes: longest first, EMBEDQ_MAX_BATCH_SIZE rows, EMBEDQ_MAX_BATCH_TOKENS tokens.
+        inputs = [plans[p].inputs[j] for p, j in units]
+        if by_ids:
+            vectors = encoder.encode_tokens(id_inputs(encoder, inputs), batch_size=settings.max_batch_size)
+        else:
+            vectors = encoder.encode(inputs, is_query=is_query, batch_size=settings.max_batch_size)
+        for row, (p, j) in enumerate(units):
+            out[p][j] = vectors[row]
     return out
 
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from workers.inference.ops import OpError
 
 if TYPE_CHECKING:
@@ -57,11 +55,3 @@ def id_inputs(encoder: Encoder, ids_lists: list[list[int]]) -> Tokens:
     if "token_type_ids" in encoder.tokenizer.model_input_names:
         tokens["token_type_ids"] = [[0] * len(s) for s in sequences]
     return tokens
-
-
-def encode_ids(encoder: Encoder, ids_lists: list[list[int]]) -> np.ndarray:
-    """Return a float32 [len(ids_lists), dimension] array, all rows in one forward pass."""
-    tokens = id_inputs(encoder, ids_lists)
-    batch = encoder.collate(tokens, list(range(len(ids_lists))))
-    hidden = encoder.forward(batch)
-    return encoder.postprocess(hidden, batch["attention_mask"], normalize=encoder.normalize_default)

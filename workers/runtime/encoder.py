@@ -160,13 +160,18 @@ class Encoder:
         ``is_query`` picks the family's prompt: True for search queries, False for the documents searched,
         None for neither (only a folder's ``default_prompt_name`` prompt, if any, is put in front).
         """
-        normalize = self.normalize_default if normalize is None else normalize
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
+        self.map_batches(texts, self._storing(out, normalize), is_query=is_query, batch_size=batch_size)
+        return out
 
-        def store(rows: list[int], batch: dict[str, torch.Tensor], hidden: torch.Tensor) -> None:
-            out[rows] = self.postprocess(hidden, batch["attention_mask"], normalize=normalize)
-
-        self.map_batches(texts, store, is_query=is_query, batch_size=batch_size)
+    def encode_tokens(
+        self, tokens: Tokens, *, normalize: bool | None = None, batch_size: int | None = None
+    ) -> np.ndarray:
+        """Return ``encode``'s array for inputs tokenized already (token-id requests), in the same forward passes."""
+        out = np.empty((len(tokens["input_ids"]), self.dimension), dtype=np.float32)
+        size = self._rows_per_pass(batch_size)
+        with self._lock:
+            self._run_passes(tokens, self._storing(out, normalize), size)
         return out
 
     def map_batches(
@@ -183,16 +188,32 @@ class Encoder:
         (post), all under the encoder's lock.
         """
         _check_texts(texts)
-        size = self.batch_size if batch_size is None else batch_size
-        if size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {size}")
+        size = self._rows_per_pass(batch_size)
         if not texts:
             return
         with self._lock:
-            tokens = self.tokenize(texts, is_query=is_query)
-            for rows in budget_chunks([len(ids) for ids in tokens["input_ids"]], size, self.batch_tokens):
-                batch = self.collate(tokens, rows)
-                handle(rows, batch, self.forward(batch))
+            self._run_passes(self.tokenize(texts, is_query=is_query), handle, size)
+
+    def _rows_per_pass(self, batch_size: int | None) -> int:
+        size = self.batch_size if batch_size is None else batch_size
+        if size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {size}")
+        return size
+
+    def _run_passes(self, tokens: Tokens, handle: BatchHandler, rows_per_pass: int) -> None:
+        # Passes of at most rows_per_pass inputs and batch_tokens padded tokens (workers/runtime/batching.py).
+        for rows in budget_chunks([len(ids) for ids in tokens["input_ids"]], rows_per_pass, self.batch_tokens):
+            batch = self.collate(tokens, rows)
+            handle(rows, batch, self.forward(batch))
+
+    def _storing(self, out: np.ndarray, normalize: bool | None) -> BatchHandler:
+        """Return a handler writing each pass's pooled (normalized unless told not to) vectors into ``out``."""
+        normalize = self.normalize_default if normalize is None else normalize
+
+        def store(rows: list[int], batch: dict[str, torch.Tensor], hidden: torch.Tensor) -> None:
+            out[rows] = self.postprocess(hidden, batch["attention_mask"], normalize=normalize)
+
+        return store
 
     def count_tokens(self, texts: list[str], *, truncate: bool = True, is_query: bool | None = None) -> list[int]:
         """Return each text's token count (prompt and special tokens included) as the model sees it if ``truncate``."""

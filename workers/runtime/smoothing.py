@@ -130,24 +130,20 @@ def smoothing_scale(absmax: torch.Tensor, weight: torch.Tensor, alpha: float) ->
 def quantize_smoothed(model: torch.nn.Module, absmax: dict[str, torch.Tensor], alpha: float) -> torch.nn.Module:
     """Replace each Linear that ``absmax`` measured, but the first layer's, by a SmoothedLinear with int8 weights.
 
-    In place; returns ``model``.
+    In place (``model`` is an Encoder's private float32 copy); returns ``model``.
     """
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
-    for name, seen in absmax.items():
-        if _FIRST_LAYER.search(name):
-            continue
+    scales: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for name, seen in absmax.items():
+            if not _FIRST_LAYER.search(name):
+                linear = model.get_submodule(name)
+                scales[name] = smoothing_scale(seen, linear.weight, alpha)
+                linear.weight.mul_(scales[name][None, :])
+    quantize_dynamic(model, dict.fromkeys(scales, per_channel_dynamic_qconfig), dtype=torch.qint8, inplace=True)
+    for name, scale in scales.items():
         parent_name, _, attribute = name.rpartition(".")
         parent = model.get_submodule(parent_name)
-        linear = getattr(parent, attribute)
-        scale = smoothing_scale(seen, linear.weight, alpha)
-        scaled = torch.nn.Linear(linear.in_features, linear.out_features, bias=linear.bias is not None)
-        with torch.no_grad():
-            scaled.weight.copy_(linear.weight * scale[None, :])
-            if linear.bias is not None:
-                scaled.bias.copy_(linear.bias)
-        holder = quantize_dynamic(
-            torch.nn.Sequential(scaled), {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8
-        )
-        setattr(parent, attribute, SmoothedLinear(1.0 / scale, holder[0]))
+        setattr(parent, attribute, SmoothedLinear(1.0 / scale, getattr(parent, attribute)))
     return model
