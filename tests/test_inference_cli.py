@@ -1,8 +1,11 @@
-"""`embedq up` runs the sync queue on a thread-pool worker of its own, and the job worker leaves that queue alone."""
+"""`embedq up` runs the sync queue on a solo-pool worker of its own, and the job worker leaves that queue alone."""
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import pytest
 
@@ -23,15 +26,32 @@ def queues_of(args: list[str]) -> set[str]:
     return set(args[args.index("-Q") + 1].split(","))
 
 
-def test_up_starts_a_thread_pool_worker_for_sync_requests(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("EMBEDQ_SYNC_WORKER_THREADS", "48")
-    get_settings.cache_clear()
-    try:
-        supervisor = RecordingSupervisor(get_settings(), UpOptions(flower=False))
-        supervisor.spawn_children()
-    finally:
-        get_settings.cache_clear()
+def test_up_starts_a_solo_pool_worker_for_sync_requests() -> None:
+    supervisor = RecordingSupervisor(get_settings(), UpOptions(flower=False))
+    supervisor.spawn_children()
     sync, jobs = supervisor.spawned["sync-worker"], supervisor.spawned["worker"]
     assert queues_of(sync) == {Queue.SYNC.value}
-    assert sync[sync.index("--pool") + 1] == "threads" and sync[sync.index("--concurrency") + 1] == "48"
+    assert sync[sync.index("--pool") + 1] == "solo"
     assert queues_of(jobs) == {q.value for q in Queue} - {Queue.SYNC.value}
+
+
+@pytest.mark.parametrize(
+    ("pool", "preset", "expected"),
+    [("solo", {}, "10000"), ("threads", {}, "10000"), ("prefork", {}, None), ("solo", {"GOMP_SPINCOUNT": "7"}, "7")],
+)
+def test_a_worker_running_torch_in_its_own_process_shortens_openmps_spin(
+    pool: str, preset: dict[str, str], expected: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import workers.celery_app as worker_app
+
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    for name, value in preset.items():
+        monkeypatch.setenv(name, value)
+    # torch is not imported by this test process's app code; the worker reads the variable at its import.
+    monkeypatch.delitem(sys.modules, "torch", raising=False)
+    monkeypatch.setattr(worker_app, "_in_process_pool", False)
+    monkeypatch.setenv("EMBEDQ_POOL_PROCESSES", "1")
+    worker_app._remember_pool(SimpleNamespace(concurrency=1, pool_cls=pool))
+    assert os.environ.get("GOMP_SPINCOUNT") == expected
+    assert worker_app.pool_runs_in_process() == (pool != "prefork")

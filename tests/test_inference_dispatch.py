@@ -1,7 +1,8 @@
 """The API side of the sync path on the session's real Redis, with no worker process.
 
-The test plays the worker with Celery's own pieces: it takes the task message off the Redis queue and
-stores the reply with Celery's result backend, as a worker would; tests/test_v1_api.py runs a real one.
+The test plays the worker with the worker's own pieces: it takes the task message off the Redis queue and
+answers it with the worker's ReplyWriter (stored under the Celery result key, published on the message's
+``reply_to``), or stores a state with Celery's result backend; tests/test_v1_e2e.py runs a real worker.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import secrets
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future
 from typing import Any
 
 import pytest
@@ -23,6 +25,9 @@ from app.core.config import get_settings
 from app.inference.dispatch import infer, request
 from app.inference.errors import InferenceFailedError, InferenceRejectedError, InferenceTimeoutError
 from app.inference.results import result_listener
+from workers.inference.batcher import Delivery
+from workers.inference.ops import OpError
+from workers.inference.replies import ReplyWriter
 
 
 @pytest.fixture
@@ -41,11 +46,34 @@ def take_message(client: redis.Redis, queue: str, timeout: float = 30) -> dict[s
     assert popped is not None, f"no message arrived on {queue}"
     message = json.loads(popped[1])
     args, kwargs, _ = json.loads(base64.b64decode(message["body"]))
-    return {"id": message["headers"]["id"], "headers": message["headers"], "args": args, "kwargs": kwargs}
+    return {
+        "id": message["headers"]["id"],
+        "headers": message["headers"],
+        "reply_to": message["properties"]["reply_to"],
+        "args": args,
+        "kwargs": kwargs,
+    }
 
 
-async def answer(client: redis.Redis, queue: str, reply: Any, state: str = states.SUCCESS) -> dict[str, Any]:
-    """Play the worker: take one message and store ``reply`` for it with Celery's result backend."""
+async def answer(client: redis.Redis, queue: str, reply: dict[str, Any]) -> dict[str, Any]:
+    """Play the worker: take one message and write ``reply`` for it with the worker's ReplyWriter."""
+    message = await asyncio.to_thread(take_message, client, queue)
+    done: Future[Delivery] = Future()
+    if "error" in reply:
+        error = reply["error"]
+        done.set_result(
+            Delivery(OpError(error["message"], status=error["status"], code=error["code"], param=error["param"]), 1, 1)
+        )
+    else:
+        done.set_result(Delivery(reply["result"], reply["batch"]["requests"], reply["batch"]["inputs"]))
+    writer = ReplyWriter(celery_client().backend, max_pending=1)
+    writer.admit()
+    writer.deliver(message["id"], message["reply_to"], message["kwargs"]["deadline"], done)
+    return message
+
+
+async def store_state(client: redis.Redis, queue: str, reply: Any, state: str) -> dict[str, Any]:
+    """Play a worker that only stores a state with Celery's result backend (a failed or revoked task)."""
     message = await asyncio.to_thread(take_message, client, queue)
     celery_client().backend.store_result(message["id"], reply, state)
     return message
@@ -74,18 +102,22 @@ def _epoch(iso: str) -> float:
     return datetime.fromisoformat(iso).timestamp()
 
 
-def test_the_reply_is_delivered_and_its_stored_copy_removed(queue: str, redis_client) -> None:
-    async def scenario() -> tuple[Any, dict[str, Any]]:
+def test_the_reply_comes_on_the_listeners_channel_and_its_stored_copy_outlives_the_deadline_by_a_minute(
+    queue: str, redis_client
+) -> None:
+    async def scenario() -> tuple[Any, dict[str, Any], str]:
         reply = {"result": {"answer": 42}, "batch": {"requests": 3, "inputs": 7}}
         got, message = await asyncio.gather(
             request("tokenize", "m", {"texts": ["a"]}, timeout=30), answer(redis_client, queue, reply)
         )
-        await asyncio.sleep(0.2)  # the listener forgets the stored result in the background
-        return got, message
+        return got, message, result_listener(get_settings().redis_url or "").channel
 
-    got, message = asyncio.run(scenario())
+    started = time.time()
+    got, message, channel = asyncio.run(scenario())
     assert got.result == {"answer": 42} and (got.batch_requests, got.batch_inputs) == (3, 7)
-    assert redis_client.get(f"celery-task-meta-{message['id']}") is None
+    assert message["reply_to"] == channel and channel.startswith("embedq-replies-")
+    ttl = redis_client.ttl(f"celery-task-meta-{message['id']}")
+    assert 30 + 60 - (time.time() - started) - 2 <= ttl <= 30 + 60 + 1
 
 
 def _error(status: int, code: str, param: str | None = None) -> dict[str, Any]:
@@ -119,8 +151,10 @@ def test_worker_errors_become_domain_errors_with_the_workers_status_and_message(
 
 
 def test_a_failed_or_revoked_task_is_a_500_or_a_504(queue: str, redis_client) -> None:
+    # Celery stores such states under the result key and publishes them on the key's own channel, not on
+    # the listener's: the request reads the stored key when its time is up.
     async def scenario(reply: Any, state: str) -> None:
-        await asyncio.gather(request("embed", "m", {}, timeout=30), answer(redis_client, queue, reply, state))
+        await asyncio.gather(request("embed", "m", {}, timeout=1), store_state(redis_client, queue, reply, state))
 
     with pytest.raises(InferenceFailedError, match=r"worker failed on request .*kaboom"):
         asyncio.run(scenario(RuntimeError("kaboom"), states.FAILURE))
@@ -128,50 +162,57 @@ def test_a_failed_or_revoked_task_is_a_500_or_a_504(queue: str, redis_client) ->
         asyncio.run(scenario(None, states.REVOKED))
 
 
-def test_the_listener_reads_a_result_stored_before_it_subscribed_and_ignores_started(redis_client) -> None:
+def _meta(task_id: str, status: str, result: Any) -> str:
+    return json.dumps({"status": status, "result": result, "task_id": task_id})
+
+
+def test_the_listener_takes_its_tasks_final_replies_and_rereads_the_store_after_a_reconnect(redis_client) -> None:
     redis_url = get_settings().redis_url
     assert redis_url is not None
-    early = f"celery-task-meta-{secrets.token_hex(8)}"
-    later = f"celery-task-meta-{secrets.token_hex(8)}"
-    redis_client.set(early, json.dumps({"status": "SUCCESS", "result": "stored first"}))
+    mine, missed, other = (secrets.token_hex(8) for _ in range(3))
 
     async def scenario() -> tuple[Any, Any]:
         listener = result_listener(redis_url)
-        async with listener.expect(early) as first:
-            stored = await asyncio.wait_for(first, 10)
-        async with listener.expect(later) as second:
-            await asyncio.sleep(0.1)  # subscribed by now
-            redis_client.publish(later, json.dumps({"status": "STARTED", "result": None}))
-            redis_client.publish(later, json.dumps({"status": "SUCCESS", "result": "published"}))
-            published = await asyncio.wait_for(second, 10)
-        return stored, published
+        async with listener.expect(mine) as first:
+            redis_client.publish(listener.channel, _meta(mine, "STARTED", None))
+            redis_client.publish(listener.channel, _meta(other, "SUCCESS", "not mine"))
+            redis_client.publish(listener.channel, _meta(mine, "SUCCESS", "published"))
+            published = await asyncio.wait_for(first, 10)
+        async with listener.expect(missed) as second:
+            # The reply is stored while the listener's connection is down, so its message never arrives.
+            killed = redis_client.client_kill_filter(_type="pubsub")
+            assert killed >= 1
+            redis_client.set(f"celery-task-meta-{missed}", _meta(missed, "SUCCESS", "stored"))
+            stored = await asyncio.wait_for(second, 10)
+        return published, stored
 
-    stored, published = asyncio.run(scenario())
-    assert stored["result"] == "stored first" and published["result"] == "published"
+    published, stored = asyncio.run(scenario())
+    assert published["result"] == "published" and stored["result"] == "stored"
 
 
-def test_concurrent_first_requests_of_a_fresh_listener_all_get_their_results(redis_client) -> None:
+def test_concurrent_first_requests_of_a_fresh_listener_share_one_subscription(redis_client) -> None:
     redis_url = get_settings().redis_url
     assert redis_url is not None
-    keys = [f"celery-task-meta-{secrets.token_hex(8)}" for _ in range(32)]
+    ids = [secrets.token_hex(8) for _ in range(32)]
 
-    async def wait_for(listener: Any, key: str, subscribed: asyncio.Event, all_in: asyncio.Event) -> Any:
-        async with listener.expect(key) as future:
+    async def wait_for(listener: Any, task_id: str, subscribed: asyncio.Event, all_in: asyncio.Event) -> Any:
+        async with listener.expect(task_id) as future:
             subscribed.set()
             await all_in.wait()
             return (await asyncio.wait_for(future, 10))["result"]
 
-    async def scenario() -> list[Any]:
+    async def scenario() -> tuple[list[Any], int]:
         listener = result_listener(redis_url)  # a new event loop: a listener that has never connected
-        events = [asyncio.Event() for _ in keys]
+        events = [asyncio.Event() for _ in ids]
         all_in = asyncio.Event()
-        waiting = [asyncio.create_task(wait_for(listener, k, e, all_in)) for k, e in zip(keys, events, strict=True)]
+        waiting = [asyncio.create_task(wait_for(listener, i, e, all_in)) for i, e in zip(ids, events, strict=True)]
         for event in events:
             await event.wait()
-        await asyncio.sleep(0.1)
-        for key in keys:
-            redis_client.publish(key, json.dumps({"status": "SUCCESS", "result": key}))
+        subscribers = dict(redis_client.pubsub_numsub(listener.channel))[listener.channel.encode()]
+        for task_id in ids:
+            redis_client.publish(listener.channel, _meta(task_id, "SUCCESS", task_id))
         all_in.set()
-        return await asyncio.gather(*waiting)
+        return await asyncio.gather(*waiting), subscribers
 
-    assert asyncio.run(scenario()) == keys
+    results, subscribers = asyncio.run(scenario())
+    assert results == ids and subscribers == 1

@@ -7,6 +7,7 @@ request validation as 400); /vectorize, /tokenize and the rest keep ``{"detail":
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -130,3 +131,18 @@ def test_api_keys_guard_the_sync_api_with_an_openai_shaped_401(env: pytest.Monke
     assert client.post("/vectorize", json={"text": "a"}).json()["detail"].startswith("missing or unknown API key")
     authorized = client.post("/v1/embeddings", json={"input": "a"}, headers={"Authorization": "Bearer k-123"})
     assert authorized.status_code == 504  # past the key check: no worker consumes this test's queue
+
+
+def test_admins_model_checks_are_remembered_for_a_second_and_forgotten_with_their_settings() -> None:
+    from app.core.config import Settings
+    from app.v1.service import _ResolvedNames
+
+    names = _ResolvedNames(ttl_s=0.2)
+    first, second = Settings(), Settings()
+    assert names.get("m", first) is None
+    names.put("m", "resolved-m", first)
+    assert names.get("m", first) == "resolved-m"
+    assert names.get("m", second) is None  # other settings: their own answers
+    names.put("m", "resolved-m", second)
+    time.sleep(0.25)
+    assert names.get("m", second) is None

@@ -40,7 +40,8 @@ def sync_env(service_env: dict[str, str], worker: ManagedProcess) -> dict[str, s
 
 @pytest.fixture(scope="module")
 def sync_worker(sync_env: dict[str, str]) -> Iterator[ManagedProcess]:
-    process = start_worker(sync_env, queues=[sync_env["EMBEDQ_SYNC_QUEUE"]], concurrency=64, pool="threads")
+    # As `embedq up` runs it (the other e2e modules run theirs on a thread pool, which works as well).
+    process = start_worker(sync_env, queues=[sync_env["EMBEDQ_SYNC_QUEUE"]], pool="solo")
     yield process
     process.stop()
 

@@ -199,13 +199,13 @@ class Supervisor:
 def sync_worker_command(settings: Settings) -> list[str]:
     """Return the command of the worker for synchronous requests (README "Synchronous API").
 
-    A thread pool, not prefork: each waiting request holds a thread, so requests that wait together are run
-    in one forward pass by the process's batcher; and a queue of its own, so no job batch holds them up.
+    The solo pool, not prefork: the sync task only queues its request on the process's batcher and returns
+    (workers/tasks/infer.py), so the consumer hands each message over with no thread in between, and requests
+    that wait together run in one forward pass. A queue of its own, so no job batch holds them up.
     """
     return [
         sys.executable, "-m", "celery", "-A", WORKER_APP, "worker", "-Q", settings.sync_queue,
-        "--pool", "threads", "--concurrency", str(settings.sync_worker_threads),
-        "--loglevel", "INFO", "-n", "sync@%h",
+        "--pool", "solo", "--loglevel", "WARNING", "-n", "sync@%h",
     ]  # fmt: skip
 
 

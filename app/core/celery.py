@@ -6,6 +6,8 @@ from functools import lru_cache
 from typing import Any
 
 from celery import Celery
+from kombu import Exchange
+from kombu import Queue as KombuQueue
 
 from app.core.config import Settings, get_settings
 from app.core.queues import TASK_QUEUES, Queue, TaskName
@@ -44,6 +46,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_track_started": True,
         "result_expires": 3600,
         "task_default_queue": Queue.INFERENCE.value,
+        # Sync requests are taken off their queue without acks: kombu then keeps no unacked record of them
+        # (two Redis transactions per request on the consumer thread, which the forward pass shares the GIL
+        # with). Nothing is lost that anyone waits for: a worker that dies mid-request leaves its caller a 504.
+        "task_queues": [
+            KombuQueue(settings.sync_queue, Exchange(settings.sync_queue), routing_key=settings.sync_queue, no_ack=True)
+        ],
         "task_routes": {name.value: {"queue": queue.value} for name, queue in TASK_QUEUES.items()},
         "worker_proc_alive_timeout": settings.worker_proc_alive_timeout_s,
         # Run by `celery beat` (`embedq up` starts one); a reap nobody picked up by the next one is dropped.

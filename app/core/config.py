@@ -180,7 +180,12 @@ class Settings(BaseSettings):
     # sync worker. Names users bring from the provider they migrate from (EMB_PROVIDER_*) are read too.
     sync_queue: str = Field(default="sync", min_length=1, description="give a group of API and workers their own")
     sync_timeout_s: float = Field(default=30.0, gt=0, description="a sync request gets a 504 after this")
-    sync_worker_threads: int = Field(default=64, ge=1, description="requests one sync worker holds at once")
+    sync_worker_requests: int = Field(
+        default=64,
+        ge=1,
+        validation_alias=AliasChoices("EMBEDQ_SYNC_WORKER_REQUESTS", "EMBEDQ_SYNC_WORKER_THREADS"),
+        description="requests one sync worker holds at once (queued or running); more wait in Redis",
+    )
     enable_dynamic_batching: bool = Field(
         default=True,
         validation_alias=AliasChoices("EMBEDQ_ENABLE_DYNAMIC_BATCHING", "EMB_PROVIDER_ENABLE_DYNAMIC_BATCHING"),
@@ -275,6 +280,10 @@ class Settings(BaseSettings):
     search_max_top_k: int = Field(default=100, ge=1, le=1000)
     # torch threads per prefork worker child; 0: the machine's cores divided among the pool's processes.
     worker_torch_threads: int = Field(default=0, ge=0)
+    # GOMP_SPINCOUNT of a worker that runs torch in its own process (the sync worker): how long torch's idle
+    # OpenMP threads spin before they sleep. libgomp's default (300,000) kept a core busy ~15 ms after each
+    # small forward pass, the core the API, Redis and the next request needed; 0 leaves libgomp's default.
+    sync_omp_spin_count: int = Field(default=10_000, ge=0)
 
     @field_validator("database_url")
     @classmethod

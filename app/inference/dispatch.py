@@ -19,7 +19,7 @@ from typing import Any
 import anyio.to_thread
 from celery import states
 
-from app.core.celery import celery_client, sync_sender
+from app.core.celery import sync_sender
 from app.core.config import Settings, get_settings
 from app.core.queues import TaskName
 from app.inference.errors import InferenceFailedError, InferenceRejectedError, InferenceTimeoutError
@@ -51,24 +51,34 @@ async def request(op: str, model: str, payload: dict[str, Any], *, timeout: floa
     deadline = time.time() + wait
     _, redis_url = settings.require_services()
     listener = result_listener(redis_url)
-    key = celery_client().backend.get_key_for_task(task_id).decode()
-    async with listener.expect(key) as result:
-        await anyio.to_thread.run_sync(partial(_send, settings, task_id, op, model, payload, deadline))
+    async with listener.expect(task_id) as result:
+        send = partial(_send, settings, task_id, op, model, payload, deadline, listener.channel)
+        await anyio.to_thread.run_sync(send)
         try:
             meta = await asyncio.wait_for(result, timeout=max(0.0, deadline - time.time()))
         except TimeoutError:
-            meta = await listener.stored(key)
+            meta = await listener.stored(task_id)
             if meta is None:
                 raise _timeout(settings, wait, task_id) from None
     return _reply(meta, task_id, settings, wait)
 
 
-def _send(settings: Settings, task_id: str, op: str, model: str, payload: dict[str, Any], deadline: float) -> None:
+def _send(
+    settings: Settings,
+    task_id: str,
+    op: str,
+    model: str,
+    payload: dict[str, Any],
+    deadline: float,
+    reply_to: str,
+) -> None:
     sync_sender().send_task(
         TaskName.INFERENCE_RUN.value,
         kwargs={"op": op, "model": model, "payload": payload, "deadline": deadline},
         task_id=task_id,
         queue=settings.sync_queue,
+        # The worker publishes the reply on this channel, which the listener has subscribed to already.
+        reply_to=reply_to,
         # A worker that receives the message after the caller gave up drops it unrun.
         expires=datetime.fromtimestamp(deadline, tz=UTC),
     )

@@ -44,8 +44,8 @@ def _unauthorized(settings: Settings) -> HTTPException:
     )
 
 
-def resolve_principal(presented: str | None, settings: Settings) -> Principal | None:
-    """Return who ``presented`` is (anyone is the default admin when auth is off); None for no or a bad key."""
+def static_principal(presented: str | None, settings: Settings) -> Principal | None:
+    """Return who ``presented`` is when that needs no database: anyone when auth is off, an EMBEDQ_API_KEYS key."""
     defaults = {
         "max_concurrent_jobs": settings.default_max_concurrent_jobs,
         "requests_per_minute": settings.default_requests_per_minute,
@@ -58,6 +58,14 @@ def resolve_principal(presented: str | None, settings: Settings) -> Principal | 
     for n, key in enumerate(settings.api_keys):
         if hmac.compare_digest(given, key.encode()):
             return Principal(DEFAULT_TENANT, is_admin=True, key_id=f"env:{n}", **defaults)
+    return None
+
+
+def resolve_principal(presented: str | None, settings: Settings) -> Principal | None:
+    """Return who ``presented`` is (anyone is the default admin when auth is off); None for no or a bad key."""
+    principal = static_principal(presented, settings)
+    if principal is not None or not presented:
+        return principal
     with session_scope() as session:
         row = authenticate(session, presented)
     if row is None:
@@ -77,7 +85,10 @@ async def current_principal(
 ) -> Principal:
     """Return the caller, or answer 401 (with how to get a key) when the key is missing, unknown or revoked."""
     presented = credentials.credentials if credentials else None
-    principal = await run_in_threadpool(resolve_principal, presented, settings)
+    # Only a key from `embedq keys create` needs the database, hence a thread; the rest is answered here.
+    principal = static_principal(presented, settings)
+    if principal is None and presented:
+        principal = await run_in_threadpool(resolve_principal, presented, settings)
     if principal is None:
         raise _unauthorized(settings)
     return principal

@@ -1,17 +1,17 @@
 """HTTP routes of the synchronous API: OpenAI's POST /v1/embeddings, and /vectorize, /vectorize-batch, /tokenize.
 
-Bodies are built as plain JSON (no response-model validation): a 2048-vector answer must not spend longer
-in the API than in the worker. The schemas still document every response.
+Bodies are built as plain JSON and rendered by orjson (no response-model validation): a 2048-vector answer
+must not spend longer in the API than in the worker. The schemas still document every response.
 """
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, Response
 
 from app.core.config import Settings, get_settings
+from app.core.responses import FastJSONResponse
 from app.keys.auth import PrincipalDep
 from app.v1 import service
 from app.v1.schemas import (
@@ -42,7 +42,7 @@ router = APIRouter(tags=["sync"])
 
 
 @openai_router.post("/embeddings", response_model=EmbeddingsResponse, responses={200: {"headers": _HEADERS}, **_ERRORS})
-async def create_embeddings(body: EmbeddingsRequest, settings: SettingsDep, principal: PrincipalDep) -> JSONResponse:
+async def create_embeddings(body: EmbeddingsRequest, settings: SettingsDep, principal: PrincipalDep) -> Response:
     """Embed `input` now, as OpenAI's API does; errors come in OpenAI's `{"error": {...}}` shape."""
     texts, token_ids = service.split_input(body.input)
     embedded = await service.embed(
@@ -60,25 +60,25 @@ async def create_embeddings(body: EmbeddingsRequest, settings: SettingsDep, prin
         "model": embedded.model,
         "usage": {"prompt_tokens": embedded.prompt_tokens, "total_tokens": embedded.prompt_tokens},
     }
-    return JSONResponse(content, headers=embedded.headers())
+    return FastJSONResponse(content, headers=embedded.headers())
 
 
 @router.post("/vectorize", response_model=VectorizeResponse, responses={200: {"headers": _HEADERS}, **_ERRORS})
-async def vectorize(body: VectorizeRequest, settings: SettingsDep, principal: PrincipalDep) -> JSONResponse:
+async def vectorize(body: VectorizeRequest, settings: SettingsDep, principal: PrincipalDep) -> Response:
     """Embed one text; `is_query` picks the model family's query or passage prompt."""
     embedded = await service.embed(body.model, settings, principal, texts=[body.text], is_query=body.is_query)
     content = {"vector": embedded.vectors[0].tolist(), "model": embedded.model, "dimension": embedded.vectors.shape[1]}
-    return JSONResponse(content, headers=embedded.headers())
+    return FastJSONResponse(content, headers=embedded.headers())
 
 
 @router.post(
     "/vectorize-batch", response_model=VectorizeBatchResponse, responses={200: {"headers": _HEADERS}, **_ERRORS}
 )
-async def vectorize_batch(body: VectorizeBatchRequest, settings: SettingsDep, principal: PrincipalDep) -> JSONResponse:
+async def vectorize_batch(body: VectorizeBatchRequest, settings: SettingsDep, principal: PrincipalDep) -> Response:
     """Embed `items` in order; `is_query` picks the model family's query or passage prompt."""
     embedded = await service.embed(body.model, settings, principal, texts=body.items, is_query=body.is_query)
     content = {"vectors": embedded.vectors.tolist(), "model": embedded.model, "dimension": embedded.vectors.shape[1]}
-    return JSONResponse(content, headers=embedded.headers())
+    return FastJSONResponse(content, headers=embedded.headers())
 
 
 @router.post("/tokenize", response_model=TokenizeResponse, responses=_ERRORS)

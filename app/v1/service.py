@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import fnmatch
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +62,49 @@ def check_model(name: str | None, settings: Settings, principal: Principal) -> t
     except UnknownModelError as exc:
         raise ModelNotFoundError(str(exc), param="model") from exc
     return asked, resolved.name
+
+
+class _ResolvedNames:
+    """Names an admin resolved lately: a request's model check without a thread hop or a file lookup.
+
+    Only admins' (everyone's when auth is off): what a tenant may see depends on the database, asked each
+    time. An entry lives ``ttl_s`` seconds, so a model added to or removed from EMBEDQ_MODELS_DIR shows
+    within that; a worker resolves the name again anyway and answers 404 for one that has gone.
+    """
+
+    def __init__(self, ttl_s: float = 1.0, max_entries: int = 1024) -> None:
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self._settings: Settings | None = None
+        self._entries: dict[str, tuple[float, str]] = {}
+
+    def get(self, asked: str, settings: Settings) -> str | None:
+        if settings is not self._settings:  # new settings (tests, a reload): forget what the old ones said
+            self._settings, self._entries = settings, {}
+        entry = self._entries.get(asked)
+        return entry[1] if entry is not None and entry[0] > time.monotonic() else None
+
+    def put(self, asked: str, resolved: str, settings: Settings) -> None:
+        if settings is self._settings:
+            if len(self._entries) >= self.max_entries:
+                self._entries.clear()
+            self._entries[asked] = (time.monotonic() + self.ttl_s, resolved)
+
+
+_resolved_names = _ResolvedNames()
+
+
+async def checked_model(name: str | None, settings: Settings, principal: Principal) -> tuple[str, str]:
+    """Return ``check_model``'s answer, from the last second's answers when the caller is an admin."""
+    asked = name or settings.default_model
+    if principal.is_admin:
+        resolved = _resolved_names.get(asked, settings)
+        if resolved is not None:
+            return asked, resolved
+    asked, resolved = await run_in_threadpool(check_model, name, settings, principal)
+    if principal.is_admin:
+        _resolved_names.put(asked, resolved, settings)
+    return asked, resolved
 
 
 def check_texts(texts: list[str], settings: Settings) -> None:
@@ -133,7 +177,7 @@ async def embed(
         check_texts(texts, settings)
     else:
         check_token_ids(token_ids or [], settings)
-    asked, resolved = await run_in_threadpool(check_model, model, settings, principal)
+    asked, resolved = await checked_model(model, settings, principal)
     if dimensions is not None and not allows_dimensions((asked, resolved), settings):
         raise InvalidInputError(
             f"model {asked!r} does not support dimensions: its vectors were not trained to be shortened. Omit "
@@ -166,7 +210,7 @@ def embedding_items(vectors: np.ndarray, encoding_format: str) -> list[dict[str,
 async def tokenize(model: str | None, texts: list[str], settings: Settings, principal: Principal) -> dict[str, Any]:
     """Return the /tokenize body: token ids, strings and counts per text, from the model's own tokenizer."""
     check_texts(texts, settings)
-    asked, _ = await run_in_threadpool(check_model, model, settings, principal)
+    asked, _ = await checked_model(model, settings, principal)
     result = (await request(TOKENIZE_OP, asked, {"texts": texts})).result
     data = [{"index": i, **item} for i, item in enumerate(result["data"])]
     return {

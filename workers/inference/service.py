@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future
 from typing import Any
 
 from app.core.config import get_settings
 from workers.inference.batcher import BatcherSettings, Delivery, process_batcher
 from workers.inference.ops import OpError, Payload, weight_of
+from workers.inference.replies import reply_of
 from workers.inference.runner import run_group
 
 
@@ -22,27 +24,22 @@ def _batcher_settings() -> BatcherSettings:
     )
 
 
-def handle_request(op: str, model: str, payload: Payload, *, deadline: float | None = None) -> dict[str, Any]:
-    """Return the reply the API reads: ``{"result", "batch"}`` on success, ``{"error"}`` otherwise.
+def submit(op: str, model: str, payload: Payload, *, deadline: float | None = None) -> Future[Delivery]:
+    """Return a future of the request's Delivery, run on the process's batcher thread.
 
-    Runs on the process's batcher thread, batched with its neighbours unless EMBEDQ_ENABLE_DYNAMIC_BATCHING
-    is off. ``deadline`` (epoch seconds) is when the API stops waiting: a request still unrun by then is dropped.
+    Batched with its neighbours unless EMBEDQ_ENABLE_DYNAMIC_BATCHING is off. ``deadline`` (epoch seconds) is
+    when the API stops waiting: a request still unrun by then is dropped with a 504.
     """
     if deadline is not None and time.time() > deadline:
-        delivery = Delivery(
-            OpError("the caller stopped waiting before the request ran", status=504, code="timeout"), 0, 0
+        late: Future[Delivery] = Future()
+        late.set_result(
+            Delivery(OpError("the caller stopped waiting before the request ran", status=504, code="timeout"), 0, 0)
         )
-    else:
-        batcher = process_batcher(run_group, _batcher_settings())
-        delivery = batcher.submit(op, model, payload, weight=weight_of(op, payload), deadline=deadline).result()
-    return reply(delivery)
+        return late
+    batcher = process_batcher(run_group, _batcher_settings())
+    return batcher.submit(op, model, payload, weight=weight_of(op, payload), deadline=deadline)
 
 
-def reply(delivery: Delivery) -> dict[str, Any]:
-    """Return the JSON-able reply for ``delivery``."""
-    if isinstance(delivery.outcome, OpError):
-        return {"error": delivery.outcome.to_wire()}
-    return {
-        "result": delivery.outcome,
-        "batch": {"requests": delivery.batch_requests, "inputs": delivery.batch_inputs},
-    }
+def handle_request(op: str, model: str, payload: Payload, *, deadline: float | None = None) -> dict[str, Any]:
+    """Return the reply the API reads (``workers/inference/replies.py``), waiting for the request's batch."""
+    return reply_of(submit(op, model, payload, deadline=deadline).result())

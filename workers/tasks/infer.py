@@ -1,37 +1,72 @@
 """The synchronous inference task: one request of /v1/embeddings, /vectorize, /tokenize, ... on the sync queue.
 
-Run it on a thread-pool worker (`embedq up` starts one: ``-Q sync -P threads``) so requests that wait
-together are batched together; on a prefork worker each request runs alone. Acknowledged when it starts,
-not when it ends: nobody waits for a redelivered sync request, its caller got a 504 long before.
+The task queues its request on the process's dynamic batcher and returns at once; the reply is stored and
+published under the task's result key when the batch has run (``workers/inference/replies.py``). So the
+worker takes the next message while a batch runs, and requests that wait together run together, on any
+pool: `embedq up` runs the sync queue on a solo-pool worker (``-Q sync -P solo``), where a message goes from
+the consumer to the batcher with no thread in between. Acknowledged when it starts, not when it ends:
+nobody waits for a redelivered sync request, its caller got a 504 long before.
 """
 
 from __future__ import annotations
 
 import logging
+from concurrent.futures import Future
+from functools import partial
 from typing import Any
 
-from celery import signals
-from celery.concurrency.thread import TaskPool as ThreadTaskPool
+from celery import Task, signals
+from celery.worker.request import Request
 
 from app.core.config import get_settings
 from app.core.queues import TaskName
-from workers.celery_app import celery_app
-from workers.inference.service import handle_request
+from workers.celery_app import celery_app, pool_runs_in_process
+from workers.inference.replies import process_writer
+from workers.inference.service import handle_request, submit
 
 log = logging.getLogger(__name__)
 
 
-@celery_app.task(name=TaskName.INFERENCE_RUN.value, acks_late=False, track_started=False)
-def run_inference(op: str, model: str, payload: dict[str, Any], deadline: float | None = None) -> dict[str, Any]:
-    """Run op ``op`` with ``model`` on ``payload``; returns ``{"result", "batch"}`` or ``{"error"}``."""
-    return handle_request(op, model, payload, deadline=deadline)
+class UnackedRequest(Request):
+    """A request taken from a queue consumed without acks (the sync queue): the broker has nothing to ack."""
+
+    def acknowledge(self) -> None:
+        queue = celery_app.amqp.queues.get((self.delivery_info or {}).get("routing_key"))
+        if queue is not None and queue.no_ack:
+            self.acknowledged = True
+        else:
+            super().acknowledge()
+
+
+@celery_app.task(
+    bind=True,
+    Request=UnackedRequest,
+    name=TaskName.INFERENCE_RUN.value,
+    acks_late=False,
+    track_started=False,
+    # The reply is written by the ReplyWriter, not by Celery; a request that expired unrun is still
+    # stored as REVOKED, which the API turns into its 504 at once.
+    ignore_result=True,
+    store_errors_even_if_ignored=True,
+)
+def run_inference(self: Task, op: str, model: str, payload: dict[str, Any], deadline: float | None = None) -> None:
+    """Queue op ``op`` with ``model`` on ``payload``; its reply (``{"result", "batch"}`` or ``{"error"}``) is
+    stored under this task's result key when its batch has run."""
+    writer = process_writer(self.backend, get_settings().sync_worker_requests)
+    writer.admit()
+    try:
+        future = submit(op, model, payload, deadline=deadline)
+    except Exception as exc:  # the slot is taken: the reply (a 500) must still go out and free it
+        future = Future()
+        future.set_exception(exc)
+    future.add_done_callback(partial(writer.deliver, self.request.id, self.request.reply_to, deadline))
 
 
 @signals.worker_ready.connect
-def _preload_in_thread_pool(sender: Any = None, **_: Any) -> None:
-    # A thread-pool worker runs tasks in its own process (no fork), so it may load models before the first
-    # request rather than during it: EMBEDQ_PRELOAD_MODELS, else the default model.
-    if not isinstance(getattr(sender, "pool", None), ThreadTaskPool):
+def _preload_in_process(sender: Any = None, **_: Any) -> None:
+    # A solo or thread-pool worker runs tasks in its own process (no fork), so it may load models before
+    # the first request rather than during it: EMBEDQ_PRELOAD_MODELS, else the default model.
+    if not pool_runs_in_process():
         return
     settings = get_settings()
     for name in settings.preload_models or [settings.default_model]:
