@@ -205,7 +205,7 @@ def sync_worker_command(settings: Settings) -> list[str]:
     """
     return [
         sys.executable, "-m", "celery", "-A", WORKER_APP, "worker", "-Q", settings.sync_queue,
-        "--pool", "solo", "--loglevel", "WARNING", "-n", "sync@%h",
+        "--pool", "solo", "--loglevel", "INFO", "-n", "sync@%h",
     ]  # fmt: skip
 
 
