@@ -141,3 +141,15 @@ def test_the_sync_queue_is_consumed_without_acks_and_its_requests_ack_nothing() 
     assert from_sync.acknowledged
     with pytest.raises(MessageStateError):
         request_from("inference").acknowledge()
+
+
+def test_drain_waits_for_the_held_requests_replies(clean_state: None) -> None:
+    writer = ReplyWriter(celery_client().backend, max_pending=3)
+    writer.admit()
+    writer.admit()
+    assert writer.drain(0.2) == 2  # two replies owed, none written
+    ids = [secrets.token_hex(8) for _ in range(2)]
+    later = threading.Timer(0.3, lambda: [writer.deliver(i, None, None, done({"count": 1})) for i in ids])
+    later.start()
+    assert writer.drain(10) == 0
+    assert writer.drain(0) == 0  # and every slot is free again

@@ -97,6 +97,16 @@ class ReplyWriter:
                 self._thread.start()
         self._queue.put(_Outgoing(task_id, reply_to, deadline, body))
 
+    def drain(self, timeout: float) -> int:
+        """Wait up to ``timeout`` seconds for every admitted request's reply to be written; return how many are not."""
+        deadline = time.monotonic() + timeout
+        taken = 0
+        while taken < self.max_pending and self._slots.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            taken += 1
+        for _ in range(taken):
+            self._slots.release()
+        return self.max_pending - taken
+
     def _loop(self) -> None:
         while True:
             ready = [self._queue.get()]
@@ -153,3 +163,10 @@ def process_writer(backend: RedisBackend, max_pending: int) -> ReplyWriter:
         if writer is None or writer.max_pending != max_pending:
             writer = _writers[os.getpid()] = ReplyWriter(backend, max_pending=max_pending)
         return writer
+
+
+def drain_process_writer(timeout: float) -> int:
+    """Wait for this process's pending sync replies (see ``ReplyWriter.drain``); 0 if it has none."""
+    with _writers_lock:
+        writer = _writers.get(os.getpid())
+    return 0 if writer is None else writer.drain(timeout)

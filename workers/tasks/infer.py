@@ -21,7 +21,7 @@ from celery.worker.request import Request
 from app.core.config import get_settings
 from app.core.queues import TaskName
 from workers.celery_app import celery_app, pool_runs_in_process
-from workers.inference.replies import process_writer
+from workers.inference.replies import drain_process_writer, process_writer
 from workers.inference.service import handle_request, submit
 
 log = logging.getLogger(__name__)
@@ -76,3 +76,12 @@ def _preload_in_process(sender: Any = None, **_: Any) -> None:
             log.error("could not preload model %s: %s", name, outcome["error"]["message"])
         else:
             log.info("preloaded model %s", name)
+
+
+@signals.worker_shutdown.connect
+def _answer_held_requests(**_: Any) -> None:
+    # The consumer has stopped; the requests this worker took are still in its batcher (a daemon thread).
+    # Let them run and their replies go out before the process exits, within their callers' patience.
+    left = drain_process_writer(get_settings().sync_timeout_s)
+    if left:
+        log.warning("%d sync requests were not answered before shutdown: their callers get a 504", left)
