@@ -12,7 +12,7 @@ class Queue(StrEnum):
     WEBHOOKS = "webhooks"
     MAINTENANCE = "maintenance"
     # Synchronous requests (/v1/embeddings, /vectorize, ...): a caller is waiting, so they never queue
-    # behind job batches; a dedicated thread-pool worker consumes it (README "Synchronous API").
+    # behind job batches; a dedicated solo-pool worker consumes it (README "Synchronous API").
     SYNC = "sync"
 
 

@@ -1,7 +1,8 @@
 """Dynamic batching: requests that wait together run together, in one op call per (op, model).
 
-Each request is submitted from its own thread (a Celery thread-pool task) and waits on a future. One
-batcher thread takes the first waiting request, then keeps taking requests until the batch holds
+A request is submitted from any thread (the sync task, on the worker's consumer thread) and gets a future,
+resolved on the batcher's thread (the sync task's reply goes out from a done-callback). One batcher thread
+takes the first waiting request, then keeps taking requests until the batch holds
 ``min_batch_size`` inputs or ``max_wait_s`` has passed since the first (whatever is already waiting is
 always taken at once, up to ``max_batch_inputs`` inputs), runs the batch and hands each request its outcome.
 While a batch runs, new requests pile up and form the next batch: under load batches grow by themselves,

@@ -1,11 +1,12 @@
 """The synchronous inference task: one request of /v1/embeddings, /vectorize, /tokenize, ... on the sync queue.
 
-The task queues its request on the process's dynamic batcher and returns at once; the reply is stored and
-published under the task's result key when the batch has run (``workers/inference/replies.py``). So the
-worker takes the next message while a batch runs, and requests that wait together run together, on any
-pool: `embedq up` runs the sync queue on a solo-pool worker (``-Q sync -P solo``), where a message goes from
-the consumer to the batcher with no thread in between. Acknowledged when it starts, not when it ends:
-nobody waits for a redelivered sync request, its caller got a 504 long before.
+The task queues its request on the process's dynamic batcher and returns at once; when the batch has run,
+the reply is stored under the task's result key and published on the caller's channel
+(``workers/inference/replies.py``). So the worker takes the next message while a batch runs, and requests
+that wait together run together, on any pool: `embedq up` runs the sync queue on a solo-pool worker
+(``-Q sync -P solo``), where a message goes from the consumer to the batcher with no thread in between.
+The sync queue is consumed without acks (``app/core/celery.py``): nobody waits for a redelivered sync
+request, its caller got a 504 long before.
 """
 
 from __future__ import annotations
@@ -44,8 +45,8 @@ class UnackedRequest(Request):
     name=TaskName.INFERENCE_RUN.value,
     acks_late=False,
     track_started=False,
-    # The reply is written by the ReplyWriter, not by Celery; a request that expired unrun is still
-    # stored as REVOKED, which the API turns into its 504 at once.
+    # The reply is written by the ReplyWriter, not by Celery. A request that expired unrun is still stored
+    # as REVOKED, which the API reads when it stops waiting (its deadline is the message's expiry): a 504.
     ignore_result=True,
     store_errors_even_if_ignored=True,
 )
