@@ -55,3 +55,15 @@ def test_a_worker_running_torch_in_its_own_process_shortens_openmps_spin(
     worker_app._remember_pool(SimpleNamespace(concurrency=1, pool_cls=pool))
     assert os.environ.get("GOMP_SPINCOUNT") == expected
     assert worker_app.pool_runs_in_process() == (pool != "prefork")
+
+
+@pytest.mark.parametrize("name", ["EMBEDQ_SYNC_WORKER_REQUESTS", "EMBEDQ_SYNC_WORKER_THREADS"])
+def test_the_requests_a_sync_worker_holds_are_a_setting_under_its_old_name_too(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(name, "7")
+    get_settings.cache_clear()
+    try:
+        assert get_settings().sync_worker_requests == 7
+    finally:
+        get_settings.cache_clear()
