@@ -61,11 +61,8 @@ def static_principal(presented: str | None, settings: Settings) -> Principal | N
     return None
 
 
-def resolve_principal(presented: str | None, settings: Settings) -> Principal | None:
-    """Return who ``presented`` is (anyone is the default admin when auth is off); None for no or a bad key."""
-    principal = static_principal(presented, settings)
-    if principal is not None or not presented:
-        return principal
+def stored_key_principal(presented: str, settings: Settings) -> Principal | None:
+    """Return whose key from `embedq keys create` ``presented`` is; None for an unknown or revoked one."""
     with session_scope() as session:
         row = authenticate(session, presented)
     if row is None:
@@ -88,7 +85,7 @@ async def current_principal(
     # Only a key from `embedq keys create` needs the database, hence a thread; the rest is answered here.
     principal = static_principal(presented, settings)
     if principal is None and presented:
-        principal = await run_in_threadpool(resolve_principal, presented, settings)
+        principal = await run_in_threadpool(stored_key_principal, presented, settings)
     if principal is None:
         raise _unauthorized(settings)
     return principal

@@ -149,8 +149,10 @@ def embed(encoder: Encoder, payloads: list[Payload]) -> list[Result | OpError]:
 
 @register_op("warm_up")
 def warm_up(encoder: Encoder, payloads: list[Payload]) -> list[Result | OpError]:
-    """Load the model (the runner does) and run one forward pass, so that the first request pays for neither."""
-    encoder.encode(["warm up"])
+    """Load the model, so that the first request does not pay for it.
+
+    The runner loads it on the thread that runs every op, and the Encoder runs its warm-up pass as it loads.
+    """
     return [{"model": encoder.name} for _ in payloads]
 
 

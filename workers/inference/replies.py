@@ -143,10 +143,7 @@ class ReplyWriter:
             if reply.deadline is not None:
                 after_deadline = max(1, math.ceil(reply.deadline - now) + KEEP_AFTER_DEADLINE_S)
                 keep = min(keep, after_deadline) if keep else after_deadline
-            if keep:
-                pipe.set(key, value, ex=int(keep))
-            else:
-                pipe.set(key, value)
+            pipe.set(key, value, ex=int(keep) if keep else None)
             ours = reply.reply_to is not None and reply.reply_to.startswith(REPLY_CHANNEL_PREFIX)
             pipe.publish(reply.reply_to if ours else key, value)
         pipe.execute()

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from concurrent.futures import Future
 from typing import Any
 
 from app.core.config import get_settings
 from workers.inference.batcher import BatcherSettings, Delivery, process_batcher
-from workers.inference.ops import OpError, Payload, weight_of
+from workers.inference.ops import Payload, weight_of
 from workers.inference.replies import reply_of
 from workers.inference.runner import run_group
 
@@ -28,14 +27,8 @@ def submit(op: str, model: str, payload: Payload, *, deadline: float | None = No
     """Return a future of the request's Delivery, run on the process's batcher thread.
 
     Batched with its neighbours unless EMBEDQ_ENABLE_DYNAMIC_BATCHING is off. ``deadline`` (epoch seconds) is
-    when the API stops waiting: a request still unrun by then is dropped with a 504.
+    when the API stops waiting: the batcher drops a request still unrun by then with a 504.
     """
-    if deadline is not None and time.time() > deadline:
-        late: Future[Delivery] = Future()
-        late.set_result(
-            Delivery(OpError("the caller stopped waiting before the request ran", status=504, code="timeout"), 0, 0)
-        )
-        return late
     batcher = process_batcher(run_group, _batcher_settings())
     return batcher.submit(op, model, payload, weight=weight_of(op, payload), deadline=deadline)
 
