@@ -1,19 +1,25 @@
 # Every target works from a fresh clone: the ones that need the virtualenv build it first.
 PYTHON ?= python3.11
 VENV := .venv
-# Touched after a successful install, so pip only runs again when pyproject.toml changes.
+# The lock: exact versions with hashes, compiled from pyproject.toml by pip-tools (docs: development).
+LOCK := requirements/dev.txt
+# Touched after a successful install, so pip only runs again when the lock changes.
 INSTALLED := $(VENV)/.installed
+PIP_INSTALL := $(VENV)/bin/python -m pip install --quiet --quiet --progress-bar off
 
-.PHONY: install up test lint
+.PHONY: install up test lint lock upgrade
 
 install: $(INSTALLED)
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 
-# Quiet twice: errors still show, the machine index's "location is ignored" warnings do not.
-$(INSTALLED): pyproject.toml | $(VENV)/bin/python
-	$(VENV)/bin/python -m pip install --quiet --quiet --progress-bar off -e '.[dev]'
+# Exactly the lock (--no-deps: nothing resolved at install time), then embedq itself, built with the locked
+# setuptools. pip check fails the install if the lock is not a consistent set.
+$(INSTALLED): $(LOCK) pyproject.toml | $(VENV)/bin/python
+	$(PIP_INSTALL) --require-hashes --no-deps -r $(LOCK)
+	$(PIP_INSTALL) --no-deps --no-build-isolation -e .
+	$(VENV)/bin/python -m pip check
 	touch $@
 
 up: install
@@ -27,3 +33,26 @@ test: install
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+# Re-locking: pip-tools in a venv of its own. `make lock` after editing pyproject.toml keeps every pin it can;
+# `make upgrade` moves every pin to the newest release pyproject.toml allows, then the suite says whether they work.
+LOCK_VENV := .lockenv
+PIP_COMPILE := $(LOCK_VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras --all-build-deps \
+	--no-emit-index-url --no-emit-find-links $(LOCK_ARGS)
+# The GPU image's torch is PyPI's CUDA build: resolved without this machine's pip configuration (its find-links
+# carry the CPU wheel).
+PYPI_ONLY := env -u PIP_FIND_LINKS -u PIP_CONSTRAINT PIP_CONFIG_FILE=/dev/null
+
+$(LOCK_VENV)/bin/pip-compile:
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet --progress-bar off pip-tools==7.7.0
+
+lock: $(LOCK_VENV)/bin/pip-compile
+	$(PIP_COMPILE) --extra worker --extra embedded --extra test --extra onnx -o requirements/dev.txt pyproject.toml
+	$(PIP_COMPILE) --extra worker --extra flower --extra modelscope -o requirements/image-cpu.txt pyproject.toml
+	$(PYPI_ONLY) $(PIP_COMPILE) --extra worker-gpu --extra flower --extra modelscope \
+		-o requirements/image-gpu.txt pyproject.toml
+
+upgrade:
+	$(MAKE) lock LOCK_ARGS=--upgrade
+	$(MAKE) test

@@ -40,9 +40,8 @@ class ModelScopeMissingError(RuntimeError):
 
     def __init__(self) -> None:
         super().__init__(
-            "loading models from ModelScope needs the modelscope package: pip install modelscope (its hub client is "
-            "all embedq uses; 'embedq[modelscope]' adds modelscope's pipelines, which pin an older huggingface_hub), "
-            "or set EMBEDQ_MODEL_SOURCE=huggingface"
+            "loading models from ModelScope needs the modelscope package: pip install modelscope (its hub client; "
+            "the extra embedq[modelscope] installs it), or set EMBEDQ_MODEL_SOURCE=huggingface"
         )
 
 
