@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse
+from starlette.responses import Response
 
 from app.catalog.routes import router as models_router
 from app.collections.routes import errors_router as ingest_errors_router
 from app.collections.routes import router as collections_router
 from app.core.config import get_settings
+from app.core.error_rendering import SafeJSONResponse, install_safe_error_rendering
 from app.core.errors import EmbedqError
 from app.core.limits import RequestLimits
 from app.core.openapi import document_common_errors
@@ -25,10 +26,10 @@ from app.v1.errors import error_body, install_openai_errors
 from app.webhooks.routes import router as webhooks_router
 
 
-def _render_error(_: Request, exc: Exception) -> JSONResponse:
+def _render_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, EmbedqError)
     body = {"detail": exc.message, "code": exc.code, "param": exc.param, **exc.extra}
-    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers or None)
+    return SafeJSONResponse(body, status_code=exc.status_code, headers=exc.headers or None)
 
 
 def create_app() -> FastAPI:
@@ -39,6 +40,7 @@ def create_app() -> FastAPI:
         summary="Asynchronous embedding jobs over Celery, stored in Postgres/pgvector.",
     )
     api.add_exception_handler(EmbedqError, _render_error)
+    install_safe_error_rendering(api)
     answer_outages_with_503(api)
     api.include_router(health_router)
     api.include_router(jobs_router, dependencies=[Depends(current_principal)], responses=AUTH_ERRORS)

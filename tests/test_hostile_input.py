@@ -560,3 +560,77 @@ def test_hostile_fine_tuning_form_fields_are_a_4xx(http: httpx.Client, field: st
 def test_hostile_fine_tuning_files_are_a_4xx(http: httpx.Client, pairs: bytes) -> None:
     r = http.post("/fine-tune", data={"model_name": "ok-name"}, files={"file": ("pairs.tsv", pairs)})
     assert 400 <= r.status_code < 500, r.text
+
+
+# --- encodings: a JSON body is strict UTF-8 before anything looks at it ------------------------------------
+
+# Python's JSON parser reads every one of these; a check that scanned the bytes as UTF-8 would not see its text.
+WRONG_ENCODINGS = ["utf-8-sig", "utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le", "utf-32-be"]
+# Streamed per document (each line reports its own bad bytes: test_non_utf8_and_nul_fail_their_line_not_the_upload).
+STREAMED_JSON_ROUTES = {"POST /collections/{name}/documents"}
+
+
+def json_routes() -> list[tuple[str, str]]:
+    """Return (method, path) of every route that takes a JSON body, path parameters filled in."""
+    spec = create_app().openapi()
+    routes = []
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            if "application/json" not in operation.get("requestBody", {}).get("content", {}):
+                continue
+            if f"{method.upper()} {path}" in STREAMED_JSON_ROUTES:
+                continue
+            filled = path.replace("{name}", "c").replace("{model_id}", "m")
+            for param in ("{job_id}", "{endpoint_id}", "{id}", "{delivery_id}"):
+                filled = filled.replace(param, "00000000-0000-0000-0000-000000000000")
+            routes.append((method.upper(), filled))
+    return routes
+
+
+def error_message(r: httpx.Response) -> str:
+    body = r.json()
+    return body["error"]["message"] if "error" in body else body["detail"]
+
+
+def test_the_json_route_list_is_not_empty() -> None:
+    routes = json_routes()
+    assert ("POST", "/jobs/embeddings") in routes and ("POST", "/v1/embeddings") in routes
+    assert ("POST", "/collections/c/search") in routes and len(routes) >= 15
+
+
+@pytest.mark.parametrize("encoding", WRONG_ENCODINGS)
+def test_every_json_route_refuses_a_bom_utf16_and_utf32(http: httpx.Client, encoding: str) -> None:
+    body = '{"input": ["ok"], "idempotency_key": "k"}'.encode(encoding)
+    wrong = []
+    for method, path in json_routes():
+        r = http.request(method, path, content=body, headers={"content-type": "application/json"})
+        if r.status_code != 400 or "UTF-8" not in error_message(r):
+            wrong.append(f"{method} {path}: {r.status_code} {r.text[:200]}")
+    assert wrong == []
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/jobs/embeddings", '{"input":["ok"],"idempotency_key":"\\u0000"}'),
+        ("/jobs/embeddings", '{"input":["ok","\\ud800"]}'),
+        ("/jobs/embeddings", '{"input":["ok"],"idempotency_key":"\\ud800"}'),
+        ("/collections", '{"name":"bom","metadata":{"k":"\\u0000"}}'),
+        ("/collections/c/search", '{"query":"q","filter":{"k":"\\ud800"}}'),
+        ("/collections/c/search", '{"vector":[NaN]}'),
+        ("/v1/embeddings", '{"input":"\\ud800"}'),
+        ("/tokenize", '{"input":"\\ud800"}'),
+    ],
+)
+def test_the_issue_16_bodies_behind_a_bom_are_a_400_not_a_500(http: httpx.Client, path: str, body: str) -> None:
+    for raw in (body.encode("utf-8-sig"), body.encode("utf-16"), body.encode()):
+        r = http.post(path, content=raw, headers={"content-type": "application/json"})
+        assert r.status_code == 400, (raw[:20], r.text)
+        assert any(word in error_message(r) for word in ("UTF-8", "NUL", "surrogate", "finite")), r.text
+
+
+def test_utf8_encoded_surrogates_and_bad_bytes_are_a_400(http: httpx.Client) -> None:
+    # json.loads reads bytes with errors="surrogatepass": ED A0 80 would become a lone surrogate.
+    for raw in (b'{"input": ["ok", "\xed\xa0\x80"]}', b'{"input": ["caf\xe9"]}'):
+        r = http.post("/jobs/embeddings", content=raw, headers={"content-type": "application/json"})
+        assert r.status_code == 400 and "not valid UTF-8" in r.json()["detail"], r.text

@@ -7,6 +7,7 @@
 - a document upload (POST /collections/{name}/documents) is streamed to its route and counted against
   EMBEDQ_MAX_UPLOAD_BYTES; fine-tuning bodies against EMBEDQ_TRAINING_MAX_UPLOAD_BYTES; the rest against
   EMBEDQ_MAX_REQUEST_BYTES;
+- a JSON body must be strict UTF-8 (no BOM, no UTF-16/32, no bad bytes), else a 400 that says so;
 - a JSON body is scanned (brackets and strings only, in C via one regex) before the route parses it:
   nesting deeper than EMBEDQ_MAX_JSON_DEPTH is a 400, a string longer than EMBEDQ_MAX_JSON_STRING_CHARS
   a 413, and a NUL character (``\\u0000``, which Postgres text cannot hold), a lone surrogate (no UTF-8
@@ -178,12 +179,14 @@ class RequestLimits:
 def check_json(body: bytes, max_depth: int, max_string_chars: int) -> _Rejection | None:
     """Return why a JSON ``body`` is refused (too deep, too long a string, NUL, NaN, ...), or None.
 
+    The body must be UTF-8 first (``check_encoding``), so that what is checked is what the parser reads.
     Bodies that are not JSON, or not valid JSON, are left to the route to refuse with its own message.
     Cheap tests over the whole body (byte counts, C searches, numpy) decide whether the exact, slower
     checks are needed at all; for everyday bodies they are not.
     """
-    if body.lstrip()[:1] not in (b"{", b"["):
-        return None
+    rejection = check_encoding(body)
+    if rejection is not None:
+        return rejection
     if _strings_need_decoding(body, max_string_chars):
         for match in _STRING.finditer(body):
             rejection = _check_string(match.group(), max_string_chars)
@@ -205,6 +208,29 @@ def check_json(body: bytes, max_depth: int, max_string_chars: int) -> _Rejection
                     "JSON numbers (no NaN, Infinity, or values beyond ±1.8e308)"
                 )
                 return _Rejection(400, "invalid_number", message)
+    return None
+
+
+def check_encoding(body: bytes) -> _Rejection | None:
+    """Return why ``body`` is not strict UTF-8 (a BOM, UTF-16 or UTF-32, bad bytes), or None.
+
+    Python's JSON parser reads all of these (and UTF-8-encoded surrogates), so a check that scanned the raw
+    bytes as UTF-8 would see another text than the route: they are refused before anything else looks.
+    """
+    encoding = json.detect_encoding(body)
+    if encoding == "utf-8-sig":
+        message = "the JSON body starts with a UTF-8 byte-order mark (EF BB BF): send UTF-8 without a BOM"
+        return _Rejection(400, "byte_order_mark", message)
+    if encoding != "utf-8":
+        message = f"the JSON body is encoded as {encoding.upper()}: send it as UTF-8 (RFC 8259), without a BOM"
+        return _Rejection(400, "unsupported_encoding", message)
+    if body.isascii():
+        return None
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        message = f"the JSON body is not valid UTF-8 (byte {exc.start}: {exc.reason}): send UTF-8"
+        return _Rejection(400, "invalid_utf8", message)
     return None
 
 

@@ -17,6 +17,8 @@ from fastapi.exceptions import RequestValidationError, WebSocketRequestValidatio
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.responses import Response
 
+from app.core.error_rendering import SafeJSONResponse
+
 Handler = Callable[[Request, Any], Response | Awaitable[Response]]
 
 OPENAI_PREFIX = "/v1"
@@ -91,7 +93,7 @@ def _for_openai_paths(handler: Handler) -> Handler:
     return handle
 
 
-def _validation_error(exc: RequestValidationError) -> JSONResponse:
+def _validation_error(exc: RequestValidationError) -> Response:
     problems = []
     param = None
     for error in exc.errors()[:3]:
@@ -99,7 +101,8 @@ def _validation_error(exc: RequestValidationError) -> JSONResponse:
         param = param or (where[0] if where else None)
         message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
         problems.append(f"{'.'.join(where) or 'body'}: {message}")
-    return JSONResponse(openai_error(400, "; ".join(problems) or "invalid request body", param=param), status_code=400)
+    body = openai_error(400, "; ".join(problems) or "invalid request body", param=param)
+    return SafeJSONResponse(body, status_code=400)
 
 
 def _reshaped(response: Response) -> Response:
@@ -117,7 +120,7 @@ def _reshaped(response: Response) -> Response:
     code, param = body.pop("code", None), body.pop("param", None)
     headers = {k: v for k, v in response.headers.items() if k.lower() not in _HOP_HEADERS}
     status = response.status_code
-    return JSONResponse(openai_error(status, message, code=code, param=param, **body), status, headers=headers)
+    return SafeJSONResponse(openai_error(status, message, code=code, param=param, **body), status, headers=headers)
 
 
 def _unexpected(request: Request, _: Exception) -> Response:
