@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from workers.inference.input_check import unreadable_input
 from workers.inference.ops import OpError, Payload, RegisteredOp, Result, get_op
 
 log = logging.getLogger(__name__)
@@ -18,6 +19,15 @@ _engine = threading.Lock()
 
 def run_group(op_name: str, model: str, payloads: list[Payload]) -> list[Outcome]:
     """Return one outcome per payload, in order: the op's result, or the OpError that rejects that payload."""
+    outcomes: list[Outcome | None] = [unreadable_input(payload) for payload in payloads]
+    readable = [i for i, outcome in enumerate(outcomes) if outcome is None]
+    if readable:
+        for i, outcome in zip(readable, _run_readable(op_name, model, [payloads[i] for i in readable]), strict=True):
+            outcomes[i] = outcome
+    return [outcome for outcome in outcomes if outcome is not None]
+
+
+def _run_readable(op_name: str, model: str, payloads: list[Payload]) -> list[Outcome]:
     try:
         op = get_op(op_name)
         with _engine:
@@ -70,4 +80,34 @@ def _run(op: RegisteredOp, encoder: object, payloads: list[Payload]) -> list[Out
                 )
             ]
     log.warning("op %s failed on a batch of %d payloads; running each alone", op.name, len(payloads))
-    return [_run(op, encoder, [payload])[0] for payload in payloads]
+    alone = [_run(op, encoder, [payload])[0] for payload in payloads]
+    if all(_failed_in_op(outcome) for outcome in alone):
+        return alone  # every request fails: the model is broken, not their inputs (a 500 each)
+    # Others ran: what failed on its own is its input, which the caller must change (a 4xx naming it).
+    return [
+        _input_error(op, encoder, payload, outcome) if _failed_in_op(outcome) else outcome
+        for payload, outcome in zip(payloads, alone, strict=True)
+    ]
+
+
+def _failed_in_op(outcome: Outcome) -> bool:
+    return isinstance(outcome, OpError) and outcome.code == "inference_failed"
+
+
+def _input_error(op: RegisteredOp, encoder: object, payload: Payload, failure: Outcome) -> OpError:
+    """Return a 422 for ``payload``, naming its first text the op fails on by itself when it holds several."""
+    where = "this request's input"
+    texts = payload.get("texts")
+    if isinstance(texts, list) and len(texts) > 1:
+        for i, text in enumerate(texts):
+            if _failed_in_op(_run(op, encoder, [{**payload, "texts": [text]}])[0]):
+                where = f"texts[{i}]"
+                break
+    assert isinstance(failure, OpError)
+    reason = failure.message.removesuffix("; see the worker's log")
+    return OpError(
+        f"the model could not read {where} ({reason}), while the requests batched with it ran: change that input",
+        status=422,
+        code="unreadable_input",
+        param="input",
+    )
