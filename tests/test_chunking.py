@@ -45,6 +45,26 @@ def test_a_word_longer_than_a_window_is_the_only_thing_cut_inside() -> None:
     assert chunk_windows(40, [0, 25], budget=10, overlap=3) == [(0, 10), (10, 20), (20, 25), (25, 35), (35, 40)]
 
 
+def test_a_word_longer_than_the_overlap_moves_the_next_start_back_to_its_start() -> None:
+    # Tokens 4-13 are one word, longer than the 4-token overlap: the next window starts at it, not at 14.
+    starts = [0, 2, 4, *range(14, 40, 2)]
+    windows = chunk_windows(40, starts, budget=15, overlap=4)
+    assert windows[:2] == [(0, 14), (4, 18)]
+    for (s1, e1), (s2, e2) in itertools.pairwise(windows):
+        assert s1 < s2 < e1 < e2 and s2 in starts and e2 - s2 <= 15
+
+
+def test_long_whitespace_free_runs_keep_every_window_overlapping(chunker) -> None:
+    # Identifiers of ~17 tokens, longer than the 8-token overlap (a window holds three of them), and prose.
+    run = "embedq.collections.service.search_by_vector"
+    text = " ".join([*(f"{run}_{i}" for i in range(20)), *SENTENCES, *(f"{run}_{i}" for i in range(20, 30))])
+    pieces = chunker.chunk([text], 64, 8)[0]
+    assert len(pieces) > 5
+    for before, after in itertools.pairwise(pieces):
+        assert before.start < after.start < before.end < after.end, (before, after)
+        assert after.start == 0 or text[after.start - 1].isspace()
+
+
 def test_short_text_is_one_window_and_empty_text_none() -> None:
     assert chunk_windows(5, [0, 2], budget=10, overlap=4) == [(0, 5)]
     assert chunk_windows(0, [], budget=10, overlap=4) == []
@@ -75,10 +95,12 @@ def test_chunks_fit_the_model_and_match_its_tokenizer(encoder, chunker, max_toke
         for before, after in itertools.pairwise(pieces):
             assert after.start > before.start
             if overlap:
-                # Consecutive chunks share a tail of whole words, at most `overlap` tokens of it.
+                # Consecutive chunks share a tail of whole words: at most `overlap` tokens of it, unless that
+                # tail is one word longer than the overlap (the next chunk starts at that word).
                 assert after.start < before.end
-                shared = encoder.count_tokens([text[after.start : before.end]], truncate=False, is_query=False)[0]
-                assert shared - chunker.overhead <= overlap
+                shared_text = text[after.start : before.end]
+                shared = encoder.count_tokens([shared_text], truncate=False, is_query=False)[0]
+                assert shared - chunker.overhead <= overlap or not any(ch.isspace() for ch in shared_text.strip())
             else:
                 assert after.start >= before.end
 

@@ -2,8 +2,9 @@
 
 A window holds at most ``max_tokens`` tokens as the model sees them (special tokens and the family's
 passage prompt included), so no chunk is ever truncated by the model. Consecutive windows share at most
-``overlap_tokens`` tokens. Windows start and end at word boundaries (whitespace between tokens); only a
-single word longer than a whole window is cut inside. A text shorter than one window is one chunk.
+``overlap_tokens`` tokens, or more where one word is longer than the overlap (the next window then starts
+at that word). Windows start and end at word boundaries (whitespace between tokens); only a single word
+longer than a whole window is cut inside. A text shorter than one window is one chunk.
 """
 
 from __future__ import annotations
@@ -36,8 +37,10 @@ def chunk_windows(token_count: int, starts: Sequence[int], budget: int, overlap:
     """Return [start, end) token windows of at most ``budget`` tokens covering all ``token_count`` tokens.
 
     ``starts`` are the sorted word-start indices. A window ends before the last word start that fits; the
-    next one begins at the first word start within ``overlap`` tokens of the previous end (no overlap if a
-    single word spans that range).
+    next one begins at the first word start within ``overlap`` tokens of the previous end. When a single
+    word spans that whole range (a long URL, an identifier), it begins at that word's start instead, back
+    at the previous word boundary, so the windows still overlap (by more than ``overlap``); only when that
+    window would end no further than the previous one do they not overlap.
     """
     if budget < 1:
         raise ValueError(f"a chunk must hold at least one token; got a budget of {budget}")
@@ -46,21 +49,33 @@ def chunk_windows(token_count: int, starts: Sequence[int], budget: int, overlap:
     windows: list[Span] = []
     start = 0
     while True:
-        end = min(start + budget, token_count)
-        if end < token_count:
-            # The last word start in (start, end]: cutting right before it keeps the word whole.
-            i = bisect.bisect_right(starts, end) - 1
-            if i >= 0 and starts[i] > start:
-                end = starts[i]
+        end = _window_end(start, token_count, starts, budget)
         windows.append((start, end))
         if end >= token_count:
             return windows
-        next_start = end
-        if overlap > 0:
-            j = bisect.bisect_left(starts, max(end - overlap, start + 1))
-            if j < len(starts) and starts[j] < end:
-                next_start = starts[j]
-        start = next_start
+        start = _next_start(start, end, token_count, starts, budget, overlap)
+
+
+def _window_end(start: int, token_count: int, starts: Sequence[int], budget: int) -> int:
+    end = min(start + budget, token_count)
+    if end < token_count:
+        # The last word start in (start, end]: cutting right before it keeps the word whole.
+        i = bisect.bisect_right(starts, end) - 1
+        if i >= 0 and starts[i] > start:
+            end = starts[i]
+    return end
+
+
+def _next_start(start: int, end: int, token_count: int, starts: Sequence[int], budget: int, overlap: int) -> int:
+    if overlap <= 0:
+        return end
+    j = bisect.bisect_left(starts, max(end - overlap, start + 1))
+    if j < len(starts) and starts[j] < end:
+        return starts[j]
+    # One word covers the overlap range: back to its start, if the window from there still gets further.
+    if j > 0 and starts[j - 1] > start and _window_end(starts[j - 1], token_count, starts, budget) > end:
+        return starts[j - 1]
+    return end
 
 
 def pieces_of(text: str, spans: Sequence[Span], budget: int, overlap: int, overhead: int) -> list[ChunkPiece]:
