@@ -140,12 +140,16 @@ def test_tokenize_gives_ids_tokens_and_the_full_count(minilm: Encoder) -> None:
     assert not isinstance(result, OpError)
     short, long = result["data"]
     assert short == {
-        "ids": [7592, 7861, 8270, 4160],
-        "tokens": ["hello", "em", "##bed", "##q"],
+        "ids": [101, 7592, 7861, 8270, 4160, 102],
+        "tokens": ["[CLS]", "hello", "em", "##bed", "##q", "[SEP]"],
         "count": 6,
         "truncated": False,
     }
     assert (long["count"], long["truncated"], result["max_tokens"]) == (302, True, 256)
+    assert all(len(item["ids"]) == item["count"] for item in result["data"])
+    (bare,) = tokenize(minilm, [{"texts": ["Hello embedq"], "add_special_tokens": False}])
+    assert not isinstance(bare, OpError)
+    assert bare["data"][0]["ids"] == [7592, 7861, 8270, 4160] and bare["data"][0]["count"] == 6
 
 
 def test_is_query_applies_the_family_prompt(tmp_path: Path) -> None:

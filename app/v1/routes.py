@@ -83,6 +83,10 @@ async def vectorize_batch(body: VectorizeBatchRequest, settings: SettingsDep, pr
 
 @router.post("/tokenize", response_model=TokenizeResponse, responses=_ERRORS)
 async def tokenize(body: TokenizeRequest, settings: SettingsDep, principal: PrincipalDep) -> TokenizeResponse:
-    """Return each input's token ids, token strings and token count, from the model's own tokenizer."""
+    """Return each input's token ids (special tokens included unless `add_special_tokens` is false), token strings
+    and token count, from the model's own tokenizer."""
     texts = [body.input] if isinstance(body.input, str) else body.input
-    return TokenizeResponse.model_validate(await service.tokenize(body.model, texts, settings, principal))
+    tokenized = await service.tokenize(
+        body.model, texts, settings, principal, add_special_tokens=body.add_special_tokens
+    )
+    return TokenizeResponse.model_validate(tokenized)

@@ -111,11 +111,18 @@ class TokenizeRequest(BaseModel):
 
     input: StrictStr | list[StrictStr]
     model: Annotated[str | None, Field(min_length=1, max_length=200)] = None
+    add_special_tokens: bool = Field(
+        default=True,
+        description="true: ids as the model reads them (special tokens and prompt included, len(ids) == count); "
+        "false: the text's own ids, to send back as token-id input",
+    )
 
 
 class TokenizedInput(BaseModel):
     index: int
-    ids: list[int] = Field(description="token ids without special tokens: send them back as token-id input")
+    ids: list[int] = Field(
+        description="token ids the model reads, special tokens included (add_special_tokens=false: without them)"
+    )
     tokens: list[str]
     count: int = Field(description="tokens the model reads for this input before truncation, special tokens included")
     truncated: bool = Field(description="whether count is over max_tokens, so the input would be truncated")

@@ -207,11 +207,14 @@ def embedding_items(vectors: np.ndarray, encoding_format: str) -> list[dict[str,
     return [{"object": "embedding", "index": i, "embedding": row} for i, row in enumerate(rows)]
 
 
-async def tokenize(model: str | None, texts: list[str], settings: Settings, principal: Principal) -> dict[str, Any]:
+async def tokenize(
+    model: str | None, texts: list[str], settings: Settings, principal: Principal, *, add_special_tokens: bool = True
+) -> dict[str, Any]:
     """Return the /tokenize body: token ids, strings and counts per text, from the model's own tokenizer."""
     check_texts(texts, settings)
     asked, _ = await checked_model(model, settings, principal)
-    result = (await request(TOKENIZE_OP, asked, {"texts": texts})).result
+    payload = {"texts": texts, "add_special_tokens": add_special_tokens}
+    result = (await request(TOKENIZE_OP, asked, payload)).result
     data = [{"index": i, **item} for i, item in enumerate(result["data"])]
     return {
         "object": "list",

@@ -158,20 +158,27 @@ def warm_up(encoder: Encoder, payloads: list[Payload]) -> list[Result | OpError]
 
 @register_op("tokenize", weight=lambda payload: len(payload.get("texts") or ()))
 def tokenize(encoder: Encoder, payloads: list[Payload]) -> list[Result | OpError]:
-    """Return, per payload, each text's token ids (no special tokens), token strings and full token count.
+    """Return, per payload, each text's token ids, token strings and full token count.
 
-    ``count`` is what the model would read before truncation, special tokens (and any default prompt)
-    included; ``truncated`` says whether that is over ``max_tokens``, the model's limit.
+    The ids are what the model reads (special tokens and any default prompt included, so ``count`` is their
+    number), as TEI's tokenize gives them; ``add_special_tokens: false`` gives the text's own ids instead,
+    the ones to send back as token-id input. ``count`` is always what the model reads before truncation;
+    ``truncated`` says whether that is over ``max_tokens``, the model's limit.
     """
     limit = encoder.max_seq_length
     results: list[Result | OpError] = []
     for payload in payloads:
         texts = list(payload.get("texts") or ())
-        ids = content_ids(encoder.tokenizer, texts)
-        counts = encoder.count_tokens(texts, truncate=False)
+        full = encoder.token_ids(texts)
+        ids = full if payload.get("add_special_tokens", True) else content_ids(encoder.tokenizer, texts)
         items = [
-            {"ids": i, "tokens": encoder.tokenizer.convert_ids_to_tokens(i), "count": n, "truncated": n > limit}
-            for i, n in zip(ids, counts, strict=True)
+            {
+                "ids": i,
+                "tokens": encoder.tokenizer.convert_ids_to_tokens(i),
+                "count": len(f),
+                "truncated": len(f) > limit,
+            }
+            for i, f in zip(ids, full, strict=True)
         ]
         results.append({"data": items, "max_tokens": limit})
     return results

@@ -230,6 +230,17 @@ class Encoder:
             )
         return [len(ids) for ids in encoded["input_ids"]]
 
+    def token_ids(self, texts: list[str], *, is_query: bool | None = None) -> list[list[int]]:
+        """Return each text's token ids as the model reads them before truncation: prompt and special tokens too."""
+        _check_texts(texts)
+        if not texts:
+            return []
+        with self._lock:
+            encoded = self.tokenizer(
+                self._prepare(texts, is_query), return_attention_mask=False, return_token_type_ids=False
+            )
+        return [list(ids) for ids in encoded["input_ids"]]
+
     def token_spans(self, texts: list[str]) -> list[list[tuple[int, int]]]:
         """Return each text's (start, end) character span per token: no prompt, no special tokens, no truncation.
 
