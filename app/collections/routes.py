@@ -29,7 +29,7 @@ from app.core.config import Settings, get_settings
 from app.core.db import get_session
 from app.core.limits import BodyTooLargeError
 from app.jobs.schemas import MAX_OFFSET, JobOut
-from app.keys.auth import JOB_LIMIT_ERRORS, PrincipalDep
+from app.keys.auth import JOB_LIMIT_ERRORS, RATE_LIMIT_ERRORS, PrincipalDep, charge_rate_limit
 
 router = APIRouter(prefix="/collections", tags=["collections"])
 errors_router = APIRouter(prefix="/jobs", tags=["collections"])
@@ -169,11 +169,13 @@ def reembed_collection(
     return JobOut.of(service.start_reembed(session, name, payload, settings, principal))
 
 
-@router.post("/{name}/search", response_model=SearchResponse)
+@router.post("/{name}/search", response_model=SearchResponse, responses=RATE_LIMIT_ERRORS)
 async def search_collection(
     name: str, payload: SearchRequest, session: SessionDep, settings: SettingsDep, principal: PrincipalDep
 ) -> SearchResponse:
     """Return the chunks nearest a query (embedded with the collection's model), best first."""
+    if payload.query is not None:  # embedding it spends model time, as the synchronous endpoints do
+        await charge_rate_limit(principal, settings)
     return await service.search(session, name, payload, settings, principal)
 
 

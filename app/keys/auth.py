@@ -109,6 +109,15 @@ JOB_LIMIT_ERRORS: dict[int | str, dict[str, Any]] = {
 
 async def rate_limited(principal: PrincipalDep, settings: Annotated[Settings, Depends(get_settings)]) -> Principal:
     """Return the caller once their key has a request left this minute; else 429 with ``Retry-After``."""
+    await charge_rate_limit(principal, settings)
+    return principal
+
+
+async def charge_rate_limit(principal: Principal, settings: Settings) -> None:
+    """Count one request against the key's requests per minute, or raise a 429 with ``Retry-After``.
+
+    For routes that spend model time on some requests only (a search with a ``query``, not a ``vector``).
+    """
     limit = principal.requests_per_minute
     if limit > 0:
         _, redis_url = settings.require_services()
@@ -119,4 +128,3 @@ async def rate_limited(principal: PrincipalDep, settings: Annotated[Settings, De
                 f"in {retry_after} s, or ask for a higher limit (`embedq keys create --rpm N`)",
                 retry_after_s=retry_after,
             )
-    return principal
