@@ -51,7 +51,7 @@ def create_endpoint(
 ) -> tuple[WebhookEndpoint, str]:
     """Return a new endpoint of the caller's tenant and its secret, once the URL passed the SSRF guard."""
     url = str(payload.url)
-    check_url(url, settings.webhook_allowed_cidrs)
+    check_url(url, settings.webhook_allowed_cidrs, reveal_addresses=principal.is_admin)
     secret = new_secret()
     endpoint = WebhookEndpoint(
         id=uuid.uuid4(),

@@ -1,5 +1,8 @@
 """The SSRF guard: a webhook may only reach public addresses, or ranges the operator allowed.
 
+Public means outside every IANA special-purpose range and, for an IPv6 address that wraps an IPv4 one
+(6to4, Teredo, NAT64, mapped, compatible), outside them on both counts (``special_ranges.py``).
+
 The host is resolved when an endpoint is created and again before every attempt; the attempt then
 connects to the address that was checked (see ``delivery.pinned_request``), so a DNS answer that
 changes between the check and the connection cannot point the request at an internal service.
@@ -7,6 +10,7 @@ changes between the check and the connection cannot point the request at an inte
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -15,6 +19,9 @@ from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 import httpx
 
 from app.core.errors import InvalidRequestError
+from app.webhooks.special_ranges import embedded_ipv4, special_range
+
+log = logging.getLogger(__name__)
 
 IPAddress = IPv4Address | IPv6Address
 Resolver = Callable[[str, int], list[str]]
@@ -50,7 +57,13 @@ def resolve_host(host: str, port: int) -> list[str]:
 
 
 def _refusal(address: IPAddress) -> str | None:
-    """Return why ``address`` is not a public unicast address, or None when it is."""
+    """Return why ``address`` is not a public unicast address (what it is, and what it wraps), or None."""
+    if isinstance(address, IPv6Address):
+        wrapped = embedded_ipv4(address)
+        if wrapped:
+            name, cidr = special_range(address) or ("IPv4-embedding", "")
+            inner = "; ".join(_refusal(v4) or f"public address {v4}" for v4 in wrapped)
+            return f"{name} address {address} ({cidr}), which carries the IPv4 {inner}"
     for reason, flag in (
         # Most specific first: Python counts loopback, link-local and more as "private" too.
         ("loopback", address.is_loopback),
@@ -61,9 +74,12 @@ def _refusal(address: IPAddress) -> str | None:
         ("private", address.is_private),
     ):
         if flag:
-            return reason
+            return f"{reason} address {address}"
+    special = special_range(address)
+    if special is not None:
+        return f"not globally routable address {address} ({special[0]}, {special[1]}: IANA special-purpose)"
     if not address.is_global:
-        return "not globally routable"
+        return f"not globally routable address {address}"
     return None
 
 
@@ -74,19 +90,22 @@ def _allowed(address: IPAddress, allowed_cidrs: Sequence[str]) -> bool:
 def check_address(address: str, allowed_cidrs: Sequence[str]) -> str | None:
     """Return why webhooks may not reach ``address``, or None when they may."""
     ip = ip_address(address.split("%", 1)[0])  # drop an IPv6 zone id
-    if isinstance(ip, IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    if _allowed(ip, allowed_cidrs):
+    # An allowed IPv4 range covers its IPv4-mapped form; any other IPv6 wrapping of IPv4 is refused.
+    mapped = ip.ipv4_mapped if isinstance(ip, IPv6Address) else None
+    if _allowed(ip, allowed_cidrs) or (mapped is not None and _allowed(mapped, allowed_cidrs)):
         return None
-    reason = _refusal(ip)
-    return f"{reason} address {ip}" if reason else None
+    return _refusal(ip)
 
 
-def check_url(url: str, allowed_cidrs: Sequence[str], resolve: Resolver = resolve_host) -> CheckedTarget:
+def check_url(
+    url: str, allowed_cidrs: Sequence[str], resolve: Resolver = resolve_host, *, reveal_addresses: bool = False
+) -> CheckedTarget:
     """Return the URL and the address to connect to, or raise if any address of its host is refused.
 
     Every address must pass, not just one: a host answering with a public and a private address could
-    otherwise steer a later connection to the private one.
+    otherwise steer a later connection to the private one. What a host NAME resolves to is said only when
+    ``reveal_addresses`` (an admin's request): else a tenant could map the names of the server's network
+    (``http://db:5432/`` resolves to a private address); the server's log has it.
     """
     try:
         parsed = httpx.URL(url)
@@ -97,9 +116,11 @@ def check_url(url: str, allowed_cidrs: Sequence[str], resolve: Resolver = resolv
             f"webhook URL {url!r} must be an absolute http:// or https:// URL", param="url", url=url
         )
     port = parsed.port or _SCHEMES[parsed.scheme]
+    literal = True  # the URL names an address: saying what it is tells the caller nothing new
     try:
         addresses = [str(ip_address(parsed.host))]
     except ValueError:
+        literal = False
         try:
             addresses = resolve(parsed.host, port)
         except (OSError, UnicodeError) as exc:
@@ -110,11 +131,15 @@ def check_url(url: str, allowed_cidrs: Sequence[str], resolve: Resolver = resolv
         raise WebhookHostUnresolvedError(f"webhook host {parsed.host!r} has no address", param="url", url=url)
     for address in addresses:
         reason = check_address(address, allowed_cidrs)
-        if reason is not None:
-            raise UnsafeWebhookUrlError(
-                f"webhook URL {url!r} resolves to a {reason}, which webhooks may not reach: use a public "
-                "address, or let the operator allow its range in EMBEDQ_WEBHOOK_ALLOWED_CIDRS",
-                param="url",
-                url=url,
-            )
+        if reason is None:
+            continue
+        if not (literal or reveal_addresses):
+            log.info("refused webhook URL %r: its host resolves to a %s", url, reason)
+            reason = "address that is not public (loopback, private or another special-purpose range)"
+        raise UnsafeWebhookUrlError(
+            f"webhook URL {url!r} resolves to a {reason}, which webhooks may not reach: use a public "
+            "address, or let the operator allow its range in EMBEDQ_WEBHOOK_ALLOWED_CIDRS",
+            param="url",
+            url=url,
+        )
     return CheckedTarget(url=parsed, address=addresses[0])
