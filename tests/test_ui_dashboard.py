@@ -320,3 +320,33 @@ def test_collections_page_counts_and_finds_the_planted_document(api, worker, cle
     expect(error.locator("td").first).to_have_text(re.compile(r"^document no-text"))
     expect(page.locator("#errors-all")).to_have_attribute("href", f"/jobs/{job.json()['id']}/errors")
     tab.screenshot("ui-ingest-job.png")
+
+
+def test_results_json_opens_with_the_key_and_pages_refuse_framing(api_with_keys, worker, clean_state, tab: Tab) -> None:
+    base = api_with_keys.base_url
+    headers = {"authorization": "Bearer ui-test-key"}
+    job = httpx.post(f"{base}/jobs/embeddings", json={"input": ["one text", "two"]}, headers=headers, timeout=30)
+    job_id = job.json()["id"]
+    page = tab.page
+    response = page.goto(f"{base}/ui/jobs/{job_id}")
+    assert response is not None and "frame-ancestors 'none'" in response.headers["content-security-policy"]
+    assert response.headers["x-content-type-options"] == "nosniff"
+    page.fill("#key-input", "ui-test-key")
+    page.click("#key-submit")
+    expect(page.locator("#job-status")).to_have_text("succeeded", timeout=JOB_TIMEOUT_MS)
+    # The inline widths survive the policy (set through the CSSOM); a refused inline style would log an error.
+    expect(page.locator("#job-pct")).to_have_text("100%")
+    with page.context.expect_page() as opened:
+        page.click("#job-results")
+    results = opened.value
+    results.wait_for_load_state()
+    expect(results.locator("body")).to_contain_text('"embedding"')
+    assert results.url.startswith("blob:") and '"total": 2' in results.locator("body").inner_text()
+    results.close()
+    # Framed by another page (here, a data: URL page), the dashboard does not render.
+    framing = page.context.new_page()
+    framing.set_content(f'<iframe id="f" src="{base}/ui"></iframe>')
+    framing.wait_for_timeout(1000)
+    frame = framing.frame_locator("#f")
+    expect(frame.locator("#key-dialog")).to_have_count(0)
+    framing.close()

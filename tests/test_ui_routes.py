@@ -61,3 +61,22 @@ def test_a_job_id_in_the_url_is_escaped(client_with_keys: TestClient) -> None:
 
 def test_ui_routes_stay_out_of_the_openapi_schema(client_with_keys: TestClient) -> None:
     assert not [p for p in client_with_keys.get("/openapi.json").json()["paths"] if p.startswith("/ui")]
+
+
+@pytest.mark.parametrize("path", [*PAGES, "/ui/static/api.js", "/ui/static/dashboard.css"])
+def test_pages_and_assets_cannot_be_framed_or_sniffed(client_with_keys: TestClient, path: str) -> None:
+    r = client_with_keys.get(path)
+    assert r.status_code == 200
+    policy = {d.strip().split(" ", 1)[0]: d.strip() for d in r.headers["content-security-policy"].split(";")}
+    assert policy["frame-ancestors"] == "frame-ancestors 'none'"
+    assert policy["script-src"] == "script-src 'self'" and policy["default-src"] == "default-src 'none'"
+    assert r.headers["x-frame-options"] == "DENY" and r.headers["x-content-type-options"] == "nosniff"
+
+
+def test_no_page_or_script_needs_inline_code_the_policy_refuses() -> None:
+    for template in (UI_DIR / "templates").glob("*.html"):
+        text = template.read_text()
+        assert not re.search(r"<script(?![^>]*\bsrc=)", text), f"{template.name}: inline script"
+        assert not re.search(r"\son[a-z]+=|\sstyle=", text), f"{template.name}: inline handler or style"
+    for script in (UI_DIR / "static").glob("*.js"):
+        assert "innerHTML" not in script.read_text() and "eval(" not in script.read_text(), script.name

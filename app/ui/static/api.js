@@ -160,6 +160,7 @@ export function h(tag, attrs = {}, ...children) {
   for (const [name, value] of Object.entries(attrs)) {
     if (value === null || value === undefined || value === false) continue;
     if (name.startsWith("on")) el.addEventListener(name.slice(2), value);
+    else if (name === "style") el.style.cssText = value; // the CSSOM: the page's CSP refuses style attributes
     else el.setAttribute(name, value === true ? "" : value);
   }
   for (const child of children.flat()) {
@@ -172,4 +173,24 @@ export function h(tag, attrs = {}, ...children) {
 /** Return the path of a dashboard page under this server's root. */
 export function uiPath(path) {
   return `${apiRoot}/ui${path}`;
+}
+
+/**
+ * Make ``link`` open its API URL in a new tab with the stored key: a plain link would go without it and get a
+ * 401 when auth is on. The JSON is fetched with ``api`` and shown from a blob: URL of this origin.
+ */
+export function openWithKey(link) {
+  link.addEventListener("click", async (event) => {
+    event.preventDefault();
+    const path = link.getAttribute("href").slice(apiRoot.length);
+    const opened = window.open("", "_blank"); // now, while the click still counts as the person's
+    try {
+      const data = await api(path);
+      const blob = new Blob([JSON.stringify(data, null, 2)], { type: "application/json" });
+      if (opened) opened.location.href = URL.createObjectURL(blob);
+    } catch (error) {
+      opened?.close();
+      showError(error);
+    }
+  });
 }

@@ -1,7 +1,7 @@
 // One job: progress, counts, pace, timing, errors, webhook deliveries and (for fine-tuning) loss and
 // evaluation, refreshed every 1.5 s until the job has ended and its webhooks have settled.
 
-import { ApiError, api, h, poll, serverNow, showError } from "./api.js";
+import { ApiError, api, h, openWithKey, poll, serverNow, showError } from "./api.js";
 import { absoluteTime, duration, isTerminal, jobPace, num, rate, relativeTime } from "./format.js";
 import { TRAINING_KINDS, refreshTraining, skippedLines } from "./training.js";
 import { refreshWebhooks } from "./webhooks.js";
@@ -135,6 +135,8 @@ async function refresh() {
   const webhooksPending = await refreshWebhooks(job, now);
   return !isTerminal(job.status) || webhooksPending;
 }
+
+openWithKey($("job-results"));
 
 $("job-cancel").addEventListener("click", async () => {
   if (!confirm("Cancel this job? Work already running finishes its batch or step; the rest is skipped.")) return;
