@@ -93,7 +93,9 @@ def test_unknown_model_lists_known_ones(models_dir: Path) -> None:
     message = str(error)
     assert "unknown model 'no-such-model'" in message
     assert "acme/their-model, all-MiniLM-L6-v2, my-model" in message
-    assert "EMBEDQ_MODELS_DIR" in message and str(models_dir) in message
+    # The message reaches API callers: it names the setting, never the server's path (issue 16).
+    assert "EMBEDQ_MODELS_DIR/<name>" in message and str(models_dir) not in message
+    assert error.models_dir == models_dir
 
 
 def test_known_models_are_sorted_and_unique(models_dir: Path) -> None:

@@ -86,10 +86,11 @@ class UnknownModelError(LookupError):
     def __init__(self, name: str, known: list[str], models_dir: Path | None = None) -> None:
         self.name = name
         self.known = known
-        where = str(models_dir) if models_dir is not None else "EMBEDQ_MODELS_DIR"
+        # Kept for the operator's tools; API callers read the message, which names no server path.
+        self.models_dir = models_dir
         super().__init__(
             f"unknown model {name!r}; known models: {', '.join(known) or '(none)'}. "
-            f"Put a sentence-transformers folder under {where}/<name> (EMBEDQ_MODELS_DIR), run `embedq models pull "
+            "Put a sentence-transformers folder under EMBEDQ_MODELS_DIR/<name>, run `embedq models pull "
             f"{name}`, or set EMBEDQ_ALLOW_HUB_DOWNLOADS=true to fetch an 'org/name' model from the Hugging Face Hub "
             "or ModelScope (EMBEDQ_MODEL_SOURCE) when a worker loads it"
         )

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends
 
 from app.catalog import service
 from app.catalog.access import hidden_models, resolve_visible
+from app.catalog.disclosure import model_for, models_for
 from app.catalog.resolver import InvalidModelNameError, UnknownModelError
 from app.catalog.schemas import ModelList, ModelObject
 from app.core.config import Settings, get_settings
@@ -25,7 +26,7 @@ async def list_models(settings: SettingsDep, principal: PrincipalDep) -> ModelLi
     """List every model a request may name: default, aliases, packaged, EMBEDQ_MODELS_DIR, and loaded ones."""
     loads = await anyio.to_thread.run_sync(service.read_loads, settings)
     hidden = await anyio.to_thread.run_sync(hidden_models, principal)
-    return await anyio.to_thread.run_sync(service.list_models, settings, loads, hidden)
+    return models_for(principal, await anyio.to_thread.run_sync(service.list_models, settings, loads, hidden))
 
 
 @router.get("/models/{model_id:path}", response_model=ModelObject, responses={404: {"description": "unknown model"}})
@@ -34,7 +35,7 @@ async def get_model(model_id: str, settings: SettingsDep, principal: PrincipalDe
     loads = await anyio.to_thread.run_sync(service.read_loads, settings)
     try:
         await anyio.to_thread.run_sync(resolve_visible, model_id, settings, principal)
-        return await anyio.to_thread.run_sync(service.describe, model_id, settings, loads)
+        return model_for(principal, await anyio.to_thread.run_sync(service.describe, model_id, settings, loads))
     except InvalidModelNameError as exc:
         raise EmbedqError(str(exc), param="model") from exc
     except UnknownModelError as exc:

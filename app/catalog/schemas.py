@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 class WorkerLoad(BaseModel):
     """One worker process that holds the model, as it reported the load."""
 
-    worker: str = Field(description="host:pid of the worker process")
+    worker: str | None = Field(description="host:pid of the worker process; null for keys that are not admin")
     precision: str
     backend: str
     device: str
@@ -27,7 +27,7 @@ class ModelObject(BaseModel):
     owned_by: str = Field(description="the organisation part of the name, or embedq")
     alias_of: str | None = Field(default=None, description="for an EMBEDQ_MODEL_MAPPING alias: the model it names")
     source: str = Field(description="models_dir, package, hf_cache, modelscope_cache, hub or modelscope")
-    path: str | None = Field(description="the model folder; null until a hub download")
+    path: str | None = Field(description="the model folder; null until a hub download, and for keys that are not admin")
     family: str = Field(description="e5, bge, bge-m3, gte, sentence-transformers or generic")
     dimension: int | None
     max_length: int | None = Field(description="tokens read per input; longer inputs are truncated")

@@ -175,6 +175,9 @@ class Settings(BaseSettings):
     default_max_concurrent_jobs: int = Field(default=0, ge=0, description="queued+running jobs per key; 0: no limit")
     default_requests_per_minute: int = Field(default=0, ge=0, description="sync requests per key; 0: no limit")
     readiness_timeout_s: float = Field(default=1.0, gt=0)
+    # GET /metrics counts every tenant's jobs: admin keys only, or this bearer token, so that a Prometheus
+    # scrape (`authorization: {credentials_file: ...}`) needs no admin key. Empty: admin keys only.
+    metrics_token: str = Field(default="", description="bearer token that may read GET /metrics, besides admin keys")
 
     # Synchronous inference (README "Synchronous API"): /v1/embeddings, /vectorize, /tokenize wait for a
     # sync worker. Names users bring from the provider they migrate from (EMB_PROVIDER_*) are read too.

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import re
 
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.core.config import get_settings
+from app.observability.access import metrics_reader
 from app.observability.logging import configure_logging, log_context
 from app.observability.metrics import ApiMetrics, MetricsMiddleware
 
@@ -37,9 +38,16 @@ def _metrics_endpoint(request: Request) -> Response:
 
 
 def instrument(api: FastAPI) -> None:
-    """Configure logging, count and time every request, and serve ``GET /metrics`` (no API key: scrapers)."""
+    """Configure logging, count and time every request, and serve ``GET /metrics`` (admins and the scrape token)."""
     configure_logging(get_settings())
     api.state.metrics = ApiMetrics()
     api.add_middleware(JobLogContextMiddleware)
     api.add_middleware(MetricsMiddleware, metrics=api.state.metrics)
-    api.add_api_route("/metrics", _metrics_endpoint, methods=["GET"], tags=["monitoring"], include_in_schema=False)
+    api.add_api_route(
+        "/metrics",
+        _metrics_endpoint,
+        methods=["GET"],
+        tags=["monitoring"],
+        include_in_schema=False,
+        dependencies=[Depends(metrics_reader)],
+    )

@@ -185,7 +185,9 @@ def train_status(job_id: uuid.UUID, session: SessionDep, principal: PrincipalDep
 @router.get("/fine-tuned-models", response_model=list[RegisteredModelOut])
 def fine_tuned_models(session: SessionDep, principal: PrincipalDep) -> list[RegisteredModelOut]:
     """List the model aliases fine-tuning registered for your tenant (every tenant's for an admin key)."""
-    return [
+    models = [
         RegisteredModelOut.model_validate(m, from_attributes=True)
         for m in service.list_registered_models(session, principal)
     ]
+    # A server path is the operator's business (issue 16): tenants see their aliases without it.
+    return models if principal.is_admin else [m.model_copy(update={"path": None}) for m in models]

@@ -141,7 +141,7 @@ class RegisteredModelOut(BaseModel):
     name: str
     base: str
     kind: str
-    path: str
+    path: str | None = Field(description="the model folder on the server; null for keys that are not admin")
     dimension: int
     created_by_job: uuid.UUID | None
     created_at: datetime

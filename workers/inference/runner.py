@@ -54,7 +54,8 @@ def _load(model: str) -> object:
     except Exception as exc:
         log.exception("could not load model %s", model)
         raise OpError(
-            f"the worker could not load model {model!r} ({type(exc).__name__}: {exc}); see the worker's log",
+            # The exception's text may name server paths: it goes to the worker's log only.
+            f"the worker could not load model {model!r} ({type(exc).__name__}); see the worker's log",
             status=500,
             code="model_load_failed",
         ) from exc
