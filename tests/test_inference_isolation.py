@@ -72,6 +72,18 @@ def test_an_op_that_raises_on_one_input_fails_that_request_alone_naming_the_text
     assert "texts[2]" in bad.outcome.message and "TypeError" in bad.outcome.message
 
 
-def test_when_every_request_fails_the_model_is_at_fault_a_500() -> None:
-    outcomes = [d.outcome for d in pooled("test_fragile_tokenizer", [{"texts": ["poison"]}, {"texts": ["poison"]}])]
-    assert all(isinstance(o, OpError) and o.status == 500 for o in outcomes)
+def test_a_lone_request_the_op_raises_on_is_a_422_when_the_model_reads_a_control_text() -> None:
+    # Alone in its batch (or with batching off): the control text shows the model works.
+    (alone,) = pooled("test_fragile_tokenizer", [{"texts": ["poison"]}])
+    assert isinstance(alone.outcome, OpError) and alone.outcome.status == 422
+    assert "texts[0]" in alone.outcome.message
+
+
+@register_op("test_broken_model")
+def _broken(_: Any, payloads: list[Payload]) -> list[Result | OpError]:
+    raise RuntimeError("CUDA error: device-side assert triggered")
+
+
+def test_when_the_model_fails_on_everything_it_is_a_500() -> None:
+    outcomes = [d.outcome for d in pooled("test_broken_model", [{"texts": ["a"]}, {"texts": ["b"]}])]
+    assert all(isinstance(o, OpError) and o.status == 500 and o.code == "inference_failed" for o in outcomes)

@@ -12,6 +12,9 @@ log = logging.getLogger(__name__)
 
 Outcome = Result | OpError
 
+# A text every tokenizer and model reads: when an op runs on it but not on a request's text, the text is at fault.
+_CONTROL_TEXT = "hello world"
+
 # One forward pass at a time per process: concurrent passes on one device only fight over its cores, and a
 # fast tokenizer must not be called from two threads at once.
 _engine = threading.Lock()
@@ -73,42 +76,34 @@ def _run(op: RegisteredOp, encoder: object, payloads: list[Payload]) -> list[Out
     except Exception as exc:
         if len(payloads) == 1:
             log.exception("op %s failed", op.name)
-            return [
-                OpError(
-                    f"op {op.name} failed ({type(exc).__name__}: {exc}); see the worker's log",
-                    status=500,
-                    code="inference_failed",
-                )
-            ]
+            return [_failure(op, encoder, payloads[0], exc)]
     log.warning("op %s failed on a batch of %d payloads; running each alone", op.name, len(payloads))
-    alone = [_run(op, encoder, [payload])[0] for payload in payloads]
-    if all(_failed_in_op(outcome) for outcome in alone):
-        return alone  # every request fails: the model is broken, not their inputs (a 500 each)
-    # Others ran: what failed on its own is its input, which the caller must change (a 4xx naming it).
-    return [
-        _input_error(op, encoder, payload, outcome) if _failed_in_op(outcome) else outcome
-        for payload, outcome in zip(payloads, alone, strict=True)
-    ]
+    return [_run(op, encoder, [payload])[0] for payload in payloads]
 
 
-def _failed_in_op(outcome: Outcome) -> bool:
-    return isinstance(outcome, OpError) and outcome.code == "inference_failed"
+def _failure(op: RegisteredOp, encoder: object, payload: Payload, exc: Exception) -> OpError:
+    """Return the error of a payload the op raised on, alone.
 
-
-def _input_error(op: RegisteredOp, encoder: object, payload: Payload, failure: Outcome) -> OpError:
-    """Return a 422 for ``payload``, naming its first text the op fails on by itself when it holds several."""
-    where = "this request's input"
+    When the op runs on a control text with the same options, the model works and the request's input is
+    at fault: a 422 naming its first text that fails by itself. Otherwise the model fails: a 500.
+    """
+    reason = f"{type(exc).__name__}: {exc}"
     texts = payload.get("texts")
-    if isinstance(texts, list) and len(texts) > 1:
-        for i, text in enumerate(texts):
-            if _failed_in_op(_run(op, encoder, [{**payload, "texts": [text]}])[0]):
-                where = f"texts[{i}]"
-                break
-    assert isinstance(failure, OpError)
-    reason = failure.message.removesuffix("; see the worker's log")
-    return OpError(
-        f"the model could not read {where} ({reason}), while the requests batched with it ran: change that input",
-        status=422,
-        code="unreadable_input",
-        param="input",
-    )
+    if isinstance(texts, list) and texts and _runs(op, encoder, {**payload, "texts": [_CONTROL_TEXT]}):
+        failing = (i for i, text in enumerate(texts) if not _runs(op, encoder, {**payload, "texts": [text]}))
+        where = f"texts[{next(failing, 0)}]" if len(texts) > 1 else "texts[0]"
+        return OpError(
+            f"the model could not read {where} ({reason}): change that input",
+            status=422,
+            code="unreadable_input",
+            param="input",
+        )
+    return OpError(f"op {op.name} failed ({reason}); see the worker's log", status=500, code="inference_failed")
+
+
+def _runs(op: RegisteredOp, encoder: object, payload: Payload) -> bool:
+    try:
+        op.run(encoder, [payload])  # type: ignore[arg-type]
+    except Exception:
+        return False
+    return True
