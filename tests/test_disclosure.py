@@ -151,3 +151,14 @@ def test_metrics_need_an_admin_key_or_the_scrape_token(client: TestClient) -> No
     assert scraped.status_code == 200 and "embedq_jobs" in scraped.text
     refused = client.get("/metrics", headers=key(admin=False))
     assert refused.status_code == 403 and "EMBEDQ_METRICS_TOKEN" in refused.json()["detail"]
+
+
+def test_a_training_error_names_the_settings_not_the_server_paths(tmp_path) -> None:
+    from app.core.config import Settings
+    from app.core.redaction import without_server_paths
+
+    settings = Settings(state_dir=tmp_path / "state", models_dir=tmp_path / "state" / "models")
+    error = f"OSError: [Errno 28] No space left on device: '{tmp_path}/state/models/.staging/job-1/model.safetensors'"
+    scrubbed = without_server_paths(error, settings)
+    assert str(tmp_path) not in scrubbed
+    assert scrubbed.endswith("device: '$EMBEDQ_MODELS_DIR/.staging/job-1/model.safetensors'")

@@ -25,6 +25,7 @@ from app.core.config import Settings
 from app.core.db import enqueue
 from app.core.errors import ConflictError, EmbedqError, InvalidRequestError, NotFoundError
 from app.core.queues import TaskName
+from app.core.redaction import without_server_paths
 from app.core.security import Principal
 from app.jobs.repository import JobRepository
 from app.jobs.service import check_model, on_job_finished, on_job_progress
@@ -353,7 +354,8 @@ def run_training(
         raise
     except Exception as exc:
         log.exception("training job %s failed", job_id)
-        _fail(scope, job_id, f"{type(exc).__name__}: {exc}")
+        # The job's error is the tenant's to read; the log above keeps the paths for the operator.
+        _fail(scope, job_id, without_server_paths(f"{type(exc).__name__}: {exc}", settings))
         storage.remove_tree(storage.job_dir(settings.models_dir, job_id))
         return RunOutcome.FAILED
     if result.stopped is StopReason.SHUTDOWN:
