@@ -160,7 +160,11 @@ def test_vectorize_vectorize_batch_and_tokenize(http: httpx.Client) -> None:
     np.testing.assert_allclose(many["vectors"][0], one.json()["vector"], **CLOSE)
     assert len(many["vectors"]) == 2
     tokens = http.post("/tokenize", json={"input": "Hello embedq"}).json()
-    assert tokens["data"][0]["tokens"] == ["hello", "em", "##bed", "##q"] and tokens["total_tokens"] == 6
+    (item,) = tokens["data"]
+    assert item["tokens"] == ["[CLS]", "hello", "em", "##bed", "##q", "[SEP]"] and tokens["total_tokens"] == 6
+    assert len(item["ids"]) == item["count"] == 6  # what a client computes agrees with what it is told
+    bare = http.post("/tokenize", json={"input": "Hello embedq", "add_special_tokens": False}).json()
+    assert bare["data"][0]["tokens"] == ["hello", "em", "##bed", "##q"] and bare["data"][0]["count"] == 6
 
 
 def test_truncated_inputs_are_counted_in_a_header(http: httpx.Client) -> None:
