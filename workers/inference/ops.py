@@ -9,7 +9,8 @@ alone. Register one with ``@register_op("name", weight=...)`` in a module listed
 
 ``weight`` is how many inputs a payload holds; the batcher stops pooling at EMBEDQ_MAX_BATCH_INPUTS inputs.
 If an op raises instead, the runner re-runs each payload of the batch alone so one bad request cannot fail
-the others. Op modules are imported in the process that runs them (never a prefork parent): keep torch
+the others; a payload that still raises while the op reads a control text is a 422 naming its text. Op
+modules are imported in the process that runs them (never a prefork parent): keep torch
 imports inside functions or in modules only they import.
 """
 
