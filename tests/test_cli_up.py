@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -63,9 +64,13 @@ def ports(state_dir: Path) -> Iterator[Ports]:
     EmbeddedRedis(state_dir / "redis", chosen.redis).stop()
 
 
-def start_up(state_dir: Path, ports: Ports, run: int, extra_args: tuple[str, ...] = ()) -> UpRun:
+def start_up(
+    state_dir: Path, ports: Ports, run: int, extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None
+) -> UpRun:
     # With the session's URLs unset, `up` must start its own embedded services.
-    env = {k: v for k, v in os.environ.items() if k not in ("EMBEDQ_DATABASE_URL", "EMBEDQ_REDIS_URL")}
+    env = {
+        k: v for k, v in {**os.environ, **(env or {})}.items() if k not in ("EMBEDQ_DATABASE_URL", "EMBEDQ_REDIS_URL")
+    }
     env.update(
         EMBEDQ_API_PORT=str(ports.api),
         EMBEDQ_FLOWER_PORT=str(ports.flower),
@@ -138,8 +143,10 @@ def assert_all_gone(up: UpRun, processes: list[psutil.Process]) -> None:
     assert not alive, f"still running after `embedq up` exited: {alive}\n{up.log_tail()}"
 
 
-def stop_and_check_everything_is_gone(up: UpRun, state_dir: Path) -> None:
-    processes = everything_of(up, state_dir, ("uvicorn", "worker", "beat", "flower"))
+def stop_and_check_everything_is_gone(
+    up: UpRun, state_dir: Path, expected: tuple[str, ...] = ("uvicorn", "worker", "beat", "flower")
+) -> None:
+    processes = everything_of(up, state_dir, expected)
     up.popen.send_signal(signal.SIGTERM)
     code = up.popen.wait(timeout=STOP_TIMEOUT_S)
     assert code == 0, up.log_tail()
@@ -191,16 +198,50 @@ def test_up_runs_everything_stops_cleanly_and_finds_its_data_again(state_dir: Pa
         engine.dispose()
 
 
-def test_up_stops_everything_with_an_error_when_a_child_dies(state_dir: Path, ports: Ports) -> None:
-    up = start_up(state_dir, ports, run=1, extra_args=("--no-flower",))
+def _child(up: UpRun, part: str) -> psutil.Process:
+    return next(p for p in psutil.Process(up.popen.pid).children() if part in " ".join(p.cmdline()))
+
+
+def wait_for_log(up: UpRun, text: str, timeout: float = START_TIMEOUT_S) -> str:
+    deadline = time.monotonic() + timeout
+    while text not in (log := up.log_path.read_text(errors="replace")):
+        assert up.popen.poll() is None, f"embedq up exited with {up.popen.returncode}:\n{up.log_tail()}"
+        assert time.monotonic() < deadline, f"no {text!r} in the log after {timeout}s:\n{up.log_tail()}"
+        time.sleep(0.3)
+    return log
+
+
+def test_up_restarts_a_killed_child_and_leaves_a_crash_looping_one_down(state_dir: Path, ports: Ports) -> None:
+    # Flower cannot bind its port: it exits at every start, while everything else runs.
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", ports.flower))
+    squatter.listen()
+    restarts = 2
+    up = start_up(
+        state_dir, ports, run=1, env={"EMBEDQ_UP_RESTART_INITIAL_S": "0.2", "EMBEDQ_UP_CRASH_RESTARTS": str(restarts)}
+    )
     try:
-        wait_for_200(up, f"http://127.0.0.1:{ports.api}/healthz")
-        processes = everything_of(up, state_dir, ("uvicorn", "worker"))
-        api = next(p for p in psutil.Process(up.popen.pid).children() if "uvicorn" in " ".join(p.cmdline()))
+        api_root = f"http://127.0.0.1:{ports.api}"
+        wait_for_200(up, f"{api_root}/healthz")
+        log = wait_for_log(up, "flower exited with code 1, 3 exits in 120 s")
+        assert "not restarting it (restarted 2 times); everything else stays up" in log
+        assert log.count("restarted flower (pid") == restarts
+        wait_for_banner(up)  # printed once Flower was given up on
+        assert httpx.get(f"{api_root}/healthz", timeout=5).status_code == 200
+        ready = httpx.get(f"{api_root}/readyz", timeout=10).json()
+        assert any(
+            line.startswith("processes: flower: exited with code 1 and crashed too often")
+            for line in ready["not_ready"]
+        ), ready
+
+        api = _child(up, "uvicorn")
         api.kill()
-        assert up.popen.wait(timeout=STOP_TIMEOUT_S) == 1, up.log_tail()
-        assert "api exited with code -9" in up.log_path.read_text()
-        assert_all_gone(up, processes)
+        wait_for_log(up, "api exited with code -9; restarting it in 0.2 s (restart 1)")
+        wait_for_200(up, f"{api_root}/healthz")
+        assert _child(up, "uvicorn").pid != api.pid
+        assert up.popen.poll() is None
+        stop_and_check_everything_is_gone(up, state_dir, expected=("uvicorn", "worker", "beat"))
     finally:
+        squatter.close()
         if up.popen.poll() is None:
             up.popen.kill()

@@ -50,7 +50,8 @@ def start_server(settings: Settings) -> None:
     registry = CollectorRegistry()
     MultiProcessCollector(registry)
     try:
-        start_http_server(settings.worker_metrics_port, registry=registry)
+        # On the API's interface (127.0.0.1 under `embedq up`), never on every interface by default.
+        start_http_server(settings.worker_metrics_port, addr=settings.api_host, registry=registry)
     except OSError as exc:
         log.warning(
             "worker metrics not served: port %d: %s (set EMBEDQ_WORKER_METRICS_PORT to a free port, or 0)",
@@ -58,7 +59,7 @@ def start_server(settings: Settings) -> None:
             exc,
         )
         return
-    log.info("worker metrics on :%d/metrics", settings.worker_metrics_port)
+    log.info("worker metrics on %s:%d/metrics", settings.api_host, settings.worker_metrics_port)
 
 
 def child_exited(pid: int) -> None:

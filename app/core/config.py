@@ -166,7 +166,24 @@ class Settings(BaseSettings):
     # API.
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=1, le=65535)
+    # Slow clients (app/core/http_protocol.py): a stalled request head or body closes its connection.
+    api_header_timeout_s: float = Field(default=10.0, gt=0, description="a request's line and headers arrive within")
+    api_body_idle_timeout_s: float = Field(default=60.0, gt=0, description="longest pause inside a request body")
+    api_keep_alive_timeout_s: float = Field(default=5.0, gt=0, description="idle keep-alive connections close after")
+    api_limit_concurrency: int = Field(default=1000, ge=1, description="connections at once; more are answered 503")
     flower_port: int = Field(default=5555, ge=1, le=65535)
+    # `embedq up` restarts a child that exits: after up_restart_initial_s, doubling per crash in the window up
+    # to up_restart_max_s; past up_crash_restarts crashes in up_crash_window_s the child is left down.
+    up_restart_initial_s: float = Field(default=1.0, gt=0, description="first restart delay of a crashed child")
+    up_restart_max_s: float = Field(default=30.0, gt=0, description="longest restart delay of a crashed child")
+    up_crash_restarts: int = Field(default=5, ge=0, description="restarts allowed within up_crash_window_s")
+    up_crash_window_s: float = Field(default=120.0, gt=0, description="window in which a child's crashes count")
+    supervisor_state_file: Path | None = Field(
+        default=None, description="set by `embedq up` for its children: where /readyz reads their states"
+    )
+    readyz_details_public: bool = Field(
+        default=False, description="true: /readyz shows what is not ready to callers without an admin key"
+    )
     # Keys and tenants (README "Keys and tenants"). Keys made by `embedq keys create` live hashed in
     # Postgres; EMBEDQ_API_KEYS are admin keys of the tenant "default". With no key at all every request
     # is refused, unless auth_disabled says, explicitly, that anyone may call (as the "default" admin).

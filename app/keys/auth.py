@@ -93,6 +93,21 @@ async def current_principal(
 
 PrincipalDep = Annotated[Principal, Depends(current_principal)]
 
+
+async def optional_principal(
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    settings: Annotated[Settings, Depends(get_settings)],
+) -> Principal | None:
+    """Return the caller, or None when they sent no key or one that is unknown (for routes open to anyone)."""
+    presented = credentials.credentials if credentials else None
+    principal = static_principal(presented, settings)
+    if principal is None and presented:
+        principal = await run_in_threadpool(stored_key_principal, presented, settings)
+    return principal
+
+
+OptionalPrincipalDep = Annotated[Principal | None, Depends(optional_principal)]
+
 # OpenAPI responses of the two dependencies, and of creating a job over the key's concurrency limit.
 AUTH_ERRORS: dict[int | str, dict[str, Any]] = {401: {"description": "missing, unknown or revoked API key"}}
 RATE_LIMIT_ERRORS: dict[int | str, dict[str, Any]] = {
