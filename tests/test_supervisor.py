@@ -12,7 +12,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.cli.supervisor import ProcessSupervisor, RestartPolicy
-from app.core.config import get_settings
+from app.cli.up import FLOWER_AUTH_FILE, flower_env
+from app.core.config import Settings, get_settings
 from app.core.queues import Queue
 from app.health import service as health
 from app.health.children import ChildState, ChildStatus, read_children, write_children
@@ -148,3 +149,15 @@ def test_readyz_details_need_an_admin_key_when_auth_is_on(
     else:
         assert r.json() == {"ready": False}
     get_settings.cache_clear()
+
+
+def test_flower_gets_a_login_generated_once_whenever_api_auth_is_on(tmp_path: Path) -> None:
+    secured = Settings(auth_disabled=False, state_dir=tmp_path, environment="dev")
+    first = flower_env(secured)["FLOWER_BASIC_AUTH"]
+    user, password = first.split(":")
+    assert user == "admin" and len(password) >= 20
+    assert (tmp_path / FLOWER_AUTH_FILE).stat().st_mode & 0o777 == 0o600
+    assert flower_env(secured)["FLOWER_BASIC_AUTH"] == first  # the same login on every start
+    assert flower_env(Settings(auth_disabled=True, state_dir=tmp_path, environment="dev")) == {}
+    chosen = Settings(auth_disabled=False, state_dir=tmp_path, flower_basic_auth=["ops:pw"], environment="dev")
+    assert flower_env(chosen) == {"FLOWER_BASIC_AUTH": "ops:pw"}
