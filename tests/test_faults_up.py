@@ -23,9 +23,7 @@ from support.up import (
     Ports,
     UpRun,
     child_process,
-    ports,  # noqa: F401  (fixture)
     start_up,
-    state_dir,  # noqa: F401  (fixture)
     stop_and_check_everything_is_gone,
     wait_for_200,
     wait_for_banner,
@@ -40,7 +38,7 @@ WORKER_BACK_WITHIN_S = 10.0
 
 
 @pytest.fixture
-def up(state_dir, ports: Ports) -> Iterator[UpRun]:  # noqa: F811
+def up(state_dir, ports: Ports) -> Iterator[UpRun]:
     run = start_up(state_dir, ports, run=1, extra_args=("--no-flower",))
     try:
         wait_for_200(run, f"http://127.0.0.1:{ports.api}/healthz")
@@ -102,7 +100,7 @@ def wait_job(http: httpx.Client, job_id: str, until, timeout: float = 600) -> di
     return job
 
 
-def wait_answers_ping(ports: Ports, node: str, timeout: float = 60) -> float:  # noqa: F811
+def wait_answers_ping(ports: Ports, node: str, timeout: float = 60) -> float:
     """Return the time at which the Celery worker ``node`` first answered a ping (it consumes again)."""
     control = Celery("embedq-tests", broker=f"redis://127.0.0.1:{ports.redis}/0")
     deadline = time.monotonic() + timeout
@@ -123,7 +121,7 @@ def chunks_of(http: httpx.Client, name: str) -> Counter[tuple[str, str]]:
     return Counter((row["document_id"], row["text"]) for row in map(json.loads, lines))
 
 
-def test_killed_workers_come_back_and_nothing_is_lost_or_doubled(up: UpRun, ports: Ports) -> None:  # noqa: F811
+def test_killed_workers_come_back_and_nothing_is_lost_or_doubled(up: UpRun, ports: Ports) -> None:
     api = f"http://127.0.0.1:{ports.api}"
     with httpx.Client(base_url=api, timeout=120) as http:
         control = wait_job(http, ingest(http, "control"), finished)

@@ -7,16 +7,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import psutil
-import pytest
-
-from app.cli.embedded import EmbeddedPostgres, EmbeddedRedis, find_free_port
-from support.services import scratch_dir
 
 EMBEDQ = Path(sys.executable).with_name("embedq")
 START_TIMEOUT_S = 180.0
@@ -40,21 +35,6 @@ class UpRun:
 
     def log_tail(self) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-60:])
-
-
-@pytest.fixture
-def state_dir() -> Iterator[Path]:
-    with scratch_dir("embedq-test-up-") as path:
-        yield path
-
-
-@pytest.fixture
-def ports(state_dir: Path) -> Iterator[Ports]:
-    chosen = Ports(find_free_port(), find_free_port(), find_free_port(), find_free_port())
-    yield chosen
-    # Whatever happened to `up`, leave no server behind.
-    EmbeddedPostgres(state_dir / "postgres", chosen.postgres).stop()
-    EmbeddedRedis(state_dir / "redis", chosen.redis).stop()
 
 
 def start_up(
