@@ -95,3 +95,15 @@ def test_the_parser_sees_a_dependency_pyproject_dropped(tmp_path: Path) -> None:
     (tmp_path / "lock.txt").write_text(lock + stray)
     _, pins, direct = parse_lock(tmp_path / "lock.txt")
     assert "stray-package" in pins and "stray-package" in direct
+
+
+def test_the_installed_transformers_accepts_the_installed_peft() -> None:
+    """transformers refuses peft below its MIN_PEFT_VERSION at LoRA load: pyproject's ranges must exclude that."""
+    from importlib.metadata import version
+
+    from transformers.integrations.peft import MIN_PEFT_VERSION
+
+    assert Version(version("peft")) >= Version(MIN_PEFT_VERSION), (
+        f"transformers {version('transformers')} needs peft >= {MIN_PEFT_VERSION}, the lock has {version('peft')}: "
+        "cap transformers in pyproject.toml below that release (or raise peft), then `make lock`"
+    )
