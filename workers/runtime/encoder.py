@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -16,6 +15,7 @@ import torch.nn.functional as F
 from transformers import AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
 
 from app.catalog.families import Family, detect_family
+from app.catalog.files import read_json, transformer_dirs
 from app.catalog.resolver import ResolvedModel
 from app.catalog.sources import HubCandidate, fetch
 from app.core.config import get_settings
@@ -85,8 +85,8 @@ class Encoder:
         self.pooling_mode = pooling.mode
         self.normalize_default = pooling.normalize
 
-        transformer_dir = _transformer_dir(self.path)
-        st_config: dict[str, Any] = _read_json(transformer_dir / "sentence_bert_config.json") or {}
+        transformer_dir = transformer_dirs(self.path)[0]
+        st_config: dict[str, Any] = read_json(transformer_dir / "sentence_bert_config.json") or {}
         st_config.setdefault("max_seq_length", _modelscope_max_length(self.path))
         # EMBEDQ_MODELSCOPE_TRUST_REMOTE_CODE: ModelScope models may ship their own modelling code.
         self._trust_remote_code = settings.modelscope_trust_remote_code and self.source.startswith("modelscope")
@@ -316,10 +316,6 @@ def _check_texts(texts: list[str]) -> None:
             raise TypeError(f"texts must be strings; item {i} is {type(text).__name__}: convert it with str()")
 
 
-def _read_json(path: Path) -> Any:
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 def _candidates(model: ResolvedModel) -> tuple[HubCandidate, ...]:
     # A ResolvedModel built by hand (not by the resolver) names its hub by its source alone.
     if model.candidates:
@@ -329,20 +325,12 @@ def _candidates(model: ResolvedModel) -> tuple[HubCandidate, ...]:
 
 def _modelscope_max_length(model_dir: Path) -> int | None:
     # A ModelScope folder's configuration.json says how long its pipeline's preprocessor cuts inputs.
-    config = _read_json(model_dir / "configuration.json")
+    config = read_json(model_dir / "configuration.json")
     preprocessor = config.get("preprocessor") if isinstance(config, dict) else None
     if not isinstance(preprocessor, dict):
         return None
     length = preprocessor.get("max_length") or preprocessor.get("sequence_length")
     return int(length) if isinstance(length, int) and length > 0 else None
-
-
-def _transformer_dir(model_dir: Path) -> Path:
-    # Old sentence-transformers folders keep the Hugging Face model in a subfolder such as 0_Transformer.
-    for module in _read_json(model_dir / "modules.json") or []:
-        if str(module.get("type", "")).endswith(".Transformer"):
-            return model_dir / str(module.get("path", ""))
-    return model_dir
 
 
 def _family_pooling(family: Family) -> PoolingConfig | None:
