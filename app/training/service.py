@@ -16,8 +16,6 @@ from dataclasses import replace
 from enum import StrEnum
 from pathlib import Path
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from app.catalog.access import JOB_API_ERRORS, check_model
@@ -26,6 +24,7 @@ from app.catalog.resolver import resolve_model
 from app.core.config import Settings
 from app.core.db import enqueue
 from app.core.errors import ConflictError, EmbedqError, InvalidRequestError, NotFoundError
+from app.core.outages import TRANSIENT_ERRORS
 from app.core.queues import TaskName
 from app.core.security import Principal
 from app.jobs.repository import JobRepository
@@ -51,7 +50,6 @@ log = logging.getLogger(__name__)
 
 Scope = Callable[[], AbstractContextManager[Session]]
 
-TRANSIENT_ERRORS = (OperationalError, RedisConnectionError)
 TASK_FOR_KIND = {JobKind.FINE_TUNE.value: TaskName.TRAIN_FULL, JobKind.FINE_TUNE_LORA.value: TaskName.TRAIN_LORA}
 _CUDA_DRIVER = Path("/proc/driver/nvidia/version")
 
