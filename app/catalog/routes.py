@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import anyio.to_thread
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 
 from app.catalog import service
 from app.catalog.access import MODEL_API_ERRORS, check_model, hidden_models
 from app.catalog.schemas import ModelList, ModelObject
-from app.core.config import Settings, get_settings
+from app.core.deps import SettingsDep
 from app.keys.auth import PrincipalDep
-
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 router = APIRouter(prefix="/v1", tags=["models"])
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from app.core.config import Settings, get_settings
+from app.core.deps import SettingsDep
 from app.health.service import readiness
 
 router = APIRouter(tags=["health"])
@@ -20,7 +20,7 @@ def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", responses={503: {"description": "names what is not ready"}})
-def readyz(settings: Annotated[Settings, Depends(get_settings)]) -> JSONResponse:
+def readyz(settings: SettingsDep) -> JSONResponse:
     """Return 200 when Postgres (migrated), Redis and a worker for every queue answer; else 503 naming what is not."""
     state = readiness(settings)
     body: dict[str, Any] = {
