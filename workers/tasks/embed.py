@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import numpy as np
@@ -17,8 +18,10 @@ def _encode(model: str, texts: list[str]) -> np.ndarray:
     from workers.runtime.registry import get_encoder  # torch is imported here, in the child only
 
     encoder = get_encoder(model)
-    with observe_encode(encoder, texts):
-        return encoder.encode(texts)
+    started = time.perf_counter()
+    encoded = encoder.encode_counted(texts)
+    observe_encode(encoder, len(texts), sum(encoded.token_counts), time.perf_counter() - started)
+    return encoded.vectors
 
 
 @retrying_task(TaskName.EMBED_BATCH)
