@@ -1,4 +1,7 @@
-"""Alembic environment: migrates the database named by EMBEDQ_DATABASE_URL (or the -x url=... override)."""
+"""Alembic environment: migrates the database named by EMBEDQ_DATABASE_URL (or the -x url=... override).
+
+Files are named by applied position (0001_ ... 0006_) and new ones by date; migrations/README.md.
+"""
 
 from alembic import context
 from sqlalchemy import create_engine, pool

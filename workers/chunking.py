@@ -110,10 +110,10 @@ class EncoderModel:
         return self.chunker.chunk(texts, max_tokens, overlap_tokens)
 
     def embed(self, texts: list[str]) -> Vectors:
-        if self.encoder.m3_heads is not None:
-            # BGE-M3: the dense vector and the sparse token weights from one forward pass.
-            from workers.runtime.m3 import encode_hybrid
+        from workers.runtime.m3 import encode_hybrid, m3_heads_of
 
+        if m3_heads_of(self.encoder) is not None:
+            # BGE-M3: the dense vector and the sparse token weights from one forward pass.
             output = encode_hybrid(self.encoder, texts, return_sparse=True)
             return Vectors(output.dense, output.sparse, len(self.encoder.tokenizer))
         # Documents get the family's passage prompt (E5 "passage: "), as the chunker counted them.

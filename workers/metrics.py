@@ -13,9 +13,6 @@ import logging
 import os
 import shutil
 import tempfile
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
@@ -109,19 +106,17 @@ def _metrics() -> dict[str, Any]:
     }
 
 
-@contextmanager
-def observe_encode(encoder: Encoder, texts: list[str]) -> Iterator[None]:
-    """Record batch size, tokens and time of one encode call, and the models this child holds."""
+def observe_encode(encoder: Encoder, inputs: int, tokens: int, elapsed: float) -> None:
+    """Record batch size, tokens and time of one encode call, and the models this child holds.
+
+    ``tokens`` comes from the encode call's own tokenization (``Encoder.encode_counted``), not a second one.
+    """
     metrics = _metrics()
     name = encoder.name
     if id(encoder) not in _state["loaded"]:
         _state["loaded"].add(id(encoder))
         metrics["load"].labels(name).observe(encoder.load_seconds)
-    tokens = sum(encoder.count_tokens(texts))
-    started = time.perf_counter()
-    yield
-    elapsed = time.perf_counter() - started
-    metrics["batch"].labels(name).observe(len(texts))
+    metrics["batch"].labels(name).observe(inputs)
     metrics["tokens"].labels(name).inc(tokens)
     metrics["seconds"].labels(name).inc(elapsed)
     if elapsed > 0:

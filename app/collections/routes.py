@@ -5,11 +5,10 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
-from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
@@ -25,8 +24,7 @@ from app.collections.schemas import (
     SearchResponse,
 )
 from app.collections.uploads import TextMode, UploadFormat, UploadFormatError, UploadOptions, UploadReader
-from app.core.config import Settings, get_settings
-from app.core.db import get_session
+from app.core.deps import SessionDep, SettingsDep
 from app.core.limits import BodyTooLargeError
 from app.jobs.schemas import MAX_OFFSET, JobOut
 from app.keys.auth import JOB_LIMIT_ERRORS, PrincipalDep
@@ -35,8 +33,6 @@ router = APIRouter(prefix="/collections", tags=["collections"])
 errors_router = APIRouter(prefix="/jobs", tags=["collections"])
 
 # scope="function": commit (and send the outbox) before the response goes out.
-SessionDep = Annotated[Session, Depends(get_session, scope="function")]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 _UPLOAD_BODY = {
     "requestBody": {

@@ -21,9 +21,10 @@ from typing import Any
 import numpy as np
 from sqlalchemy.orm import Session
 
+from app.catalog.access import JOB_API_ERRORS, check_model
+from app.catalog.dimension import model_dimension
 from app.catalog.resolver import resolve_model
 from app.collections.ingestion import Scope, cancel_jobs, report_progress, settle
-from app.collections.model_info import model_dimension
 from app.collections.repository import CollectionRepository, DocumentInput, sparse_weights
 from app.collections.schemas import (
     ChunkingSpec,
@@ -50,7 +51,6 @@ from app.core.queues import TaskName
 from app.core.security import Principal
 from app.hybrid.service import check_hybrid_model
 from app.jobs.repository import JobRepository
-from app.jobs.service import check_model
 from app.keys.service import admit_job
 from app.models.collection import Collection, CollectionVersion, IndexStatus, VersionStatus
 from app.models.job import Job, JobKind, JobStatus
@@ -74,7 +74,8 @@ def create_collection(
     repo = CollectionRepository(session)
     if repo.get_in_tenant(principal.tenant, payload.name) is not None:
         raise ConflictError(f"a collection named {payload.name!r} exists: pick another name or delete it first")
-    model = check_model(payload.model or settings.default_model, settings, principal, session)
+    model = payload.model or settings.default_model
+    check_model(model, settings, principal, JOB_API_ERRORS, session)
     chunking = payload.chunking or ChunkingSpec(
         max_tokens=settings.ingest_default_max_tokens, overlap_tokens=settings.ingest_default_overlap_tokens
     )
@@ -379,7 +380,8 @@ def start_reembed(
     """Queue a job that embeds every chunk with ``payload.model`` into a new version, switched to when done."""
     repo = CollectionRepository(session)
     collection = _require(repo, name, principal, lock=True)
-    model = check_model(payload.model, settings, principal, session)
+    model = payload.model
+    check_model(model, settings, principal, JOB_API_ERRORS, session)
     busy = repo.active_jobs(collection.id, _BUSY_KINDS)
     if busy:
         raise ConflictError(

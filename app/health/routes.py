@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from app.core.config import Settings, get_settings
+from app.core.deps import SettingsDep
 from app.health.service import readiness
 from app.keys.auth import OptionalPrincipalDep
 
@@ -22,7 +22,7 @@ def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", responses={503: {"description": "not ready (an admin key sees what is not)"}})
-async def readyz(settings: Annotated[Settings, Depends(get_settings)], caller: OptionalPrincipalDep) -> JSONResponse:
+async def readyz(settings: SettingsDep, caller: OptionalPrincipalDep) -> JSONResponse:
     """Return 200 when Postgres (migrated), Redis, a worker for every queue and `up`'s children are fine; else 503.
 
     Only an admin key (or EMBEDQ_READYZ_DETAILS_PUBLIC) sees what is not ready: the details name hosts, ports

@@ -15,7 +15,7 @@ import numpy as np
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.catalog.access import resolve_visible
+from app.catalog.access import JOB_API_ERRORS, check_model
 from app.catalog.resolver import InvalidModelNameError, UnknownModelError
 from app.core.config import Settings
 from app.core.db import enqueue
@@ -31,17 +31,6 @@ log = logging.getLogger(__name__)
 
 Encode = Callable[[str, list[str]], np.ndarray]
 """(model name, texts) -> float32 array [len(texts), dim] in input order."""
-
-
-def check_model(name: str, settings: Settings, principal: Principal, session: Session | None = None) -> str:
-    """Return the model name if a worker can load it for ``principal``, else raise a 4xx naming the known models."""
-    try:
-        resolve_visible(name, settings, principal, session)
-    except InvalidModelNameError as exc:
-        raise InvalidRequestError(str(exc), param="model") from exc
-    except UnknownModelError as exc:
-        raise InvalidRequestError(str(exc), param="model", known=exc.known) from exc
-    return name
 
 
 def _request_hash(payload: EmbeddingJobCreate, model: str) -> str:
@@ -73,7 +62,8 @@ def create_embedding_job(
             f"{settings.max_input_chars} (EMBEDQ_MAX_INPUT_CHARS): chunk it first",
             param=f"input[{too_long}]",
         )
-    model = check_model(payload.model or settings.default_model, settings, principal, session)
+    model = payload.model or settings.default_model
+    check_model(model, settings, principal, JOB_API_ERRORS, session)
     digest = _request_hash(payload, model)
     repo = JobRepository(session)
     if payload.idempotency_key is not None:

@@ -1,4 +1,4 @@
-"""All SQL about training runs, their pairs, and the model aliases they register."""
+"""All SQL about training runs and their pairs (the aliases they register: ``app.catalog.repository``)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import func, insert, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from app.core.security import Principal, visible_to
 from app.models.job import ACTIVE_STATUSES, Job, JobKind, JobStatus
-from app.models.registered_model import RegisteredModel
 from app.models.training import TrainingPair, TrainingRun
 from app.training.pairs import Pair
 
@@ -103,41 +101,4 @@ class TrainingRepository:
             update(Job)
             .where(Job.id == job_id, Job.status == JobStatus.RUNNING.value)
             .values(message=message, updated_at=func.now())
-        )
-
-    def registered(self, name: str) -> RegisteredModel | None:
-        return self.session.get(RegisteredModel, name)
-
-    def list_registered(self, principal: Principal) -> list[RegisteredModel]:
-        return list(
-            self.session.scalars(
-                select(RegisteredModel)
-                .where(visible_to(principal, RegisteredModel.tenant))
-                .order_by(RegisteredModel.name)
-            )
-        )
-
-    def names_hidden_from(self, principal: Principal) -> set[str]:
-        """Return the aliases of other tenants' fine-tuned models (none for an admin)."""
-        if principal.is_admin:
-            return set()
-        return set(self.session.scalars(select(RegisteredModel.name).where(RegisteredModel.tenant != principal.tenant)))
-
-    def register(self, model: RegisteredModel) -> None:
-        """Insert the alias, or replace every field of an existing one (an overwrite)."""
-        values = {
-            "name": model.name,
-            "base": model.base,
-            "kind": model.kind,
-            "path": model.path,
-            "dimension": model.dimension,
-            "created_by_job": model.created_by_job,
-            "tenant": model.tenant,
-        }
-        statement = pg_insert(RegisteredModel).values(**values)
-        self.session.execute(
-            statement.on_conflict_do_update(
-                index_elements=[RegisteredModel.name],
-                set_={**{k: statement.excluded[k] for k in values if k != "name"}, "created_at": func.now()},
-            )
         )

@@ -16,18 +16,19 @@ from dataclasses import replace
 from enum import StrEnum
 from pathlib import Path
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
+from app.catalog.access import JOB_API_ERRORS, check_model
+from app.catalog.repository import RegisteredModelRepository
 from app.catalog.resolver import resolve_model
 from app.core.config import Settings
 from app.core.db import enqueue
 from app.core.errors import ConflictError, EmbedqError, InvalidRequestError, NotFoundError
+from app.core.outages import TRANSIENT_ERRORS
 from app.core.queues import TaskName
 from app.core.security import Principal
 from app.jobs.repository import JobRepository
-from app.jobs.service import check_model, on_job_finished, on_job_progress
+from app.jobs.service import on_job_finished, on_job_progress
 from app.keys.service import admit_job
 from app.models.job import Job, JobKind, JobStatus
 from app.models.registered_model import RegisteredModel, RegisteredModelKind
@@ -49,7 +50,6 @@ log = logging.getLogger(__name__)
 
 Scope = Callable[[], AbstractContextManager[Session]]
 
-TRANSIENT_ERRORS = (OperationalError, RedisConnectionError)
 TASK_FOR_KIND = {JobKind.FINE_TUNE.value: TaskName.TRAIN_FULL, JobKind.FINE_TUNE_LORA.value: TaskName.TRAIN_LORA}
 _CUDA_DRIVER = Path("/proc/driver/nvidia/version")
 
@@ -159,8 +159,8 @@ def _queued_message(pairs: int, held_out: int, skipped: int) -> str:
 
 
 def _check_base(repo: TrainingRepository, base: str, settings: Settings, principal: Principal) -> str:
-    check_model(base, settings, principal, repo.session)
-    registered = repo.registered(base)
+    check_model(base, settings, principal, JOB_API_ERRORS, repo.session)
+    registered = RegisteredModelRepository(repo.session).registered(base)
     if registered is not None and registered.kind == RegisteredModelKind.LORA.value:
         raise InvalidRequestError(
             f"base_model {base!r} is a LoRA adapter over {registered.base!r}: fine-tune {registered.base!r} "
@@ -190,7 +190,7 @@ def _check_alias_free(
             "another model_name",
             param="model_name",
         )
-    registered = repo.registered(alias)
+    registered = RegisteredModelRepository(repo.session).registered(alias)
     if registered is not None and not principal.sees(registered.tenant):
         raise taken
     if registered is not None and registered.tenant != principal.tenant:
@@ -260,7 +260,7 @@ def train_status(session: Session, job_id: uuid.UUID, principal: Principal) -> T
 
 def list_registered_models(session: Session, principal: Principal) -> list[RegisteredModel]:
     """Return the aliases fine-tuning registered for the caller's tenant (every tenant's for an admin), by name."""
-    return TrainingRepository(session).list_registered(principal)
+    return RegisteredModelRepository(session).list_registered(principal)
 
 
 def requeue_training(session: Session, job: Job) -> int:
@@ -438,7 +438,7 @@ def _register(scope: Scope, job_id: uuid.UUID, result: TrainingResult, settings:
         aside = work / "replaced"
         replaced = storage.publish(staging, target, aside)
         try:
-            repo.register(
+            RegisteredModelRepository(session).register(
                 RegisteredModel(
                     name=run.alias,
                     base=run.base_model,
@@ -462,7 +462,7 @@ def _register(scope: Scope, job_id: uuid.UUID, result: TrainingResult, settings:
 
 def _late_conflict(repo: TrainingRepository, run: TrainingRun, target: Path, job: Job) -> str | None:
     """Return why the alias cannot be registered now (someone took it while the job ran), or None."""
-    registered = repo.registered(run.alias)
+    registered = RegisteredModelRepository(repo.session).registered(run.alias)
     if registered is not None and registered.created_by_job != job.id and registered.tenant != job.tenant:
         return f"model {run.alias!r} was taken while this job ran: train again with another model_name"
     if registered is not None and registered.created_by_job != job.id and not run.overwrite:
