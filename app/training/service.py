@@ -26,8 +26,9 @@ from app.core.db import enqueue
 from app.core.errors import ConflictError, EmbedqError, InvalidRequestError, NotFoundError
 from app.core.queues import TaskName
 from app.core.security import Principal
+from app.jobs import lifecycle
 from app.jobs.repository import JobRepository
-from app.jobs.service import check_model, on_job_finished, on_job_progress
+from app.jobs.service import check_model
 from app.keys.service import admit_job
 from app.models.job import Job, JobKind, JobStatus
 from app.models.registered_model import RegisteredModel, RegisteredModelKind
@@ -124,12 +125,10 @@ def create_training_job(
         if hyperparams.get(optional) is None:
             hyperparams.pop(optional)
     admit_job(session, principal)
-    job = Job(
-        id=uuid.uuid4(),
-        tenant=principal.tenant,
-        api_key_id=principal.key_id,
-        kind=(JobKind.FINE_TUNE_LORA if lora else JobKind.FINE_TUNE).value,
-        status=JobStatus.QUEUED.value,
+    job = lifecycle.create(
+        session,
+        principal,
+        JobKind.FINE_TUNE_LORA if lora else JobKind.FINE_TUNE,
         model=base,
         params={"alias": payload.model_name, **hyperparams},
         total=total_steps,
@@ -148,7 +147,7 @@ def create_training_job(
         skipped_examples=parsed.skipped_examples,
         total_steps=total_steps,
     )
-    repo.add(job, run, parsed.pairs)
+    repo.add(run, parsed.pairs)
     enqueue(session, TASK_FOR_KIND[job.kind], str(job.id))
     return job
 
@@ -283,37 +282,36 @@ class _DbHooks:
                 self.job_id, total_steps=total_steps, resumed_from_step=resumed_from_step
             )
             note = f" (resumed from step {resumed_from_step})" if resumed_from_step else ""
-            TrainingRepository(session).touch_job(self.job_id, f"training started: {total_steps} steps{note}")
+            JobRepository(session).set_message(self.job_id, f"training started: {total_steps} steps{note}")
 
     def report(self, progress: Progress) -> None:
         loss = f", loss {progress.loss:.4f}" if progress.loss is not None else ""
         message = f"training: step {progress.step}/{progress.total_steps}, epoch {progress.epoch:.2f}{loss}"
         percent = 100.0 * progress.step / max(progress.total_steps, 1)
         with self.scope() as session:
-            repo = TrainingRepository(session)
-            recorded = repo.record_progress(
-                self.job_id,
-                values={
-                    "step": progress.step,
-                    "total_steps": progress.total_steps,
-                    "epoch": progress.epoch,
-                    "loss": progress.loss,
-                    "seconds_per_step": progress.seconds_per_step,
-                    "eta_seconds": progress.eta_seconds,
-                },
-                progress=percent,
-                total=progress.total_steps,
-                message=message,
+            jobs = JobRepository(session)
+            recorded = jobs.record_progress(
+                self.job_id, progress=percent, done=progress.step, total=progress.total_steps, message=message
             )
             if not recorded:
                 return
+            repo = TrainingRepository(session)
+            repo.update_run(
+                self.job_id,
+                step=progress.step,
+                total_steps=progress.total_steps,
+                epoch=progress.epoch,
+                loss=progress.loss,
+                seconds_per_step=progress.seconds_per_step,
+                eta_seconds=progress.eta_seconds,
+            )
             params = repo.job_params(self.job_id)
             if progress.loss is not None:
                 point = {"step": progress.step, "epoch": progress.epoch, "loss": progress.loss}
                 params[loss_history.HISTORY_KEY] = loss_history.with_point(loss_history.history_of(params), point)
-                repo.set_job_params(self.job_id, params)
+                jobs.set_params(self.job_id, params)
             milestones = list(params.get("progress_milestones") or [])
-            on_job_progress(session, self.job_id, percent, milestones)
+            lifecycle.report_progress(session, self.job_id, percent, milestones)
 
     def evaluated(self, name: str, metrics: dict[str, float]) -> None:
         with self.scope() as session:
@@ -358,7 +356,7 @@ def run_training(
         return RunOutcome.FAILED
     if result.stopped is StopReason.SHUTDOWN:
         with scope() as session:
-            TrainingRepository(session).touch_job(
+            JobRepository(session).set_message(
                 job_id,
                 f"interrupted by a worker shutdown at step {result.steps}: resumes from its checkpoint when "
                 "a training worker takes it again",
@@ -409,8 +407,7 @@ def _fail(scope: Scope, job_id: uuid.UUID, error: str) -> None:
     with scope() as session:
         run = TrainingRepository(session).get_run(job_id)
         message = f"training failed at step {run.step if run else 0}"
-        if JobRepository(session).finish(job_id, JobStatus.FAILED, message=message, error=error):
-            on_job_finished(session, job_id, JobStatus.FAILED)
+        lifecycle.finish(session, job_id, JobStatus.FAILED, message=message, error=error)
 
 
 def _register(scope: Scope, job_id: uuid.UUID, result: TrainingResult, settings: Settings) -> RunOutcome:
@@ -430,8 +427,7 @@ def _register(scope: Scope, job_id: uuid.UUID, result: TrainingResult, settings:
         target = storage.alias_dir(settings.models_dir, run.alias)
         conflict = _late_conflict(repo, run, target, job)
         if conflict is not None:
-            if jobs.finish(job_id, JobStatus.FAILED, message="trained, but not registered", error=conflict):
-                on_job_finished(session, job_id, JobStatus.FAILED)
+            lifecycle.finish(session, job_id, JobStatus.FAILED, message="trained, but not registered", error=conflict)
             session.commit()
             storage.remove_tree(work)
             return RunOutcome.FAILED
@@ -450,8 +446,7 @@ def _register(scope: Scope, job_id: uuid.UUID, result: TrainingResult, settings:
                 )
             )
             repo.update_run(job_id, eval={**(run.eval or {}), **result.eval}, eta_seconds=None)
-            jobs.finish(job_id, JobStatus.SUCCEEDED, message=_done_message(run, result), error=None)
-            on_job_finished(session, job_id, JobStatus.SUCCEEDED)
+            lifecycle.finish(session, job_id, JobStatus.SUCCEEDED, message=_done_message(run, result), error=None)
             session.commit()
         except BaseException:
             storage.unpublish(target, staging, aside, replaced)
