@@ -24,7 +24,8 @@ from app.collections.copy_format import ChunkRow
 from app.collections.repository import CollectionRepository
 from app.collections.schemas import ChunkingSpec, CollectionCreate, JobNotifications, ReembedRequest, SearchRequest
 from app.collections.search import search as search_collection
-from app.collections.uploads import UploadOptions, UploadReader
+from app.collections.upload_items import UploadOptions
+from app.collections.uploads import UploadReader
 from app.collections.vector_store import VectorStore, vector_table
 from app.core.config import get_settings
 from app.core.errors import ConflictError, InvalidRequestError

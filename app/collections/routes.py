@@ -24,7 +24,8 @@ from app.collections.schemas import (
     SearchRequest,
     SearchResponse,
 )
-from app.collections.uploads import TextMode, UploadFormat, UploadFormatError, UploadOptions, UploadReader
+from app.collections.upload_items import TextMode, UploadFormat, UploadFormatError, UploadOptions
+from app.collections.uploads import UploadReader
 from app.core.config import Settings, get_settings
 from app.core.db import get_session
 from app.core.limits import BodyTooLargeError

@@ -18,7 +18,7 @@ from app.collections.repository import CollectionRepository, DocumentInput
 from app.collections.schemas import JobNotifications
 from app.collections.service import require_collection
 from app.collections.settling import record_errors, report_progress, settle
-from app.collections.uploads import Item, ParsedDocument, RejectedLine
+from app.collections.upload_items import Item, ParsedDocument, RejectedLine
 from app.core.config import Settings
 from app.core.db import enqueue
 from app.core.errors import ConflictError, InvalidRequestError
