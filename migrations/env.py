@@ -14,7 +14,7 @@ target_metadata = Base.metadata
 
 
 def _include_name(name: str | None, type_: str, _: dict[str, str | None]) -> bool:
-    # Vector tables are made at run time, one per collection version (app/collections/repository.py).
+    # Vector tables are made at run time, one per collection version (app/collections/vector_store.py).
     return not (type_ == "table" and name is not None and name.startswith("collection_vectors_"))
 
 

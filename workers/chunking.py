@@ -12,8 +12,7 @@ import bisect
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from app.collections.ingestion import ChunkPiece
-from app.collections.repository import Vectors
+from app.collections.contracts import ChunkPiece, Vectors
 
 if TYPE_CHECKING:
     from workers.runtime.encoder import Encoder
@@ -99,7 +98,7 @@ class TokenChunker:
 
 
 class EncoderModel:
-    """An Encoder as ingestion sees it (``app.collections.ingestion.IngestModel``): chunk, then embed documents."""
+    """An Encoder as ingestion sees it (``app.collections.contracts.IngestModel``): chunk, then embed documents."""
 
     def __init__(self, encoder: Encoder) -> None:
         self.encoder = encoder

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from app.collections import service
+from app.collections import export, search, service, upload_writer
 from app.collections.schemas import (
     CollectionCreate,
     CollectionList,
@@ -23,7 +23,8 @@ from app.collections.schemas import (
     SearchRequest,
     SearchResponse,
 )
-from app.collections.uploads import TextMode, UploadFormat, UploadFormatError, UploadOptions, UploadReader
+from app.collections.upload_items import TextMode, UploadFormat, UploadFormatError, UploadOptions
+from app.collections.uploads import UploadReader
 from app.core.deps import SessionDep, SettingsDep
 from app.core.limits import BodyTooLargeError
 from app.jobs.schemas import MAX_OFFSET, JobOut
@@ -123,7 +124,7 @@ async def upload_documents(
     notifications = _notifications(webhook_url, progress_milestones)
     reader = UploadReader(request.headers.get("content-type"), options)
     source = {"format": format.value if format else None, "content_type": request.headers.get("content-type")}
-    writer = service.UploadWriter(session, name, settings, source, principal, notifications)
+    writer = upload_writer.UploadWriter(session, name, settings, source, principal, notifications)
     await run_in_threadpool(writer.open)
     received = 0
     try:
@@ -170,7 +171,7 @@ async def search_collection(
     name: str, payload: SearchRequest, session: SessionDep, settings: SettingsDep, principal: PrincipalDep
 ) -> SearchResponse:
     """Return the chunks nearest a query (embedded with the collection's model), best first."""
-    return await service.search(session, name, payload, settings, principal)
+    return await search.search(session, name, payload, settings, principal)
 
 
 @router.get(
@@ -184,15 +185,15 @@ def export_collection(
     format: Annotated[str, Query(pattern="^(jsonl|parquet)$")] = "jsonl",
 ) -> StreamingResponse:
     """Stream every chunk: document id, chunk index, text, metadata and vector, as JSONL or Parquet."""
-    collection_id, version_id, dimension = service.export_target(session, name, principal)
+    collection_id, version_id, dimension = export.export_target(session, name, principal)
     if format == "parquet":
         return StreamingResponse(
-            service.export_parquet(collection_id, version_id, dimension),
+            export.export_parquet(collection_id, version_id, dimension),
             media_type="application/vnd.apache.parquet",
             headers={"Content-Disposition": f'attachment; filename="{name}.parquet"'},
         )
     return StreamingResponse(
-        service.export_jsonl(collection_id, version_id),
+        export.export_jsonl(collection_id, version_id),
         media_type="application/x-ndjson",
         headers={"Content-Disposition": f'attachment; filename="{name}.jsonl"'},
     )

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import uuid
 
-from app.collections.ingestion import BatchOutcome, build_index, run_ingest_batch, run_reembed_batch
+from app.collections.ingestion import build_index, run_ingest_batch, run_reembed_batch
 from app.core.config import get_settings
 from app.core.db import session_scope
 from app.core.queues import TaskName
+from app.jobs.lifecycle import BatchOutcome
 from workers.celery_app import retrying_task
 from workers.chunking import load_model
 
@@ -22,7 +23,7 @@ def _report(job_id: str, seq: int, outcome: BatchOutcome) -> dict[str, object]:
         "documents": outcome.documents,
         "chunks": outcome.chunks,
         "failed": outcome.failed,
-        "finished": outcome.finished.value if outcome.finished else None,
+        "finished": outcome.finished_status.value if outcome.finished_status else None,
     }
 
 

@@ -1,4 +1,4 @@
-"""Training tasks (``train.full``, ``train.lora`` on the training queue): parse the id, run the training service.
+"""Training tasks (``train.full``, ``train.lora`` on the training queue): parse the id, run ``app.training.runner``.
 
 A worker shutdown must not throw away hours of training, nor wait for them: when the worker's main process
 starts shutting down it sends SIGTERM to the pool children running a training task; such a child finishes
@@ -26,7 +26,7 @@ from celery.exceptions import Reject
 from app.core.config import get_settings
 from app.core.db import session_scope
 from app.core.queues import TaskName
-from app.training.service import RunOutcome, run_training
+from app.training.runner import RunOutcome, run_training
 from workers.celery_app import retrying_task
 
 log = logging.getLogger(__name__)
