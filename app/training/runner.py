@@ -35,7 +35,6 @@ log = logging.getLogger(__name__)
 Scope = Callable[[], AbstractContextManager[Session]]
 
 
-
 class RunOutcome(StrEnum):
     """What one delivery of a training task did."""
 
