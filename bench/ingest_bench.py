@@ -162,13 +162,17 @@ def write_and_search(url: str, base: np.ndarray, args: argparse.Namespace) -> No
     from sqlalchemy import create_engine, text
     from sqlalchemy.orm import Session
 
-    from app.collections.repository import ChunkRow, CollectionRepository, DocumentInput, Vectors
+    from app.collections.contracts import Vectors
+    from app.collections.copy_format import ChunkRow
+    from app.collections.repository import CollectionRepository, DocumentInput
+    from app.collections.vector_store import VectorStore
     from app.models.collection import Collection, CollectionVersion
 
     vectors = clustered_vectors(base, args.search_vectors, seed=1)
     engine = create_engine(url)
     with Session(engine) as session:
         repo = CollectionRepository(session)
+        store = VectorStore(session)
         collection = Collection(name="bench", max_tokens=64, overlap_tokens=0, meta={})
         repo.add(collection)
         version = CollectionVersion(
@@ -180,7 +184,7 @@ def write_and_search(url: str, base: np.ndarray, args: argparse.Namespace) -> No
             index_status="none",
         )
         repo.add_version(version)
-        repo.create_vector_table(version.id, DIMENSION)
+        store.create_vector_table(version.id, DIMENSION)
         session.commit()
         written, write_seconds = 0, 0.0
         for start in range(0, len(vectors), args.write_batch):
@@ -196,14 +200,14 @@ def write_and_search(url: str, base: np.ndarray, args: argparse.Namespace) -> No
                 for i, doc_id in zip(range(start, stop), ids, strict=True)
             ]
             began = time.perf_counter()
-            written += repo.write_chunks(version.id, rows, Vectors(vectors[start:stop]))
+            written += store.write_chunks(version.id, rows, Vectors(vectors[start:stop]))
             session.commit()
             write_seconds += time.perf_counter() - began
         print(f"writes: {written} chunks with {DIMENSION}-d vectors in {write_seconds:.1f}s = "
               f"{written / write_seconds:,.0f} vectors/s (binary COPY, batches of {args.write_batch})")  # fmt: skip
 
         began = time.perf_counter()
-        repo.build_index(version.id, m=16, ef_construction=64, memory="1GB")
+        store.build_index(version.id, m=16, ef_construction=64, memory="1GB")
         session.commit()
         print(f"hnsw build over {written} vectors: {time.perf_counter() - began:.1f}s (m=16, ef_construction=64)")
         session.execute(text("ANALYZE"))
@@ -217,7 +221,7 @@ def write_and_search(url: str, base: np.ndarray, args: argparse.Namespace) -> No
             latencies, recalls = [], []
             for query, truth in zip(queries, exact, strict=True):
                 began = time.perf_counter()
-                hits = repo.search(version, query, top_k=10, metadata_filter=None, ef_search=ef)
+                hits = store.search(version, query, top_k=10, metadata_filter=None, ef_search=ef)
                 session.rollback()
                 latencies.append((time.perf_counter() - began) * 1000)
                 found = {int(h.document_id[1:]) for h in hits}

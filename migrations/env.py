@@ -1,4 +1,7 @@
-"""Alembic environment: migrates the database named by EMBEDQ_DATABASE_URL (or the -x url=... override)."""
+"""Alembic environment: migrates the database named by EMBEDQ_DATABASE_URL (or the -x url=... override).
+
+Files are named by applied position (0001_ ... 0006_) and new ones by date; migrations/README.md.
+"""
 
 from alembic import context
 from sqlalchemy import create_engine, pool
@@ -11,7 +14,7 @@ target_metadata = Base.metadata
 
 
 def _include_name(name: str | None, type_: str, _: dict[str, str | None]) -> bool:
-    # Vector tables are made at run time, one per collection version (app/collections/repository.py).
+    # Vector tables are made at run time, one per collection version (app/collections/vector_store.py).
     return not (type_ == "table" and name is not None and name.startswith("collection_vectors_"))
 
 

@@ -11,15 +11,18 @@ import os
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import redis
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import Session
 from support.processes import ManagedProcess, start_api, start_worker
-from support.services import SessionRedis, session_database, session_redis
+from support.services import SessionRedis, scratch_dir, session_database, session_redis
+from support.up import Ports
 
 import app.models  # noqa: F401  (registers every table on Base.metadata)
+from app.cli.embedded import EmbeddedPostgres, EmbeddedRedis, find_free_port
 from app.core.config import get_settings
 from app.core.db import Base
 
@@ -161,3 +164,20 @@ def api(service_env: dict[str, str]) -> Iterator[ManagedProcess]:
     process = start_api(service_env)
     yield process
     process.stop()
+
+
+@pytest.fixture
+def state_dir() -> Iterator[Path]:
+    """Yield a fresh state directory for an `embedq up` (see ``support.up``)."""
+    with scratch_dir("embedq-test-up-") as path:
+        yield path
+
+
+@pytest.fixture
+def ports(state_dir: Path) -> Iterator[Ports]:
+    """Yield free ports for an `embedq up`; stop whatever servers it left on them."""
+    chosen = Ports(find_free_port(), find_free_port(), find_free_port(), find_free_port())
+    yield chosen
+    # Whatever happened to `up`, leave no server behind.
+    EmbeddedPostgres(state_dir / "postgres", chosen.postgres).stop()
+    EmbeddedRedis(state_dir / "redis", chosen.redis).stop()

@@ -6,15 +6,15 @@ import json
 
 import pytest
 
-from app.collections.uploads import (
+from app.collections.upload_items import (
     ParsedDocument,
     RejectedLine,
     TextMode,
     UploadFormat,
     UploadFormatError,
     UploadOptions,
-    UploadReader,
 )
+from app.collections.uploads import UploadReader
 
 
 def read(body: bytes, content_type: str | None, piece: int = 7, **options) -> list:

@@ -144,3 +144,33 @@ def test_the_image_is_built_from_what_the_dockerfile_copies() -> None:
     for path in ("pyproject.toml", "app", "workers", "migrations"):
         assert f"COPY {path}" in dockerfile and path not in ignored
     assert ".venv" in ignored and "tests" in ignored
+
+
+def test_the_image_installs_exactly_a_lock_with_what_the_docs_promise(config: dict) -> None:
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text()
+    assert 'pip install --require-hashes --no-deps -r "requirements/${LOCK}.txt"' in dockerfile
+    assert "pip install --no-deps --no-build-isolation ." in dockerfile
+    default_lock = dockerfile.split("ARG LOCK=", 1)[1].split()[0]
+    assert config["services"]["api"]["build"]["args"]["LOCK"] == default_lock == "image-gpu"
+    gpu = (REPO_ROOT / "requirements" / "image-gpu.txt").read_text()
+    cpu = (REPO_ROOT / "requirements" / "image-cpu.txt").read_text()
+    for package in ("torch==", "modelscope==", "flower=="):
+        assert f"\n{package}" in gpu and f"\n{package}" in cpu, package
+    # bitsandbytes only where CUDA is: its int8/int4 kernels need a CUDA torch.
+    assert "\nbitsandbytes==" in gpu and "\nbitsandbytes==" not in cpu
+    assert "\ntorch==2.13.0+cpu " in cpu and "\nnvidia-cublas" in gpu
+
+
+def test_model_caches_are_persistent_volumes(config: dict) -> None:
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text()
+    for volume, setting in (("modelscope-cache", "EMBEDQ_MODELSCOPE_CACHE_DIR"), ("onnx-cache", "EMBEDQ_ONNX_DIR")):
+        target = dockerfile.split(f"{setting}=", 1)[1].split()[0]
+        assert volume in config["volumes"], volume
+        for name in ("api", "worker-inference", "worker-sync", "worker-training"):
+            mounts = {(m["source"], m["target"]) for m in config["services"][name]["volumes"]}
+            assert (volume, target) in mounts, (name, volume)
+
+
+def test_the_api_runs_with_the_slow_client_deadlines(config: dict) -> None:
+    assert config["services"]["api"]["command"] == ["embedq", "api"]
+    assert (REPO_ROOT / "Dockerfile").read_text().rstrip().endswith('CMD ["embedq", "api"]')

@@ -18,10 +18,15 @@ from support.ingestion import drain
 from support.texts import SENTENCES
 from support.tiny_models import make_tiny_bert
 
-from app.collections import ingestion, service
-from app.collections.repository import ChunkRow, CollectionRepository, Vectors, vector_table
+from app.collections import export, ingestion, service, upload_writer
+from app.collections.contracts import Vectors
+from app.collections.copy_format import ChunkRow
+from app.collections.repository import CollectionRepository
 from app.collections.schemas import ChunkingSpec, CollectionCreate, JobNotifications, ReembedRequest, SearchRequest
-from app.collections.uploads import UploadOptions, UploadReader
+from app.collections.search import search as search_collection
+from app.collections.upload_items import UploadOptions
+from app.collections.uploads import UploadReader
+from app.collections.vector_store import VectorStore, vector_table
 from app.core.config import get_settings
 from app.core.errors import ConflictError, InvalidRequestError
 from app.core.security import Principal
@@ -86,7 +91,7 @@ def upload(
     notifications: JobNotifications | None = None,
 ) -> Job:
     reader = UploadReader(content_type, UploadOptions())
-    writer = service.UploadWriter(session, name, settings, {"format": None}, ADMIN, notifications)
+    writer = upload_writer.UploadWriter(session, name, settings, {"format": None}, ADMIN, notifications)
     writer.open()
     pieces = [reader.feed(body[start : start + piece]) for start in range(0, len(body), piece)]
     for item in [item for items in pieces for item in items] + reader.close():
@@ -180,7 +185,7 @@ def test_a_redelivered_batch_changes_nothing(db_session: Session, scope, setting
     assert (job.done, job.failed, job.chunks_done) == counts
 
     # The write itself is idempotent on (document, chunk index) too.
-    repo = CollectionRepository(db_session)
+    repo = VectorStore(db_session)
     version = active_version(db_session)
     chunk = db_session.scalars(select(Chunk).order_by(Chunk.id)).first()
     row = ChunkRow(chunk.document_id, chunk.idx, "other text", 3, 0, 10)
@@ -226,7 +231,7 @@ def test_a_model_failure_fails_its_documents(db_session: Session, scope, setting
 
 
 def search(session: Session, settings, **request) -> list:
-    return asyncio.run(service.search(session, "docs", SearchRequest(**request), settings, ADMIN)).data
+    return asyncio.run(search_collection(session, "docs", SearchRequest(**request), settings, ADMIN)).data
 
 
 def test_search_returns_the_planted_match_first_and_filters_by_metadata(db_session: Session, scope, settings) -> None:
@@ -279,7 +284,7 @@ def test_reembed_builds_a_new_version_and_switches_search_to_it(db_session: Sess
     assert (job.status, job.done) == ("succeeded", 10), job.error
     new = active_version(db_session)
     assert (new.number, new.model, new.index_status) == (2, OTHER_MODEL, "ready")
-    assert not CollectionRepository(db_session).vector_table_exists(old.id)
+    assert not VectorStore(db_session).vector_table_exists(old.id)
     chunks = db_session.scalars(select(Chunk).order_by(Chunk.id)).all()
     stored = chunk_vectors(db_session, new.id)
     want = load_model(OTHER_MODEL).encoder.encode([c.text for c in chunks], is_query=False)
@@ -293,12 +298,12 @@ def test_export_round_trips_ids_text_metadata_and_vectors(db_session: Session, s
     make_collection(db_session, settings)
     rows = corpus(9)
     drain(db_session, scope, settings, upload(db_session, settings, jsonl(rows)).id)
-    collection_id, version_id, dimension = service.export_target(db_session, "docs", ADMIN)
+    collection_id, version_id, dimension = export.export_target(db_session, "docs", ADMIN)
     stored = chunk_vectors(db_session, version_id)
     chunk_by_key = {(c.document_id, c.idx): c for c in db_session.scalars(select(Chunk))}
     doc_ids = {d.external_id: d.id for d in db_session.scalars(select(Document))}
 
-    lines = [json.loads(line) for line in b"".join(service.export_jsonl(collection_id, version_id, scope)).splitlines()]
+    lines = [json.loads(line) for line in b"".join(export.export_jsonl(collection_id, version_id, scope)).splitlines()]
     assert len(lines) == len(stored)
     meta = {r["id"]: r["metadata"] for r in rows}
     for line in lines:
@@ -306,7 +311,7 @@ def test_export_round_trips_ids_text_metadata_and_vectors(db_session: Session, s
         assert line["text"] == chunk.text and line["metadata"] == meta[line["document_id"]]
         np.testing.assert_array_equal(np.asarray(line["embedding"], dtype=np.float32), stored[chunk.id])
 
-    data = b"".join(service.export_parquet(collection_id, version_id, dimension, scope, rows_per_group=4))
+    data = b"".join(export.export_parquet(collection_id, version_id, dimension, scope, rows_per_group=4))
     table = pq.read_table(io.BytesIO(data))
     assert table.num_rows == len(lines) and table.schema.field("embedding").type.list_size == 32
     for record in table.to_pylist():
@@ -322,7 +327,7 @@ def test_deleting_a_collection_cancels_its_jobs_and_drops_its_vectors(db_session
     service.delete_collection(db_session, "docs", ADMIN)
     db_session.refresh(job)
     assert job.status == "cancelled" and "deleted" in job.message
-    assert not CollectionRepository(db_session).vector_table_exists(version.id)
+    assert not VectorStore(db_session).vector_table_exists(version.id)
     assert db_session.scalars(select(Document)).all() == []
     assert ingestion.run_ingest_batch(scope, job.id, 0, load_model, settings).documents == 0
 
@@ -336,7 +341,7 @@ def test_the_reaper_requeues_pending_batches_and_closes_a_dead_upload(db_session
     assert [(t.name.value, t.args) for t in db_session.info["embedq_outbox"]] == [("ingest.batch", (str(job.id), 1))]
 
     # An upload whose stream died: nothing pending, input still open. The reaper closes it with the reason.
-    writer = service.UploadWriter(db_session, "docs", settings, {}, ADMIN)
+    writer = upload_writer.UploadWriter(db_session, "docs", settings, {}, ADMIN)
     writer.open()
     for item in UploadReader("application/x-ndjson", UploadOptions()).feed(jsonl(corpus(2))):
         writer.add(item)

@@ -18,6 +18,7 @@ from support.tiny_models import make_tiny_bert
 from app.catalog.resolver import ResolvedModel
 from workers.inference.hybrid_ops import hybrid, rerank
 from workers.inference.ops import OpError
+from workers.runtime.capabilities import load_encoder
 from workers.runtime.encoder import Encoder
 from workers.runtime.m3 import NotHybridModelError, encode_hybrid, maxsim, rerank_maxsim
 
@@ -38,7 +39,7 @@ def m3_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def m3(m3_folder: Path) -> Encoder:
-    return Encoder(ResolvedModel(name="my-m3", path=m3_folder, source="models_dir"))
+    return load_encoder(ResolvedModel(name="my-m3", path=m3_folder, source="models_dir"))
 
 
 class Reference:
@@ -201,7 +202,7 @@ def test_non_m3_model_is_refused_with_the_reason(tmp_path: Path) -> None:
 def test_m3_named_folder_without_heads_serves_dense_only(tmp_path: Path) -> None:
     folder = make_tiny_m3(tmp_path / "m3")
     (folder / "sparse_linear.pt").unlink()
-    encoder = Encoder(ResolvedModel(name="BAAI/bge-m3", path=folder, source="models_dir"))
+    encoder = load_encoder(ResolvedModel(name="BAAI/bge-m3", path=folder, source="models_dir"))
     assert encoder.family.name == "bge-m3" and encoder.m3_heads is None
     assert encoder.encode(["hello"]).shape == (1, 32)
     with pytest.raises(NotHybridModelError):
@@ -216,7 +217,7 @@ def test_hybrid_on_the_onnx_backend_matches_torch(
     monkeypatch.setenv("EMBEDQ_ONNX_DIR", str(tmp_path / "onnx"))
     get_settings.cache_clear()
     try:
-        onnx = Encoder(
+        onnx = load_encoder(
             ResolvedModel(name="my-m3", path=m3_folder, source="models_dir", precision="fp32", backend="onnx")
         )
     finally:

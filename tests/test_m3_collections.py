@@ -18,10 +18,13 @@ from support.ingestion import drain
 from support.tiny_m3 import make_tiny_m3
 from support.tiny_models import make_tiny_bert
 
-from app.collections import service
-from app.collections.repository import CollectionRepository, vector_table
+from app.collections import export, service, upload_writer
+from app.collections.repository import CollectionRepository
 from app.collections.schemas import ChunkingSpec, CollectionCreate, ReembedRequest, SearchRequest
-from app.collections.uploads import UploadOptions, UploadReader
+from app.collections.search import search as search_collection
+from app.collections.upload_items import UploadOptions
+from app.collections.uploads import UploadReader
+from app.collections.vector_store import VectorStore, vector_table
 from app.core.config import get_settings
 from app.core.errors import EmbedqError
 from app.core.security import Principal
@@ -67,7 +70,7 @@ def ingest(session: Session, scope, settings, name: str, model: str) -> Job:
     )
     body = "".join(json.dumps({"id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(TEXTS)).encode()
     reader = UploadReader("application/x-ndjson", UploadOptions())
-    writer = service.UploadWriter(session, name, settings, {"format": None}, ADMIN)
+    writer = upload_writer.UploadWriter(session, name, settings, {"format": None}, ADMIN)
     writer.open()
     for item in reader.feed(body) + reader.close():
         if writer.add(item):
@@ -113,11 +116,9 @@ def test_an_m3_collection_stores_each_chunks_sparse_weights_next_to_its_dense_ve
         assert weights == pytest.approx(expected.sparse[row], rel=1e-5)
 
     # The JSONL export carries them as /vectorize-hybrid does: token id (a string) -> weight.
-    collection_id, version_id, _ = service.export_target(db_session, "m3docs", ADMIN)
+    collection_id, version_id, _ = export.export_target(db_session, "m3docs", ADMIN)
     lines = [
-        json.loads(line)
-        for part in service.export_jsonl(collection_id, version_id, scope)
-        for line in part.splitlines()
+        json.loads(line) for part in export.export_jsonl(collection_id, version_id, scope) for line in part.splitlines()
     ]
     assert len(lines) == len(chunks)
     by_text = {line["text"]: line["sparse"] for line in lines}
@@ -134,7 +135,9 @@ def test_a_dense_only_collection_leaves_the_sparse_column_empty_and_refuses_spar
     rows = stored(db_session, active(db_session, "densedocs").id)
     assert rows and all(sparse is None for _, sparse in rows.values())
     with pytest.raises(EmbedqError, match="BGE-M3"):
-        asyncio.run(service.search(db_session, "densedocs", SearchRequest(query="cat", mode="sparse"), settings, ADMIN))
+        asyncio.run(
+            search_collection(db_session, "densedocs", SearchRequest(query="cat", mode="sparse"), settings, ADMIN)
+        )
 
 
 def test_sparse_and_hybrid_search_score_as_the_formulas_say(db_session: Session, scope, settings) -> None:
@@ -152,7 +155,7 @@ def test_sparse_and_hybrid_search_score_as_the_formulas_say(db_session: Session,
         lexical = sum(w * weights.get(i, 0.0) for i, w in q_sparse.items())
         by_text[chunks[cid].text] = (float(dense @ q_dense), lexical)
 
-    repo = CollectionRepository(db_session)
+    repo = VectorStore(db_session)
     common = {"top_k": len(TEXTS), "metadata_filter": None, "ef_search": 40}
     sparse_hits = repo.search_hybrid(version, q_dense, q_sparse, dim, dense_weight=0, sparse_weight=1, **common)
     # Every chunk with a shared token is a candidate, ranked by the plain dictionary inner product.

@@ -15,6 +15,7 @@ from support.processes import ManagedProcess, start_api, start_worker
 from support.tiny_m3 import make_tiny_m3
 
 from app.catalog.resolver import ResolvedModel
+from workers.runtime.capabilities import load_encoder
 from workers.runtime.encoder import Encoder
 from workers.runtime.m3 import encode_hybrid, rerank_maxsim
 
@@ -54,7 +55,7 @@ def http(m3_env: dict[str, str], m3_worker: ManagedProcess) -> Iterator[httpx.Cl
 @pytest.fixture(scope="module")
 def local(m3_env: dict[str, str]) -> Encoder:
     folder = Path(m3_env["EMBEDQ_MODELS_DIR"]) / "acme" / "tiny-m3"
-    return Encoder(ResolvedModel(name="acme/tiny-m3", path=folder, source="models_dir"))
+    return load_encoder(ResolvedModel(name="acme/tiny-m3", path=folder, source="models_dir"))
 
 
 def test_hybrid_endpoints_equal_the_runtime(http: httpx.Client, local: Encoder) -> None:

@@ -22,8 +22,9 @@ from app.models.registered_model import RegisteredModel
 from app.models.training import TrainingRun
 from app.models.webhook import WebhookEvent
 from app.training import storage
+from app.training.runner import RunOutcome, run_training
 from app.training.schemas import FineTuneRequest, LoraFineTuneRequest
-from app.training.service import RunOutcome, create_training_job, requeue_training, run_training, train_status
+from app.training.service import create_training_job, requeue_training, train_status
 from app.training.spec import Progress, StopReason, TrainingHooks, TrainingResult, TrainingSpec
 from app.webhooks.schemas import EndpointCreate
 from app.webhooks.service import create_endpoint

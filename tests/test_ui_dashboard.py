@@ -1,6 +1,6 @@
 """The dashboard in a real headless Chromium against a real API and worker: what a person sees at /ui.
 
-Set EMBEDQ_UI_SCREENSHOTS=docs to write the README's screenshots of each page while the tests run.
+Set EMBEDQ_UI_SCREENSHOTS=docs/img to write the screenshots of docs/guide/dashboard.md while the tests run.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Webhook delivery in-process against a real local receiver (pytest-httpserver) and the real database.
 
-Each test finishes a job through the real jobs service (``cancel_job`` calls ``on_job_finished``), then
+Each test finishes a job through the real jobs service (``cancel_job`` calls ``app.jobs.lifecycle``), then
 plays the worker's part by calling ``deliver_event`` itself, following the retries it schedules.
 """
 
@@ -22,6 +22,7 @@ from app.core.config import Settings
 from app.core.db import session_scope
 from app.core.errors import ConflictError
 from app.core.security import Principal
+from app.jobs import lifecycle
 from app.jobs import service as jobs
 from app.jobs.schemas import EmbeddingJobCreate
 from app.models.webhook import WebhookEndpoint, WebhookEvent
@@ -330,7 +331,7 @@ def test_progress_milestones_send_one_signed_event_each_even_when_batches_are_re
     # A redelivered batch (its input already embedded) and a repeated progress update add no event.
     jobs.run_embedding_batch(session_scope, job.id, 0, 1, fake_vectors)
     with session_scope() as session:
-        jobs.on_job_progress(session, job.id, 25.0, [25, 50, 75])
+        lifecycle.report_progress(session, job.id, 25.0, [25, 50, 75])
     assert len(progress_events()) == 1
     for start in (1, 2, 3):
         jobs.run_embedding_batch(session_scope, job.id, start, start + 1, fake_vectors)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
-from celery import Celery, signals
+from celery import Celery, Task, signals
 from celery.concurrency import get_implementation
 from celery.concurrency.solo import TaskPool as SoloPool
 from celery.concurrency.thread import TaskPool as ThreadPool
@@ -15,6 +16,8 @@ from celery.concurrency.thread import TaskPool as ThreadPool
 from app.core.celery import celery_config
 from app.core.config import get_settings
 from app.core.db import db
+from app.core.outages import TRANSIENT_ERRORS
+from app.core.queues import TaskName
 from workers import observability
 from workers.broker_heartbeat import UnackedHeartbeat
 
@@ -34,6 +37,22 @@ celery_app = Celery(
 celery_app.conf.update(celery_config(get_settings()))
 celery_app.steps["consumer"].add(UnackedHeartbeat)
 observability.connect()
+
+
+def retrying_task(name: TaskName) -> Callable[[Callable[..., Any]], Task]:
+    """Return a decorator registering a job task as ``name``, retried through database and broker outages.
+
+    Backoff doubles from 1 s up to 60 s, jittered, for at most EMBEDQ_TASK_MAX_RETRIES retries. Every job
+    task takes this policy; only the sync ``infer`` and the beat's ``maintenance.reap`` do without it.
+    """
+    return celery_app.task(
+        name=name.value,
+        autoretry_for=TRANSIENT_ERRORS,
+        retry_backoff=True,
+        retry_backoff_max=60,
+        retry_jitter=True,
+        max_retries=get_settings().task_max_retries,
+    )
 
 
 _in_process_pool = False

@@ -13,8 +13,7 @@ import bisect
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from app.collections.ingestion import ChunkPiece
-from app.collections.repository import Vectors
+from app.collections.contracts import ChunkPiece, Vectors
 
 if TYPE_CHECKING:
     from workers.runtime.encoder import Encoder
@@ -114,7 +113,7 @@ class TokenChunker:
 
 
 class EncoderModel:
-    """An Encoder as ingestion sees it (``app.collections.ingestion.IngestModel``): chunk, then embed documents."""
+    """An Encoder as ingestion sees it (``app.collections.contracts.IngestModel``): chunk, then embed documents."""
 
     def __init__(self, encoder: Encoder) -> None:
         self.encoder = encoder
@@ -125,10 +124,10 @@ class EncoderModel:
         return self.chunker.chunk(texts, max_tokens, overlap_tokens)
 
     def embed(self, texts: list[str]) -> Vectors:
-        if self.encoder.m3_heads is not None:
-            # BGE-M3: the dense vector and the sparse token weights from one forward pass.
-            from workers.runtime.m3 import encode_hybrid
+        from workers.runtime.m3 import encode_hybrid, m3_heads_of
 
+        if m3_heads_of(self.encoder) is not None:
+            # BGE-M3: the dense vector and the sparse token weights from one forward pass.
             output = encode_hybrid(self.encoder, texts, return_sparse=True)
             return Vectors(output.dense, output.sparse, len(self.encoder.tokenizer))
         # Documents get the family's passage prompt (E5 "passage: "), as the chunker counted them.

@@ -13,9 +13,6 @@ import logging
 import os
 import shutil
 import tempfile
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
@@ -50,7 +47,8 @@ def start_server(settings: Settings) -> None:
     registry = CollectorRegistry()
     MultiProcessCollector(registry)
     try:
-        start_http_server(settings.worker_metrics_port, registry=registry)
+        # On the API's interface (127.0.0.1 under `embedq up`), never on every interface by default.
+        start_http_server(settings.worker_metrics_port, addr=settings.api_host, registry=registry)
     except OSError as exc:
         log.warning(
             "worker metrics not served: port %d: %s (set EMBEDQ_WORKER_METRICS_PORT to a free port, or 0)",
@@ -58,7 +56,7 @@ def start_server(settings: Settings) -> None:
             exc,
         )
         return
-    log.info("worker metrics on :%d/metrics", settings.worker_metrics_port)
+    log.info("worker metrics on %s:%d/metrics", settings.api_host, settings.worker_metrics_port)
 
 
 def child_exited(pid: int) -> None:
@@ -108,19 +106,17 @@ def _metrics() -> dict[str, Any]:
     }
 
 
-@contextmanager
-def observe_encode(encoder: Encoder, texts: list[str]) -> Iterator[None]:
-    """Record batch size, tokens and time of one encode call, and the models this child holds."""
+def observe_encode(encoder: Encoder, inputs: int, tokens: int, elapsed: float) -> None:
+    """Record batch size, tokens and time of one encode call, and the models this child holds.
+
+    ``tokens`` comes from the encode call's own tokenization (``Encoder.encode_counted``), not a second one.
+    """
     metrics = _metrics()
     name = encoder.name
     if id(encoder) not in _state["loaded"]:
         _state["loaded"].add(id(encoder))
         metrics["load"].labels(name).observe(encoder.load_seconds)
-    tokens = sum(encoder.count_tokens(texts))
-    started = time.perf_counter()
-    yield
-    elapsed = time.perf_counter() - started
-    metrics["batch"].labels(name).observe(len(texts))
+    metrics["batch"].labels(name).observe(inputs)
     metrics["tokens"].labels(name).inc(tokens)
     metrics["seconds"].labels(name).inc(elapsed)
     if elapsed > 0:

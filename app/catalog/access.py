@@ -2,17 +2,53 @@
 
 Another tenant's alias answers exactly as a name nobody registered would, and is left out of every list of
 known models, so its existence is never confirmed. Admins (and everyone when auth is off) see every alias.
+``check_model`` is the one model check every API makes; each API style passes its ``ModelErrors``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from sqlalchemy.orm import Session
 
-from app.catalog.resolver import ResolvedModel, UnknownModelError, known_models, resolve_model
+from app.catalog.repository import RegisteredModelRepository
+from app.catalog.resolver import InvalidModelNameError, ResolvedModel, UnknownModelError, known_models, resolve_model
 from app.core.config import Settings
 from app.core.db import session_scope
+from app.core.errors import EmbedqError, InvalidRequestError, NotFoundError
 from app.core.security import Principal
-from app.training.repository import TrainingRepository
+
+
+@dataclass(frozen=True)
+class ModelErrors:
+    """How one API style answers a model name it cannot use: the error for a malformed name and for an unknown one.
+
+    ``list_known``: the unknown-name error carries ``known``, the names the caller may use instead.
+    """
+
+    invalid: type[EmbedqError]
+    unknown: type[EmbedqError]
+    list_known: bool = False
+
+
+JOB_API_ERRORS = ModelErrors(invalid=InvalidRequestError, unknown=InvalidRequestError, list_known=True)
+"""Jobs, collections and fine-tuning: 422 ``invalid_request`` for either, naming the known models."""
+
+MODEL_API_ERRORS = ModelErrors(invalid=EmbedqError, unknown=NotFoundError)
+"""``/v1/models`` and the hybrid endpoints: 400 for a malformed name, 404 for an unknown one."""
+
+
+def check_model(
+    name: str, settings: Settings, principal: Principal, errors: ModelErrors, session: Session | None = None
+) -> ResolvedModel:
+    """Return what ``name`` resolves to if ``principal`` may use it, else raise the API style's error."""
+    try:
+        return resolve_visible(name, settings, principal, session)
+    except InvalidModelNameError as exc:
+        raise errors.invalid(str(exc), param="model") from exc
+    except UnknownModelError as exc:
+        extra = {"known": exc.known} if errors.list_known else {}
+        raise errors.unknown(str(exc), param="model", **extra) from exc
 
 
 def hidden_models(principal: Principal, session: Session | None = None) -> set[str]:
@@ -20,9 +56,9 @@ def hidden_models(principal: Principal, session: Session | None = None) -> set[s
     if principal.is_admin:
         return set()
     if session is not None:
-        return TrainingRepository(session).names_hidden_from(principal)
+        return RegisteredModelRepository(session).names_hidden_from(principal)
     with session_scope() as own:
-        return TrainingRepository(own).names_hidden_from(principal)
+        return RegisteredModelRepository(own).names_hidden_from(principal)
 
 
 def resolve_visible(

@@ -6,14 +6,12 @@ Decided from an explicit override, then the model folder's own files, then the m
 
 from __future__ import annotations
 
-import json
-import logging
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Literal, get_args
 
-logger = logging.getLogger(__name__)
+from app.catalog.files import read_json
 
 FamilyName = Literal["e5", "bge", "bge-m3", "gte", "sentence-transformers", "generic"]
 FAMILY_NAMES: tuple[str, ...] = get_args(FamilyName)
@@ -113,7 +111,7 @@ def _family_by_override(override: str | None) -> Family | None:
 def _family_by_folder(folder: Path | None) -> Family | None:
     if folder is None:
         return None
-    if (folder / M3_SPARSE_HEAD).is_file() and (folder / M3_COLBERT_HEAD).is_file():
+    if has_m3_heads(folder):
         return replace(_FAMILY_DEFAULTS["bge-m3"], reason=f"the folder has {M3_SPARSE_HEAD} and {M3_COLBERT_HEAD}")
     return None
 
@@ -134,7 +132,7 @@ def _family_by_name(name: str) -> Family | None:
 
 
 def _with_folder_prompts(family: Family, folder: Path | None) -> Family:
-    config = _read_json(folder / "config_sentence_transformers.json") if folder is not None else None
+    config = read_json(folder / "config_sentence_transformers.json") if folder is not None else None
     prompts = config.get("prompts") if isinstance(config, dict) else None
     if not isinstance(prompts, dict) or not prompts:
         return family
@@ -149,9 +147,9 @@ def _with_folder_prompts(family: Family, folder: Path | None) -> Family:
     )
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text()) if path.is_file() else None
-    except (OSError, ValueError):
-        logger.warning("could not read %s: ignoring it", path, exc_info=True)
-        return None
+def has_m3_heads(folder: Path | None) -> bool:
+    """Return whether ``folder`` holds BGE-M3's sparse and ColBERT heads (True when not downloaded yet).
+
+    A BGE-M3 repository on a hub carries its heads, so a model with no folder is taken to have them.
+    """
+    return folder is None or ((folder / M3_SPARSE_HEAD).is_file() and (folder / M3_COLBERT_HEAD).is_file())

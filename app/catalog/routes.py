@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import anyio.to_thread
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 
 from app.catalog import service
-from app.catalog.access import hidden_models, resolve_visible
+from app.catalog.access import MODEL_API_ERRORS, check_model, hidden_models
 from app.catalog.disclosure import model_for, models_for
-from app.catalog.resolver import InvalidModelNameError, UnknownModelError
 from app.catalog.schemas import ModelList, ModelObject
-from app.core.config import Settings, get_settings
-from app.core.errors import EmbedqError, NotFoundError
+from app.core.deps import SettingsDep
 from app.keys.auth import PrincipalDep
-
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 router = APIRouter(prefix="/v1", tags=["models"])
 
@@ -33,10 +27,5 @@ async def list_models(settings: SettingsDep, principal: PrincipalDep) -> ModelLi
 async def get_model(model_id: str, settings: SettingsDep, principal: PrincipalDep) -> ModelObject:
     """Describe one model (an alias or a name, `org/name` included): source, path, family, limits, loads."""
     loads = await anyio.to_thread.run_sync(service.read_loads, settings)
-    try:
-        await anyio.to_thread.run_sync(resolve_visible, model_id, settings, principal)
-        return model_for(principal, await anyio.to_thread.run_sync(service.describe, model_id, settings, loads))
-    except InvalidModelNameError as exc:
-        raise EmbedqError(str(exc), param="model") from exc
-    except UnknownModelError as exc:
-        raise NotFoundError(str(exc), param="model") from exc
+    resolved = await anyio.to_thread.run_sync(check_model, model_id, settings, principal, MODEL_API_ERRORS)
+    return model_for(principal, await anyio.to_thread.run_sync(service.describe, model_id, resolved, settings, loads))

@@ -6,14 +6,15 @@ no worker has loaded yet still shows its source, path, family, dimension and tok
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import redis
 
-from app.catalog.families import M3_COLBERT_HEAD, M3_SPARSE_HEAD, detect_family
+from app.catalog.dimension import folder_dimension
+from app.catalog.families import detect_family, has_m3_heads
+from app.catalog.files import read_json
 from app.catalog.loads import ModelLoad, all_loads, load_settings
 from app.catalog.resolver import ResolvedModel, known_models, resolve_model
 from app.catalog.schemas import ModelList, ModelObject, WorkerLoad
@@ -51,19 +52,18 @@ def list_models(
     data = []
     for name in names:
         try:
-            data.append(describe(name, settings, loads))
+            data.append(describe(name, resolve_model(name, settings), settings, loads))
         except (LookupError, ValueError) as exc:  # a loaded model this API cannot resolve: say so, list the rest
             logger.info("not listing %s: %s", name, exc)
     return ModelList(data=data)
 
 
-def describe(name: str, settings: Settings, loads: dict[str, list[ModelLoad]]) -> ModelObject:
-    """Return the model object of ``name``; raises the resolver's errors for a bad or unknown name."""
-    resolved = resolve_model(name, settings)
+def describe(name: str, resolved: ResolvedModel, settings: Settings, loads: dict[str, list[ModelLoad]]) -> ModelObject:
+    """Return the model object of ``name``, which resolved to ``resolved``."""
     family = detect_family(resolved.name, resolved.path, resolved.family)
     mine = [load for load in loads.get(resolved.name, []) if _matches(load, resolved)]
     latest = mine[-1] if mine else None
-    config = _read_json(resolved.path / "config.json") if resolved.path is not None else None
+    config = read_json(resolved.path / "config.json") if resolved.path is not None else None
     return ModelObject(
         id=name,
         created=_created(resolved.path),
@@ -72,7 +72,7 @@ def describe(name: str, settings: Settings, loads: dict[str, list[ModelLoad]]) -
         source=resolved.source,
         path=str(resolved.path) if resolved.path is not None else None,
         family=family.name,
-        dimension=latest.dimension if latest else _dimension(config),
+        dimension=latest.dimension if latest else folder_dimension(resolved.path),
         max_length=latest.max_seq_length
         if latest
         else _max_length(resolved.path, config, family.max_seq_length, settings),
@@ -80,7 +80,7 @@ def describe(name: str, settings: Settings, loads: dict[str, list[ModelLoad]]) -
         backend=resolved.backend,
         device=latest.device if latest else None,
         load_seconds=latest.load_seconds if latest else None,
-        hybrid=latest.hybrid if latest else family.hybrid and _has_heads(resolved.path),
+        hybrid=latest.hybrid if latest else family.hybrid and has_m3_heads(resolved.path),
         loaded=latest is not None,
         loads=[WorkerLoad.model_validate(load, from_attributes=True) for load in mine],
     )
@@ -97,18 +97,11 @@ def _created(path: Path | None) -> int:
         return 0
 
 
-def _dimension(config: Any) -> int | None:
-    for section in (config.get("text_config"), config) if isinstance(config, dict) else ():
-        if isinstance(section, dict) and isinstance(section.get("hidden_size"), int):
-            return int(section["hidden_size"])
-    return None
-
-
 def _max_length(path: Path | None, config: Any, family_limit: int | None, settings: Settings) -> int | None:
     if path is None:
         return settings.max_seq_length or family_limit
-    sentence = _read_json(path / "sentence_bert_config.json")
-    tokenizer = _read_json(path / "tokenizer_config.json")
+    sentence = read_json(path / "sentence_bert_config.json")
+    tokenizer = read_json(path / "tokenizer_config.json")
     configured = sentence.get("max_seq_length") if isinstance(sentence, dict) else None
     candidates = (
         [configured]
@@ -123,15 +116,3 @@ def _max_length(path: Path | None, config: Any, family_limit: int | None, settin
     if settings.max_seq_length is not None:
         limits.append(settings.max_seq_length)
     return min(limits) if limits else None
-
-
-def _has_heads(path: Path | None) -> bool:
-    # Not downloaded yet: a BGE-M3 repository carries its heads.
-    return path is None or ((path / M3_SPARSE_HEAD).is_file() and (path / M3_COLBERT_HEAD).is_file())
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text()) if path.is_file() else None
-    except (OSError, ValueError):
-        return None

@@ -18,6 +18,7 @@ from app.cli.up import (
     FlowerAuthMissingError,
     StateDirInUseError,
     UpOptions,
+    api_command,
     run_up,
 )
 from app.core.config import get_settings
@@ -156,6 +157,13 @@ def worker(queues: str, concurrency: int | None) -> None:
         "--concurrency", str(concurrency or settings.worker_concurrency), "-E", "--loglevel", "INFO",
     ]  # fmt: skip
     os.execv(sys.executable, args)
+
+
+@main.command()
+def api() -> None:
+    """Run the API server (uvicorn with the EMBEDQ_API_* deadlines and limits; replaces this process)."""
+    args = api_command(get_settings())
+    os.execv(args[0], args)
 
 
 # Commands that talk to a running API: ingest, search, jobs, job (app/cli/client_commands.py).

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from app.catalog import service
-from app.catalog.resolver import InvalidModelNameError, UnknownModelError, validate_model_name
+from app.catalog.resolver import InvalidModelNameError, UnknownModelError, resolve_model, validate_model_name
 from app.catalog.sources import ModelDownloadError, ModelScopeMissingError, fetch, hub_order
 from app.core.config import Settings, get_settings
 
@@ -91,7 +91,7 @@ def show(name: str) -> None:
     """Print what GET /v1/models/NAME says about model NAME (an alias or a name) as JSON."""
     settings = get_settings()
     try:
-        description = service.describe(name, settings, service.read_loads(settings))
+        description = service.describe(name, resolve_model(name, settings), settings, service.read_loads(settings))
     except (InvalidModelNameError, UnknownModelError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(description.model_dump_json(indent=2))

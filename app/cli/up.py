@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import logging
 import os
+import secrets
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import TextIO
+from typing import NoReturn, TextIO
 
 import httpx
 
 from app.cli.embedded import LOCALHOST, EmbeddedPostgres, EmbeddedRedis
 from app.cli.migrations import upgrade_head
+from app.cli.supervisor import ProcessSupervisor, RestartPolicy
 from app.core.config import Settings, get_settings
 from app.core.queues import Queue
 
@@ -29,7 +29,10 @@ WORKER_APP = "workers.celery_app:celery_app"
 ALL_QUEUES = ",".join(queue.value for queue in Queue)
 # `up` runs the sync queue on a worker of its own (see sync_worker_command), the others on the main one.
 JOB_QUEUES = ",".join(queue.value for queue in Queue if queue is not Queue.SYNC)
-_PR_SET_PDEATHSIG = 1
+# Under the state dir: the children's states (read by /readyz), Flower's generated login.
+CHILDREN_STATE_FILE = "up-children.json"
+FLOWER_AUTH_FILE = "flower-auth"
+FLOWER_USER = "admin"
 
 
 class StateDirInUseError(RuntimeError):
@@ -55,42 +58,14 @@ class UpOptions:
 
 
 @dataclass
-class Child:
-    """A supervised child process, alone in its process group."""
-
-    name: str
-    popen: subprocess.Popen[bytes]
-
-    def terminate(self) -> None:
-        """Ask the child to stop (API: graceful; worker: finish running tasks)."""
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-
-    def kill_group(self) -> None:
-        """SIGKILL the child's whole process group, including pool processes it left behind."""
-        try:
-            os.killpg(self.popen.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            return
-        self.popen.wait()
-
-
-def _die_with_parent() -> None:
-    # Runs in the child before exec: if the supervisor is SIGKILLed, the kernel SIGTERMs its children
-    # so no orphaned API keeps holding the port.
-    if sys.platform == "linux":
-        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-@dataclass
 class Supervisor:
-    """Starts what `up` needs in order and stops it in reverse, whatever happened in between."""
+    """Starts what `up` needs in order, keeps the children running, and stops it all in reverse."""
 
     settings: Settings
     options: UpOptions
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
     servers: list[EmbeddedPostgres | EmbeddedRedis] = field(default_factory=list)
-    children: list[Child] = field(default_factory=list)
+    processes: ProcessSupervisor | None = None
     lock_file: TextIO | None = None
 
     def lock_state_dir(self) -> None:
@@ -130,12 +105,12 @@ class Supervisor:
 
     def spawn(self, name: str, args: list[str], extra_env: dict[str, str] | None = None) -> None:
         """Start ``args`` as a supervised child with the services' URLs (and ``extra_env``) in its environment."""
-        env = {**self.env, **(extra_env or {})}
-        popen = subprocess.Popen(
-            args, env=env, stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent
-        )
-        self.children.append(Child(name, popen))
-        log.info("started %s (pid %s)", name, popen.pid)
+        if self.processes is None:
+            state_file = self.settings.state_dir / CHILDREN_STATE_FILE
+            self.processes = ProcessSupervisor(RestartPolicy.from_settings(self.settings), state_file)
+            # Every child learns where the supervisor writes their states: the API's /readyz reads it.
+            self.env["EMBEDQ_SUPERVISOR_STATE_FILE"] = str(state_file)
+        self.processes.spawn(name, args, {**self.env, **(extra_env or {})})
 
     def spawn_children(self) -> None:
         """Start the job worker, the sync worker, celery beat, Flower (unless disabled) and the API."""
@@ -146,7 +121,7 @@ class Supervisor:
             [*celery, "worker", "-Q", JOB_QUEUES, "--concurrency", str(concurrency), "-E", "--loglevel", "INFO"],
         )
         self.spawn("sync-worker", sync_worker_command(self.settings))
-        # Celery beat schedules the reaper (README "Reliability"); one beat per deployment, hence not `-B`.
+        # Celery beat schedules the reaper (docs "Reliability"); one beat per deployment, hence not `-B`.
         self.spawn(
             "beat",
             [*celery, "beat", "--schedule", str(self.settings.state_dir / "celerybeat-schedule"), "--loglevel", "INFO"],
@@ -158,39 +133,23 @@ class Supervisor:
                 [*celery, "flower", f"--port={self.settings.flower_port}", f"--address={LOCALHOST}"],
                 flower_env(self.settings),
             )
-        self.spawn(
-            "api",
-            [
-                sys.executable, "-m", "uvicorn", "app.main:app",
-                "--host", self.settings.api_host, "--port", str(self.settings.api_port),
-            ],
-        )  # fmt: skip
+        self.spawn("api", api_command(self.settings))
 
-    def watch(self) -> int:
-        """Return 1 as soon as a child exits; print the banner once the API (and Flower, if run) answer."""
+    def watch(self) -> NoReturn:
+        """Keep the children running until a signal stops `up`; print the banner once the API (and Flower) answer."""
+        assert self.processes is not None
         announced = False
         while True:
-            for child in self.children:
-                code = child.popen.poll()
-                if code is not None:
-                    log.error("%s exited with code %s; stopping everything", child.name, code)
-                    return 1
-            if not announced and _ready(self.settings, self.options):
+            self.processes.tend()
+            if not announced and _ready(self.settings, self.options, self.processes):
                 print(banner(self.settings, self.options), flush=True)
                 announced = True
             time.sleep(0.5)
 
     def stop_all(self) -> None:
         """Stop the children (SIGTERM, then SIGKILL after the timeout), then the embedded servers."""
-        for child in self.children:
-            child.terminate()
-        deadline = time.monotonic() + self.options.stop_timeout
-        for child in self.children:
-            try:
-                child.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log.warning("%s did not stop within %ss; killing it", child.name, self.options.stop_timeout)
-            child.kill_group()
+        if self.processes is not None:
+            self.processes.stop_all(self.options.stop_timeout)
         for server in reversed(self.servers):
             server.stop()
         log.info("everything stopped")
@@ -209,10 +168,23 @@ def sync_worker_command(settings: Settings) -> list[str]:
     ]  # fmt: skip
 
 
+def api_command(settings: Settings) -> list[str]:
+    """Return the API server's command: uvicorn with the slow-client deadlines and limits of the settings."""
+    return [
+        sys.executable, "-m", "uvicorn", "app.main:app",
+        "--host", settings.api_host, "--port", str(settings.api_port),
+        "--http", "app.core.http_protocol:DeadlineHttpToolsProtocol",
+        "--timeout-keep-alive", f"{settings.api_keep_alive_timeout_s:g}",
+        "--limit-concurrency", str(settings.api_limit_concurrency),
+    ]  # fmt: skip
+
+
 def flower_env(settings: Settings) -> dict[str, str]:
     """Return the environment giving Flower its basic auth (in the environment, so `ps` does not show it).
 
-    Outside dev, Flower without credentials is refused: it shows task arguments and can revoke tasks.
+    Flower shows task arguments (tenants' texts) and can revoke tasks, so it gets a login whenever the API
+    asks for keys: EMBEDQ_FLOWER_BASIC_AUTH, else one generated once into the state dir (see
+    ``flower_login``). Outside dev, Flower without credentials is refused.
     """
     if settings.flower_basic_auth:
         return {"FLOWER_BASIC_AUTH": ",".join(settings.flower_basic_auth)}
@@ -221,8 +193,24 @@ def flower_env(settings: Settings) -> dict[str, str]:
             "Flower needs basic auth outside dev: set EMBEDQ_FLOWER_BASIC_AUTH=user:password "
             "(or pass --flower-basic-auth), or run with --no-flower"
         )
+    if not settings.auth_disabled:
+        return {"FLOWER_BASIC_AUTH": flower_login(settings)}
     log.warning("Flower has no basic auth: anyone who reaches port %d sees every task", settings.flower_port)
     return {}
+
+
+def flower_login(settings: Settings) -> str:
+    """Return ``user:password`` for Flower from the state dir, generating and printing it the first time."""
+    path = settings.state_dir / FLOWER_AUTH_FILE
+    if path.exists():
+        return path.read_text().strip()
+    login = f"{FLOWER_USER}:{secrets.token_urlsafe(18)}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(login + "\n")
+    print(f"Flower login (generated once, kept in {path}): {login}", flush=True)
+    return login
 
 
 def _browsable_host(host: str) -> str:
@@ -237,12 +225,14 @@ def _status(url: str) -> int | None:
         return None
 
 
-def _ready(settings: Settings, options: UpOptions) -> bool:
-    """Return True once the API is healthy and, when `up` runs Flower, Flower answers too."""
+def _ready(settings: Settings, options: UpOptions, processes: ProcessSupervisor) -> bool:
+    """Return True once the API is healthy and, when `up` runs Flower, Flower answers or was given up on."""
     if _status(f"{api_url(settings)}/healthz") != 200:
         return False
-    # With basic auth Flower may answer 401: it is up all the same.
-    return not options.flower or _status(f"{flower_url(settings)}/healthcheck") in (200, 401)
+    if not options.flower or processes.is_down("flower"):
+        return True
+    # With basic auth Flower answers 401: it is up all the same.
+    return _status(f"{flower_url(settings)}/healthcheck") in (200, 401)
 
 
 def api_url(settings: Settings) -> str:
@@ -261,6 +251,8 @@ def banner(settings: Settings, options: UpOptions) -> str:
     lines = ["", "embedq is up", f"  UI      {api}/ui", f"  API     {api}", f"  Docs    {api}/docs"]
     if options.flower:
         lines.append(f"  Flower  {flower_url(settings)}")
+        if not (settings.auth_disabled or settings.flower_basic_auth):
+            lines.append(f"          Flower's login is in {settings.state_dir / FLOWER_AUTH_FILE}")
     lines.append(f"  State   {settings.state_dir}")
     if settings.auth_disabled:
         lines.append("  Auth    OFF (EMBEDQ_AUTH_DISABLED=true): anyone who reaches the API is an admin")
@@ -277,7 +269,7 @@ def _ignore_repeat(signum: int, _: FrameType | None) -> None:
 
 
 def run_up(options: UpOptions) -> int:
-    """Return the exit code of an `embedq up` session: 0 when stopped by a signal, 1 when a child died."""
+    """Return the exit code of an `embedq up` session once a signal stopped it: 0."""
     if options.state_dir is not None:
         os.environ["EMBEDQ_STATE_DIR"] = str(options.state_dir.resolve())
         get_settings.cache_clear()
@@ -291,7 +283,7 @@ def run_up(options: UpOptions) -> int:
         database_url, _ = supervisor.start_services()
         upgrade_head(database_url)
         supervisor.spawn_children()
-        return supervisor.watch()
+        supervisor.watch()
     except _StopRequested as stop:
         log.info("%s received; stopping", stop)
         return 0

@@ -1,10 +1,11 @@
-"""The worker side of ingestion: run one batch of an ingest or reembed job, build the index, settle the job.
+"""The worker side of ingestion: run one batch of an ingest or reembed job, build the index, requeue.
 
 Called by the thin tasks in ``workers/tasks/ingest.py``, which pass a ``LoadModel`` (the torch runtime lives
-in the worker). Every batch runs in two short transactions around the model, so no lock is held while it
-computes: the first reads what is pending; the second locks the job, claims the batch (pending -> done,
-so a redelivered task changes nothing, counts included), writes chunks and vectors with COPY and
-``ON CONFLICT DO NOTHING`` on (document, chunk index), and settles the job when this batch completed it.
+in the worker). Both kinds of batch share one skeleton, ``_run_batch``: two short transactions around the
+model, so no lock is held while it computes. The first reads what is pending; the second locks the job,
+claims the batch (pending -> done, so a redelivered task changes nothing, counts included), writes with
+COPY and ``ON CONFLICT DO NOTHING``, counts, and settles the job when this batch completed it. A ``_Stage``
+says what differs: what a batch reads, what the model computes from it, and how the result is stored.
 """
 
 from __future__ import annotations
@@ -12,74 +13,37 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 import numpy as np
 from sqlalchemy.orm import Session
 
 from app.catalog.resolver import InvalidModelNameError, UnknownModelError
-from app.collections.repository import ChunkRow, CollectionRepository, JobCounters, PendingDocument, Vectors
+from app.collections.contracts import ChunkPiece, IngestModel, LoadModel, Scope, Vectors
+from app.collections.copy_format import ChunkRow
+from app.collections.repository import CollectionRepository, PendingDocument
+from app.collections.settling import INDEXING, record_errors, report_progress, settle
+from app.collections.vector_store import VectorStore
 from app.core.config import Settings
 from app.core.db import enqueue
 from app.core.queues import TaskName
-from app.jobs.service import on_job_finished, on_job_progress
-from app.models.collection import CollectionVersion, IndexStatus, VersionStatus
+from app.jobs.lifecycle import NOTHING_DONE, BatchOutcome
+from app.jobs.repository import JobRepository
+from app.models.collection import IndexStatus
 from app.models.job import Job, JobKind, JobStatus
 
 log = logging.getLogger(__name__)
 
-INDEXING = "all documents are in; building the HNSW search index"
-
-Scope = Callable[[], AbstractContextManager[Session]]
-
 # What a model may raise that fails the batch's documents rather than retrying the task.
 MODEL_ERRORS = (UnknownModelError, InvalidModelNameError, OSError, RuntimeError, ValueError, TypeError)
 
-
-@dataclass(frozen=True)
-class ChunkPiece:
-    """One chunk of a document: its text, its character span in the document, and its token count."""
-
-    text: str
-    start: int
-    end: int
-    token_count: int
-
-
-class IngestModel(Protocol):
-    """What ingestion needs from a loaded model (implemented in the worker around its Encoder)."""
-
-    dimension: int
-
-    def chunk(self, texts: list[str], max_tokens: int, overlap_tokens: int) -> list[list[ChunkPiece]]:
-        """Return each text's chunks, in order, by the model's own tokenizer."""
-        ...
-
-    def embed(self, texts: list[str]) -> Vectors:
-        """Return float32 [len(texts), dimension] document vectors (the family's passage prompt applied),
-        with each text's sparse token weights when the model has a BGE-M3 sparse head."""
-        ...
-
-
-LoadModel = Callable[[str], IngestModel]
-
-
-@dataclass(frozen=True)
-class BatchOutcome:
-    documents: int
-    chunks: int
-    failed: int
-    finished: JobStatus | None = None
-
-
-_NOTHING = BatchOutcome(0, 0, 0)
+Todo = TypeVar("Todo")
+Result = TypeVar("Result")
 
 
 @dataclass(frozen=True)
 class _Work:
-    job_kind: str
     model: str
     collection_id: int
     version_id: int
@@ -89,10 +53,34 @@ class _Work:
     hashes: dict[int, str]
 
 
-def _read_work(repo: CollectionRepository, job_id: uuid.UUID, seq: int) -> _Work | None:
-    job = repo.session.get(Job, job_id)
+@dataclass(frozen=True)
+class _Stored:
+    """What a batch's write did: documents written and failed, chunks counted and written."""
+
+    documents: int
+    failed: int
+    chunks_total: int
+    chunks_done: int
+
+
+@dataclass(frozen=True)
+class _Stage(Generic[Todo, Result]):
+    """One kind of batch: ``read`` what is pending (first transaction), ``compute`` it into a fresh ``Result``
+    (filled in place, so what was done before a model error still counts), ``store`` it (second transaction;
+    the error is set when the model or the vector table refused the batch)."""
+
+    kind: str
+    read: Callable[[Session, _Work], list[Todo]]
+    result: Callable[[], Result]
+    compute: Callable[[IngestModel, _Work, list[Todo], Result], None]
+    store: Callable[[Session, uuid.UUID, _Work, list[Todo], Result, str | None, Settings], _Stored]
+
+
+def _read_work(session: Session, job_id: uuid.UUID, seq: int) -> _Work | None:
+    job = JobRepository(session).get(job_id)
     if job is None or job.status != JobStatus.RUNNING.value:
         return None
+    repo = CollectionRepository(session)
     batch = repo.batch(job_id, seq)
     if batch is None or batch.state != "pending":
         return None
@@ -101,7 +89,6 @@ def _read_work(repo: CollectionRepository, job_id: uuid.UUID, seq: int) -> _Work
     if version is None or collection is None:
         return None
     return _Work(
-        job_kind=job.kind,
         model=version.model,
         collection_id=collection.id,
         version_id=version.id,
@@ -112,70 +99,99 @@ def _read_work(repo: CollectionRepository, job_id: uuid.UUID, seq: int) -> _Work
     )
 
 
-def run_ingest_batch(scope: Scope, job_id: uuid.UUID, seq: int, load: LoadModel, settings: Settings) -> BatchOutcome:
-    """Chunk and embed batch ``seq`` of an ingest job and store it; a redelivered batch changes nothing."""
+def _run_batch(
+    stage: _Stage[Todo, Result], scope: Scope, job_id: uuid.UUID, seq: int, load: LoadModel, settings: Settings
+) -> BatchOutcome:
+    """Return what batch ``seq`` of the job did, run as ``stage`` says; a redelivered batch changes nothing."""
     with scope() as session:
-        repo = CollectionRepository(session)
-        work = _read_work(repo, job_id, seq)
+        work = _read_work(session, job_id, seq)
         if work is None:
-            return _NOTHING
-        pending = [d for d in repo.pending_documents(work.document_ids) if work.hashes.get(d.id) == d.content_hash]
-    pieces: list[list[ChunkPiece]] = []
-    vectors = Vectors(np.empty((0, 0), dtype=np.float32))
+            return NOTHING_DONE
+        todo = stage.read(session, work)
+    result = stage.result()
     dimension, error = 0, None
-    if pending:
+    if todo:
         try:
             model = load(work.model)
             dimension = model.dimension
-            pieces = model.chunk([d.text for d in pending], work.max_tokens, work.overlap_tokens)
-            vectors = model.embed([p.text for doc_pieces in pieces for p in doc_pieces])
+            stage.compute(model, work, todo, result)
         except MODEL_ERRORS as exc:
-            log.exception("ingest job %s batch %d failed", job_id, seq)
+            log.exception("%s job %s batch %d failed", stage.kind, job_id, seq)
             error = f"embedding failed ({type(exc).__name__}: {exc})"
     with scope() as session:
-        repo = CollectionRepository(session)
-        job = repo.lock_job(job_id)
-        if job is None or job.status != JobStatus.RUNNING.value or not repo.claim_batch(job_id, seq):
-            return _NOTHING
-        if error is None and pending:
-            error = _ensure_vector_table(repo, work.version_id, work.model, dimension)
-        # Only documents still pending at the content we read are ours to write or fail: one re-uploaded
-        # meanwhile belongs to the newer batch.
-        ours = repo.lock_pending({d.id: d.content_hash for d in pending})
-        if error is None:
-            written, failures = _store_chunks(repo, work, pending, pieces, vectors, ours)
-        else:
-            written, failures = {}, dict.fromkeys(ours, error)
-        _record_failures(repo, job_id, failures, settings)
-        chunks_written = sum(written.values())
-        chunks_failed = sum(len(p) for d, p in zip(pending, pieces, strict=False) if d.id in failures)
-        counts = repo.add_job_counts(
+        job = JobRepository(session).lock(job_id)
+        if job is None or job.status != JobStatus.RUNNING.value:
+            return NOTHING_DONE
+        if not CollectionRepository(session).claim_batch(job_id, seq):
+            return NOTHING_DONE
+        if error is None and todo:
+            error = _ensure_vector_table(session, work.version_id, work.model, dimension)
+        stored = stage.store(session, job_id, work, todo, result, error, settings)
+        counts = JobRepository(session).add_counts(
             job_id,
-            done=len(work.document_ids) - len(failures),
-            failed=len(failures),
-            chunks_total=chunks_written + chunks_failed,
-            chunks_done=chunks_written,
+            done=len(work.document_ids) - stored.failed,
+            failed=stored.failed,
+            chunks_total=stored.chunks_total,
+            chunks_done=stored.chunks_done,
         )
         report_progress(session, job_id, counts)
         status = settle(session, job_id, settings)
-    return BatchOutcome(len(written), chunks_written, len(failures), status)
+    return BatchOutcome(stored.documents, stored.failed, stored.chunks_done, status)
+
+
+# Ingest: chunk and embed documents.
+
+
+@dataclass
+class _Chunked:
+    pieces: list[list[ChunkPiece]] = field(default_factory=list)
+    vectors: Vectors = field(default_factory=lambda: Vectors(np.empty((0, 0), dtype=np.float32)))
+
+
+def _read_pending(session: Session, work: _Work) -> list[PendingDocument]:
+    pending = CollectionRepository(session).pending_documents(work.document_ids)
+    return [d for d in pending if work.hashes.get(d.id) == d.content_hash]
+
+
+def _chunk_and_embed(model: IngestModel, work: _Work, pending: list[PendingDocument], out: _Chunked) -> None:
+    out.pieces = model.chunk([d.text for d in pending], work.max_tokens, work.overlap_tokens)
+    out.vectors = model.embed([p.text for doc_pieces in out.pieces for p in doc_pieces])
+
+
+def _store_documents(
+    session: Session,
+    job_id: uuid.UUID,
+    work: _Work,
+    pending: list[PendingDocument],
+    chunked: _Chunked,
+    error: str | None,
+    settings: Settings,
+) -> _Stored:
+    # Only documents still pending at the content we read are ours to write or fail: one re-uploaded
+    # meanwhile belongs to the newer batch.
+    ours = CollectionRepository(session).lock_pending({d.id: d.content_hash for d in pending})
+    if error is None:
+        written, failures = _store_chunks(session, work, pending, chunked, ours)
+    else:
+        written, failures = {}, dict.fromkeys(ours, error)
+    _record_failures(session, job_id, failures, settings)
+    chunks_written = sum(written.values())
+    chunks_failed = sum(len(p) for d, p in zip(pending, chunked.pieces, strict=False) if d.id in failures)
+    return _Stored(len(written), len(failures), chunks_written + chunks_failed, chunks_written)
 
 
 def _store_chunks(
-    repo: CollectionRepository,
-    work: _Work,
-    pending: Sequence[PendingDocument],
-    pieces: Sequence[Sequence[ChunkPiece]],
-    vectors: Vectors,
-    ours: set[int],
+    session: Session, work: _Work, pending: Sequence[PendingDocument], chunked: _Chunked, ours: set[int]
 ) -> tuple[dict[int, int], dict[int, str]]:
     """Replace our documents' chunks with the new ones; return (chunks per document, failures)."""
+    repo = CollectionRepository(session)
+    store = VectorStore(session)
     rows: list[ChunkRow] = []
     keep: list[int] = []
     written: dict[int, int] = {}
     failures: dict[int, str] = {}
     offset = 0
-    for doc, doc_pieces in zip(pending, pieces, strict=True):
+    for doc, doc_pieces in zip(pending, chunked.pieces, strict=True):
         if doc.id in ours and not doc_pieces:
             failures[doc.id] = "the text has no tokens this model knows"
         elif doc.id in ours:
@@ -183,88 +199,84 @@ def _store_chunks(
             keep += range(offset, offset + len(doc_pieces))
             written[doc.id] = len(doc_pieces)
         offset += len(doc_pieces)
-    repo.delete_chunks(work.collection_id, sorted(written))
-    repo.write_chunks(work.version_id, rows, vectors.take(keep))
+    store.delete_chunks([v.id for v in repo.versions(work.collection_id)], sorted(written))
+    store.write_chunks(work.version_id, rows, chunked.vectors.take(keep))
     repo.mark_ready(written)
     return written, failures
 
 
-def _record_failures(
-    repo: CollectionRepository, job_id: uuid.UUID, failures: dict[int, str], settings: Settings
-) -> None:
+def _record_failures(session: Session, job_id: uuid.UUID, failures: dict[int, str], settings: Settings) -> None:
     if not failures:
         return
+    repo = CollectionRepository(session)
     for error in set(failures.values()):
         repo.mark_failed([i for i, e in failures.items() if e == error], error)
     names = repo.external_ids(list(failures))
-    errors = [(names.get(i), None, e) for i, e in sorted(failures.items())]
-    repo.add_errors(job_id, errors, settings.ingest_errors_in_view)
+    record_errors(session, job_id, [(names.get(i), None, e) for i, e in sorted(failures.items())], settings)
+
+
+_INGEST: _Stage[PendingDocument, _Chunked] = _Stage(
+    "ingest", _read_pending, _Chunked, _chunk_and_embed, _store_documents
+)
+
+
+def run_ingest_batch(scope: Scope, job_id: uuid.UUID, seq: int, load: LoadModel, settings: Settings) -> BatchOutcome:
+    """Return what chunking and embedding batch ``seq`` of an ingest job did; redelivery changes nothing."""
+    return _run_batch(_INGEST, scope, job_id, seq, load, settings)
+
+
+# Reembed: embed the chunks already stored with the new version's model.
+
+
+@dataclass
+class _Embedded:
+    vectors: Vectors = field(default_factory=lambda: Vectors(np.empty((0, 0), dtype=np.float32)))
+
+
+def _read_chunks(session: Session, work: _Work) -> list[tuple[int, str]]:
+    return VectorStore(session).chunks_of(work.document_ids)
+
+
+def _embed_chunks(model: IngestModel, work: _Work, chunks: list[tuple[int, str]], out: _Embedded) -> None:
+    out.vectors = model.embed([t for _, t in chunks])
+
+
+def _store_vectors(
+    session: Session,
+    job_id: uuid.UUID,
+    work: _Work,
+    chunks: list[tuple[int, str]],
+    embedded: _Embedded,
+    error: str | None,
+    settings: Settings,
+) -> _Stored:
+    if error is None:
+        VectorStore(session).write_vectors(work.version_id, [c for c, _ in chunks], embedded.vectors)
+        return _Stored(len(work.document_ids), 0, len(chunks), len(chunks))
+    names = CollectionRepository(session).external_ids(work.document_ids)
+    record_errors(session, job_id, [(names.get(i), None, error) for i in work.document_ids], settings)
+    return _Stored(0, len(work.document_ids), len(chunks), 0)
+
+
+_REEMBED: _Stage[tuple[int, str], _Embedded] = _Stage("reembed", _read_chunks, _Embedded, _embed_chunks, _store_vectors)
 
 
 def run_reembed_batch(scope: Scope, job_id: uuid.UUID, seq: int, load: LoadModel, settings: Settings) -> BatchOutcome:
-    """Embed the chunks of batch ``seq``'s documents with the new version's model; redelivery changes nothing."""
-    with scope() as session:
-        repo = CollectionRepository(session)
-        work = _read_work(repo, job_id, seq)
-        if work is None:
-            return _NOTHING
-        chunks = repo.chunks_of(work.document_ids)
-    vectors = Vectors(np.empty((0, 0), dtype=np.float32))
-    dimension, error = 0, None
-    if chunks:
-        try:
-            model = load(work.model)
-            dimension = model.dimension
-            vectors = model.embed([t for _, t in chunks])
-        except MODEL_ERRORS as exc:
-            log.exception("reembed job %s batch %d failed", job_id, seq)
-            error = f"embedding failed ({type(exc).__name__}: {exc})"
-    with scope() as session:
-        repo = CollectionRepository(session)
-        job = repo.lock_job(job_id)
-        if job is None or job.status != JobStatus.RUNNING.value or not repo.claim_batch(job_id, seq):
-            return _NOTHING
-        if error is None and chunks:
-            error = _ensure_vector_table(repo, work.version_id, work.model, dimension)
-        written = 0
-        if error is None:
-            repo.write_vectors(work.version_id, [c for c, _ in chunks], vectors)
-            written = len(chunks)
-        else:
-            names = repo.external_ids(work.document_ids)
-            errors = [(names.get(i), None, error) for i in work.document_ids]
-            repo.add_errors(job_id, errors, settings.ingest_errors_in_view)
-        failed = 0 if error is None else len(work.document_ids)
-        counts = repo.add_job_counts(
-            job_id,
-            done=len(work.document_ids) - failed,
-            failed=failed,
-            chunks_total=len(chunks),
-            chunks_done=written,
-        )
-        report_progress(session, job_id, counts)
-        status = settle(session, job_id, settings)
-    return BatchOutcome(len(work.document_ids) - failed, written, failed, status)
+    """Return what embedding batch ``seq``'s chunks with the new version's model did; redelivery changes nothing."""
+    return _run_batch(_REEMBED, scope, job_id, seq, load, settings)
 
 
-def report_progress(session: Session, job_id: uuid.UUID, counts: JobCounters) -> None:
-    """Send the job's ``job.progress`` milestones its documents reached, once the upload is complete.
-
-    While an upload still streams its total grows, so a percentage of it would mean nothing yet.
-    """
-    job = session.get(Job, job_id)
-    milestones = list(job.params.get("progress_milestones") or []) if job is not None else []
-    if milestones and counts.input_complete:
-        on_job_progress(session, job_id, counts.progress, milestones)
+# After the batches.
 
 
-def _ensure_vector_table(repo: CollectionRepository, version_id: int, model: str, dimension: int) -> str | None:
+def _ensure_vector_table(session: Session, version_id: int, model: str, dimension: int) -> str | None:
     """Create the version's vector table on first use; return an error if the model's dimension differs."""
+    repo = CollectionRepository(session)
     version = repo.version(version_id, lock=True)
     assert version is not None
     if version.dimension is None:
         repo.set_dimension(version_id, dimension)
-        repo.create_vector_table(version_id, dimension, fresh=True)
+        VectorStore(session).create_vector_table(version_id, dimension, fresh=True)
     elif version.dimension != dimension:
         return (
             f"model {model} now gives {dimension}-dimensional vectors but this collection version holds "
@@ -276,90 +288,20 @@ def _ensure_vector_table(repo: CollectionRepository, version_id: int, model: str
 def build_index(scope: Scope, job_id: uuid.UUID, version_id: int, settings: Settings) -> JobStatus | None:
     """Build a version's HNSW index (if missing), then settle the job that waited for it."""
     with scope() as session:
-        repo = CollectionRepository(session)
-        job = session.get(Job, job_id)
+        job = JobRepository(session).get(job_id)
         if job is None or job.status != JobStatus.RUNNING.value:
             return None
-        if repo.vector_table_exists(version_id):
-            repo.build_index(
+        store = VectorStore(session)
+        if store.vector_table_exists(version_id):
+            store.build_index(
                 version_id, m=settings.hnsw_m, ef_construction=settings.hnsw_ef_construction,
                 memory=settings.hnsw_build_memory,
             )  # fmt: skip
-        repo.set_index_status(version_id, IndexStatus.READY)
+        CollectionRepository(session).set_index_status(version_id, IndexStatus.READY)
     with scope() as session:
-        if CollectionRepository(session).lock_job(job_id) is None:
+        if JobRepository(session).lock(job_id) is None:
             return None
         return settle(session, job_id, settings)
-
-
-def settle(session: Session, job_id: uuid.UUID, settings: Settings) -> JobStatus | None:
-    """Move a job whose every document is accounted for on: index build, version switch, terminal status.
-
-    Call with the job's row locked. Returns the terminal status it gave the job, or None.
-    """
-    repo = CollectionRepository(session)
-    job = session.get(Job, job_id)
-    if job is None or job.status != JobStatus.RUNNING.value:
-        return None
-    if not job.input_complete or job.done + job.failed < job.total:
-        return None
-    version = repo.version(int(job.params["version_id"]))
-    if version is None:
-        return None
-    if job.kind == JobKind.REEMBED.value and job.failed > 0:
-        return _fail_reembed(repo, job, version)
-    if version.index_status != IndexStatus.READY.value and repo.vector_table_exists(version.id):
-        if job.message != INDEXING:  # once per job; the reaper re-enqueues a lost build
-            repo.set_index_status(version.id, IndexStatus.BUILDING)
-            repo.set_job_message(job_id, INDEXING)
-            enqueue(session, TaskName.INGEST_INDEX, str(job_id), version.id)
-        return None
-    if job.kind == JobKind.REEMBED.value:
-        _switch_to(repo, version)
-    return _finish(repo, job)
-
-
-def _finish(repo: CollectionRepository, job: Job) -> JobStatus | None:
-    upload_error = job.params.get("upload_error")
-    verb = "re-embedded" if job.kind == JobKind.REEMBED.value else "ingested"
-    message = (
-        f"{verb} {job.done - job.skipped} of {job.total} documents ({job.skipped} unchanged, {job.failed} failed) "
-        f"into {job.chunks_done} chunks"
-    )
-    error = None
-    if job.failed:
-        error = f"{job.failed} documents failed; first: {repo.first_error(job.id) or 'unknown'} (see links.errors)"
-    if upload_error:
-        error = f"{upload_error}" + (f"; {error}" if error else "")
-    failed = bool(upload_error) or (job.failed > 0 and job.done == 0)
-    status = JobStatus.FAILED if failed else JobStatus.SUCCEEDED
-    if not repo.finish_job(job.id, status, message=message, error=error):
-        return None
-    on_job_finished(repo.session, job.id, status)
-    return status
-
-
-def _switch_to(repo: CollectionRepository, version: CollectionVersion) -> None:
-    """Make ``version`` the one search reads; the one it replaces is retired and its table dropped."""
-    for old in repo.versions(version.collection_id):
-        if old.status == VersionStatus.ACTIVE.value and old.id != version.id:
-            repo.set_version_status(old.id, VersionStatus.RETIRED)
-            repo.drop_vector_table(old.id)
-    repo.set_version_status(version.id, VersionStatus.ACTIVE)
-
-
-def _fail_reembed(repo: CollectionRepository, job: Job, version: CollectionVersion) -> JobStatus | None:
-    repo.set_version_status(version.id, VersionStatus.FAILED)
-    repo.drop_vector_table(version.id)
-    error = (
-        f"{job.failed} of {job.total} documents could not be re-embedded with {version.model}; first: "
-        f"{repo.first_error(job.id) or 'unknown'}. Search still uses the previous version"
-    )
-    message = f"re-embedded {job.done} of {job.total} documents; the new version was discarded"
-    if not repo.finish_job(job.id, JobStatus.FAILED, message=message, error=error):
-        return None
-    on_job_finished(repo.session, job.id, JobStatus.FAILED)
-    return JobStatus.FAILED
 
 
 def requeue_ingest(session: Session, job: Job) -> int:
@@ -370,9 +312,8 @@ def requeue_ingest(session: Session, job: Job) -> int:
     """
     from app.core.config import get_settings
 
-    repo = CollectionRepository(session)
     task = TaskName.INGEST_REEMBED if job.kind == JobKind.REEMBED.value else TaskName.INGEST_BATCH
-    seqs = repo.pending_batches(job.id)
+    seqs = CollectionRepository(session).pending_batches(job.id)
     for seq in seqs:
         enqueue(session, task, str(job.id), seq)
     if seqs:
@@ -381,15 +322,7 @@ def requeue_ingest(session: Session, job: Job) -> int:
         enqueue(session, TaskName.INGEST_INDEX, str(job.id), int(job.params["version_id"]))
         return 1
     if not job.input_complete:
-        repo.close_input(job.id, "the upload stopped arriving before it ended (client or API gone)")
+        JobRepository(session).close_input(job.id, "the upload stopped arriving before it ended (client or API gone)")
     session.refresh(job)
     settle(session, job.id, get_settings())
     return 0
-
-
-def cancel_jobs(session: Session, jobs: Sequence[Job], reason: str) -> None:
-    """Cancel active jobs (their queued batches are skipped), each announced once."""
-    repo = CollectionRepository(session)
-    for job in jobs:
-        if repo.cancel_job(job.id, reason):
-            on_job_finished(session, job.id, JobStatus.CANCELLED)

@@ -5,15 +5,14 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
-from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from app.collections import service
+from app.collections import export, search, service, upload_writer
 from app.collections.schemas import (
     CollectionCreate,
     CollectionList,
@@ -24,9 +23,9 @@ from app.collections.schemas import (
     SearchRequest,
     SearchResponse,
 )
-from app.collections.uploads import TextMode, UploadFormat, UploadFormatError, UploadOptions, UploadReader
-from app.core.config import Settings, get_settings
-from app.core.db import get_session
+from app.collections.upload_items import TextMode, UploadFormat, UploadFormatError, UploadOptions
+from app.collections.uploads import UploadReader
+from app.core.deps import SessionDep, SettingsDep
 from app.core.limits import BodyTooLargeError
 from app.jobs.schemas import MAX_OFFSET, JobOut
 from app.keys.auth import JOB_LIMIT_ERRORS, RATE_LIMIT_ERRORS, PrincipalDep, charge_rate_limit
@@ -35,8 +34,6 @@ router = APIRouter(prefix="/collections", tags=["collections"])
 errors_router = APIRouter(prefix="/jobs", tags=["collections"])
 
 # scope="function": commit (and send the outbox) before the response goes out.
-SessionDep = Annotated[Session, Depends(get_session, scope="function")]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 _UPLOAD_BODY = {
     "requestBody": {
@@ -127,7 +124,7 @@ async def upload_documents(
     notifications = _notifications(webhook_url, progress_milestones)
     reader = UploadReader(request.headers.get("content-type"), options)
     source = {"format": format.value if format else None, "content_type": request.headers.get("content-type")}
-    writer = service.UploadWriter(session, name, settings, source, principal, notifications)
+    writer = upload_writer.UploadWriter(session, name, settings, source, principal, notifications)
     await run_in_threadpool(writer.open)
     received = 0
     try:
@@ -176,7 +173,7 @@ async def search_collection(
     """Return the chunks nearest a query (embedded with the collection's model), best first."""
     if payload.query is not None:  # embedding it spends model time, as the synchronous endpoints do
         await charge_rate_limit(principal, settings)
-    return await service.search(session, name, payload, settings, principal)
+    return await search.search(session, name, payload, settings, principal)
 
 
 @router.get(
@@ -190,15 +187,15 @@ def export_collection(
     format: Annotated[str, Query(pattern="^(jsonl|parquet)$")] = "jsonl",
 ) -> StreamingResponse:
     """Stream every chunk: document id, chunk index, text, metadata and vector, as JSONL or Parquet."""
-    collection_id, version_id, dimension = service.export_target(session, name, principal)
+    collection_id, version_id, dimension = export.export_target(session, name, principal)
     if format == "parquet":
         return StreamingResponse(
-            service.export_parquet(collection_id, version_id, dimension),
+            export.export_parquet(collection_id, version_id, dimension),
             media_type="application/vnd.apache.parquet",
             headers={"Content-Disposition": f'attachment; filename="{name}.parquet"'},
         )
     return StreamingResponse(
-        service.export_jsonl(collection_id, version_id),
+        export.export_jsonl(collection_id, version_id),
         media_type="application/x-ndjson",
         headers={"Content-Disposition": f'attachment; filename="{name}.jsonl"'},
     )

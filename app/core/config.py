@@ -71,27 +71,60 @@ class Settings(BaseSettings):
     # validate_by_name: fields that read EMB_PROVIDER_* aliases can still be set by name, e.g. in tests.
     model_config = SettingsConfigDict(env_prefix="EMBEDQ_", extra="ignore", env_file=".env", validate_by_name=True)
 
-    environment: Literal["dev", "test", "prod"] = "dev"
+    environment: Literal["dev", "test", "prod"] = Field(
+        default="dev",
+        description="dev, test or prod; prod refuses EMBEDQ_AUTH_DISABLED=true, and Flower without basic auth",
+    )
 
     # Services. Unset URLs mean "start the embedded ones" for `embedq up`; the API and workers need them set.
-    database_url: str | None = None
-    redis_url: str | None = None
-    state_dir: Path = Field(default_factory=_default_state_dir)
-    embedded_pg_port: int = Field(default=54329, ge=1, le=65535)
-    embedded_redis_port: int = Field(default=63799, ge=1, le=65535)
+    database_url: str | None = Field(
+        default=None, description="Postgres with pgvector (postgresql://...); unset: `embedq up` starts an embedded one"
+    )
+    redis_url: str | None = Field(
+        default=None, description="Redis (redis:// or rediss://); unset: `embedq up` starts an embedded one"
+    )
+    state_dir: Path = Field(
+        default_factory=_default_state_dir,
+        description="where `embedq up` keeps the embedded Postgres and Redis, models and ONNX exports",
+    )
+    embedded_pg_port: int = Field(
+        default=54329, ge=1, le=65535, description="port of the embedded Postgres of `embedq up`"
+    )
+    embedded_redis_port: int = Field(
+        default=63799, ge=1, le=65535, description="port of the embedded Redis of `embedq up`"
+    )
 
     # Models.
-    models_dir: Path | None = None
-    default_model: str = Field(
-        default=DEFAULT_MODEL, validation_alias=AliasChoices("EMBEDQ_DEFAULT_MODEL", "EMB_PROVIDER_MODEL_NAME")
+    models_dir: Path | None = Field(
+        default=None, description="model folders by name, fine-tuned models included; default STATE_DIR/models"
     )
-    allow_hub_downloads: bool = False
-    device: str = Field(default="auto", validation_alias=_also_provider("DEVICE"))
-    preload_models: list[str] = Field(default_factory=list)
-    max_resident_models: int = Field(default=2, ge=1)
+    default_model: str = Field(
+        default=DEFAULT_MODEL,
+        validation_alias=AliasChoices("EMBEDQ_DEFAULT_MODEL", "EMB_PROVIDER_MODEL_NAME"),
+        description="the model of a request, job or collection that names none",
+    )
+    allow_hub_downloads: bool = Field(
+        default=False,
+        description="true: a model found in no local folder or cache is downloaded when a worker loads it",
+    )
+    device: str = Field(
+        default="auto",
+        validation_alias=_also_provider("DEVICE"),
+        description="auto (CUDA if present, else CPU), cpu, cuda, cuda:N or mps",
+    )
+    preload_models: list[str] = Field(
+        default_factory=list, description="models a worker loads at start (JSON list); empty: the default model"
+    )
+    max_resident_models: int = Field(
+        default=2, ge=1, description="models one worker process keeps loaded; the least recently used is unloaded"
+    )
 
     # Model sources, aliases, families and precision (README "Models").
-    model_source: ModelSourceSetting = Field(default="auto", validation_alias=_also_provider("MODEL_SOURCE"))
+    model_source: ModelSourceSetting = Field(
+        default="auto",
+        validation_alias=_also_provider("MODEL_SOURCE"),
+        description="hub of names not found locally; auto: ModelScope first for damo/ and iic/ names",
+    )
     model_mapping: dict[str, ModelAliasSetting] = Field(
         default_factory=dict,
         validation_alias=_also_provider("MODEL_MAPPING"),
@@ -106,7 +139,9 @@ class Settings(BaseSettings):
         description="default: modelscope's own (MODELSCOPE_CACHE, else ~/.cache/modelscope)",
     )
     modelscope_trust_remote_code: bool = Field(
-        default=False, validation_alias=_also_provider("MODELSCOPE_TRUST_REMOTE_CODE")
+        default=False,
+        validation_alias=_also_provider("MODELSCOPE_TRUST_REMOTE_CODE"),
+        description="true: a ModelScope model's own modelling code may run (trust_remote_code)",
     )
     max_seq_length: int | None = Field(
         default=None,
@@ -114,7 +149,11 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("EMBEDQ_MAX_SEQ_LENGTH", "EMB_PROVIDER_CONTEXT_LENGTH"),
         description="caps every model's token limit (a model's own lower limit still wins)",
     )
-    model_precision: PrecisionSetting = Field(default="auto", validation_alias=_also_provider("MODEL_PRECISION"))
+    model_precision: PrecisionSetting = Field(
+        default="auto",
+        validation_alias=_also_provider("MODEL_PRECISION"),
+        description="auto (fp16 on CUDA, fp32 elsewhere), fp32, fp16, bf16, int8, or int4 (CUDA only)",
+    )
     enable_quantization: bool = Field(
         default=False,
         validation_alias=_also_provider("ENABLE_QUANTIZATION"),
@@ -126,16 +165,18 @@ class Settings(BaseSettings):
         le=1,
         description="SmoothQuant alpha of torch int8 models on the CPU (workers/runtime/smoothing.py); 0: plain",
     )
-    model_backend: BackendSetting = "torch"
+    model_backend: BackendSetting = Field(
+        default="torch", description="torch, or onnx: ONNX Runtime on the CPU (pip install 'embedq[onnx]')"
+    )
     onnx_dir: Path | None = Field(default=None, description="exported ONNX models; default STATE_DIR/onnx")
 
     # Job limits.
-    max_inputs_per_job: int = Field(default=2048, ge=1)
-    max_input_chars: int = Field(default=200_000, ge=1)
+    max_inputs_per_job: int = Field(default=2048, ge=1, description="inputs in one embedding job: more is a 422")
+    max_input_chars: int = Field(default=200_000, ge=1, description="characters in one input of a job or sync request")
     job_batch_size: int = Field(default=256, ge=1, description="inputs per Celery task")
     encode_batch_size: int = Field(default=32, ge=1, description="inputs per forward pass")
-    results_page_max: int = Field(default=1000, ge=1)
-    jobs_page_max: int = Field(default=200, ge=1)
+    results_page_max: int = Field(default=1000, ge=1, description="most vectors in one page of GET /jobs/{id}/results")
+    jobs_page_max: int = Field(default=200, ge=1, description="most jobs in one page of GET /jobs")
 
     # Hostile input (README "Hostile input"): checked by app.core.limits before a route reads the body.
     max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, description="any body but uploads: else 413")
@@ -151,22 +192,75 @@ class Settings(BaseSettings):
     # Reliability (faults, reaper; README "Reliability"). A worker re-stamps the messages it holds every
     # broker_heartbeat_s, so only a message whose worker died goes unstamped for the visibility timeout and
     # is restored to its queue by the next sweep of a live worker (every broker_restore_interval_s).
-    redis_visibility_timeout_s: int = Field(default=30, ge=5)
-    broker_heartbeat_s: float = Field(default=5.0, gt=0)
-    broker_restore_interval_s: int = Field(default=5, ge=1)
+    redis_visibility_timeout_s: int = Field(
+        default=30,
+        ge=5,
+        description="a held message whose worker stopped re-stamping it goes back to its queue after this",
+    )
+    broker_heartbeat_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="a worker re-stamps the messages it holds this often; at most a third of the visibility timeout",
+    )
+    broker_restore_interval_s: int = Field(
+        default=5, ge=1, description="a worker sweeps for the messages of dead workers this often"
+    )
     # The reaper: every reaper_interval_s, active jobs with no progress for reaper_grace_s and no task
     # message left in Redis are re-enqueued, or failed once re-enqueued reaper_max_requeues times.
-    reaper_interval_s: float = Field(default=30.0, gt=0)
-    reaper_grace_s: float = Field(default=60.0, gt=0)
-    reaper_max_requeues: int = Field(default=3, ge=0)
-    worker_concurrency: int = Field(default=1, ge=1)
-    worker_proc_alive_timeout_s: float = Field(default=120.0, gt=0)
-    task_max_retries: int = Field(default=8, ge=0)
+    reaper_interval_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="the reaper (maintenance.reap, scheduled by celery beat) looks for lost jobs this often",
+    )
+    reaper_grace_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="a queued or running job unchanged this long, with no task message left, is re-enqueued",
+    )
+    reaper_max_requeues: int = Field(default=3, ge=0, description="re-enqueues of one job before the reaper fails it")
+    worker_concurrency: int = Field(
+        default=1,
+        ge=1,
+        description="pool processes of a worker (`embedq worker`, `embedq up`) unless --concurrency says",
+    )
+    worker_proc_alive_timeout_s: float = Field(
+        default=120.0, gt=0, description="how long a worker waits for a new pool child to start"
+    )
+    task_max_retries: int = Field(
+        default=8,
+        ge=0,
+        description="retries of a task after transient Postgres or Redis errors, with exponential backoff",
+    )
 
     # API.
-    api_host: str = "127.0.0.1"
-    api_port: int = Field(default=8000, ge=1, le=65535)
-    flower_port: int = Field(default=5555, ge=1, le=65535)
+    api_host: str = Field(
+        default="127.0.0.1",
+        description="address the API (and a worker's /metrics) listens on, and the CLI's default API host",
+    )
+    api_port: int = Field(
+        default=8000,
+        ge=1,
+        le=65535,
+        description="port the API listens on under `embedq up` and `embedq api`, and the CLI's default API port",
+    )
+    # Slow clients (app/core/http_protocol.py): a stalled request head or body closes its connection.
+    api_header_timeout_s: float = Field(default=10.0, gt=0, description="a request's line and headers arrive within")
+    api_body_idle_timeout_s: float = Field(default=60.0, gt=0, description="longest pause inside a request body")
+    api_keep_alive_timeout_s: float = Field(default=5.0, gt=0, description="idle keep-alive connections close after")
+    api_limit_concurrency: int = Field(default=1000, ge=1, description="connections at once; more are answered 503")
+    flower_port: int = Field(default=5555, ge=1, le=65535, description="Flower's port under `embedq up`")
+    # `embedq up` restarts a child that exits: after up_restart_initial_s, doubling per crash in the window up
+    # to up_restart_max_s; past up_crash_restarts crashes in up_crash_window_s the child is left down.
+    up_restart_initial_s: float = Field(default=1.0, gt=0, description="first restart delay of a crashed child")
+    up_restart_max_s: float = Field(default=30.0, gt=0, description="longest restart delay of a crashed child")
+    up_crash_restarts: int = Field(default=5, ge=0, description="restarts allowed within up_crash_window_s")
+    up_crash_window_s: float = Field(default=120.0, gt=0, description="window in which a child's crashes count")
+    supervisor_state_file: Path | None = Field(
+        default=None, description="set by `embedq up` for its children: where /readyz reads their states"
+    )
+    readyz_details_public: bool = Field(
+        default=False, description="true: /readyz shows what is not ready to callers without an admin key"
+    )
     # Keys and tenants (README "Keys and tenants"). Keys made by `embedq keys create` live hashed in
     # Postgres; EMBEDQ_API_KEYS are admin keys of the tenant "default". With no key at all every request
     # is refused, unless auth_disabled says, explicitly, that anyone may call (as the "default" admin).
@@ -174,7 +268,9 @@ class Settings(BaseSettings):
     auth_disabled: bool = Field(default=False, description="true: no key needed; every caller is an admin")
     default_max_concurrent_jobs: int = Field(default=0, ge=0, description="queued+running jobs per key; 0: no limit")
     default_requests_per_minute: int = Field(default=0, ge=0, description="sync requests per key; 0: no limit")
-    readiness_timeout_s: float = Field(default=1.0, gt=0)
+    readiness_timeout_s: float = Field(
+        default=1.0, gt=0, description="how long /readyz (and a metrics scrape) waits for Redis and the workers"
+    )
     # GET /metrics counts every tenant's jobs: admin keys only, or this bearer token, so that a Prometheus
     # scrape (`authorization: {credentials_file: ...}`) needs no admin key. Empty: admin keys only.
     metrics_token: str = Field(default="", description="bearer token that may read GET /metrics, besides admin keys")
@@ -192,6 +288,7 @@ class Settings(BaseSettings):
     enable_dynamic_batching: bool = Field(
         default=True,
         validation_alias=AliasChoices("EMBEDQ_ENABLE_DYNAMIC_BATCHING", "EMB_PROVIDER_ENABLE_DYNAMIC_BATCHING"),
+        description="concurrent sync requests share forward passes",
     )
     max_wait_time_ms: float = Field(
         default=5.0,
@@ -220,8 +317,8 @@ class Settings(BaseSettings):
     )
     max_batch_inputs: int = Field(default=256, ge=1, description="most inputs the batcher pools into one batch")
     truncate: bool = Field(default=True, description="false: an input over the model's limit is a 400")
-    max_inputs_per_request: int = Field(default=2048, ge=1)
-    max_tokens_per_request: int = Field(default=300_000, ge=1)
+    max_inputs_per_request: int = Field(default=2048, ge=1, description="inputs in one sync request: more is a 400")
+    max_tokens_per_request: int = Field(default=300_000, ge=1, description="tokens in one sync request: more is a 400")
     matryoshka_models: CommaList = Field(
         default_factory=lambda: [
             "*matryoshka*",
@@ -239,20 +336,26 @@ class Settings(BaseSettings):
 
     # Fine-tuning (README "Fine-tuning"): limits of a request, the held-out evaluation, and how often a
     # training job reports progress and saves a checkpoint it can resume from after a shutdown or crash.
-    training_max_pairs: int = Field(default=200_000, ge=1)
-    training_max_upload_bytes: int = Field(default=100 * 1024 * 1024, ge=1)
+    training_max_pairs: int = Field(default=200_000, ge=1, description="pairs in one fine-tuning request")
+    training_max_upload_bytes: int = Field(
+        default=100 * 1024 * 1024, ge=1, description="a fine-tuning body, as a file or text_content: else 413"
+    )
     training_min_pairs: int = Field(default=8, ge=2, description="pairs left for training after the hold-out")
     training_eval_share: float = Field(default=0.1, ge=0, lt=1, description="share of pairs held out")
     training_eval_min_pairs: int = Field(default=32, ge=0, description="held out at least (never over half)")
-    training_progress_every_steps: int = Field(default=5, ge=1)
-    training_checkpoint_every_steps: int = Field(default=100, ge=1)
+    training_progress_every_steps: int = Field(
+        default=5, ge=1, description="a training job writes its progress every this many steps"
+    )
+    training_checkpoint_every_steps: int = Field(
+        default=100, ge=1, description="a training job saves a checkpoint it can resume from every this many steps"
+    )
     training_reaper_grace_s: float = Field(default=900.0, gt=0, description="a step or eval may take this long")
 
     # Webhooks, monitoring and logs (README "Webhooks", "Monitoring").
     webhook_allowed_cidrs: CommaList = Field(
         default_factory=list, description="non-public ranges webhooks may reach anyway, e.g. 10.0.0.0/8,127.0.0.1/32"
     )
-    webhook_timeout_s: float = Field(default=10.0, gt=0)
+    webhook_timeout_s: float = Field(default=10.0, gt=0, description="one delivery attempt's timeout")
     # Delay before each retry (the first attempt is immediate): ~exponential, reaching 10 hours.
     webhook_retry_schedule_s: CommaFloats = Field(default_factory=lambda: [5, 300, 1800, 7200, 18000, 36000, 36000])
     webhook_retry_jitter: float = Field(default=0.2, ge=0, le=1, description="each delay varies by ±this fraction")
@@ -262,25 +365,37 @@ class Settings(BaseSettings):
     webhook_secret_overlap_s: float = Field(default=86400, ge=0, description="old secret still signs this long")
     public_url: str | None = Field(default=None, description="base of absolute links in webhook events")
     flower_basic_auth: CommaList = Field(default_factory=list, description="user:password pairs for Flower")
-    log_format: Literal["text", "json"] = "text"
-    log_level: str = Field(default="INFO", validation_alias=_also_provider("LOG_LEVEL"))
+    log_format: Literal["text", "json"] = Field(default="text", description="text, or json: one JSON object per line")
+    log_level: str = Field(
+        default="INFO", validation_alias=_also_provider("LOG_LEVEL"), description="log level of every process"
+    )
     worker_metrics_port: int = Field(default=9808, ge=0, le=65535, description="0 turns the worker's /metrics off")
 
     # Collections and ingestion (README "Collections and ingestion"). An upload is written to Postgres and
     # handed to the bulk queue in batches of at most ingest_batch_documents documents / ingest_batch_chars
     # characters, and at least every ingest_flush_s seconds while it streams.
-    ingest_batch_documents: int = Field(default=256, ge=1)
-    ingest_batch_chars: int = Field(default=1_000_000, ge=1)
-    ingest_flush_s: float = Field(default=5.0, gt=0)
+    ingest_batch_documents: int = Field(
+        default=256, ge=1, description="most documents in one ingest batch (one ingest.batch task)"
+    )
+    ingest_batch_chars: int = Field(default=1_000_000, ge=1, description="most characters in one ingest batch")
+    ingest_flush_s: float = Field(
+        default=5.0, gt=0, description="a streaming upload commits and sends a batch at least this often"
+    )
     ingest_max_line_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, description="a longer line/document fails")
-    ingest_default_max_tokens: int = Field(default=256, ge=8)
-    ingest_default_overlap_tokens: int = Field(default=32, ge=0)
+    ingest_default_max_tokens: int = Field(
+        default=256, ge=8, description="chunk size in tokens of a collection that names none"
+    )
+    ingest_default_overlap_tokens: int = Field(
+        default=32, ge=0, description="tokens consecutive chunks share in a collection that names none"
+    )
     ingest_errors_in_view: int = Field(default=20, ge=0, description="per-document errors shown in a job view")
-    hnsw_m: int = Field(default=16, ge=2, le=100)
-    hnsw_ef_construction: int = Field(default=64, ge=4, le=1000)
+    hnsw_m: int = Field(default=16, ge=2, le=100, description="HNSW m of a collection's vector index")
+    hnsw_ef_construction: int = Field(
+        default=64, ge=4, le=1000, description="HNSW ef_construction of a collection's vector index"
+    )
     hnsw_build_memory: str = Field(default="1GB", pattern=r"^\d+(kB|MB|GB)$", description="maintenance_work_mem")
     search_ef_search: int = Field(default=100, ge=1, le=1000, description="HNSW candidates a search considers")
-    search_max_top_k: int = Field(default=100, ge=1, le=1000)
+    search_max_top_k: int = Field(default=100, ge=1, le=1000, description="most results of one collection search")
     # torch threads per prefork worker child; 0: the machine's cores divided among the pool's processes.
     worker_torch_threads: int = Field(default=0, ge=0)
     # GOMP_SPINCOUNT of a worker that runs torch in its own process (the sync worker): how long torch's idle

@@ -1,4 +1,7 @@
-"""Postgres or Redis being down answers 503 with ``Retry-After``, not 500: the same request can be retried."""
+"""Postgres or Redis being down: the API answers 503 with ``Retry-After``, not 500, and a job task retries.
+
+``TRANSIENT_ERRORS`` are the outages a job task waits out (``workers.celery_app.retrying_task``).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +16,8 @@ from fastapi.responses import JSONResponse
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 5
+
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (sqlalchemy.exc.OperationalError, redis.exceptions.ConnectionError)
 
 _DATABASE = "the database is unreachable or overloaded right now"
 _BROKER = (

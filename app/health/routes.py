@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
-from app.core.config import Settings, get_settings
+from app.core.deps import SettingsDep
 from app.health.service import readiness
+from app.keys.auth import OptionalPrincipalDep
 
 router = APIRouter(tags=["health"])
 
@@ -19,14 +21,21 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {"description": "names what is not ready"}})
-def readyz(settings: Annotated[Settings, Depends(get_settings)]) -> JSONResponse:
-    """Return 200 when Postgres (migrated), Redis and a worker for every queue answer; else 503 naming what is not."""
-    state = readiness(settings)
+@router.get("/readyz", responses={503: {"description": "not ready (an admin key sees what is not)"}})
+async def readyz(settings: SettingsDep, caller: OptionalPrincipalDep) -> JSONResponse:
+    """Return 200 when Postgres (migrated), Redis, a worker for every queue and `up`'s children are fine; else 503.
+
+    Only an admin key (or EMBEDQ_READYZ_DETAILS_PUBLIC) sees what is not ready: the details name hosts, ports
+    and workers, which a load balancer's probe does not need.
+    """
+    state = await run_in_threadpool(readiness, settings)
+    status_code = 200 if state.ready else 503
+    if not (settings.readyz_details_public or (caller is not None and caller.is_admin)):
+        return JSONResponse({"ready": state.ready}, status_code=status_code)
     body: dict[str, Any] = {
         "ready": state.ready,
         "not_ready": state.not_ready,
         "checks": state.checks,
         "queues": state.queues,
     }
-    return JSONResponse(body, status_code=200 if state.ready else 503)
+    return JSONResponse(body, status_code=status_code)

@@ -16,6 +16,7 @@ from app.core.celery import celery_client
 from app.core.config import Settings
 from app.core.db import db
 from app.core.queues import Queue
+from app.health.children import ChildState, read_children
 
 
 @dataclass
@@ -85,9 +86,16 @@ def _queue_consumers(settings: Settings) -> dict[str, list[str]]:
     return consumers
 
 
+def _supervised(state_file: Path) -> str:
+    not_running = [child.describe() for child in read_children(state_file) if child.state is not ChildState.RUNNING]
+    return "; ".join(not_running) or "ok"
+
+
 def readiness(settings: Settings) -> Readiness:
     """Return each dependency's state; workers are checked only when Redis answers."""
     result = Readiness()
+    if settings.supervisor_state_file is not None:
+        result.checks["processes"] = _supervised(settings.supervisor_state_file)
     result.checks["database"] = _database()
     if result.checks["database"] == "ok":
         result.checks["migrations"] = _migrations()

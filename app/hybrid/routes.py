@@ -5,12 +5,10 @@ A model without BGE-M3's heads gets a 400 naming the models that have them.
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
-from app.core.config import Settings, get_settings
+from app.core.deps import SettingsDep
 from app.hybrid import service
 from app.hybrid.schemas import (
     HybridBatchRequest,
@@ -21,8 +19,6 @@ from app.hybrid.schemas import (
     RerankResponse,
 )
 from app.keys.auth import PrincipalDep
-
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 _ERRORS = {
     400: {"description": "bad input, or a model without BGE-M3's sparse/ColBERT heads"},

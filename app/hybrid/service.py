@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.catalog.access import resolve_visible
-from app.catalog.families import M3_COLBERT_HEAD, M3_SPARSE_HEAD, detect_family
-from app.catalog.resolver import InvalidModelNameError, UnknownModelError, known_models, resolve_model
+from app.catalog.access import MODEL_API_ERRORS, check_model
+from app.catalog.families import M3_COLBERT_HEAD, M3_SPARSE_HEAD, detect_family, has_m3_heads
+from app.catalog.resolver import known_models, resolve_model
 from app.core.config import Settings
-from app.core.errors import EmbedqError, NotFoundError
+from app.core.errors import EmbedqError
 from app.core.security import Principal
 from app.inference.dispatch import infer
 
@@ -22,15 +22,9 @@ class NotHybridModelError(EmbedqError):
 def check_hybrid_model(name: str | None, settings: Settings, principal: Principal) -> str:
     """Return the model name to use, or raise 400 unless it is a BGE-M3 model with its heads (404 if unknown)."""
     asked = name or settings.default_model
-    try:
-        resolved = resolve_visible(asked, settings, principal)
-    except InvalidModelNameError as exc:
-        raise EmbedqError(str(exc), param="model") from exc
-    except UnknownModelError as exc:
-        raise NotFoundError(str(exc), param="model") from exc
+    resolved = check_model(asked, settings, principal, MODEL_API_ERRORS)
     family = detect_family(resolved.name, resolved.path, resolved.family)
-    has_heads = resolved.path is None or all((resolved.path / f).is_file() for f in (M3_SPARSE_HEAD, M3_COLBERT_HEAD))
-    if not (family.hybrid and has_heads):
+    if not (family.hybrid and has_m3_heads(resolved.path)):
         raise NotHybridModelError(
             f"model {asked} (family {family.name}) has no sparse/ColBERT heads: hybrid vectors and MaxSim rerank "
             f"need a BGE-M3 model (family bge-m3, e.g. BAAI/bge-m3) whose folder holds {M3_SPARSE_HEAD} and "

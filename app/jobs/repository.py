@@ -1,13 +1,18 @@
-"""All SQL about jobs and their per-input results."""
+"""All SQL about jobs and their per-input results: the one place that inserts or updates a ``jobs`` row.
+
+Other domains reach it through ``app.jobs.lifecycle`` (create, progress, finish, cancel, fail) or, for
+their own counters and messages, through the methods below; none of them writes ``jobs`` itself.
+"""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-from sqlalchemy import func, insert, select, text, update
+from sqlalchemy import func, insert, literal, select, text, update
 from sqlalchemy.orm import Session
 
 from app.core.security import Principal, visible_to
@@ -16,14 +21,23 @@ from app.models.job import ACTIVE_STATUSES, Job, JobResult, JobStatus
 
 @dataclass(frozen=True)
 class Counts:
+    """A job's counters after an update (inputs for embeddings, documents for ingest and reembed)."""
+
+    total: int
     done: int
     failed: int
-    total: int
+    input_complete: bool
     progress: float
 
     @property
     def finished(self) -> bool:
+        """Return True when every input counted so far is done or failed."""
         return self.done + self.failed >= self.total
+
+
+# What an update of a job's counts returns (Counts' fields, in order).
+_COUNTS = (Job.total, Job.done, Job.failed, Job.input_complete, Job.progress)
+_ACTIVE = [s.value for s in ACTIVE_STATUSES]
 
 
 def vector_literal(row: np.ndarray) -> str:
@@ -45,7 +59,8 @@ class JobRepository:
     def get_by_idempotency_key(self, tenant: str, key: str) -> Job | None:
         return self.session.scalar(select(Job).where(Job.tenant == tenant, Job.idempotency_key == key))
 
-    def add(self, job: Job, inputs: Sequence[str]) -> None:
+    def add(self, job: Job, inputs: Sequence[str] = ()) -> None:
+        """Insert a job and, for an embedding job, one result row per input."""
         self.session.add(job)
         self.session.flush()
         if inputs:
@@ -73,9 +88,25 @@ class JobRepository:
         """Mark an active job running and return it; None when it is finished, cancelled or gone."""
         return self.session.scalar(
             update(Job)
-            .where(Job.id == job_id, Job.status.in_([s.value for s in ACTIVE_STATUSES]))
+            .where(Job.id == job_id, Job.status.in_(_ACTIVE))
             .values(status=JobStatus.RUNNING.value, started_at=func.coalesce(Job.started_at, func.now()))
             .returning(Job)
+        )
+
+    def lock(self, job_id: uuid.UUID) -> Job | None:
+        """Return the job with its row locked for this transaction, or None if it is gone."""
+        return self.session.scalar(select(Job).where(Job.id == job_id).with_for_update())
+
+    def active_for_collection(self, collection_id: int, kinds: Sequence[str]) -> list[Job]:
+        """Return the queued or running jobs of these kinds that work on the collection."""
+        return list(
+            self.session.scalars(
+                select(Job).where(
+                    Job.kind.in_(list(kinds)),
+                    Job.status.in_(_ACTIVE),
+                    Job.params["collection_id"].as_integer() == collection_id,
+                )
+            )
         )
 
     def lock_running(self, job_id: uuid.UUID) -> bool:
@@ -123,25 +154,85 @@ class JobRepository:
         )
         return result.rowcount
 
-    def add_counts(self, job_id: uuid.UUID, *, done: int, failed: int) -> Counts:
+    def add_counts(
+        self,
+        job_id: uuid.UUID,
+        *,
+        total: int = 0,
+        done: int = 0,
+        failed: int = 0,
+        skipped: int = 0,
+        chunks_total: int = 0,
+        chunks_done: int = 0,
+    ) -> Counts:
+        """Return the job's counters after adding these to them; the progress follows done and failed."""
         row = self.session.execute(
             update(Job)
             .where(Job.id == job_id)
             .values(
+                total=Job.total + total,
                 done=Job.done + done,
                 failed=Job.failed + failed,
-                progress=100.0 * (Job.done + done + Job.failed + failed) / func.greatest(Job.total, 1),
+                skipped=Job.skipped + skipped,
+                chunks_total=Job.chunks_total + chunks_total,
+                chunks_done=Job.chunks_done + chunks_done,
+                progress=100.0 * (Job.done + done + Job.failed + failed) / func.greatest(Job.total + total, 1),
+                updated_at=func.now(),
             )
-            .returning(Job.done, Job.failed, Job.total, Job.progress)
+            .returning(*_COUNTS)
         ).one()
         return Counts(*row)
 
-    def finish(self, job_id: uuid.UUID, status: JobStatus, *, message: str, error: str | None) -> bool:
-        """Move a running job to a terminal status; False if something else finished it first."""
+    def close_input(self, job_id: uuid.UUID, upload_error: str | None) -> Counts:
+        """Mark the job's upload complete (with why it broke off, if it did); return its counters."""
+        values: dict[str, Any] = {"input_complete": True, "updated_at": func.now()}
+        if upload_error is not None:
+            values["params"] = Job.params.op("||")(func.jsonb_build_object("upload_error", upload_error))
+        row = self.session.execute(update(Job).where(Job.id == job_id).values(**values).returning(*_COUNTS)).one()
+        return Counts(*row)
+
+    def record_progress(self, job_id: uuid.UUID, *, progress: float, done: int, total: int, message: str) -> bool:
+        """Store a running job's progress; False (nothing written) if it is no longer running."""
         result = self.session.execute(
             update(Job)
             .where(Job.id == job_id, Job.status == JobStatus.RUNNING.value)
-            .values(status=status.value, message=message, error=error, finished_at=func.now())
+            .values(progress=progress, done=done, total=total, message=message)
+        )
+        return result.rowcount == 1
+
+    def set_message(self, job_id: uuid.UUID, message: str) -> None:
+        """Set a running job's message (and so its ``updated_at``, the reaper's heartbeat)."""
+        self.session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.RUNNING.value)
+            .values(message=message, updated_at=func.now())
+        )
+
+    def set_params(self, job_id: uuid.UUID, params: dict[str, Any]) -> None:
+        self.session.execute(update(Job).where(Job.id == job_id).values(params=params))
+
+    def touch(self, job_id: uuid.UUID) -> None:
+        """Restart the job's idle clock (the reaper's, after it re-enqueued the job's work)."""
+        self.session.execute(update(Job).where(Job.id == job_id).values(updated_at=func.now()))
+
+    def add_item_errors(self, job_id: uuid.UUID, sample: Sequence[dict[str, Any]], keep: int) -> None:
+        """Append per-item errors to the job's row while it shows fewer than ``keep``."""
+        self.session.execute(
+            update(Job)
+            .where(Job.id == job_id, func.jsonb_array_length(Job.item_errors) < keep)
+            .values(item_errors=Job.item_errors.op("||")(literal(list(sample), Job.item_errors.type)))
+        )
+
+    def finish(
+        self, job_id: uuid.UUID, status: JobStatus, *, message: str, error: str | None, progress: float | None = None
+    ) -> bool:
+        """Move a running job to a terminal status (and ``progress``, if given); False if something else
+        finished it first."""
+        values: dict[str, Any] = {"status": status.value, "message": message, "error": error, "finished_at": func.now()}
+        if progress is not None:
+            values["progress"] = progress
+        result = self.session.execute(
+            update(Job).where(Job.id == job_id, Job.status == JobStatus.RUNNING.value).values(**values)
         )
         return result.rowcount == 1
 
@@ -149,7 +240,7 @@ class JobRepository:
         """Move a queued or running job to failed; False if it had already finished."""
         result = self.session.execute(
             update(Job)
-            .where(Job.id == job_id, Job.status.in_([s.value for s in ACTIVE_STATUSES]))
+            .where(Job.id == job_id, Job.status.in_(_ACTIVE))
             .values(status=JobStatus.FAILED.value, message=message, error=error, finished_at=func.now())
         )
         return result.rowcount == 1
@@ -165,12 +256,12 @@ class JobRepository:
         )
         return [int(b) * batch_size for b in rows]
 
-    def cancel(self, job_id: uuid.UUID) -> bool:
+    def cancel(self, job_id: uuid.UUID, message: str) -> bool:
         """Cancel an active job; False if it had already finished."""
         result = self.session.execute(
             update(Job)
-            .where(Job.id == job_id, Job.status.in_([s.value for s in ACTIVE_STATUSES]))
-            .values(status=JobStatus.CANCELLED.value, message="cancelled by request", finished_at=func.now())
+            .where(Job.id == job_id, Job.status.in_(_ACTIVE))
+            .values(status=JobStatus.CANCELLED.value, message=message, finished_at=func.now())
         )
         return result.rowcount == 1
 

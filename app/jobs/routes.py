@@ -5,11 +5,9 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Response, status
-from sqlalchemy.orm import Session
+from fastapi import APIRouter, Query, Response, status
 
-from app.core.config import Settings, get_settings
-from app.core.db import get_session
+from app.core.deps import SessionDep, SettingsDep
 from app.jobs import service
 from app.jobs.schemas import MAX_OFFSET, EmbeddingJobCreate, EncodingFormat, JobList, JobOut, JobResults
 from app.keys.auth import JOB_LIMIT_ERRORS, PrincipalDep
@@ -18,8 +16,6 @@ from app.models.job import JobKind, JobStatus
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 # scope="function": commit (and send the outbox) before the response goes out, so a client can poll at once.
-SessionDep = Annotated[Session, Depends(get_session, scope="function")]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
 @router.post(

@@ -9,19 +9,20 @@ import logging
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 
 import numpy as np
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.catalog.access import resolve_visible
+from app.catalog.access import JOB_API_ERRORS, check_model
 from app.catalog.resolver import InvalidModelNameError, UnknownModelError
 from app.core.config import Settings
 from app.core.db import enqueue
 from app.core.errors import ConflictError, InvalidRequestError, NotFoundError
 from app.core.queues import TaskName
 from app.core.security import Principal
+from app.jobs import lifecycle
+from app.jobs.lifecycle import NOTHING_DONE, BatchOutcome
 from app.jobs.repository import Counts, JobRepository
 from app.jobs.schemas import EmbeddingJobCreate, EncodingFormat, JobResults, ResultItem
 from app.keys.service import admit_job
@@ -31,17 +32,6 @@ log = logging.getLogger(__name__)
 
 Encode = Callable[[str, list[str]], np.ndarray]
 """(model name, texts) -> float32 array [len(texts), dim] in input order."""
-
-
-def check_model(name: str, settings: Settings, principal: Principal, session: Session | None = None) -> str:
-    """Return the model name if a worker can load it for ``principal``, else raise a 4xx naming the known models."""
-    try:
-        resolve_visible(name, settings, principal, session)
-    except InvalidModelNameError as exc:
-        raise InvalidRequestError(str(exc), param="model") from exc
-    except UnknownModelError as exc:
-        raise InvalidRequestError(str(exc), param="model", known=exc.known) from exc
-    return name
 
 
 def _request_hash(payload: EmbeddingJobCreate, model: str) -> str:
@@ -73,7 +63,8 @@ def create_embedding_job(
             f"{settings.max_input_chars} (EMBEDQ_MAX_INPUT_CHARS): chunk it first",
             param=f"input[{too_long}]",
         )
-    model = check_model(payload.model or settings.default_model, settings, principal, session)
+    model = payload.model or settings.default_model
+    check_model(model, settings, principal, JOB_API_ERRORS, session)
     digest = _request_hash(payload, model)
     repo = JobRepository(session)
     if payload.idempotency_key is not None:
@@ -81,25 +72,24 @@ def create_embedding_job(
         if existing is not None:
             return _same_request(existing, digest), False
     admit_job(session, principal)
-    job = Job(
-        tenant=principal.tenant,
-        api_key_id=principal.key_id,
-        id=uuid.uuid4(),
-        kind=JobKind.EMBEDDINGS.value,
-        status=JobStatus.QUEUED.value,
-        model=model,
-        params={
-            "batch_size": settings.job_batch_size,
-            **({"progress_milestones": payload.progress_milestones} if payload.progress_milestones else {}),
-        },
-        total=len(payload.input),
-        webhook_url=str(payload.webhook_url) if payload.webhook_url else None,
-        idempotency_key=payload.idempotency_key,
-        request_hash=digest,
-    )
+    params = {
+        "batch_size": settings.job_batch_size,
+        **({"progress_milestones": payload.progress_milestones} if payload.progress_milestones else {}),
+    }
     try:
         with session.begin_nested():
-            repo.add(job, payload.input)
+            job = lifecycle.create(
+                session,
+                principal,
+                JobKind.EMBEDDINGS,
+                model=model,
+                params=params,
+                inputs=payload.input,
+                total=len(payload.input),
+                webhook_url=str(payload.webhook_url) if payload.webhook_url else None,
+                idempotency_key=payload.idempotency_key,
+                request_hash=digest,
+            )
     except IntegrityError:
         # Another request with the same key committed between our lookup and insert.
         existing = repo.get_by_idempotency_key(principal.tenant, payload.idempotency_key or "")
@@ -149,41 +139,6 @@ def list_jobs(
     return jobs[:limit], (offset + limit if len(jobs) > limit else None)
 
 
-def on_job_finished(session: Session, job_id: uuid.UUID, status: JobStatus) -> None:
-    """Run what follows a job's move to a terminal status, inside the transaction that made the move.
-
-    Every job kind (embeddings, ingestion, training) calls this exactly once per job, so notifications
-    hang off one place.
-    """
-    from app.core.config import get_settings
-    from app.webhooks.service import notify_job_finished
-
-    log.info("job %s finished: %s", job_id, status.value)
-    notify_job_finished(session, job_id, status, get_settings())
-
-
-def on_job_progress(session: Session, job_id: uuid.UUID, progress: float, milestones: list[int]) -> None:
-    """Queue the ``job.progress`` webhook events of the ``milestones`` (percentages) that ``progress`` reached.
-
-    Call it with the job's ``params["progress_milestones"]`` after every progress update, in the same
-    transaction; events already recorded are not recorded or sent again, so repeating a call is harmless.
-    """
-    from app.core.config import get_settings
-    from app.webhooks.service import notify_job_progress
-
-    reached = [m for m in milestones if progress >= m]
-    if reached:
-        notify_job_progress(session, job_id, reached, get_settings())
-
-
-def fail_job(session: Session, job_id: uuid.UUID, reason: str) -> bool:
-    """Fail a queued or running job of any kind with ``reason``; False if it had already finished."""
-    if not JobRepository(session).fail_active(job_id, message="failed by the reaper", error=reason):
-        return False
-    on_job_finished(session, job_id, JobStatus.FAILED)
-    return True
-
-
 def requeue_embedding_batches(session: Session, job: Job) -> int:
     """Re-enqueue every batch of an embedding job that still has unresolved inputs; return how many.
 
@@ -206,10 +161,7 @@ def requeue_embedding_batches(session: Session, job: Job) -> int:
 def cancel_job(session: Session, job_id: uuid.UUID, principal: Principal) -> Job:
     """Cancel a queued or running job; cancelling a finished job is refused with 409."""
     job = get_job(session, job_id, principal)
-    repo = JobRepository(session)
-    if repo.cancel(job_id):
-        on_job_finished(session, job_id, JobStatus.CANCELLED)
-    else:
+    if not lifecycle.cancel(session, job_id):
         session.refresh(job)
         if job.status != JobStatus.CANCELLED.value:
             raise ConflictError(f"job {job_id} already ended with status {job.status}; nothing to cancel")
@@ -250,13 +202,6 @@ def _encode_vector(vector: np.ndarray | None, fmt: EncodingFormat) -> list[float
     return np.asarray(vector, dtype=np.float32).tolist()
 
 
-@dataclass(frozen=True)
-class BatchOutcome:
-    written: int
-    failed: int
-    finished_status: JobStatus | None
-
-
 def run_embedding_batch(
     scope: Callable[[], AbstractContextManager[Session]],
     job_id: uuid.UUID,
@@ -274,12 +219,12 @@ def run_embedding_batch(
         repo = JobRepository(session)
         job = repo.claim(job_id)
         if job is None:
-            return BatchOutcome(0, 0, None)
+            return NOTHING_DONE
         model = job.model
         milestones: list[int] = list(job.params.get("progress_milestones") or [])
         pending = repo.pending_inputs(job_id, start, stop)
     if not pending:
-        return BatchOutcome(0, 0, None)
+        return NOTHING_DONE
     idxs = [i for i, _ in pending]
     vectors: np.ndarray | None = None
     error: str | None = None
@@ -291,16 +236,16 @@ def run_embedding_batch(
     with scope() as session:
         repo = JobRepository(session)
         if not repo.lock_running(job_id):
-            return BatchOutcome(0, 0, None)
+            return NOTHING_DONE
         written = repo.write_embeddings(job_id, idxs, vectors) if vectors is not None else 0
         failed = repo.fail_inputs(job_id, idxs, error) if error is not None else 0
         counts = repo.add_counts(job_id, done=written, failed=failed)
         if milestones:
-            on_job_progress(session, job_id, counts.progress, milestones)
+            lifecycle.report_progress(session, job_id, counts.progress, milestones)
         status = None
         if counts.finished:
             status = _finalize(repo, job_id, counts)
-    return BatchOutcome(written, failed, status)
+    return BatchOutcome(written, failed, finished_status=status)
 
 
 def _finalize(repo: JobRepository, job_id: uuid.UUID, counts: Counts) -> JobStatus | None:
@@ -313,7 +258,4 @@ def _finalize(repo: JobRepository, job_id: uuid.UUID, counts: Counts) -> JobStat
             f"{counts.failed} of {counts.total} inputs failed; first error: " + (repo.first_error(job_id) or "unknown"),
         )
     message = f"embedded {counts.done} of {counts.total} inputs"
-    if not repo.finish(job_id, status, message=message, error=error):
-        return None
-    on_job_finished(repo.session, job_id, status)
-    return status
+    return status if lifecycle.finish(repo.session, job_id, status, message=message, error=error) else None

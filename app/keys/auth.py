@@ -13,8 +13,9 @@ from fastapi import Depends, HTTPException, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
-from app.core.config import Settings, get_settings
+from app.core.config import Settings
 from app.core.db import session_scope
+from app.core.deps import SettingsDep
 from app.core.errors import TooManyRequestsError
 from app.core.security import Principal
 from app.keys.rate_limit import hit_rate_limit
@@ -78,7 +79,7 @@ def stored_key_principal(presented: str, settings: Settings) -> Principal | None
 
 async def current_principal(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    settings: Annotated[Settings, Depends(get_settings)],
+    settings: SettingsDep,
 ) -> Principal:
     """Return the caller, or answer 401 (with how to get a key) when the key is missing, unknown or revoked."""
     presented = credentials.credentials if credentials else None
@@ -92,6 +93,21 @@ async def current_principal(
 
 
 PrincipalDep = Annotated[Principal, Depends(current_principal)]
+
+
+async def optional_principal(
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    settings: SettingsDep,
+) -> Principal | None:
+    """Return the caller, or None when they sent no key or one that is unknown (for routes open to anyone)."""
+    presented = credentials.credentials if credentials else None
+    principal = static_principal(presented, settings)
+    if principal is None and presented:
+        principal = await run_in_threadpool(stored_key_principal, presented, settings)
+    return principal
+
+
+OptionalPrincipalDep = Annotated[Principal | None, Depends(optional_principal)]
 
 # OpenAPI responses of the two dependencies, and of creating a job over the key's concurrency limit.
 AUTH_ERRORS: dict[int | str, dict[str, Any]] = {401: {"description": "missing, unknown or revoked API key"}}
@@ -107,7 +123,7 @@ JOB_LIMIT_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def rate_limited(principal: PrincipalDep, settings: Annotated[Settings, Depends(get_settings)]) -> Principal:
+async def rate_limited(principal: PrincipalDep, settings: SettingsDep) -> Principal:
     """Return the caller once their key has a request left this minute; else 429 with ``Retry-After``."""
     await charge_rate_limit(principal, settings)
     return principal

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.models.job import ACTIVE_STATUSES, Job
@@ -43,10 +43,6 @@ class MaintenanceRepository:
         return self.session.scalar(
             select(Job).where(Job.id == job_id, Job.status.in_([s.value for s in ACTIVE_STATUSES])).with_for_update()
         )
-
-    def touch(self, job_id: uuid.UUID) -> None:
-        """Restart the job's idle clock, so re-enqueued work gets a full grace period."""
-        self.session.execute(update(Job).where(Job.id == job_id).values(updated_at=func.now()))
 
     def requeue_count(self, job_id: uuid.UUID) -> int:
         return (

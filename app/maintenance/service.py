@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from sqlalchemy.orm import Session
 
 from app.core.config import Settings
-from app.jobs.service import fail_job
+from app.jobs import lifecycle
+from app.jobs.repository import JobRepository
 from app.maintenance.kinds import RECOVERIES, KindRecovery
 from app.maintenance.repository import MaintenanceRepository
 from app.models.recovery import RecoveryAction
@@ -102,11 +103,11 @@ def _recover(
     else:
         tasks = recovery.requeue(session, job)
         repo.record(job_id, RecoveryAction.REQUEUED, f"its tasks were lost ({lost}): re-enqueued {tasks}", tasks)
-        repo.touch(job_id)
+        JobRepository(session).touch(job_id)  # re-enqueued work gets a full grace period
         report.requeued[str(job_id)] = tasks
         log.warning("job %s (%s): tasks lost, re-enqueued %d", job_id, job.kind, tasks)
         return
-    fail_job(session, job_id, reason)
+    lifecycle.fail(session, job_id, reason)
     repo.record(job_id, RecoveryAction.FAILED, reason)
     report.failed[str(job_id)] = reason
     log.warning("job %s (%s) failed by the reaper: %s", job_id, job.kind, reason)

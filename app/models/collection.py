@@ -1,7 +1,7 @@
 """Collections of documents, their chunks, vector versions and the bookkeeping of ingestion jobs.
 
 Vectors do not live in a table declared here: each vector version has a table of its own,
-``collection_vectors_<version id>`` (see ``app.collections.repository``), created when the version's
+``collection_vectors_<version id>`` (see ``app.collections.vector_store``), created when the version's
 dimension is known and dropped with the version.
 """
 

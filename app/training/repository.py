@@ -1,4 +1,4 @@
-"""All SQL about training runs, their pairs, and the model aliases they register."""
+"""All SQL about training runs and their pairs (the aliases they register: ``app.catalog.repository``)."""
 
 from __future__ import annotations
 
@@ -6,13 +6,11 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from app.core.security import Principal, visible_to
-from app.models.job import ACTIVE_STATUSES, Job, JobKind, JobStatus
-from app.models.registered_model import RegisteredModel
+from app.models.job import ACTIVE_STATUSES, Job, JobKind
 from app.models.training import TrainingPair, TrainingRun
 from app.training.pairs import Pair
 
@@ -24,13 +22,12 @@ class TrainingRepository:
     def __init__(self, session: Session) -> None:
         self.session = session
 
-    def add(self, job: Job, run: TrainingRun, pairs: Sequence[Pair]) -> None:
-        self.session.add(job)
-        self.session.flush()
+    def add(self, run: TrainingRun, pairs: Sequence[Pair]) -> None:
+        """Insert a job's training run and its pairs (the job's row is ``app.jobs.lifecycle``'s to insert)."""
         self.session.add(run)
         self.session.flush()
         rows = [
-            {"job_id": job.id, "idx": i, "query": p.query, "positive": p.positive, "negative": p.negative}
+            {"job_id": run.job_id, "idx": i, "query": p.query, "positive": p.positive, "negative": p.negative}
             for i, p in enumerate(pairs)
         ]
         for start in range(0, len(rows), _INSERT_CHUNK):
@@ -68,26 +65,9 @@ class TrainingRepository:
             .limit(1)
         )
 
-    def record_progress(
-        self, job_id: uuid.UUID, *, values: dict[str, Any], progress: float, total: int, message: str
-    ) -> bool:
-        """Store a running job's step, loss and ETA; False (nothing written) if it is no longer running."""
-        updated = self.session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status == JobStatus.RUNNING.value)
-            .values(progress=progress, done=values["step"], total=total, message=message)
-        )
-        if updated.rowcount != 1:
-            return False
-        self.session.execute(update(TrainingRun).where(TrainingRun.job_id == job_id).values(**values))
-        return True
-
     def job_params(self, job_id: uuid.UUID) -> dict[str, Any]:
-        """Return a job's ``params``; call after ``record_progress``, whose update holds the row's lock."""
+        """Return a job's ``params``; call after ``JobRepository.record_progress`` (its update holds the row lock)."""
         return dict(self.session.scalar(select(Job.params).where(Job.id == job_id)) or {})
-
-    def set_job_params(self, job_id: uuid.UUID, params: dict[str, Any]) -> None:
-        self.session.execute(update(Job).where(Job.id == job_id).values(params=params))
 
     def update_run(self, job_id: uuid.UUID, **values: Any) -> None:
         self.session.execute(update(TrainingRun).where(TrainingRun.job_id == job_id).values(**values))
@@ -96,48 +76,3 @@ class TrainingRepository:
         """Merge ``{key: metrics}`` into the run's evaluation (only the job's one worker writes it)."""
         current = self.session.scalar(select(TrainingRun.eval).where(TrainingRun.job_id == job_id)) or {}
         self.update_run(job_id, eval={**current, key: metrics})
-
-    def touch_job(self, job_id: uuid.UUID, message: str) -> None:
-        """Set a running job's message (and so its ``updated_at``, the reaper's heartbeat)."""
-        self.session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status == JobStatus.RUNNING.value)
-            .values(message=message, updated_at=func.now())
-        )
-
-    def registered(self, name: str) -> RegisteredModel | None:
-        return self.session.get(RegisteredModel, name)
-
-    def list_registered(self, principal: Principal) -> list[RegisteredModel]:
-        return list(
-            self.session.scalars(
-                select(RegisteredModel)
-                .where(visible_to(principal, RegisteredModel.tenant))
-                .order_by(RegisteredModel.name)
-            )
-        )
-
-    def names_hidden_from(self, principal: Principal) -> set[str]:
-        """Return the aliases of other tenants' fine-tuned models (none for an admin)."""
-        if principal.is_admin:
-            return set()
-        return set(self.session.scalars(select(RegisteredModel.name).where(RegisteredModel.tenant != principal.tenant)))
-
-    def register(self, model: RegisteredModel) -> None:
-        """Insert the alias, or replace every field of an existing one (an overwrite)."""
-        values = {
-            "name": model.name,
-            "base": model.base,
-            "kind": model.kind,
-            "path": model.path,
-            "dimension": model.dimension,
-            "created_by_job": model.created_by_job,
-            "tenant": model.tenant,
-        }
-        statement = pg_insert(RegisteredModel).values(**values)
-        self.session.execute(
-            statement.on_conflict_do_update(
-                index_elements=[RegisteredModel.name],
-                set_={**{k: statement.excluded[k] for k in values if k != "name"}, "created_at": func.now()},
-            )
-        )

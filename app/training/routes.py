@@ -14,11 +14,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
-from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
 
-from app.core.config import Settings, get_settings
-from app.core.db import get_session
+from app.core.config import Settings
+from app.core.deps import SessionDep, SettingsDep
 from app.core.errors import EmbedqError, InvalidRequestError
 from app.keys.auth import JOB_LIMIT_ERRORS, PrincipalDep
 from app.training import service
@@ -32,9 +31,6 @@ from app.training.schemas import (
 )
 
 router = APIRouter(tags=["fine-tuning"])
-
-SessionDep = Annotated[Session, Depends(get_session, scope="function")]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
 class PayloadTooLargeError(EmbedqError):

@@ -6,11 +6,9 @@ must not spend longer in the API than in the worker. The schemas still document 
 
 from __future__ import annotations
 
-from typing import Annotated
+from fastapi import APIRouter, Response
 
-from fastapi import APIRouter, Depends, Response
-
-from app.core.config import Settings, get_settings
+from app.core.deps import SettingsDep
 from app.core.responses import FastJSONResponse
 from app.keys.auth import PrincipalDep
 from app.v1 import service
@@ -24,8 +22,6 @@ from app.v1.schemas import (
     VectorizeRequest,
     VectorizeResponse,
 )
-
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 _ERRORS = {
     400: {"description": "bad input, named in the message"},

@@ -11,8 +11,7 @@ from typing import Any
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
-from app.catalog.access import resolve_visible
-from app.catalog.resolver import InvalidModelNameError, UnknownModelError
+from app.catalog.access import ModelErrors, check_model
 from app.core.config import Settings
 from app.core.errors import EmbedqError, NotFoundError
 from app.core.security import Principal
@@ -49,19 +48,8 @@ class Embedded:
         }
 
 
-def check_model(name: str | None, settings: Settings, principal: Principal) -> tuple[str, str]:
-    """Return (the name asked for, the name it resolves to), or raise 400 for a bad name and 404 for an unknown one.
-
-    Another tenant's fine-tuned alias is unknown to ``principal``.
-    """
-    asked = name or settings.default_model
-    try:
-        resolved = resolve_visible(asked, settings, principal)
-    except InvalidModelNameError as exc:
-        raise InvalidInputError(str(exc), param="model") from exc
-    except UnknownModelError as exc:
-        raise ModelNotFoundError(str(exc), param="model") from exc
-    return asked, resolved.name
+OPENAI_MODEL_ERRORS = ModelErrors(invalid=InvalidInputError, unknown=ModelNotFoundError)
+"""The sync API: 400 ``invalid_input`` for a malformed name, 404 ``model_not_found`` for an unknown one."""
 
 
 class _ResolvedNames:
@@ -95,13 +83,14 @@ _resolved_names = _ResolvedNames()
 
 
 async def checked_model(name: str | None, settings: Settings, principal: Principal) -> tuple[str, str]:
-    """Return ``check_model``'s answer, from the last second's answers when the caller is an admin."""
+    """Return (the name asked for, the name it resolves to), from the last second's answers for an admin."""
     asked = name or settings.default_model
     if principal.is_admin:
         resolved = _resolved_names.get(asked, settings)
         if resolved is not None:
             return asked, resolved
-    asked, resolved = await run_in_threadpool(check_model, name, settings, principal)
+    # Another tenant's fine-tuned alias is unknown to ``principal``.
+    resolved = (await run_in_threadpool(check_model, asked, settings, principal, OPENAI_MODEL_ERRORS)).name
     if principal.is_admin:
         _resolved_names.put(asked, resolved, settings)
     return asked, resolved

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
 
-from fastapi import APIRouter, Depends, Response, status
-from sqlalchemy.orm import Session
+from fastapi import APIRouter, Response, status
 
-from app.core.config import Settings, get_settings
-from app.core.db import get_session
+from app.core.deps import SessionDep, SettingsDep
 from app.keys.auth import PrincipalDep
 from app.webhooks import service
 from app.webhooks.schemas import (
@@ -26,8 +23,6 @@ from app.webhooks.schemas import (
 router = APIRouter(tags=["webhooks"])
 
 # scope="function": commit (and send the outbox) before the response goes out.
-SessionDep = Annotated[Session, Depends(get_session, scope="function")]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
 @router.post("/webhook-endpoints", status_code=status.HTTP_201_CREATED, response_model=EndpointWithSecret)

@@ -7,8 +7,9 @@ import uuid
 from sqlalchemy.orm import Session
 
 from app.collections import ingestion
-from app.collections.ingestion import LoadModel, Scope
+from app.collections.contracts import LoadModel, Scope
 from app.collections.repository import CollectionRepository
+from app.collections.settling import INDEXING
 from app.core.config import Settings
 from app.models.job import Job, JobStatus
 from workers.chunking import load_model
@@ -27,6 +28,6 @@ def drain(session: Session, scope: Scope, settings: Settings, job_id: uuid.UUID,
         run = ingestion.run_reembed_batch if job.kind == "reembed" else ingestion.run_ingest_batch
         for seq in seqs:
             run(scope, job_id, seq, load, settings)
-        if not seqs and job.message == ingestion.INDEXING:
+        if not seqs and job.message == INDEXING:
             ingestion.build_index(scope, job_id, int(job.params["version_id"]), settings)
     raise AssertionError("the job did not finish")

@@ -23,6 +23,7 @@ from app.cli.up import WORKER_APP
 from app.core.queues import Queue
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+EMBEDQ = Path(sys.executable).with_name("embedq")
 WORKER_START_TIMEOUT_S = 120.0
 API_START_TIMEOUT_S = 60.0
 
@@ -140,10 +141,12 @@ def start_beat(env: Mapping[str, str]) -> ManagedProcess:
 
 
 def start_api(env: Mapping[str, str], timeout: float = API_START_TIMEOUT_S) -> ManagedProcess:
-    """Return a running API on a free port (see ``.base_url``), once GET /healthz answers 200."""
+    """Return a running API on a free port (see ``.base_url``), once GET /healthz answers 200.
+
+    Started as deployments start it, `embedq api`: uvicorn with the settings' deadlines and limits.
+    """
     port = find_free_port()
-    args = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", LOCALHOST, "--port", str(port)]
-    process = _spawn("api", args, env)
+    process = _spawn("api", [str(EMBEDQ), "api"], {**env, "EMBEDQ_API_HOST": LOCALHOST, "EMBEDQ_API_PORT": str(port)})
     process.base_url = f"http://{LOCALHOST}:{port}"
     deadline = time.monotonic() + timeout
     while not _answers_healthz(process.base_url):

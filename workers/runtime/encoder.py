@@ -1,12 +1,16 @@
-"""A loaded embedding model: tokenize (CPU), forward (device), pool and normalize (post) into float32 numpy."""
+"""A loaded embedding model: tokenize (CPU), forward (device), pool and normalize (post) into float32 numpy.
+
+The generic path for every family; a family with extra heads (BGE-M3) subclasses it (``workers/runtime/m3.py``)
+and ``workers/runtime/capabilities.py`` picks the class.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +20,12 @@ import torch.nn.functional as F
 from transformers import AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
 
 from app.catalog.families import Family, detect_family
+from app.catalog.files import read_json, transformer_dirs
 from app.catalog.resolver import ResolvedModel
 from app.catalog.sources import HubCandidate, fetch
 from app.core.config import get_settings
 from workers.runtime.adapters import ModelView, load_transformer
 from workers.runtime.batching import budget_chunks
-from workers.runtime.m3 import M3Heads, load_m3_heads
 from workers.runtime.onnx_backend import OnnxModel, check_onnx_precision, prepare_onnx
 from workers.runtime.pooling import PoolingConfig, pool, read_pooling_config
 from workers.runtime.precision import (
@@ -41,6 +45,18 @@ Tokens = dict[str, list[list[int]]]
 
 BatchHandler = Callable[[list[int], dict[str, torch.Tensor], torch.Tensor], None]
 """Called per forward pass with the input indices of its rows, the collated batch and its last hidden states."""
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Vectors of one ``encode_counted`` call (row i for text i) and each text's token count from its tokenization.
+
+    The counts include the prompt and special tokens, after truncation: what the model read.
+    """
+
+    vectors: np.ndarray
+    token_counts: list[int]
+
 
 _FALLBACK_MAX_SEQ_LENGTH = 512
 # Position-embedding tables of RoBERTa-style models reserve the first pad_token_id + 1 rows.
@@ -67,7 +83,7 @@ class Encoder:
         settings = get_settings()
         self.name = model.name
         self.source = model.source
-        self.path = model.path if model.path is not None else fetch(_candidates(model), settings)[1]
+        self.path = model_folder(model)
         self.device = device if device is not None else torch.device("cpu")
         self.backend = model.backend
         if self.backend == "onnx" and self.device.type != "cpu":
@@ -85,8 +101,8 @@ class Encoder:
         self.pooling_mode = pooling.mode
         self.normalize_default = pooling.normalize
 
-        transformer_dir = _transformer_dir(self.path)
-        st_config: dict[str, Any] = _read_json(transformer_dir / "sentence_bert_config.json") or {}
+        transformer_dir = transformer_dirs(self.path)[0]
+        st_config: dict[str, Any] = read_json(transformer_dir / "sentence_bert_config.json") or {}
         st_config.setdefault("max_seq_length", _modelscope_max_length(self.path))
         # EMBEDQ_MODELSCOPE_TRUST_REMOTE_CODE: ModelScope models may ship their own modelling code.
         self._trust_remote_code = settings.modelscope_trust_remote_code and self.source.startswith("modelscope")
@@ -104,10 +120,6 @@ class Encoder:
             input_names = list(dict.fromkeys(self.tokenizer.model_input_names))
             export = prepare_onnx(self.model, self.path, input_names, self.precision, settings.onnx_dir)
             self.onnx = OnnxModel(export)
-        # BGE-M3's sparse and ColBERT heads, for encode_hybrid and MaxSim rerank (workers/runtime/m3.py).
-        self.m3_heads: M3Heads | None = (
-            load_m3_heads(self.path, self.tokenizer, self.dimension) if self.family.hybrid else None
-        )
         self._lowercase = bool(st_config.get("do_lower_case", False))
         self._pad_values = {
             "input_ids": self.tokenizer.pad_token_id or 0,
@@ -160,9 +172,20 @@ class Encoder:
         ``is_query`` picks the family's prompt: True for search queries, False for the documents searched,
         None for neither (only a folder's ``default_prompt_name`` prompt, if any, is put in front).
         """
+        return self.encode_counted(texts, normalize=normalize, batch_size=batch_size, is_query=is_query).vectors
+
+    def encode_counted(
+        self,
+        texts: list[str],
+        *,
+        normalize: bool | None = None,
+        batch_size: int | None = None,
+        is_query: bool | None = None,
+    ) -> Encoded:
+        """Return ``encode``'s array with each text's token count, from the one tokenization the passes used."""
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
-        self.map_batches(texts, self._storing(out, normalize), is_query=is_query, batch_size=batch_size)
-        return out
+        counts = self.map_batches(texts, self._storing(out, normalize), is_query=is_query, batch_size=batch_size)
+        return Encoded(vectors=out, token_counts=counts)
 
     def encode_tokens(
         self, tokens: Tokens, *, normalize: bool | None = None, batch_size: int | None = None
@@ -181,18 +204,20 @@ class Encoder:
         *,
         is_query: bool | None = None,
         batch_size: int | None = None,
-    ) -> None:
-        """Run the forward pass over ``texts`` in length-sorted batches, calling ``handle`` with each one's states.
+    ) -> list[int]:
+        """Return each text's token count after running the forward pass over ``texts`` in length-sorted batches.
 
         The heart of ``encode`` and of the BGE-M3 heads: tokenize (CPU), forward (device), then ``handle``
-        (post), all under the encoder's lock.
+        (post) with each pass's states, all under the encoder's lock.
         """
         _check_texts(texts)
         size = self._rows_per_pass(batch_size)
         if not texts:
-            return
+            return []
         with self._lock:
-            self._run_passes(self.tokenize(texts, is_query=is_query), handle, size)
+            tokens = self.tokenize(texts, is_query=is_query)
+            self._run_passes(tokens, handle, size)
+        return [len(ids) for ids in tokens["input_ids"]]
 
     def _rows_per_pass(self, batch_size: int | None) -> int:
         size = self.batch_size if batch_size is None else batch_size
@@ -327,8 +352,9 @@ def _check_texts(texts: list[str]) -> None:
             raise TypeError(f"texts must be strings; item {i} is {type(text).__name__}: convert it with str()")
 
 
-def _read_json(path: Path) -> Any:
-    return json.loads(path.read_text()) if path.is_file() else None
+def model_folder(model: ResolvedModel) -> Path:
+    """Return ``model``'s folder, downloading it first when it is on a hub only."""
+    return model.path if model.path is not None else fetch(_candidates(model), get_settings())[1]
 
 
 def _candidates(model: ResolvedModel) -> tuple[HubCandidate, ...]:
@@ -340,20 +366,12 @@ def _candidates(model: ResolvedModel) -> tuple[HubCandidate, ...]:
 
 def _modelscope_max_length(model_dir: Path) -> int | None:
     # A ModelScope folder's configuration.json says how long its pipeline's preprocessor cuts inputs.
-    config = _read_json(model_dir / "configuration.json")
+    config = read_json(model_dir / "configuration.json")
     preprocessor = config.get("preprocessor") if isinstance(config, dict) else None
     if not isinstance(preprocessor, dict):
         return None
     length = preprocessor.get("max_length") or preprocessor.get("sequence_length")
     return int(length) if isinstance(length, int) and length > 0 else None
-
-
-def _transformer_dir(model_dir: Path) -> Path:
-    # Old sentence-transformers folders keep the Hugging Face model in a subfolder such as 0_Transformer.
-    for module in _read_json(model_dir / "modules.json") or []:
-        if str(module.get("type", "")).endswith(".Transformer"):
-            return model_dir / str(module.get("path", ""))
-    return model_dir
 
 
 def _family_pooling(family: Family) -> PoolingConfig | None:

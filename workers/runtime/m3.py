@@ -1,4 +1,6 @@
-"""BGE-M3's three outputs from one forward pass (dense, sparse, ColBERT) and MaxSim late-interaction scores.
+"""BGE-M3 as a capability of the generic encoder: three outputs from one forward pass and MaxSim scores.
+
+``M3Encoder`` is the generic ``Encoder`` plus the folder's two heads; the generic path knows nothing of them.
 
 As FlagEmbedding defines them (``BGEM3FlagModel``), from the folder's ``sparse_linear.pt`` (Linear(hidden, 1))
 and ``colbert_linear.pt`` (Linear(hidden, hidden)):
@@ -13,18 +15,18 @@ and ``colbert_linear.pt`` (Linear(hidden, hidden)):
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from app.catalog.families import M3_COLBERT_HEAD, M3_SPARSE_HEAD
-
-if TYPE_CHECKING:
-    from workers.runtime.encoder import Encoder
+from app.catalog.resolver import ResolvedModel
+from workers.runtime.encoder import Encoder
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +53,21 @@ class HybridOutput:
     dense: np.ndarray
     sparse: list[dict[int, float]]
     colbert: list[np.ndarray] | None
+
+
+class M3Encoder(Encoder):
+    """An ``Encoder`` with BGE-M3's sparse and ColBERT heads (``m3_heads``; None when its folder lacks them)."""
+
+    def __init__(self, model: ResolvedModel, **options: Any) -> None:
+        super().__init__(model, **options)
+        started = time.perf_counter()
+        self.m3_heads: M3Heads | None = load_m3_heads(self.path, self.tokenizer, self.dimension)
+        self.load_seconds += time.perf_counter() - started
+
+
+def m3_heads_of(encoder: Encoder) -> M3Heads | None:
+    """Return ``encoder``'s BGE-M3 heads, or None for a model without them."""
+    return encoder.m3_heads if isinstance(encoder, M3Encoder) else None
 
 
 def load_m3_heads(folder: Path, tokenizer: Any, hidden_size: int) -> M3Heads | None:
@@ -90,13 +107,14 @@ def _special_token_ids(tokenizer: Any) -> frozenset[int]:
 
 def require_heads(encoder: Encoder) -> M3Heads:
     """Return ``encoder``'s BGE-M3 heads, or raise NotHybridModelError saying which models have them."""
-    if encoder.m3_heads is None:
+    heads = m3_heads_of(encoder)
+    if heads is None:
         raise NotHybridModelError(
             f"model {encoder.name} (family {encoder.family.name}) has no sparse/ColBERT heads: hybrid vectors and "
             f"MaxSim rerank need a BGE-M3 model (e.g. BAAI/bge-m3) whose folder holds {M3_SPARSE_HEAD} and "
             f"{M3_COLBERT_HEAD}"
         )
-    return encoder.m3_heads
+    return heads
 
 
 def encode_hybrid(

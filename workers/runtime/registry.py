@@ -23,8 +23,10 @@ from app.catalog.loads import LOAD_RECORD_TTL_S, ModelLoad, load_settings, recor
 from app.catalog.resolver import ResolvedModel, resolve_model
 from app.core.config import get_settings
 from workers.runtime.adapters import served_revision
+from workers.runtime.capabilities import load_encoder
 from workers.runtime.device import pick_device
 from workers.runtime.encoder import Encoder
+from workers.runtime.m3 import m3_heads_of
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +59,7 @@ def get_encoder(name: str) -> Encoder:
         # Evict before loading, so resident weights stay within the budget even while the new model loads.
         while len(_resident) >= capacity:
             _evict_oldest(capacity)
-        encoder = Encoder(
+        encoder = load_encoder(
             resolved,
             device=pick_device(settings.device),
             batch_size=settings.encode_batch_size,
@@ -120,7 +122,7 @@ def _load_of(resolved: ResolvedModel, encoder: Encoder) -> ModelLoad:
         device=str(encoder.device),
         pooling=encoder.pooling_mode,
         normalize=encoder.normalize_default,
-        hybrid=encoder.m3_heads is not None,
+        hybrid=m3_heads_of(encoder) is not None,
         path=str(encoder.path),
         source=encoder.source,
         load_seconds=round(encoder.load_seconds, 3),

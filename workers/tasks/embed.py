@@ -2,38 +2,29 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import numpy as np
-from redis.exceptions import ConnectionError as RedisConnectionError
-from sqlalchemy.exc import OperationalError
 
-from app.core.config import get_settings
 from app.core.db import session_scope
 from app.core.queues import TaskName
 from app.jobs.service import run_embedding_batch
-from workers.celery_app import celery_app
+from workers.celery_app import retrying_task
 from workers.metrics import observe_encode
-
-TRANSIENT = (OperationalError, RedisConnectionError)
 
 
 def _encode(model: str, texts: list[str]) -> np.ndarray:
     from workers.runtime.registry import get_encoder  # torch is imported here, in the child only
 
     encoder = get_encoder(model)
-    with observe_encode(encoder, texts):
-        return encoder.encode(texts)
+    started = time.perf_counter()
+    encoded = encoder.encode_counted(texts)
+    observe_encode(encoder, len(texts), sum(encoded.token_counts), time.perf_counter() - started)
+    return encoded.vectors
 
 
-@celery_app.task(
-    name=TaskName.EMBED_BATCH.value,
-    autoretry_for=TRANSIENT,
-    retry_backoff=True,
-    retry_backoff_max=60,
-    retry_jitter=True,
-    max_retries=get_settings().task_max_retries,
-)
+@retrying_task(TaskName.EMBED_BATCH)
 def embed_batch(job_id: str, start: int, stop: int) -> dict[str, object]:
     """Embed inputs [start, stop) of job `job_id`; returns what this delivery wrote."""
     outcome = run_embedding_batch(session_scope, uuid.UUID(job_id), start, stop, _encode)

@@ -7,24 +7,13 @@ from __future__ import annotations
 
 import uuid
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from sqlalchemy.exc import OperationalError
-
-from app.collections.ingestion import BatchOutcome, build_index, run_ingest_batch, run_reembed_batch
+from app.collections.ingestion import build_index, run_ingest_batch, run_reembed_batch
 from app.core.config import get_settings
 from app.core.db import session_scope
 from app.core.queues import TaskName
-from workers.celery_app import celery_app
+from app.jobs.lifecycle import BatchOutcome
+from workers.celery_app import retrying_task
 from workers.chunking import load_model
-
-TRANSIENT = (OperationalError, RedisConnectionError)
-_RETRY = {
-    "autoretry_for": TRANSIENT,
-    "retry_backoff": True,
-    "retry_backoff_max": 60,
-    "retry_jitter": True,
-    "max_retries": get_settings().task_max_retries,
-}
 
 
 def _report(job_id: str, seq: int, outcome: BatchOutcome) -> dict[str, object]:
@@ -34,25 +23,25 @@ def _report(job_id: str, seq: int, outcome: BatchOutcome) -> dict[str, object]:
         "documents": outcome.documents,
         "chunks": outcome.chunks,
         "failed": outcome.failed,
-        "finished": outcome.finished.value if outcome.finished else None,
+        "finished": outcome.finished_status.value if outcome.finished_status else None,
     }
 
 
-@celery_app.task(name=TaskName.INGEST_BATCH.value, **_RETRY)
+@retrying_task(TaskName.INGEST_BATCH)
 def ingest_batch(job_id: str, seq: int) -> dict[str, object]:
     """Chunk, embed and store batch ``seq`` of ingest job ``job_id``."""
     outcome = run_ingest_batch(session_scope, uuid.UUID(job_id), seq, load_model, get_settings())
     return _report(job_id, seq, outcome)
 
 
-@celery_app.task(name=TaskName.INGEST_REEMBED.value, **_RETRY)
+@retrying_task(TaskName.INGEST_REEMBED)
 def reembed_batch(job_id: str, seq: int) -> dict[str, object]:
     """Embed batch ``seq`` of reembed job ``job_id`` into its new vector version."""
     outcome = run_reembed_batch(session_scope, uuid.UUID(job_id), seq, load_model, get_settings())
     return _report(job_id, seq, outcome)
 
 
-@celery_app.task(name=TaskName.INGEST_INDEX.value, **_RETRY)
+@retrying_task(TaskName.INGEST_INDEX)
 def index_version(job_id: str, version_id: int) -> dict[str, object]:
     """Build the HNSW index of a vector version, then finish the job that waited for it."""
     status = build_index(session_scope, uuid.UUID(job_id), int(version_id), get_settings())

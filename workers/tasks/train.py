@@ -1,4 +1,4 @@
-"""Training tasks (``train.full``, ``train.lora`` on the training queue): parse the id, run the training service.
+"""Training tasks (``train.full``, ``train.lora`` on the training queue): parse the id, run ``app.training.runner``.
 
 A worker shutdown must not throw away hours of training, nor wait for them: when the worker's main process
 starts shutting down it sends SIGTERM to the pool children running a training task; such a child finishes
@@ -26,8 +26,8 @@ from celery.exceptions import Reject
 from app.core.config import get_settings
 from app.core.db import session_scope
 from app.core.queues import TaskName
-from app.training.service import TRANSIENT_ERRORS, RunOutcome, run_training
-from workers.celery_app import celery_app
+from app.training.runner import RunOutcome, run_training
+from workers.celery_app import retrying_task
 
 log = logging.getLogger(__name__)
 
@@ -78,22 +78,13 @@ def _run(job_id: str) -> dict[str, str]:
     return {"job_id": job_id, "outcome": outcome.value}
 
 
-_TASK_OPTIONS: dict[str, Any] = {
-    "autoretry_for": TRANSIENT_ERRORS,
-    "retry_backoff": True,
-    "retry_backoff_max": 60,
-    "retry_jitter": True,
-    "max_retries": get_settings().task_max_retries,
-}
-
-
-@celery_app.task(name=TaskName.TRAIN_FULL.value, **_TASK_OPTIONS)
+@retrying_task(TaskName.TRAIN_FULL)
 def train_full(job_id: str) -> dict[str, str]:
     """Fine-tune all weights of job `job_id`'s base model and register the result."""
     return _run(job_id)
 
 
-@celery_app.task(name=TaskName.TRAIN_LORA.value, **_TASK_OPTIONS)
+@retrying_task(TaskName.TRAIN_LORA)
 def train_lora(job_id: str) -> dict[str, str]:
     """Train LoRA adapters for job `job_id` and register them over the base model."""
     return _run(job_id)

@@ -4,27 +4,15 @@ from __future__ import annotations
 
 import uuid
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from sqlalchemy.exc import OperationalError
-
 from app.core.config import get_settings
 from app.core.db import session_scope
 from app.core.queues import TaskName
 from app.webhooks.delivery import Outcome, deliver_event
 from workers import metrics
-from workers.celery_app import celery_app
-
-TRANSIENT = (OperationalError, RedisConnectionError)
+from workers.celery_app import retrying_task
 
 
-@celery_app.task(
-    name=TaskName.WEBHOOK_DELIVER.value,
-    autoretry_for=TRANSIENT,
-    retry_backoff=True,
-    retry_backoff_max=60,
-    retry_jitter=True,
-    max_retries=get_settings().task_max_retries,
-)
+@retrying_task(TaskName.WEBHOOK_DELIVER)
 def deliver_webhook(job_id: str, event_id: str, token: int) -> dict[str, object]:
     """Make one attempt to send event `event_id` of job `job_id`, if `token` is still the current dispatch."""
     outcome = deliver_event(session_scope, job_id, uuid.UUID(event_id), token, get_settings())

@@ -1,0 +1,54 @@
+"""All SQL about registered model aliases: the ones fine-tuning jobs registered, and who may see them."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.orm import Session
+
+from app.core.security import Principal, visible_to
+from app.models.registered_model import RegisteredModel
+
+
+class RegisteredModelRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def registered(self, name: str) -> RegisteredModel | None:
+        """Return the alias ``name``, or None if nothing registered it."""
+        return self.session.get(RegisteredModel, name)
+
+    def list_registered(self, principal: Principal) -> list[RegisteredModel]:
+        """Return the aliases ``principal`` may see, by name."""
+        return list(
+            self.session.scalars(
+                select(RegisteredModel)
+                .where(visible_to(principal, RegisteredModel.tenant))
+                .order_by(RegisteredModel.name)
+            )
+        )
+
+    def names_hidden_from(self, principal: Principal) -> set[str]:
+        """Return the aliases of other tenants' fine-tuned models (none for an admin)."""
+        if principal.is_admin:
+            return set()
+        return set(self.session.scalars(select(RegisteredModel.name).where(RegisteredModel.tenant != principal.tenant)))
+
+    def register(self, model: RegisteredModel) -> None:
+        """Insert the alias, or replace every field of an existing one (an overwrite)."""
+        values = {
+            "name": model.name,
+            "base": model.base,
+            "kind": model.kind,
+            "path": model.path,
+            "dimension": model.dimension,
+            "created_by_job": model.created_by_job,
+            "tenant": model.tenant,
+        }
+        statement = pg_insert(RegisteredModel).values(**values)
+        self.session.execute(
+            statement.on_conflict_do_update(
+                index_elements=[RegisteredModel.name],
+                set_={**{k: statement.excluded[k] for k in values if k != "name"}, "created_at": func.now()},
+            )
+        )

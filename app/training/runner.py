@@ -1,0 +1,261 @@
+"""The worker's side of fine-tuning: run a training job through the trainer and register the result.
+
+The worker's task calls ``run_training`` with the trainer; everything the trainer reports comes back
+through hooks that write to Postgres in short transactions of their own.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import replace
+from enum import StrEnum
+from pathlib import Path
+
+from sqlalchemy.orm import Session
+
+from app.catalog.repository import RegisteredModelRepository
+from app.catalog.resolver import resolve_model
+from app.core.config import Settings
+from app.core.outages import TRANSIENT_ERRORS
+from app.core.redaction import without_server_paths
+from app.jobs import lifecycle
+from app.jobs.repository import JobRepository
+from app.models.job import Job, JobStatus
+from app.models.registered_model import RegisteredModel
+from app.models.training import TrainingRun
+from app.training import loss_history, storage
+from app.training.pairs import split_pairs
+from app.training.repository import TrainingRepository
+from app.training.spec import Progress, StopReason, TrainFn, TrainingResult, TrainingSpec
+
+log = logging.getLogger(__name__)
+
+Scope = Callable[[], AbstractContextManager[Session]]
+
+
+class RunOutcome(StrEnum):
+    """What one delivery of a training task did."""
+
+    SKIPPED = "skipped"  # the job was no longer queued or running
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"  # a worker shutdown: the task is to be redelivered and resume
+
+
+class _DbHooks:
+    """The trainer's hooks: each report is its own short transaction; a stop is read between steps."""
+
+    def __init__(self, scope: Scope, job_id: uuid.UUID, shutdown_requested: Callable[[], bool]) -> None:
+        self.scope = scope
+        self.job_id = job_id
+        self.shutdown_requested = shutdown_requested
+
+    def started(self, total_steps: int, resumed_from_step: int | None) -> None:
+        with self.scope() as session:
+            TrainingRepository(session).update_run(
+                self.job_id, total_steps=total_steps, resumed_from_step=resumed_from_step
+            )
+            note = f" (resumed from step {resumed_from_step})" if resumed_from_step else ""
+            JobRepository(session).set_message(self.job_id, f"training started: {total_steps} steps{note}")
+
+    def report(self, progress: Progress) -> None:
+        loss = f", loss {progress.loss:.4f}" if progress.loss is not None else ""
+        message = f"training: step {progress.step}/{progress.total_steps}, epoch {progress.epoch:.2f}{loss}"
+        percent = 100.0 * progress.step / max(progress.total_steps, 1)
+        with self.scope() as session:
+            jobs = JobRepository(session)
+            recorded = jobs.record_progress(
+                self.job_id, progress=percent, done=progress.step, total=progress.total_steps, message=message
+            )
+            if not recorded:
+                return
+            repo = TrainingRepository(session)
+            repo.update_run(
+                self.job_id,
+                step=progress.step,
+                total_steps=progress.total_steps,
+                epoch=progress.epoch,
+                loss=progress.loss,
+                seconds_per_step=progress.seconds_per_step,
+                eta_seconds=progress.eta_seconds,
+            )
+            params = repo.job_params(self.job_id)
+            if progress.loss is not None:
+                point = {"step": progress.step, "epoch": progress.epoch, "loss": progress.loss}
+                params[loss_history.HISTORY_KEY] = loss_history.with_point(loss_history.history_of(params), point)
+                jobs.set_params(self.job_id, params)
+            milestones = list(params.get("progress_milestones") or [])
+            lifecycle.report_progress(session, self.job_id, percent, milestones)
+
+    def evaluated(self, name: str, metrics: dict[str, float]) -> None:
+        with self.scope() as session:
+            TrainingRepository(session).set_eval(self.job_id, name, metrics)
+
+    def checkpointed(self, step: int, path: Path) -> None:
+        with self.scope() as session:
+            TrainingRepository(session).update_run(self.job_id, checkpoint_path=str(path), checkpoint_step=step)
+
+    def should_stop(self) -> StopReason | None:
+        if self.shutdown_requested():
+            return StopReason.SHUTDOWN
+        with self.scope() as session:
+            status = TrainingRepository(session).job_status(self.job_id)
+        return None if status == JobStatus.RUNNING.value else StopReason.CANCELLED
+
+
+def run_training(
+    scope: Scope,
+    job_id: uuid.UUID,
+    train: TrainFn,
+    settings: Settings,
+    shutdown_requested: Callable[[], bool] = lambda: False,
+) -> RunOutcome:
+    """Run a training job to a registered model, a cancel, a failure or (on shutdown) a checkpoint to resume.
+
+    Database and broker outages propagate, so the task retries and resumes from the last checkpoint.
+    """
+    assert settings.models_dir is not None
+    spec = _claim(scope, job_id, settings)
+    if spec is None:
+        return RunOutcome.SKIPPED
+    hooks = _DbHooks(scope, job_id, shutdown_requested)
+    try:
+        result = train(_with_base_path(spec, settings), hooks)
+    except TRANSIENT_ERRORS:
+        raise
+    except Exception as exc:
+        log.exception("training job %s failed", job_id)
+        # The job's error is the tenant's to read; the log above keeps the paths for the operator.
+        _fail(scope, job_id, without_server_paths(f"{type(exc).__name__}: {exc}", settings))
+        storage.remove_tree(storage.job_dir(settings.models_dir, job_id))
+        return RunOutcome.FAILED
+    if result.stopped is StopReason.SHUTDOWN:
+        with scope() as session:
+            JobRepository(session).set_message(
+                job_id,
+                f"interrupted by a worker shutdown at step {result.steps}: resumes from its checkpoint when "
+                "a training worker takes it again",
+            )
+        return RunOutcome.INTERRUPTED
+    if result.stopped is StopReason.CANCELLED:
+        storage.remove_tree(storage.job_dir(settings.models_dir, job_id))
+        return RunOutcome.CANCELLED
+    return _register(scope, job_id, result, settings)
+
+
+def _claim(scope: Scope, job_id: uuid.UUID, settings: Settings) -> TrainingSpec | None:
+    """Mark the job running and return what to train; None if it is finished, cancelled or gone."""
+    assert settings.models_dir is not None
+    with scope() as session:
+        repo = TrainingRepository(session)
+        if JobRepository(session).claim(job_id) is None:
+            return None
+        run = repo.get_run(job_id)
+        if run is None:
+            return None
+        pairs = repo.pairs(job_id)
+        hyperparams = dict(run.hyperparams)
+        train, evaluation = split_pairs(pairs, int(hyperparams.get("eval_pairs", 0)), int(hyperparams["seed"]))
+        return TrainingSpec(
+            job_id=job_id,
+            method=run.method,
+            base_model=run.base_model,
+            base_path=None,
+            train_pairs=train,
+            eval_pairs=evaluation,
+            hyperparams=hyperparams,
+            checkpoint_dir=storage.checkpoint_dir(settings.models_dir, job_id),
+            output_dir=storage.staging_dir(settings.models_dir, job_id),
+            progress_every_steps=settings.training_progress_every_steps,
+            checkpoint_every_steps=settings.training_checkpoint_every_steps,
+            base_eval=(run.eval or {}).get("base"),
+        )
+
+
+def _with_base_path(spec: TrainingSpec, settings: Settings) -> TrainingSpec:
+    """Return ``spec`` with its base model's folder; raises (failing the job) if the base is gone meanwhile."""
+    base = resolve_model(spec.base_model, settings)
+    return replace(spec, base_model=base.name, base_path=base.path)
+
+
+def _fail(scope: Scope, job_id: uuid.UUID, error: str) -> None:
+    with scope() as session:
+        run = TrainingRepository(session).get_run(job_id)
+        message = f"training failed at step {run.step if run else 0}"
+        lifecycle.finish(session, job_id, JobStatus.FAILED, message=message, error=error)
+
+
+def _register(scope: Scope, job_id: uuid.UUID, result: TrainingResult, settings: Settings) -> RunOutcome:
+    """Publish the trained folder as its alias and finish the job, atomically as far as the two allow."""
+    assert settings.models_dir is not None
+    work = storage.job_dir(settings.models_dir, job_id)
+    staging = storage.staging_dir(settings.models_dir, job_id)
+    with scope() as session:
+        repo = TrainingRepository(session)
+        jobs = JobRepository(session)
+        if not jobs.lock_running(job_id):
+            storage.remove_tree(work)
+            return RunOutcome.CANCELLED
+        run = repo.get_run(job_id)
+        job = jobs.get(job_id)
+        assert run is not None and job is not None
+        target = storage.alias_dir(settings.models_dir, run.alias)
+        conflict = _late_conflict(repo, run, target, job)
+        if conflict is not None:
+            lifecycle.finish(session, job_id, JobStatus.FAILED, message="trained, but not registered", error=conflict)
+            session.commit()
+            storage.remove_tree(work)
+            return RunOutcome.FAILED
+        aside = work / "replaced"
+        replaced = storage.publish(staging, target, aside)
+        try:
+            RegisteredModelRepository(session).register(
+                RegisteredModel(
+                    name=run.alias,
+                    base=run.base_model,
+                    kind=run.method,
+                    path=str(target),
+                    dimension=result.dimension or 0,
+                    created_by_job=job_id,
+                    tenant=job.tenant,
+                )
+            )
+            repo.update_run(job_id, eval={**(run.eval or {}), **result.eval}, eta_seconds=None)
+            lifecycle.finish(session, job_id, JobStatus.SUCCEEDED, message=_done_message(run, result), error=None)
+            session.commit()
+        except BaseException:
+            storage.unpublish(target, staging, aside, replaced)
+            raise
+    storage.remove_tree(work)
+    return RunOutcome.COMPLETED
+
+
+def _late_conflict(repo: TrainingRepository, run: TrainingRun, target: Path, job: Job) -> str | None:
+    """Return why the alias cannot be registered now (someone took it while the job ran), or None."""
+    registered = RegisteredModelRepository(repo.session).registered(run.alias)
+    if registered is not None and registered.created_by_job != job.id and registered.tenant != job.tenant:
+        return f"model {run.alias!r} was taken while this job ran: train again with another model_name"
+    if registered is not None and registered.created_by_job != job.id and not run.overwrite:
+        return (
+            f"model {run.alias!r} was registered by job {registered.created_by_job} while this job ran: "
+            "train again with overwrite=true or another model_name"
+        )
+    if registered is None and target.exists():
+        return (
+            f"a folder {target} that fine-tuning did not create appeared while this job ran: "
+            "train again with another model_name"
+        )
+    return None
+
+
+def _done_message(run: TrainingRun, result: TrainingResult) -> str:
+    message = f"trained {result.steps} steps; registered model {run.alias!r} ({run.method})"
+    base = ((run.eval or {}).get("base") or {}).get("recall@10")
+    trained = (result.eval.get("trained") or {}).get("recall@10")
+    if base is not None and trained is not None:
+        message += f"; held-out recall@10 {base:.3f} -> {trained:.3f}"
+    return message
