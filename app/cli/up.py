@@ -65,8 +65,14 @@ class Supervisor:
     options: UpOptions
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
     servers: list[EmbeddedPostgres | EmbeddedRedis] = field(default_factory=list)
-    processes: ProcessSupervisor | None = None
+    processes: ProcessSupervisor = field(init=False)
     lock_file: TextIO | None = None
+
+    def __post_init__(self) -> None:
+        state_file = self.settings.state_dir / CHILDREN_STATE_FILE
+        self.processes = ProcessSupervisor(RestartPolicy.from_settings(self.settings), state_file)
+        # Every child learns where the supervisor writes their states: the API's /readyz reads it.
+        self.env["EMBEDQ_SUPERVISOR_STATE_FILE"] = str(state_file)
 
     def lock_state_dir(self) -> None:
         """Hold a lock on the state directory until this process exits, or raise if another `up` holds it.
@@ -105,11 +111,6 @@ class Supervisor:
 
     def spawn(self, name: str, args: list[str], extra_env: dict[str, str] | None = None) -> None:
         """Start ``args`` as a supervised child with the services' URLs (and ``extra_env``) in its environment."""
-        if self.processes is None:
-            state_file = self.settings.state_dir / CHILDREN_STATE_FILE
-            self.processes = ProcessSupervisor(RestartPolicy.from_settings(self.settings), state_file)
-            # Every child learns where the supervisor writes their states: the API's /readyz reads it.
-            self.env["EMBEDQ_SUPERVISOR_STATE_FILE"] = str(state_file)
         self.processes.spawn(name, args, {**self.env, **(extra_env or {})})
 
     def spawn_children(self) -> None:
@@ -137,7 +138,6 @@ class Supervisor:
 
     def watch(self) -> NoReturn:
         """Keep the children running until a signal stops `up`; print the banner once the API (and Flower) answer."""
-        assert self.processes is not None
         announced = False
         while True:
             self.processes.tend()
@@ -148,8 +148,7 @@ class Supervisor:
 
     def stop_all(self) -> None:
         """Stop the children (SIGTERM, then SIGKILL after the timeout), then the embedded servers."""
-        if self.processes is not None:
-            self.processes.stop_all(self.options.stop_timeout)
+        self.processes.stop_all(self.options.stop_timeout)
         for server in reversed(self.servers):
             server.stop()
         log.info("everything stopped")

@@ -1,21 +1,18 @@
 """What ingestion and the worker's model exchange: the worker imports this module, never a repository.
 
 The worker implements ``IngestModel`` around its Encoder (``workers/chunking.py``) and hands a
-``LoadModel`` and a session ``Scope`` to the batch functions of ``app.collections.ingestion``; chunks come
-back as ``ChunkPiece`` and vectors as ``Vectors``.
+``LoadModel`` and a session scope (``app.core.db.Scope``) to the batch functions of
+``app.collections.ingestion``; chunks come back as ``ChunkPiece`` and vectors as ``Vectors``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
-from sqlalchemy.orm import Session
 
-Scope = Callable[[], AbstractContextManager[Session]]
 """() -> a session scope: one transaction, committed on exit (``app.core.db.session_scope``)."""
 
 

@@ -10,11 +10,10 @@ from typing import Any
 import numpy as np
 from sqlalchemy.orm import Session
 
-from app.collections.contracts import Scope
 from app.collections.repository import CollectionRepository
 from app.collections.service import require_collection
 from app.collections.vector_store import VectorStore
-from app.core.db import session_scope
+from app.core.db import Scope, session_scope
 from app.core.security import Principal
 
 

@@ -20,13 +20,13 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from app.catalog.resolver import InvalidModelNameError, UnknownModelError
-from app.collections.contracts import ChunkPiece, IngestModel, LoadModel, Scope, Vectors
+from app.collections.contracts import ChunkPiece, IngestModel, LoadModel, Vectors
 from app.collections.copy_format import ChunkRow
 from app.collections.repository import CollectionRepository, PendingDocument
 from app.collections.settling import INDEXING, record_errors, report_progress, settle
 from app.collections.vector_store import VectorStore
 from app.core.config import Settings
-from app.core.db import enqueue
+from app.core.db import Scope, enqueue
 from app.core.queues import TaskName
 from app.jobs.lifecycle import NOTHING_DONE, BatchOutcome
 from app.jobs.repository import JobRepository

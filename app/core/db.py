@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,6 +84,10 @@ def _send_outbox(session: Session) -> None:
 @event.listens_for(Session, "after_rollback")
 def _drop_outbox(session: Session) -> None:
     session.info.pop(_OUTBOX, None)
+
+
+# What worker-side services take to open their own short transactions: session_scope, or a test's.
+Scope = Callable[[], AbstractContextManager[Session]]
 
 
 @contextmanager

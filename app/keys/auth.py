@@ -77,30 +77,13 @@ def stored_key_principal(presented: str, settings: Settings) -> Principal | None
     )
 
 
-async def current_principal(
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    settings: SettingsDep,
-) -> Principal:
-    """Return the caller, or answer 401 (with how to get a key) when the key is missing, unknown or revoked."""
-    presented = credentials.credentials if credentials else None
-    # Only a key from `embedq keys create` needs the database, hence a thread; the rest is answered here.
-    principal = static_principal(presented, settings)
-    if principal is None and presented:
-        principal = await run_in_threadpool(stored_key_principal, presented, settings)
-    if principal is None:
-        raise _unauthorized(settings)
-    return principal
-
-
-PrincipalDep = Annotated[Principal, Depends(current_principal)]
-
-
 async def optional_principal(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     settings: SettingsDep,
 ) -> Principal | None:
-    """Return the caller, or None when they sent no key or one that is unknown (for routes open to anyone)."""
+    """Return the caller, or None when they sent no key or one that is unknown or revoked."""
     presented = credentials.credentials if credentials else None
+    # Only a key from `embedq keys create` needs the database, hence a thread; the rest is answered here.
     principal = static_principal(presented, settings)
     if principal is None and presented:
         principal = await run_in_threadpool(stored_key_principal, presented, settings)
@@ -108,6 +91,16 @@ async def optional_principal(
 
 
 OptionalPrincipalDep = Annotated[Principal | None, Depends(optional_principal)]
+
+
+async def current_principal(principal: OptionalPrincipalDep, settings: SettingsDep) -> Principal:
+    """Return the caller, or answer 401 (with how to get a key) when the key is missing, unknown or revoked."""
+    if principal is None:
+        raise _unauthorized(settings)
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(current_principal)]
 
 # OpenAPI responses of the two dependencies, and of creating a job over the key's concurrency limit.
 AUTH_ERRORS: dict[int | str, dict[str, Any]] = {401: {"description": "missing, unknown or revoked API key"}}

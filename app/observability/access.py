@@ -15,21 +15,21 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from app.core.config import Settings, get_settings
-from app.keys.auth import current_principal
+from app.core.deps import SettingsDep
+from app.keys.auth import current_principal, optional_principal
 
 _bearer = HTTPBearer(auto_error=False, description="an admin key, or EMBEDQ_METRICS_TOKEN")
 
 
 async def metrics_reader(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    settings: Annotated[Settings, Depends(get_settings)],
+    settings: SettingsDep,
 ) -> None:
     """Return when the caller may read the metrics; else 401 (no or unknown key) or 403 (a tenant's key)."""
     token = settings.metrics_token
     if token and credentials and hmac.compare_digest(credentials.credentials.encode(), token.encode()):
         return
-    principal = await current_principal(credentials, settings)
+    principal = await current_principal(await optional_principal(credentials, settings), settings)
     if not principal.is_admin:
         raise HTTPException(
             status_code=status.HTTP_403_FORBIDDEN,

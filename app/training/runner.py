@@ -9,16 +9,14 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import replace
 from enum import StrEnum
 from pathlib import Path
 
-from sqlalchemy.orm import Session
-
 from app.catalog.repository import RegisteredModelRepository
 from app.catalog.resolver import resolve_model
 from app.core.config import Settings
+from app.core.db import Scope
 from app.core.outages import TRANSIENT_ERRORS
 from app.core.redaction import without_server_paths
 from app.jobs import lifecycle
@@ -32,8 +30,6 @@ from app.training.repository import TrainingRepository
 from app.training.spec import Progress, StopReason, TrainFn, TrainingResult, TrainingSpec
 
 log = logging.getLogger(__name__)
-
-Scope = Callable[[], AbstractContextManager[Session]]
 
 
 class RunOutcome(StrEnum):

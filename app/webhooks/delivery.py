@@ -13,17 +13,16 @@ import random
 import time
 import uuid
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
 
 import httpx
-from sqlalchemy.orm import Session
 
 from app.core.celery import celery_client
 from app.core.config import Settings
+from app.core.db import Scope
 from app.core.queues import TASK_QUEUES, TaskName
 from app.models.webhook import WebhookDelivery, WebhookEndpoint, WebhookEventStatus
 from app.webhooks.repository import WebhookRepository
@@ -38,7 +37,6 @@ USER_AGENT = "embedq-webhooks/0.1"
 # Longer than any attempt can take, so a live attempt is never claimed twice.
 _LEASE_MARGIN_S = 30.0
 
-Scope = Callable[[], AbstractContextManager[Session]]
 Dispatch = Callable[[str, str, int, float, Settings], None]
 """(job id, event id, token, delay in seconds, settings): send the task for the event's next attempt."""
 

@@ -7,10 +7,11 @@ import uuid
 from sqlalchemy.orm import Session
 
 from app.collections import ingestion
-from app.collections.contracts import LoadModel, Scope
+from app.collections.contracts import LoadModel
 from app.collections.repository import CollectionRepository
 from app.collections.settling import INDEXING
 from app.core.config import Settings
+from app.core.db import Scope
 from app.models.job import Job, JobStatus
 from workers.chunking import load_model
 
