@@ -87,3 +87,27 @@ def _broken(_: Any, payloads: list[Payload]) -> list[Result | OpError]:
 def test_when_the_model_fails_on_everything_it_is_a_500() -> None:
     outcomes = [d.outcome for d in pooled("test_broken_model", [{"texts": ["a"]}, {"texts": ["b"]}])]
     assert all(isinstance(o, OpError) and o.status == 500 and o.code == "inference_failed" for o in outcomes)
+
+
+@register_op("test_fragile_rerank")
+def _fragile_rerank(_: Any, payloads: list[Payload]) -> list[Result | OpError]:
+    # A pair scorer (the rerank op's payload shape) whose tokenizer raises on an input it cannot read.
+    for payload in payloads:
+        if "poison" in [payload["query"], *payload["candidates"]]:
+            raise TypeError("TextEncodeInput must be Union[TextInputSequence, Tuple[InputSequence, InputSequence]]")
+    return [{"scores": [0.5] * len(payload["candidates"])} for payload in payloads]
+
+
+@pytest.mark.parametrize(
+    ("query", "candidates", "named"),
+    [("q", ["a", "poison", "b"], "candidates[1]"), ("poison", ["a", "b"], "query")],
+    ids=["candidate", "query"],
+)
+def test_a_rerank_request_the_op_raises_on_fails_alone_naming_its_text(
+    query: str, candidates: list[str], named: str
+) -> None:
+    good = [{"query": "x", "candidates": ["y"]}, {"query": "z", "candidates": ["w", "v"]}]
+    first, bad, last = pooled("test_fragile_rerank", [good[0], {"query": query, "candidates": candidates}, good[1]])
+    assert (first.outcome, last.outcome) == ({"scores": [0.5]}, {"scores": [0.5, 0.5]})
+    assert isinstance(bad.outcome, OpError) and bad.outcome.status == 422 and bad.outcome.code == "unreadable_input"
+    assert f"could not read {named} (TypeError" in bad.outcome.message, bad.outcome.message

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
 
 from workers.inference.input_check import unreadable_input
 from workers.inference.ops import OpError, Payload, RegisteredOp, Result, get_op
@@ -84,21 +85,50 @@ def _run(op: RegisteredOp, encoder: object, payloads: list[Payload]) -> list[Out
 def _failure(op: RegisteredOp, encoder: object, payload: Payload, exc: Exception) -> OpError:
     """Return the error of a payload the op raised on, alone.
 
-    When the op runs on a control text with the same options, the model works and the request's input is
-    at fault: a 422 naming its first text that fails by itself. Otherwise the model fails: a 500.
+    Every text of the payload (a string field, or each string of a list field) is replaced by a control
+    text. When the op runs on that, the model works and an input is at fault: a 422 naming the first text
+    that fails with controls everywhere else. Otherwise the model itself fails: a 500.
     """
     reason = f"{type(exc).__name__}: {exc}"
-    texts = payload.get("texts")
-    if isinstance(texts, list) and texts and _runs(op, encoder, {**payload, "texts": [_CONTROL_TEXT]}):
-        failing = (i for i, text in enumerate(texts) if not _runs(op, encoder, {**payload, "texts": [text]}))
-        where = f"texts[{next(failing, 0)}]" if len(texts) > 1 else "texts[0]"
+    controlled = _controlled(payload)
+    if controlled and _runs(op, encoder, {**payload, **controlled}):
+        where = next(
+            (
+                where
+                for where, trial in _each_text_alone(payload)
+                if not _runs(op, encoder, {**payload, **controlled, **trial})
+            ),
+            None,
+        )
         return OpError(
-            f"the model could not read {where} ({reason}): change that input",
+            f"the model could not read {where or 'the input'} ({reason}): change that input",
             status=422,
             code="unreadable_input",
             param="input",
         )
     return OpError(f"op {op.name} failed ({reason}); see the worker's log", status=500, code="inference_failed")
+
+
+def _controlled(payload: Payload) -> Payload:
+    """Return the payload's text fields with the control text in place of each string (a list keeps one)."""
+    controlled: Payload = {}
+    for key, value in payload.items():
+        if isinstance(value, str):
+            controlled[key] = _CONTROL_TEXT
+        elif isinstance(value, list) and value and all(isinstance(item, str) for item in value):
+            controlled[key] = [_CONTROL_TEXT]
+    return controlled
+
+
+def _each_text_alone(payload: Payload) -> Iterator[tuple[str, Payload]]:
+    """Yield (where, fields) for each text of the payload: that text alone in its field."""
+    for key, replacement in _controlled(payload).items():
+        value = payload[key]
+        if isinstance(replacement, str):
+            yield key, {key: value}
+        else:
+            for i, item in enumerate(value):
+                yield f"{key}[{i}]", {key: [item]}
 
 
 def _runs(op: RegisteredOp, encoder: object, payload: Payload) -> bool:
