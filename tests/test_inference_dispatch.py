@@ -170,9 +170,12 @@ def test_the_listener_takes_its_tasks_final_replies_and_rereads_the_store_after_
     redis_url = get_settings().redis_url
     assert redis_url is not None
     mine, missed, other = (secrets.token_hex(8) for _ in range(3))
+    # Named, so that only this listener's connection is cut: the Redis server may be shared with workers
+    # and other test sessions, whose pub/sub connections must not be killed.
+    name = f"embedq-test-listener-{secrets.token_hex(4)}"
 
     async def scenario() -> tuple[Any, Any]:
-        listener = result_listener(redis_url)
+        listener = result_listener(f"{redis_url}{'&' if '?' in redis_url else '?'}client_name={name}")
         async with listener.expect(mine) as first:
             redis_client.publish(listener.channel, _meta(mine, "STARTED", None))
             redis_client.publish(listener.channel, _meta(other, "SUCCESS", "not mine"))
@@ -180,8 +183,10 @@ def test_the_listener_takes_its_tasks_final_replies_and_rereads_the_store_after_
             published = await asyncio.wait_for(first, 10)
         async with listener.expect(missed) as second:
             # The reply is stored while the listener's connection is down, so its message never arrives.
-            killed = redis_client.client_kill_filter(_type="pubsub")
-            assert killed >= 1
+            ours = [c for c in redis_client.client_list(_type="pubsub") if c.get("name") == name]
+            assert ours, "the listener's pub/sub connection was not found"
+            for client in ours:
+                assert redis_client.client_kill_filter(_id=client["id"]) == 1
             redis_client.set(f"celery-task-meta-{missed}", _meta(missed, "SUCCESS", "stored"))
             stored = await asyncio.wait_for(second, 10)
         return published, stored
