@@ -14,10 +14,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from support.paths import REPO_ROOT
 
 from app.core.queues import Queue
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 REQUIRED_ENV = {"POSTGRES_PASSWORD": "compose-test", "EMBEDQ_FLOWER_BASIC_AUTH": "ops:compose-test"}
 
 

@@ -2,7 +2,7 @@
 
 The test plays the worker with the worker's own pieces: it takes the task message off the Redis queue and
 answers it with the worker's ReplyWriter (stored under the Celery result key, published on the message's
-``reply_to``), or stores a state with Celery's result backend; tests/test_v1_e2e.py runs a real worker.
+``reply_to``), or stores a state with Celery's result backend; tests/e2e/test_v1_e2e.py runs a real worker.
 """
 
 from __future__ import annotations
