@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
 from support.processes import start_worker
+from support.waiting import wait_job, wait_until
 
 from app.core.config import Settings, get_settings
 from app.core.queues import Queue
@@ -96,10 +96,18 @@ def test_a_worker_logs_json_with_job_and_task_ids(api, service_env, clean_state)
 
 
 def _wait_for_job_records(client: httpx.Client, worker, job_id: str, timeout: float = 180) -> list[dict]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if client.get(f"/jobs/{job_id}").json()["status"] in ("succeeded", "failed"):
-            time.sleep(0.5)  # the task's last record is written just after the job row commits
-            return [r for r in json_lines(worker.log_text()) if r.get("job_id") == job_id]
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} did not finish")
+    """Return ``worker``'s records of the job once its task has ended; none when another worker ran it."""
+    wait_job(client, job_id, {"succeeded", "failed"}, timeout=timeout)
+
+    def records() -> list[dict]:
+        return [r for r in json_lines(worker.log_text()) if r.get("job_id") == job_id]
+
+    if not records():
+        return []
+    # The task's last record (Celery's "succeeded in" or "raised") is written just after the job row commits.
+    return wait_until(
+        records,
+        30,
+        lambda seen: f"the task of job {job_id} logged no end: {seen}",
+        until=lambda seen: any("succeeded in" in r["message"] or "raised" in r["message"] for r in seen),
+    )

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
-
 import httpx
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from support.processes import start_worker
+from support.waiting import wait_job
 
 from app.cli.embedded import find_free_port
 from app.core.queues import Queue
@@ -94,7 +93,7 @@ def test_worker_metrics_move_when_a_job_runs(api, service_env, clean_state) -> N
         with httpx.Client(base_url=api.base_url, timeout=30) as client:
             for attempt in range(12):
                 job = client.post("/jobs/embeddings", json={"input": [f"metrics probe {attempt}", "a second text"]})
-                _wait_finished(client, job.json()["id"])
+                wait_job(client, job.json()["id"], timeout=180)
                 metrics = samples(httpx.get(worker_url).text)
                 if total(metrics, "embedq_worker_batch_inputs_count"):
                     break
@@ -113,12 +112,3 @@ def test_worker_metrics_move_when_a_job_runs(api, service_env, clean_state) -> N
         )
     finally:
         worker.stop()
-
-
-def _wait_finished(client: httpx.Client, job_id: str, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if client.get(f"/jobs/{job_id}").json()["status"] in ("succeeded", "failed", "cancelled"):
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} did not finish")

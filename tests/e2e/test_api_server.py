@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from support.processes import ManagedProcess, start_api
+from support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -111,7 +112,8 @@ def test_connections_past_the_limit_get_503(slow_client_api: ManagedProcess) -> 
     finally:
         for sock in idle:
             sock.close()
-    deadline = time.monotonic() + 5
-    while httpx.get(f"{slow_client_api.base_url}/healthz", timeout=5).status_code != 200:
-        assert time.monotonic() < deadline, "the API did not recover once the idle connections closed"
-        time.sleep(0.2)
+    wait_until(
+        lambda: httpx.get(f"{slow_client_api.base_url}/healthz", timeout=5).status_code == 200,
+        5,
+        "the API did not recover once the idle connections closed",
+    )

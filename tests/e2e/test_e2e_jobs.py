@@ -10,6 +10,7 @@ import httpx
 import numpy as np
 import psutil
 import pytest
+from support.waiting import wait_job, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -21,16 +22,6 @@ busy""".split()
 def mixed_texts(n: int, seed: int = 7) -> list[str]:
     rng = np.random.default_rng(seed)
     return [" ".join(rng.choice(WORDS, size=int(rng.integers(1, 120)))) for _ in range(n)]
-
-
-def wait_for(client: httpx.Client, job_id: str, statuses: set[str], timeout: float = 180) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/jobs/{job_id}").json()
-        if job["status"] in statuses:
-            return job
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} did not reach {statuses} in {timeout}s: {job}")
 
 
 def all_results(client: httpx.Client, job_id: str, fmt: str) -> list[dict]:
@@ -51,7 +42,7 @@ def test_job_embeds_like_sentence_transformers(api, worker, clean_state) -> None
     with httpx.Client(base_url=api.base_url, timeout=30) as client:
         created = client.post("/jobs/embeddings", json={"input": texts})
         assert created.status_code == 202, created.text
-        job = wait_for(client, created.json()["id"], {"succeeded", "failed", "cancelled"})
+        job = wait_job(client, created.json()["id"], timeout=180)
         assert job["status"] == "succeeded", job
         assert job["counts"] == {"total": 150, "done": 150, "failed": 0} and job["progress"] == 100
         assert job["started_at"] and job["finished_at"]
@@ -75,7 +66,7 @@ def _maps_torch(pid: int) -> bool:
 def test_worker_parent_never_loads_torch_but_its_child_does(api, worker, clean_state) -> None:
     with httpx.Client(base_url=api.base_url, timeout=30) as client:
         job = client.post("/jobs/embeddings", json={"input": ["warm the child up"]}).json()
-        assert wait_for(client, job["id"], {"succeeded"})["status"] == "succeeded"
+        assert wait_job(client, job["id"], {"succeeded"}, timeout=180)["status"] == "succeeded"
     children = psutil.Process(worker.pid).children()
     assert children, "the worker has no pool child"
     assert not _maps_torch(worker.pid)
@@ -86,7 +77,7 @@ def test_model_is_loaded_once_per_worker_process(api, worker, clean_state) -> No
     with httpx.Client(base_url=api.base_url, timeout=30) as client:
         for _ in range(3):
             job = client.post("/jobs/embeddings", json={"input": mixed_texts(5, seed=_)}).json()
-            assert wait_for(client, job["id"], {"succeeded"})["status"] == "succeeded"
+            assert wait_job(client, job["id"], {"succeeded"}, timeout=180)["status"] == "succeeded"
     loads = worker.log_text().count("loaded model sentence-transformers/all-MiniLM-L6-v2")
     assert loads == 1, worker.log_text()[-3000:]
 
@@ -95,10 +86,12 @@ def test_cancel_stops_a_running_job_between_batches(api, worker, clean_state) ->
     texts = mixed_texts(2048, seed=3)
     with httpx.Client(base_url=api.base_url, timeout=30) as client:
         job = client.post("/jobs/embeddings", json={"input": texts}).json()
-        deadline = time.monotonic() + 120
-        while client.get(f"/jobs/{job['id']}").json()["counts"]["done"] == 0:
-            assert time.monotonic() < deadline, "no batch finished in 120 s"
-            time.sleep(0.05)
+        wait_until(
+            lambda: client.get(f"/jobs/{job['id']}").json()["counts"]["done"],
+            120,
+            "no batch finished in 120 s",
+            interval=0.05,
+        )
         cancelled = client.post(f"/jobs/{job['id']}/cancel").json()
         assert cancelled["status"] == "cancelled"
         time.sleep(3)  # let the batch that was running end

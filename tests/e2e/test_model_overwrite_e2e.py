@@ -8,7 +8,6 @@ requests to both must use the new weights, with no restart and no message to eit
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ import pytest
 from celery import Celery
 from support.processes import ManagedProcess, start_worker
 from support.tiny_models import make_tiny_bert
+from support.waiting import wait_job, wait_until
 
 from app.catalog.resolver import resolve_model
 from app.core.config import get_settings
@@ -54,10 +54,13 @@ def fine_tune(client: httpx.Client, body: dict) -> None:
     created = client.post("/fine-tune", json=body)
     assert created.status_code == 200, created.text
     job_id = created.json()["job_id"]
-    deadline = time.monotonic() + 300
-    while (status := client.get(f"/train-status/{job_id}").json())["status"] in ("pending", "running"):
-        assert time.monotonic() < deadline, status
-        time.sleep(0.3)
+    status = wait_until(
+        lambda: client.get(f"/train-status/{job_id}").json(),
+        300,
+        lambda status: status,
+        until=lambda status: status["status"] not in ("pending", "running"),
+        interval=0.3,
+    )
     assert status["status"] == "completed", status
 
 
@@ -65,10 +68,7 @@ def embed_by_job(client: httpx.Client, model: str) -> np.ndarray:
     created = client.post("/jobs/embeddings", json={"input": TEXTS, "model": model})
     assert created.status_code == 202, created.text
     job_id = created.json()["id"]
-    deadline = time.monotonic() + 120
-    while (job := client.get(f"/jobs/{job_id}").json())["status"] in ("queued", "running"):
-        assert time.monotonic() < deadline, job
-        time.sleep(0.2)
+    job = wait_job(client, job_id, timeout=120)
     assert job["status"] == "succeeded", job
     return np.asarray([r["embedding"] for r in client.get(f"/jobs/{job_id}/results").json()["data"]], np.float32)
 

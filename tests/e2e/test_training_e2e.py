@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from celery import Celery
 from support.processes import ManagedProcess, start_worker
+from support.waiting import wait_job, wait_until
 
 from app.core.config import get_settings
 from app.core.db import session_scope
@@ -52,15 +53,20 @@ def training_env(service_env: dict[str, str], **extra: str) -> dict[str, str]:
 def watch(client: httpx.Client, job_id: str, until: set[str], timeout: float = 900) -> list[dict]:
     """Poll /train-status until a status in ``until``; return every answer seen."""
     seen: list[dict] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def answer() -> dict:
         r = client.get(f"/train-status/{job_id}")
         assert r.status_code == 200, r.text
         seen.append(r.json())
-        if seen[-1]["status"] in until:
-            return seen
-        time.sleep(0.2)
-    raise AssertionError(f"training job {job_id} did not reach {until} in {timeout}s: {seen[-1]}")
+        return seen[-1]
+
+    wait_until(
+        answer,
+        timeout,
+        lambda last: f"training job {job_id} did not reach {until} in {timeout}s: {last}",
+        until=lambda status: status["status"] in until,
+    )
+    return seen
 
 
 def wait_steps(client: httpx.Client, job_id: str, at_least: int) -> dict:
@@ -80,10 +86,7 @@ def embed_by_job(client: httpx.Client, model: str | None) -> np.ndarray:
     created = client.post("/jobs/embeddings", json=body)
     assert created.status_code == 202, created.text
     job_id = created.json()["id"]
-    deadline = time.monotonic() + 300
-    while (job := client.get(f"/jobs/{job_id}").json())["status"] in ("queued", "running"):
-        assert time.monotonic() < deadline, job
-        time.sleep(0.2)
+    job = wait_job(client, job_id)
     assert job["status"] == "succeeded", job
     rows = client.get(f"/jobs/{job_id}/results").json()["data"]
     return np.asarray([r["embedding"] for r in rows], dtype=np.float32)
@@ -171,10 +174,12 @@ def test_cancel_stops_training_and_registers_nothing(api, worker, training_worke
         running = wait_steps(client, job_id, at_least=1)
         cancelled = client.post(f"/jobs/{job_id}/cancel")
         assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
-        deadline = time.monotonic() + 300
-        while (models_dir / ".training" / job_id).exists():
-            assert time.monotonic() < deadline, "the cancelled job's work folder is still there"
-            time.sleep(0.5)
+        wait_until(
+            lambda: not (models_dir / ".training" / job_id).exists(),
+            300,
+            "the cancelled job's work folder is still there",
+            interval=0.5,
+        )
         status = client.get(f"/train-status/{job_id}").json()
         assert status["status"] == "cancelled" and status["model"] is None
         assert running["steps"] <= status["steps"] < status["total_steps"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -20,6 +19,7 @@ import pytest
 from fastapi.testclient import TestClient
 from support.processes import ManagedProcess, start_api, start_worker
 from support.texts import mixed_texts
+from support.waiting import wait_job, wait_until
 
 from app.core.config import DEFAULT_MODEL, get_settings
 from app.inference.dispatch import request
@@ -90,10 +90,7 @@ def job_vectors(http: httpx.Client, texts: list[str]) -> np.ndarray:
     created = http.post("/jobs/embeddings", json={"input": texts, "model": DEFAULT_MODEL})
     assert created.status_code == 202, created.text
     job_id = created.json()["id"]
-    deadline = time.monotonic() + 300
-    while (job := http.get(f"/jobs/{job_id}").json())["status"] not in ("succeeded", "failed", "cancelled"):
-        assert time.monotonic() < deadline, job
-        time.sleep(0.2)
+    job = wait_job(http, job_id)
     assert job["status"] == "succeeded", job
     page = http.get(f"/jobs/{job_id}/results", params={"limit": len(texts)}).json()
     return np.asarray([item["embedding"] for item in page["data"]], dtype=np.float32)
@@ -215,9 +212,12 @@ def test_a_request_still_queued_when_its_caller_gives_up_is_dropped_unrun(
 
     timed_out = asyncio.run(scenario())
     task_id = timed_out.extra["request_id"]
-    deadline = time.monotonic() + 60
-    while (stored := redis_client.get(f"celery-task-meta-{task_id}")) is None:
-        assert time.monotonic() < deadline, "the worker never answered the dropped request"
-        time.sleep(0.1)
+    stored = wait_until(
+        lambda: redis_client.get(f"celery-task-meta-{task_id}"),
+        60,
+        "the worker never answered the dropped request",
+        until=lambda answer: answer is not None,
+        interval=0.1,
+    )
     reply = json.loads(stored)["result"]
     assert reply["error"]["status"] == 504 and "stopped waiting before the request ran" in reply["error"]["message"]

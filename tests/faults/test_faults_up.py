@@ -29,6 +29,7 @@ from support.up import (
     wait_for_banner,
     wait_for_log,
 )
+from support.waiting import wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e]
 
@@ -92,12 +93,8 @@ def ingest(http: httpx.Client, name: str) -> str:
     return sent.json()["id"]
 
 
-def wait_job(http: httpx.Client, job_id: str, until, timeout: float = 600) -> dict:
-    deadline = time.monotonic() + timeout
-    while not until(job := http.get(f"/jobs/{job_id}").json()):
-        assert time.monotonic() < deadline, job
-        time.sleep(0.3)
-    return job
+def wait_job_until(http: httpx.Client, job_id: str, until, timeout: float = 600) -> dict:
+    return wait_until(lambda: http.get(f"/jobs/{job_id}").json(), timeout, lambda job: job, until=until, interval=0.3)
 
 
 def wait_answers_ping(ports: Ports, node: str, timeout: float = 60) -> float:
@@ -124,7 +121,7 @@ def chunks_of(http: httpx.Client, name: str) -> Counter[tuple[str, str]]:
 def test_killed_workers_come_back_and_nothing_is_lost_or_doubled(up: UpRun, ports: Ports) -> None:
     api = f"http://127.0.0.1:{ports.api}"
     with httpx.Client(base_url=api, timeout=120) as http:
-        control = wait_job(http, ingest(http, "control"), finished)
+        control = wait_job_until(http, ingest(http, "control"), finished)
         assert control["status"] == "succeeded", control
         total_chunks = control["ingest"]["chunks"]["done"]
         assert total_chunks >= 2000, control
@@ -132,14 +129,14 @@ def test_killed_workers_come_back_and_nothing_is_lost_or_doubled(up: UpRun, port
         health = Prober(lambda: httpx.get(f"{api}/healthz", timeout=5).status_code)
         health.start()
         job_id = ingest(http, "faulted")
-        wait_job(http, job_id, lambda job: job["ingest"]["chunks"]["done"] >= total_chunks // 5)
+        wait_job_until(http, job_id, lambda job: job["ingest"]["chunks"]["done"] >= total_chunks // 5)
         worker = child_process(up, " worker -Q inference")
         killed_at = time.monotonic()
         worker.kill()
         wait_for_log(up, "worker exited with code -9; restarting it in 1.0 s (restart 1)")
         wait_for_log(up, "restarted worker (pid")
         back_after = wait_answers_ping(ports, f"celery@{socket.gethostname()}") - killed_at
-        job = wait_job(http, job_id, finished)
+        job = wait_job_until(http, job_id, finished)
         outcomes = health.stop()
 
         assert back_after <= WORKER_BACK_WITHIN_S, back_after
@@ -160,11 +157,13 @@ def test_killed_workers_come_back_and_nothing_is_lost_or_doubled(up: UpRun, port
         killed_at = time.monotonic()
         sync_worker.kill()
         wait_for_log(up, "sync-worker exited with code -9")
-        deadline = time.monotonic() + 120
-        while not [o for t, o in clients.outcomes if t > killed_at + 1 and o == "200"]:
-            assert time.monotonic() < deadline, clients.outcomes[-10:]
-            time.sleep(0.5)
-        recovered_at = next(t for t, o in clients.outcomes if t > killed_at + 1 and o == "200")
+        recovered_at = wait_until(
+            lambda: next((t for t, o in clients.outcomes if t > killed_at + 1 and o == "200"), None),
+            120,
+            lambda _: clients.outcomes[-10:],
+            until=lambda t: t is not None,
+            interval=0.5,
+        )
         time.sleep(3)
         outcomes = clients.stop()
     assert {o for _, o in outcomes} <= {"200", "504"}, Counter(o for _, o in outcomes)

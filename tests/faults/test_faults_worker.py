@@ -20,6 +20,7 @@ from sqlalchemy import select
 from support.faults import FaultStack, exactly_once, fault_stack, submit
 from support.processes import ManagedProcess, start_api, start_worker
 from support.texts import SENTENCES
+from support.waiting import wait_until
 
 from app.models.training import TrainingRun
 
@@ -119,10 +120,12 @@ def test_a_message_held_past_the_visibility_timeout_is_not_redelivered(clean: Fa
         task_id = control.send_task(
             "embed.batch", args=[str(uuid.uuid4()), 0, 16], queue="inference", countdown=20, ignore_result=True
         ).id
-        deadline = time.monotonic() + 120
-        while f"Task embed.batch[{task_id}] succeeded" not in worker.log_text():
-            assert time.monotonic() < deadline, worker.log_tail()
-            time.sleep(0.5)
+        wait_until(
+            lambda: f"Task embed.batch[{task_id}] succeeded" in worker.log_text(),
+            120,
+            lambda _: worker.log_tail(),
+            interval=0.5,
+        )
         assert worker.log_text().count(f"Task embed.batch[{task_id}] received") == 1, worker.log_tail()
     finally:
         control.close()
@@ -152,10 +155,13 @@ def test_training_worker_killed_mid_epoch_resumes_from_its_checkpoint(
         created = httpx.post(f"{fault_api.base_url}/fine-tune-lora", json=body, timeout=60)
         assert created.status_code in (200, 202), created.text
         job_id = str(created.json()["job_id"])
-        deadline = time.monotonic() + 600
-        while (saved := checkpoint_step(clean, job_id)) is None:
-            assert time.monotonic() < deadline, f"no checkpoint in 600s\n{worker.log_tail()}"
-            time.sleep(0.5)
+        saved = wait_until(
+            lambda: checkpoint_step(clean, job_id),
+            600,
+            lambda _: f"no checkpoint in 600s\n{worker.log_tail()}",
+            until=lambda step: step is not None,
+            interval=0.5,
+        )
         worker.kill()
     finally:
         worker.stop()
