@@ -12,17 +12,18 @@ from pathlib import Path
 import pytest
 import redis
 from fastapi.testclient import TestClient
+from support.settings import SettingsEnv
 from support.tiny_m3 import make_tiny_m3
 from support.tiny_models import make_tiny_bert
 
 from app.catalog.loads import KEY_PREFIX, LOAD_RECORD_TTL_S
-from app.core.config import DEFAULT_MODEL, get_settings
+from app.core.config import DEFAULT_MODEL
 from app.main import create_app
 from workers.runtime import registry
 
 
 @pytest.fixture
-def models_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def models_dir(tmp_path: Path, settings_env: SettingsEnv) -> Iterator[Path]:
     folder = tmp_path / "models"
     make_tiny_bert(folder / "acme" / "tiny-bert", pooling="cls")
     make_tiny_m3(folder / "tiny-m3")
@@ -30,14 +31,14 @@ def models_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
         "fast-bert": {"name": "acme/tiny-bert", "precision": "int8", "family": "e5"},
         "hybrid": {"name": "tiny-m3"},
     }
-    monkeypatch.setenv("EMBEDQ_MODELS_DIR", str(folder))
-    monkeypatch.setenv("EMBEDQ_MODEL_MAPPING", json.dumps(mapping))
-    monkeypatch.setenv("EMBEDQ_ONNX_DIR", str(tmp_path / "onnx"))
-    get_settings.cache_clear()
+    settings_env.set(
+        EMBEDQ_MODELS_DIR=str(folder),
+        EMBEDQ_MODEL_MAPPING=json.dumps(mapping),
+        EMBEDQ_ONNX_DIR=str(tmp_path / "onnx"),
+    )
     registry.unload_all()
     yield folder
     registry.unload_all()
-    get_settings.cache_clear()
 
 
 @pytest.fixture
@@ -121,9 +122,8 @@ def test_a_worker_load_shows_in_the_model_and_goes_on_unload(client: TestClient,
     assert client.get("/v1/models/fast-bert").json()["loaded"] is False
 
 
-def test_models_still_list_when_redis_is_down(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("EMBEDQ_REDIS_URL", "redis://127.0.0.1:1/0")
-    get_settings.cache_clear()
+def test_models_still_list_when_redis_is_down(client: TestClient, settings_env: SettingsEnv) -> None:
+    settings_env.set(EMBEDQ_REDIS_URL="redis://127.0.0.1:1/0")
     body = client.get("/v1/models").json()
     assert any(model["id"] == "acme/tiny-bert" for model in body["data"])
 

@@ -11,19 +11,20 @@ import importlib.util
 import json
 import logging
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from support.settings import SettingsEnv
 from support.tiny_models import make_tiny_bert
 
 from app.catalog import sources
 from app.catalog.resolver import InvalidModelNameError, ResolvedModel, UnknownModelError, known_models, resolve_model
 from app.catalog.sources import HubCandidate, ModelDownloadError, ModelScopeMissingError, fetch, hub_order
 from app.cli.main import main as cli
-from app.core.config import DEFAULT_MODEL, DEFAULT_MODELSCOPE_MAPPING, Settings, get_settings
+from app.core.config import DEFAULT_MODEL, DEFAULT_MODELSCOPE_MAPPING, Settings
 from workers.runtime.encoder import Encoder
 
 GTE = "damo/nlp_gte_sentence-embedding_chinese-base"
@@ -328,13 +329,10 @@ def test_traversal_names_are_refused_everywhere(name: str, tmp_path: Path) -> No
 
 
 @pytest.fixture
-def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    monkeypatch.setenv("EMBEDQ_MODELS_DIR", str(tmp_path / "models"))
-    monkeypatch.setenv("EMBEDQ_STATE_DIR", str(tmp_path))
-    monkeypatch.delenv("EMBEDQ_REDIS_URL", raising=False)
-    get_settings.cache_clear()
-    yield tmp_path / "models"
-    get_settings.cache_clear()
+def cli_env(tmp_path: Path, settings_env: SettingsEnv) -> Path:
+    settings_env.set(EMBEDQ_MODELS_DIR=str(tmp_path / "models"), EMBEDQ_STATE_DIR=str(tmp_path))
+    settings_env.unset("EMBEDQ_REDIS_URL")
+    return tmp_path / "models"
 
 
 def test_pull_into_models_dir_then_list(tiny: Path, cli_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:

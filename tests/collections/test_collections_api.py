@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pyarrow.parquet as pq
 import pytest
 from fastapi.testclient import TestClient
+from support.settings import SettingsEnv
 from support.tiny_models import make_tiny_bert
 
 from app.core.config import get_settings
@@ -26,12 +27,10 @@ def tiny_model(session_services) -> None:
 
 
 @pytest.fixture
-def client(clean_state, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
-    monkeypatch.setenv("EMBEDQ_INGEST_BATCH_DOCUMENTS", "3")
-    get_settings.cache_clear()
+def client(clean_state, settings_env: SettingsEnv) -> Iterator[TestClient]:
+    settings_env.set(EMBEDQ_INGEST_BATCH_DOCUMENTS="3")
     with TestClient(create_app()) as test_client:
         yield test_client
-    get_settings.cache_clear()
 
 
 def create(client: TestClient, name: str = "docs", **extra) -> dict:

@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 from support.ingestion import drain
+from support.settings import SettingsEnv
 from support.texts import SENTENCES
 from support.tiny_models import make_tiny_bert
 
@@ -27,7 +28,7 @@ from app.collections.search import search as search_collection
 from app.collections.upload_items import UploadOptions
 from app.collections.uploads import UploadReader
 from app.collections.vector_store import VectorStore, vector_table
-from app.core.config import get_settings
+from app.core.config import Settings, get_settings
 from app.core.errors import ConflictError, InvalidRequestError
 from app.core.security import Principal
 from app.jobs.schemas import JobOut
@@ -52,11 +53,9 @@ def tiny_models(session_services) -> None:
 
 
 @pytest.fixture
-def settings(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("EMBEDQ_INGEST_BATCH_DOCUMENTS", "8")
-    get_settings.cache_clear()
-    yield get_settings()
-    get_settings.cache_clear()
+def settings(settings_env: SettingsEnv) -> Settings:
+    settings_env.set(EMBEDQ_INGEST_BATCH_DOCUMENTS="8")
+    return get_settings()
 
 
 def long_text(i: int) -> str:

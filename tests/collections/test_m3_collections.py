@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 from support.ingestion import drain
+from support.settings import SettingsEnv
 from support.tiny_m3 import make_tiny_m3
 from support.tiny_models import make_tiny_bert
 
@@ -25,7 +26,7 @@ from app.collections.search import search as search_collection
 from app.collections.upload_items import UploadOptions
 from app.collections.uploads import UploadReader
 from app.collections.vector_store import VectorStore, vector_table
-from app.core.config import get_settings
+from app.core.config import Settings, get_settings
 from app.core.errors import EmbedqError
 from app.core.security import Principal
 from app.models.collection import Chunk
@@ -56,9 +57,8 @@ def models(session_services) -> None:
 
 
 @pytest.fixture
-def settings():
-    get_settings.cache_clear()
-    yield get_settings()
+def settings(settings_env: SettingsEnv) -> Settings:
+    return get_settings()
 
 
 def ingest(session: Session, scope, settings, name: str, model: str) -> Job:

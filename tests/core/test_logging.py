@@ -10,9 +10,10 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 from support.processes import start_worker
+from support.settings import SettingsEnv
 from support.waiting import wait_job, wait_until
 
-from app.core.config import Settings, get_settings
+from app.core.config import Settings
 from app.core.queues import Queue
 from app.observability.logging import configure_logging, log_context
 from workers.observability import job_id_of
@@ -62,18 +63,14 @@ def test_the_job_id_of_a_task_is_its_first_uuid_argument_or_job_id_keyword() -> 
 
 
 def test_api_requests_about_a_job_log_its_id(
-    clean_state, restore_root_logging, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    clean_state, restore_root_logging, settings_env: SettingsEnv, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("EMBEDQ_LOG_FORMAT", "json")
-    get_settings.cache_clear()
-    try:
-        from app.main import create_app
+    from app.main import create_app
 
-        client = TestClient(create_app())
-        job = client.post("/jobs/embeddings", json={"input": ["a"]}).json()
-        client.post(f"/jobs/{job['id']}/cancel")
-    finally:
-        get_settings.cache_clear()
+    settings_env.set(EMBEDQ_LOG_FORMAT="json")
+    client = TestClient(create_app())
+    job = client.post("/jobs/embeddings", json={"input": ["a"]}).json()
+    client.post(f"/jobs/{job['id']}/cancel")
     finished = [r for r in json_lines(capsys.readouterr().err) if "finished: cancelled" in r["message"]]
     assert finished and finished[0]["job_id"] == job["id"]
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import httpx
-import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from support.processes import start_worker
+from support.settings import SettingsEnv
 from support.waiting import wait_job
 
 from app.cli.embedded import find_free_port
@@ -67,15 +67,9 @@ def test_api_metrics_move_when_a_job_is_queued_and_cancelled(clean_state) -> Non
     )
 
 
-def test_metrics_report_an_unreachable_redis_instead_of_failing(clean_state, monkeypatch: pytest.MonkeyPatch) -> None:
-    from app.core.config import get_settings
-
-    monkeypatch.setenv("EMBEDQ_REDIS_URL", "redis://127.0.0.1:1/0")
-    get_settings.cache_clear()
-    try:
-        r = TestClient(create_app()).get("/metrics")
-    finally:
-        get_settings.cache_clear()
+def test_metrics_report_an_unreachable_redis_instead_of_failing(clean_state, settings_env: SettingsEnv) -> None:
+    settings_env.set(EMBEDQ_REDIS_URL="redis://127.0.0.1:1/0")
+    r = TestClient(create_app()).get("/metrics")
     assert r.status_code == 200
     metrics = samples(r.text)
     assert value(metrics, "embedq_scrape_source_up", source="redis") == 0

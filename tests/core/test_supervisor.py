@@ -10,10 +10,11 @@ from pathlib import Path
 import psutil
 import pytest
 from fastapi.testclient import TestClient
+from support.settings import SettingsEnv
 
 from app.cli.supervisor import ProcessSupervisor, RestartPolicy
 from app.cli.up import FLOWER_AUTH_FILE, flower_env
-from app.core.config import Settings, get_settings
+from app.core.config import Settings
 from app.core.queues import Queue
 from app.health import service as health
 from app.health.children import ChildState, ChildStatus, read_children, write_children
@@ -99,11 +100,10 @@ def readiness_everything_else_ok(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_readyz_names_a_child_that_is_down(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, readiness_everything_else_ok: None
+    tmp_path: Path, settings_env: SettingsEnv, readiness_everything_else_ok: None
 ) -> None:
     state_file = tmp_path / "up-children.json"
-    monkeypatch.setenv("EMBEDQ_SUPERVISOR_STATE_FILE", str(state_file))
-    get_settings.cache_clear()
+    settings_env.set(EMBEDQ_SUPERVISOR_STATE_FILE=str(state_file))
     client = TestClient(create_app())
     write_children(state_file, [ChildStatus("api", ChildState.RUNNING), ChildStatus("worker", ChildState.RUNNING)])
     assert client.get("/readyz").json()["checks"]["processes"] == "ok"
@@ -120,7 +120,6 @@ def test_readyz_names_a_child_that_is_down(
     [line] = [line for line in r.json()["not_ready"] if line.startswith("processes:")]
     assert line.startswith("processes: worker: exited with code -9, restarting in 2 s (restart 2)"), line
     assert "flower: exited with code 1 and crashed too often to restart" in line
-    get_settings.cache_clear()
 
 
 @pytest.mark.parametrize(
@@ -134,13 +133,9 @@ def test_readyz_names_a_child_that_is_down(
     ids=["no key", "unknown key", "admin key", "details public"],
 )
 def test_readyz_details_need_an_admin_key_when_auth_is_on(
-    monkeypatch: pytest.MonkeyPatch, readiness_everything_else_ok: None, env: dict, key: str | None, detailed: bool
+    settings_env: SettingsEnv, readiness_everything_else_ok: None, env: dict, key: str | None, detailed: bool
 ) -> None:
-    monkeypatch.setenv("EMBEDQ_AUTH_DISABLED", "false")
-    monkeypatch.setenv("EMBEDQ_API_KEYS", "admin-key")
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    get_settings.cache_clear()
+    settings_env.set(EMBEDQ_AUTH_DISABLED="false", EMBEDQ_API_KEYS="admin-key", **env)
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     r = TestClient(create_app()).get("/readyz", headers=headers)
     assert r.status_code == 503  # queues nobody consumes
@@ -148,7 +143,6 @@ def test_readyz_details_need_an_admin_key_when_auth_is_on(
         assert r.json()["not_ready"] and "w@h" in r.text
     else:
         assert r.json() == {"ready": False}
-    get_settings.cache_clear()
 
 
 def test_flower_gets_a_login_generated_once_whenever_api_auth_is_on(tmp_path: Path) -> None:

@@ -18,10 +18,11 @@ import openai
 import pytest
 from fastapi.testclient import TestClient
 from support.processes import ManagedProcess, start_api, start_worker
+from support.settings import SettingsEnv
 from support.texts import mixed_texts
 from support.waiting import wait_job, wait_until
 
-from app.core.config import DEFAULT_MODEL, get_settings
+from app.core.config import DEFAULT_MODEL
 from app.inference.dispatch import request
 from app.inference.errors import InferenceTimeoutError
 from app.main import create_app
@@ -72,12 +73,10 @@ def client(sync_api: ManagedProcess) -> openai.OpenAI:
 
 
 @pytest.fixture
-def in_process(sync_env: dict[str, str], sync_worker: ManagedProcess, monkeypatch: pytest.MonkeyPatch):
-    """Yield a monkeypatch for an in-process API (get_settings re-read) that uses this module's sync worker."""
-    monkeypatch.setenv("EMBEDQ_SYNC_QUEUE", sync_env["EMBEDQ_SYNC_QUEUE"])
-    get_settings.cache_clear()
-    yield monkeypatch
-    get_settings.cache_clear()
+def in_process(sync_env: dict[str, str], sync_worker: ManagedProcess, settings_env: SettingsEnv) -> SettingsEnv:
+    """Return the settings overrides of an in-process API that uses this module's sync worker."""
+    settings_env.set(EMBEDQ_SYNC_QUEUE=sync_env["EMBEDQ_SYNC_QUEUE"])
+    return settings_env
 
 
 def nonempty_texts(count: int, seed: int) -> list[str]:
@@ -189,9 +188,8 @@ def test_concurrent_requests_are_batched_together_and_each_gets_its_own_vectors(
     np.testing.assert_allclose(got, alone, **CLOSE)
 
 
-def test_with_truncation_off_an_overlong_input_is_a_400_naming_it(in_process: pytest.MonkeyPatch) -> None:
-    in_process.setenv("EMBEDQ_TRUNCATE", "false")
-    get_settings.cache_clear()
+def test_with_truncation_off_an_overlong_input_is_a_400_naming_it(in_process: SettingsEnv) -> None:
+    in_process.set(EMBEDQ_TRUNCATE="false")
     r = TestClient(create_app()).post("/v1/embeddings", json={"input": ["short", "word " * 400]})
     assert r.status_code == 400, r.text
     error = r.json()["error"]
@@ -199,7 +197,7 @@ def test_with_truncation_off_an_overlong_input_is_a_400_naming_it(in_process: py
 
 
 def test_a_request_still_queued_when_its_caller_gives_up_is_dropped_unrun(
-    in_process: pytest.MonkeyPatch, redis_client
+    in_process: SettingsEnv, redis_client
 ) -> None:
     async def scenario() -> InferenceTimeoutError:
         # A long batch keeps the worker busy; the short request behind it times out before its turn.

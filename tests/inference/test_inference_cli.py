@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 import pytest
+from support.settings import SettingsEnv
 
 from app.cli.up import Supervisor, UpOptions
 from app.core.config import get_settings
@@ -59,11 +60,7 @@ def test_a_worker_running_torch_in_its_own_process_shortens_openmps_spin(
 
 @pytest.mark.parametrize("name", ["EMBEDQ_SYNC_WORKER_REQUESTS", "EMBEDQ_SYNC_WORKER_THREADS"])
 def test_the_requests_a_sync_worker_holds_are_a_setting_under_its_old_name_too(
-    name: str, monkeypatch: pytest.MonkeyPatch
+    name: str, settings_env: SettingsEnv
 ) -> None:
-    monkeypatch.setenv(name, "7")
-    get_settings.cache_clear()
-    try:
-        assert get_settings().sync_worker_requests == 7
-    finally:
-        get_settings.cache_clear()
+    settings_env.set(**{name: "7"})
+    assert get_settings().sync_worker_requests == 7

@@ -12,13 +12,13 @@ import base64
 import json
 import secrets
 import time
-from collections.abc import Iterator
 from concurrent.futures import Future
 from typing import Any
 
 import pytest
 import redis
 from celery import states
+from support.settings import SettingsEnv
 
 from app.core.celery import celery_client
 from app.core.config import get_settings
@@ -31,13 +31,11 @@ from workers.inference.replies import ReplyWriter
 
 
 @pytest.fixture
-def queue(monkeypatch: pytest.MonkeyPatch, clean_state: None) -> Iterator[str]:
-    """Yield a sync queue name of this test's own (nobody consumes it)."""
+def queue(settings_env: SettingsEnv, clean_state: None) -> str:
+    """Return a sync queue name of this test's own (nobody consumes it)."""
     name = f"sync-test-{secrets.token_hex(3)}"
-    monkeypatch.setenv("EMBEDQ_SYNC_QUEUE", name)
-    get_settings.cache_clear()
-    yield name
-    get_settings.cache_clear()
+    settings_env.set(EMBEDQ_SYNC_QUEUE=name)
+    return name
 
 
 def take_message(client: redis.Redis, queue: str, timeout: float = 30) -> dict[str, Any]:

@@ -13,11 +13,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from support.settings import SettingsEnv
 from support.texts import mixed_texts
 from support.tiny_models import make_tiny_bert
 
 from app.catalog.resolver import ResolvedModel, resolve_model
-from app.core.config import DEFAULT_MODEL, Settings, get_settings
+from app.core.config import DEFAULT_MODEL, Settings
 from workers.inference.embed_ops import embed, tokenize
 from workers.inference.ops import OpError, Payload, Result, get_op, register_op, weight_of
 from workers.inference.service import handle_request
@@ -175,38 +176,30 @@ def test_weight_is_the_number_of_inputs() -> None:
 
 
 @pytest.mark.parametrize("batching", ["true", "false"])
-def test_handle_request_replies_with_the_result_or_the_error(batching: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("EMBEDQ_ENABLE_DYNAMIC_BATCHING", batching)
-    get_settings.cache_clear()
-    try:
-        reply = handle_request("embed", DEFAULT_MODEL, {"texts": ["a", "b"]})
-        assert reply["batch"] == {"requests": 1, "inputs": 2} and reply["result"]["count"] == 2
-        missing = handle_request("embed", "no-such-model", {"texts": ["a"]})
-        assert missing["error"]["status"] == 404 and missing["error"]["code"] == "model_not_found"
-        assert handle_request("nope", DEFAULT_MODEL, {})["error"]["code"] == "unknown_op"
-        late = handle_request("embed", DEFAULT_MODEL, {"texts": ["a"]}, deadline=1.0)
-        assert late["error"]["status"] == 504
-    finally:
-        get_settings.cache_clear()
+def test_handle_request_replies_with_the_result_or_the_error(batching: str, settings_env: SettingsEnv) -> None:
+    settings_env.set(EMBEDQ_ENABLE_DYNAMIC_BATCHING=batching)
+    reply = handle_request("embed", DEFAULT_MODEL, {"texts": ["a", "b"]})
+    assert reply["batch"] == {"requests": 1, "inputs": 2} and reply["result"]["count"] == 2
+    missing = handle_request("embed", "no-such-model", {"texts": ["a"]})
+    assert missing["error"]["status"] == 404 and missing["error"]["code"] == "model_not_found"
+    assert handle_request("nope", DEFAULT_MODEL, {})["error"]["code"] == "unknown_op"
+    late = handle_request("embed", DEFAULT_MODEL, {"texts": ["a"]}, deadline=1.0)
+    assert late["error"]["status"] == 504
 
 
 @pytest.mark.parametrize("batching", ["true", "false"])
-def test_every_request_runs_on_one_engine_thread_whoever_submits_it(batching: str, monkeypatch) -> None:
+def test_every_request_runs_on_one_engine_thread_whoever_submits_it(batching: str, settings_env: SettingsEnv) -> None:
     """Model loads and forward passes share one thread (batcher.process_batcher says why), batching on or off."""
-    monkeypatch.setenv("EMBEDQ_ENABLE_DYNAMIC_BATCHING", batching)
-    get_settings.cache_clear()
-    try:
-        warm = handle_request("warm_up", DEFAULT_MODEL, {})
-        assert warm["result"] == {"model": DEFAULT_MODEL}
+    settings_env.set(EMBEDQ_ENABLE_DYNAMIC_BATCHING=batching)
+    warm = handle_request("warm_up", DEFAULT_MODEL, {})
+    assert warm["result"] == {"model": DEFAULT_MODEL}
 
-        def ask(_: int) -> tuple[int, dict[str, Any]]:
-            return threading.get_ident(), handle_request("test_thread_of", DEFAULT_MODEL, {})
+    def ask(_: int) -> tuple[int, dict[str, Any]]:
+        return threading.get_ident(), handle_request("test_thread_of", DEFAULT_MODEL, {})
 
-        with ThreadPoolExecutor(4) as pool:
-            replies = list(pool.map(ask, range(12)))
-        engines = {reply["result"]["thread"] for _, reply in replies}
-        callers = {caller for caller, _ in replies}
-        assert len(engines) == 1 and not engines & callers, (engines, callers)
-        assert engines != {threading.get_ident()}
-    finally:
-        get_settings.cache_clear()
+    with ThreadPoolExecutor(4) as pool:
+        replies = list(pool.map(ask, range(12)))
+    engines = {reply["result"]["thread"] for _, reply in replies}
+    callers = {caller for caller, _ in replies}
+    assert len(engines) == 1 and not engines & callers, (engines, callers)
+    assert engines != {threading.get_ident()}

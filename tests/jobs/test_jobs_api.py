@@ -7,6 +7,7 @@ import uuid
 
 import pytest
 from fastapi.testclient import TestClient
+from support.settings import SettingsEnv
 
 from app.main import create_app
 
@@ -101,20 +102,13 @@ def test_cancel_over_http(client: TestClient) -> None:
     assert client.post(f"/jobs/{job['id']}/cancel").json()["status"] == "cancelled"
 
 
-def test_api_keys_are_enforced_when_configured(clean_state, monkeypatch: pytest.MonkeyPatch) -> None:
-    from app.core.config import get_settings
-
-    monkeypatch.setenv("EMBEDQ_API_KEYS", '["sk-test-1"]')
-    monkeypatch.setenv("EMBEDQ_AUTH_DISABLED", "false")
-    get_settings.cache_clear()
-    try:
-        client = TestClient(create_app())
-        assert client.get("/jobs").status_code == 401
-        assert client.get("/jobs", headers={"Authorization": "Bearer wrong"}).status_code == 401
-        assert client.get("/jobs", headers={"Authorization": "Bearer sk-test-1"}).status_code == 200
-        assert client.get("/healthz").status_code == 200
-    finally:
-        get_settings.cache_clear()
+def test_api_keys_are_enforced_when_configured(clean_state, settings_env: SettingsEnv) -> None:
+    settings_env.set(EMBEDQ_API_KEYS='["sk-test-1"]', EMBEDQ_AUTH_DISABLED="false")
+    client = TestClient(create_app())
+    assert client.get("/jobs").status_code == 401
+    assert client.get("/jobs", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert client.get("/jobs", headers={"Authorization": "Bearer sk-test-1"}).status_code == 200
+    assert client.get("/healthz").status_code == 200
 
 
 def test_readyz_names_missing_workers(client: TestClient) -> None:
@@ -126,13 +120,7 @@ def test_readyz_names_missing_workers(client: TestClient) -> None:
         assert r.status_code == 503 and "embedq worker" in body["checks"]["workers"]
 
 
-def test_redis_down_is_reported_by_readyz(clean_state, monkeypatch: pytest.MonkeyPatch) -> None:
-    from app.core.config import get_settings
-
-    monkeypatch.setenv("EMBEDQ_REDIS_URL", "redis://127.0.0.1:1/0")
-    get_settings.cache_clear()
-    try:
-        r = TestClient(create_app()).get("/readyz")
-        assert r.status_code == 503 and r.json()["checks"]["redis"].startswith("unreachable")
-    finally:
-        get_settings.cache_clear()
+def test_redis_down_is_reported_by_readyz(clean_state, settings_env: SettingsEnv) -> None:
+    settings_env.set(EMBEDQ_REDIS_URL="redis://127.0.0.1:1/0")
+    r = TestClient(create_app()).get("/readyz")
+    assert r.status_code == 503 and r.json()["checks"]["redis"].startswith("unreachable")

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
+from support.settings import SettingsEnv
 
-from app.core.config import get_settings
+from app.core.config import Settings, get_settings
 from app.core.errors import ConflictError, InvalidRequestError
 from app.core.security import Principal
 from app.jobs import service
@@ -34,12 +35,9 @@ def failing_encoder(model: str, texts: list[str]) -> np.ndarray:
 
 
 @pytest.fixture
-def settings(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("EMBEDQ_JOB_BATCH_SIZE", "4")
-    monkeypatch.setenv("EMBEDQ_MAX_INPUTS_PER_JOB", "20")
-    get_settings.cache_clear()
-    yield get_settings()
-    get_settings.cache_clear()
+def settings(settings_env: SettingsEnv) -> Settings:
+    settings_env.set(EMBEDQ_JOB_BATCH_SIZE="4", EMBEDQ_MAX_INPUTS_PER_JOB="20")
+    return get_settings()
 
 
 def make_job(session: Session, settings, n: int = 10, **kw) -> Job:

@@ -14,6 +14,7 @@ import redis
 from kombu import Connection
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session
+from support.settings import SettingsEnv
 
 from app.core.celery import celery_client
 from app.core.config import Settings, get_settings
@@ -38,12 +39,9 @@ def fake_vectors(model: str, texts: list[str]) -> np.ndarray:
 
 
 @pytest.fixture
-def settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
-    monkeypatch.setenv("EMBEDQ_JOB_BATCH_SIZE", "4")
-    monkeypatch.setenv("EMBEDQ_REAPER_MAX_REQUEUES", "2")
-    get_settings.cache_clear()
-    yield get_settings()
-    get_settings.cache_clear()
+def settings(settings_env: SettingsEnv) -> Settings:
+    settings_env.set(EMBEDQ_JOB_BATCH_SIZE="4", EMBEDQ_REAPER_MAX_REQUEUES="2")
+    return get_settings()
 
 
 def make_job(session: Session, settings: Settings, n: int = 10) -> Job:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from support.settings import SettingsEnv
 from support.tiny_models import make_tiny_bert
 
 from app.catalog.loads import ModelLoad, record_load
@@ -29,13 +30,14 @@ SCRAPE_TOKEN = "scrape-token-for-tests"
 
 
 @pytest.fixture
-def client(clean_state, redis_client, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
-    monkeypatch.setenv("EMBEDQ_AUTH_DISABLED", "false")
-    monkeypatch.delenv("EMBEDQ_API_KEYS", raising=False)
-    monkeypatch.setenv("EMBEDQ_SYNC_TIMEOUT_S", "0.3")
-    monkeypatch.setenv("EMBEDQ_WEBHOOK_ALLOWED_CIDRS", "")
-    monkeypatch.setenv("EMBEDQ_METRICS_TOKEN", SCRAPE_TOKEN)
-    get_settings.cache_clear()
+def client(clean_state, redis_client, settings_env: SettingsEnv) -> Iterator[TestClient]:
+    settings_env.set(
+        EMBEDQ_AUTH_DISABLED="false",
+        EMBEDQ_SYNC_TIMEOUT_S="0.3",
+        EMBEDQ_WEBHOOK_ALLOWED_CIDRS="",
+        EMBEDQ_METRICS_TOKEN=SCRAPE_TOKEN,
+    )
+    settings_env.unset("EMBEDQ_API_KEYS")
     settings = get_settings()
     assert settings.models_dir is not None
     folder = settings.models_dir / TUNED
@@ -48,7 +50,6 @@ def client(clean_state, redis_client, monkeypatch: pytest.MonkeyPatch) -> Iterat
     record_load(redis_client, planted_load(str(folder)))
     with TestClient(create_app()) as test_client:
         yield test_client
-    get_settings.cache_clear()
 
 
 def planted_load(path: str) -> ModelLoad:

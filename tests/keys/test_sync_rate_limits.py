@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 from fastapi.testclient import TestClient
+from support.settings import SettingsEnv
 
 from app.core.config import get_settings
 from app.core.db import session_scope
@@ -33,14 +34,11 @@ SYNC_ROUTES: list[tuple[str, dict, bool]] = [
 
 
 @pytest.fixture
-def client(clean_state, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
-    monkeypatch.setenv("EMBEDQ_AUTH_DISABLED", "false")
-    monkeypatch.delenv("EMBEDQ_API_KEYS", raising=False)
-    monkeypatch.setenv("EMBEDQ_SYNC_TIMEOUT_S", "0.3")
-    get_settings.cache_clear()
+def client(clean_state, settings_env: SettingsEnv) -> Iterator[TestClient]:
+    settings_env.set(EMBEDQ_AUTH_DISABLED="false", EMBEDQ_SYNC_TIMEOUT_S="0.3")
+    settings_env.unset("EMBEDQ_API_KEYS")
     with TestClient(create_app()) as test_client:
         yield test_client
-    get_settings.cache_clear()
 
 
 def key(rpm: int) -> dict[str, str]:

@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text
+from support.settings import SettingsEnv
 from support.tiny_models import make_tiny_bert
 
 from app.cli.main import main as embedq
@@ -41,18 +42,15 @@ def tiny_models(session_services) -> None:
 
 
 @pytest.fixture
-def auth_on(clean_state, monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+def auth_on(clean_state, settings_env: SettingsEnv) -> SettingsEnv:
     """Turn auth on, with no EMBEDQ_API_KEYS and a short sync timeout (no sync worker answers here)."""
-    monkeypatch.setenv("EMBEDQ_AUTH_DISABLED", "false")
-    monkeypatch.delenv("EMBEDQ_API_KEYS", raising=False)
-    monkeypatch.setenv("EMBEDQ_SYNC_TIMEOUT_S", "0.5")
-    get_settings.cache_clear()
-    yield monkeypatch
-    get_settings.cache_clear()
+    settings_env.set(EMBEDQ_AUTH_DISABLED="false", EMBEDQ_SYNC_TIMEOUT_S="0.5")
+    settings_env.unset("EMBEDQ_API_KEYS")
+    return settings_env
 
 
 @pytest.fixture
-def client(auth_on: pytest.MonkeyPatch) -> Iterator[TestClient]:
+def client(auth_on: SettingsEnv) -> Iterator[TestClient]:
     with TestClient(create_app()) as test_client:
         yield test_client
 
@@ -311,9 +309,8 @@ def test_requests_per_minute_answer_429_with_retry_after(client: TestClient, red
     assert any(k.startswith(b"embedq:rpm:") for k in redis_client.scan_iter("embedq:rpm:*"))
 
 
-def test_the_global_default_rpm_applies_to_keys_without_their_own(auth_on: pytest.MonkeyPatch) -> None:
-    auth_on.setenv("EMBEDQ_DEFAULT_REQUESTS_PER_MINUTE", "1")
-    get_settings.cache_clear()
+def test_the_global_default_rpm_applies_to_keys_without_their_own(auth_on: SettingsEnv) -> None:
+    auth_on.set(EMBEDQ_DEFAULT_REQUESTS_PER_MINUTE="1")
     with TestClient(create_app()) as client:
         caller = Caller(client, make_key("acme"))
         unlimited = Caller(client, make_key("acme", requests_per_minute=0))
@@ -336,9 +333,8 @@ def test_concurrent_jobs_over_the_key_limit_answer_429(client: TestClient) -> No
 # Single-tenant setups and auth off.
 
 
-def test_env_keys_are_admins_of_the_default_tenant(auth_on: pytest.MonkeyPatch) -> None:
-    auth_on.setenv("EMBEDQ_API_KEYS", "sk-one,sk-two")
-    get_settings.cache_clear()
+def test_env_keys_are_admins_of_the_default_tenant(auth_on: SettingsEnv) -> None:
+    auth_on.set(EMBEDQ_API_KEYS="sk-one,sk-two")
     with TestClient(create_app()) as client:
         env_caller = Caller(client, "sk-two")
         acme = Caller(client, make_key("acme"))
@@ -349,12 +345,11 @@ def test_env_keys_are_admins_of_the_default_tenant(auth_on: pytest.MonkeyPatch) 
         assert client.get("/jobs", headers={"Authorization": "Bearer sk-three"}).status_code == 401
 
 
-def test_auth_is_off_only_when_a_setting_says_so(auth_on: pytest.MonkeyPatch) -> None:
+def test_auth_is_off_only_when_a_setting_says_so(auth_on: SettingsEnv) -> None:
     with TestClient(create_app()) as client:
         refused = client.get("/jobs")
         assert refused.status_code == 401 and "EMBEDQ_AUTH_DISABLED" in refused.json()["detail"]
-    auth_on.setenv("EMBEDQ_AUTH_DISABLED", "true")
-    get_settings.cache_clear()
+    auth_on.set(EMBEDQ_AUTH_DISABLED="true")
     with TestClient(create_app()) as client:
         job = client.post("/jobs/embeddings", json={"input": ["a"], "model": MODEL}).json()
         assert client.get(f"/jobs/{job['id']}").status_code == 200

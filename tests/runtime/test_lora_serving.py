@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from support.settings import SettingsEnv
 from support.tiny_models import make_tiny_bert
 from transformers import AutoModel
 
@@ -50,19 +51,15 @@ def merged_reference(models_dir: Path, adapter: Path) -> np.ndarray:
 
 
 @pytest.fixture
-def models_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def models_dir(tmp_path: Path, settings_env: SettingsEnv) -> Iterator[Path]:
     models = tmp_path / "models"
     make_tiny_bert(models / BASE)
     make_adapter(models, "lora-a", seed=1)
     make_adapter(models, "lora-b", seed=2)
-    monkeypatch.setenv("EMBEDQ_MODELS_DIR", str(models))
-    monkeypatch.setenv("EMBEDQ_DEVICE", "cpu")
-    monkeypatch.setenv("EMBEDQ_MAX_RESIDENT_MODELS", "3")
-    get_settings.cache_clear()
+    settings_env.set(EMBEDQ_MODELS_DIR=str(models), EMBEDQ_DEVICE="cpu", EMBEDQ_MAX_RESIDENT_MODELS="3")
     registry.unload_all()
     yield models
     registry.unload_all()
-    get_settings.cache_clear()
 
 
 def base_weights(encoder: Encoder) -> int:

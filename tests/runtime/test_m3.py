@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from support.settings import SettingsEnv
 from support.tiny_m3 import make_tiny_m3
 from support.tiny_models import make_tiny_bert
 
@@ -210,18 +211,12 @@ def test_m3_named_folder_without_heads_serves_dense_only(tmp_path: Path) -> None
 
 
 def test_hybrid_on_the_onnx_backend_matches_torch(
-    m3_folder: Path, m3: Encoder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    m3_folder: Path, m3: Encoder, tmp_path: Path, settings_env: SettingsEnv
 ) -> None:
-    from app.core.config import get_settings
-
-    monkeypatch.setenv("EMBEDQ_ONNX_DIR", str(tmp_path / "onnx"))
-    get_settings.cache_clear()
-    try:
-        onnx = load_encoder(
-            ResolvedModel(name="my-m3", path=m3_folder, source="models_dir", precision="fp32", backend="onnx")
-        )
-    finally:
-        get_settings.cache_clear()
+    settings_env.set(EMBEDQ_ONNX_DIR=str(tmp_path / "onnx"))
+    onnx = load_encoder(
+        ResolvedModel(name="my-m3", path=m3_folder, source="models_dir", precision="fp32", backend="onnx")
+    )
     ours, theirs = encode_hybrid(onnx, TEXTS, return_colbert=True), encode_hybrid(m3, TEXTS, return_colbert=True)
     np.testing.assert_allclose(ours.dense, theirs.dense, atol=1e-4)
     assert ours.colbert is not None and theirs.colbert is not None

@@ -7,13 +7,13 @@ measures it). Exports go to a temporary EMBEDQ_ONNX_DIR.
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from sentence_transformers import SentenceTransformer
+from support.settings import SettingsEnv
 from support.texts import mixed_texts
 from support.tiny_models import make_tiny_bert
 
@@ -33,12 +33,10 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture(autouse=True)
-def onnx_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def onnx_dir(tmp_path: Path, settings_env: SettingsEnv) -> Path:
     folder = tmp_path / "onnx"
-    monkeypatch.setenv("EMBEDQ_ONNX_DIR", str(folder))
-    get_settings.cache_clear()
-    yield folder
-    get_settings.cache_clear()
+    settings_env.set(EMBEDQ_ONNX_DIR=str(folder))
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +104,7 @@ def test_int8_quantizes_every_linear_layer_but_the_first_transformer_layers(tiny
 
 
 def test_int8_smooths_each_layer_by_its_measured_inputs_unless_turned_off(
-    tiny: Path, monkeypatch: pytest.MonkeyPatch
+    tiny: Path, settings_env: SettingsEnv
 ) -> None:
     smoothed = [m for m in Encoder(at(tiny, "int8")).model.modules() if isinstance(m, SmoothedLinear)]
     assert smoothed, "int8 must smooth its Linear layers by default"
@@ -114,8 +112,7 @@ def test_int8_smooths_each_layer_by_its_measured_inputs_unless_turned_off(
         assert torch.isfinite(layer.inverse_scale).all() and (layer.inverse_scale > 0).all()
         assert layer.inverse_scale.std() > 0, "scales must follow the measured channels, not be one constant"
 
-    monkeypatch.setenv("EMBEDQ_INT8_SMOOTHING", "0")
-    get_settings.cache_clear()
+    settings_env.set(EMBEDQ_INT8_SMOOTHING="0")
     plain = Encoder(at(tiny, "int8")).model
     assert not any(isinstance(m, SmoothedLinear) for m in plain.modules())
     assert not any(isinstance(m, torch.nn.Linear) for m in plain.modules()), "plain int8 quantizes every Linear"
@@ -133,9 +130,8 @@ def test_smoothing_leaves_the_float_product_unchanged() -> None:
     ), "smoothing must flatten the activations' channel maxima"
 
 
-def test_enable_quantization_turns_auto_into_int8(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("EMB_PROVIDER_ENABLE_QUANTIZATION", "true")
-    get_settings.cache_clear()
+def test_enable_quantization_turns_auto_into_int8(tiny: Path, settings_env: SettingsEnv) -> None:
+    settings_env.set(EMB_PROVIDER_ENABLE_QUANTIZATION="true")
     assert Encoder(at(tiny, "auto")).precision == "int8"
 
 
@@ -212,11 +208,10 @@ def test_minilm_fast_paths_fidelity(
     smoothing: str | None,
     minilm_texts: list[str],
     minilm_reference: np.ndarray,
-    monkeypatch: pytest.MonkeyPatch,
+    settings_env: SettingsEnv,
 ) -> None:
     if smoothing is not None:
-        monkeypatch.setenv("EMBEDQ_INT8_SMOOTHING", smoothing)
-        get_settings.cache_clear()
+        settings_env.set(EMBEDQ_INT8_SMOOTHING=smoothing)
     resolved = resolve_model(DEFAULT_MODEL, get_settings())
     encoder = Encoder(
         ResolvedModel(resolved.name, resolved.path, resolved.source, precision=precision, backend=backend)

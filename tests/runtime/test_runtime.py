@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from sentence_transformers import SentenceTransformer
+from support.settings import SettingsEnv
 from support.texts import mixed_texts
 from support.tiny_models import make_tiny_bert
 
@@ -312,19 +313,15 @@ def test_pick_device_rejects_unknown_settings(setting: str) -> None:
 
 
 @pytest.fixture
-def tiny_models_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def tiny_models_dir(tmp_path: Path, settings_env: SettingsEnv) -> Iterator[Path]:
     models = tmp_path / "models"
     make_tiny_bert(models / "tiny-a")
     for name in ("tiny-b", "acme/tiny-c"):
         shutil.copytree(models / "tiny-a", models / name)
-    monkeypatch.setenv("EMBEDQ_MODELS_DIR", str(models))
-    monkeypatch.setenv("EMBEDQ_DEVICE", "auto")
-    monkeypatch.setenv("EMBEDQ_MAX_RESIDENT_MODELS", "2")
-    get_settings.cache_clear()
+    settings_env.set(EMBEDQ_MODELS_DIR=str(models), EMBEDQ_DEVICE="auto", EMBEDQ_MAX_RESIDENT_MODELS="2")
     registry.unload_all()
     yield models
     registry.unload_all()
-    get_settings.cache_clear()
 
 
 def test_registry_keeps_a_small_lru(tiny_models_dir: Path, caplog: pytest.LogCaptureFixture) -> None:

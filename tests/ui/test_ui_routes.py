@@ -6,8 +6,8 @@ import re
 
 import pytest
 from fastapi.testclient import TestClient
+from support.settings import SettingsEnv
 
-from app.core.config import get_settings
 from app.main import create_app
 from app.ui.routes import UI_DIR
 
@@ -15,12 +15,9 @@ PAGES = ["/ui", "/ui/jobs/3f0c0000-0000-4000-8000-000000000000", "/ui/collection
 
 
 @pytest.fixture
-def client_with_keys(monkeypatch: pytest.MonkeyPatch) -> TestClient:
-    monkeypatch.setenv("EMBEDQ_API_KEYS", '["secret-key"]')
-    monkeypatch.setenv("EMBEDQ_AUTH_DISABLED", "false")
-    get_settings.cache_clear()
-    yield TestClient(create_app())
-    get_settings.cache_clear()
+def client_with_keys(settings_env: SettingsEnv) -> TestClient:
+    settings_env.set(EMBEDQ_API_KEYS='["secret-key"]', EMBEDQ_AUTH_DISABLED="false")
+    return TestClient(create_app())
 
 
 @pytest.mark.parametrize("path", PAGES)

@@ -8,27 +8,23 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
+from support.settings import SettingsEnv
 
-from app.core.config import get_settings
 from app.main import create_app
 
 
 @pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch, clean_state: None) -> Iterator[pytest.MonkeyPatch]:
-    """Yield a monkeypatch whose env changes reach get_settings(); sync requests go to a queue nobody consumes."""
-    monkeypatch.setenv("EMBEDQ_SYNC_QUEUE", f"sync-nobody-{secrets.token_hex(3)}")
-    monkeypatch.setenv("EMBEDQ_SYNC_TIMEOUT_S", "0.3")
-    get_settings.cache_clear()
-    yield monkeypatch
-    get_settings.cache_clear()
+def env(settings_env: SettingsEnv, clean_state: None) -> SettingsEnv:
+    """Return the test's settings overrides, with sync requests sent to a queue nobody consumes."""
+    settings_env.set(EMBEDQ_SYNC_QUEUE=f"sync-nobody-{secrets.token_hex(3)}", EMBEDQ_SYNC_TIMEOUT_S="0.3")
+    return settings_env
 
 
 @pytest.fixture
-def client(env: pytest.MonkeyPatch) -> TestClient:
+def client(env: SettingsEnv) -> TestClient:
     return TestClient(create_app(), raise_server_exceptions=False)
 
 
@@ -80,10 +76,8 @@ def test_a_body_that_is_not_json_is_a_400(client: TestClient) -> None:
     assert r.status_code == 400 and openai_error(r)["type"] == "invalid_request_error"
 
 
-def test_limits_are_settings(env: pytest.MonkeyPatch) -> None:
-    env.setenv("EMBEDQ_MAX_INPUTS_PER_REQUEST", "3")
-    env.setenv("EMBEDQ_MAX_INPUT_CHARS", "10")
-    get_settings.cache_clear()
+def test_limits_are_settings(env: SettingsEnv) -> None:
+    env.set(EMBEDQ_MAX_INPUTS_PER_REQUEST="3", EMBEDQ_MAX_INPUT_CHARS="10")
     client = TestClient(create_app())
     many = client.post("/v1/embeddings", json={"input": ["a"] * 4})
     assert many.status_code == 400 and "at most 3 per request" in openai_error(many)["message"]
@@ -118,10 +112,8 @@ def test_unknown_v1_paths_and_methods_are_openai_shaped(client: TestClient) -> N
     assert wrong_method.status_code == 405 and openai_error(wrong_method)["type"] == "invalid_request_error"
 
 
-def test_api_keys_guard_the_sync_api_with_an_openai_shaped_401(env: pytest.MonkeyPatch) -> None:
-    env.setenv("EMBEDQ_API_KEYS", '["k-123"]')
-    env.setenv("EMBEDQ_AUTH_DISABLED", "false")
-    get_settings.cache_clear()
+def test_api_keys_guard_the_sync_api_with_an_openai_shaped_401(env: SettingsEnv) -> None:
+    env.set(EMBEDQ_API_KEYS='["k-123"]', EMBEDQ_AUTH_DISABLED="false")
     client = TestClient(create_app())
     r = client.post("/v1/embeddings", json={"input": "a"})
     assert r.status_code == 401
