@@ -10,9 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 from fastapi.testclient import TestClient
 from support.settings import SettingsEnv
-from support.tiny_models import make_tiny_bert
+from support.tiny_models import in_models_dir
 
-from app.core.config import get_settings
 from app.main import create_app
 
 MODEL = "tiny-api"
@@ -20,10 +19,7 @@ MODEL = "tiny-api"
 
 @pytest.fixture(scope="module", autouse=True)
 def tiny_model(session_services) -> None:
-    models_dir = get_settings().models_dir
-    assert models_dir is not None
-    if not (models_dir / MODEL).exists():
-        make_tiny_bert(models_dir / MODEL)
+    in_models_dir(MODEL)
 
 
 @pytest.fixture

@@ -15,9 +15,10 @@ import pytest
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 from support.ingestion import drain
+from support.principals import ADMIN
 from support.settings import SettingsEnv
 from support.texts import SENTENCES
-from support.tiny_models import make_tiny_bert
+from support.tiny_models import in_models_dir
 
 from app.collections import export, ingestion, service, upload_writer
 from app.collections.contracts import Vectors
@@ -30,26 +31,19 @@ from app.collections.uploads import UploadReader
 from app.collections.vector_store import VectorStore, vector_table
 from app.core.config import Settings, get_settings
 from app.core.errors import ConflictError, InvalidRequestError
-from app.core.security import Principal
 from app.jobs.schemas import JobOut
 from app.models.collection import Chunk, Document, IngestBatch
 from app.models.job import Job
 from app.models.webhook import WebhookEvent
 from workers.chunking import load_model
 
-# Auth is off in these tests: every call acts as the default tenant's admin.
-ADMIN = Principal("default", is_admin=True, key_id=None)
-
 MODEL, OTHER_MODEL = "tiny-ingest", "tiny-ingest-b"
 
 
 @pytest.fixture(scope="module", autouse=True)
 def tiny_models(session_services) -> None:
-    models_dir = get_settings().models_dir
-    assert models_dir is not None
     for name, seed in ((MODEL, 0), (OTHER_MODEL, 1)):
-        if not (models_dir / name).exists():
-            make_tiny_bert(models_dir / name, seed=seed)
+        in_models_dir(name, seed=seed)
 
 
 @pytest.fixture

@@ -15,9 +15,10 @@ import pytest
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 from support.ingestion import drain
+from support.principals import ADMIN
 from support.settings import SettingsEnv
 from support.tiny_m3 import make_tiny_m3
-from support.tiny_models import make_tiny_bert
+from support.tiny_models import in_models_dir
 
 from app.collections import export, service, upload_writer
 from app.collections.repository import CollectionRepository
@@ -28,13 +29,11 @@ from app.collections.uploads import UploadReader
 from app.collections.vector_store import VectorStore, vector_table
 from app.core.config import Settings, get_settings
 from app.core.errors import EmbedqError
-from app.core.security import Principal
 from app.models.collection import Chunk
 from app.models.job import Job
 from workers.chunking import load_model
 from workers.runtime.m3 import encode_hybrid
 
-ADMIN = Principal("default", is_admin=True, key_id=None)
 M3, BERT = "acme/m3-collection", "tiny-dense-only"
 TEXTS = [
     "the cat and the dog on the river",
@@ -48,12 +47,8 @@ TEXTS = [
 
 @pytest.fixture(scope="module", autouse=True)
 def models(session_services) -> None:
-    models_dir = get_settings().models_dir
-    assert models_dir is not None
-    if not (models_dir / M3).exists():
-        make_tiny_m3(models_dir / M3)
-    if not (models_dir / BERT).exists():
-        make_tiny_bert(models_dir / BERT)
+    in_models_dir(M3, make_tiny_m3)
+    in_models_dir(BERT)
 
 
 @pytest.fixture

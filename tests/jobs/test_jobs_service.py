@@ -8,26 +8,15 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
+from support.principals import ADMIN
 from support.settings import SettingsEnv
+from support.vectors import fake_vectors
 
 from app.core.config import Settings, get_settings
 from app.core.errors import ConflictError, InvalidRequestError
-from app.core.security import Principal
 from app.jobs import service
 from app.jobs.schemas import EmbeddingJobCreate, EncodingFormat
 from app.models.job import Job, JobResult, JobStatus
-
-# Auth is off in these tests: every call acts as the default tenant's admin.
-ADMIN = Principal("default", is_admin=True, key_id=None)
-
-DIM = 8
-
-
-def fake_vectors(model: str, texts: list[str]) -> np.ndarray:
-    """Deterministic unit vectors from each text's hash: the bookkeeping under test needs no model."""
-    rows = [np.random.default_rng(abs(hash(t)) % 2**32).standard_normal(DIM) for t in texts]
-    out = np.asarray(rows, dtype=np.float32)
-    return out / np.linalg.norm(out, axis=1, keepdims=True)
 
 
 def failing_encoder(model: str, texts: list[str]) -> np.ndarray:

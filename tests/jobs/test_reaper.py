@@ -8,18 +8,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 
-import numpy as np
 import pytest
 import redis
 from kombu import Connection
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session
+from support.principals import ADMIN
 from support.settings import SettingsEnv
+from support.vectors import fake_vectors
 
 from app.core.celery import celery_client
 from app.core.config import Settings, get_settings
 from app.core.queues import Queue, TaskName
-from app.core.security import Principal
 from app.jobs import service as jobs
 from app.jobs.schemas import EmbeddingJobCreate
 from app.maintenance.broker import job_ids_in_broker
@@ -29,13 +29,6 @@ from app.maintenance.service import reap
 from app.models.job import Job, JobKind, JobStatus
 from app.models.recovery import JobRecovery
 from workers.broker_heartbeat import held_delivery_tags, restamp
-
-# Auth is off in these tests: every call acts as the default tenant's admin.
-ADMIN = Principal("default", is_admin=True, key_id=None)
-
-
-def fake_vectors(model: str, texts: list[str]) -> np.ndarray:
-    return np.ones((len(texts), 8), dtype=np.float32) / np.sqrt(8)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 from support.settings import SettingsEnv
-from support.tiny_models import make_tiny_bert
+from support.tiny_models import in_models_dir
 
 from app.catalog.loads import ModelLoad, record_load
 from app.core.config import DEFAULT_MODEL, get_settings
@@ -38,11 +38,7 @@ def client(clean_state, redis_client, settings_env: SettingsEnv) -> Iterator[Tes
         EMBEDQ_METRICS_TOKEN=SCRAPE_TOKEN,
     )
     settings_env.unset("EMBEDQ_API_KEYS")
-    settings = get_settings()
-    assert settings.models_dir is not None
-    folder = settings.models_dir / TUNED
-    if not folder.exists():
-        make_tiny_bert(folder)
+    folder = in_models_dir(TUNED)
     with session_scope() as session:
         session.add(
             RegisteredModel(name=TUNED, base=DEFAULT_MODEL, kind="full", path=str(folder), dimension=32, tenant="acme")

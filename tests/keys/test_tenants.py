@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text
 from support.settings import SettingsEnv
-from support.tiny_models import make_tiny_bert
+from support.tiny_models import in_models_dir
 
 from app.cli.main import main as embedq
 from app.cli.up import UpOptions, banner
@@ -34,11 +34,8 @@ HOOK = "http://127.0.0.1:9/hook"  # allowed by the session's EMBEDQ_WEBHOOK_ALLO
 
 @pytest.fixture(scope="module", autouse=True)
 def tiny_models(session_services) -> None:
-    models_dir = get_settings().models_dir
-    assert models_dir is not None
     for name in (MODEL, TUNED):
-        if not (models_dir / name).exists():
-            make_tiny_bert(models_dir / name)
+        in_models_dir(name)
 
 
 @pytest.fixture

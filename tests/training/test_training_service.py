@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
+from support.principals import ADMIN
 from support.tiny_models import make_tiny_bert
 
 from app.core.config import Settings, get_settings
 from app.core.db import session_scope
-from app.core.security import Principal
 from app.jobs.service import cancel_job
 from app.maintenance.kinds import RECOVERIES
 from app.models.job import Job, JobKind
@@ -29,9 +29,6 @@ from app.training.spec import Progress, StopReason, TrainingHooks, TrainingResul
 from app.webhooks.schemas import EndpointCreate
 from app.webhooks.service import create_endpoint
 from workers.training.trainer import train
-
-# Auth is off in these tests: every call acts as the default tenant's admin.
-ADMIN = Principal("default", is_admin=True, key_id=None)
 
 TSV = "\n".join(f"the {w} number {i}\ta short text on {w} and item {i}" for i, w in enumerate(["cat", "dog"] * 12))
 

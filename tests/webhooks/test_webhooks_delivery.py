@@ -11,17 +11,17 @@ import time
 import uuid
 from dataclasses import dataclass
 
-import numpy as np
 import pytest
 from pytest_httpserver import HTTPServer
 from sqlalchemy import select
 from standardwebhooks.webhooks import Webhook
+from support.principals import ADMIN
+from support.vectors import fake_vectors
 from werkzeug import Request, Response
 
 from app.core.config import Settings
 from app.core.db import session_scope
 from app.core.errors import ConflictError
-from app.core.security import Principal
 from app.jobs import lifecycle
 from app.jobs import service as jobs
 from app.jobs.schemas import EmbeddingJobCreate
@@ -29,9 +29,6 @@ from app.models.webhook import WebhookEndpoint, WebhookEvent
 from app.webhooks import service
 from app.webhooks.delivery import DeliveryOutcome, Outcome, deliver_event
 from app.webhooks.schemas import EndpointCreate, EndpointUpdate
-
-# Auth is off in these tests: every call acts as the default tenant's admin.
-ADMIN = Principal("default", is_admin=True, key_id=None)
 
 
 @pytest.fixture
@@ -306,11 +303,6 @@ def test_an_unregistered_url_gets_an_endpoint_and_rotation_signs_with_both(
     verified(request, first_secret)
     verified(request, second_secret)
     assert json.loads(request.get_data())["type"] == "job.cancelled"
-
-
-def fake_vectors(model: str, texts: list[str]) -> np.ndarray:
-    """One unit vector per text: the progress bookkeeping under test needs no model."""
-    return np.tile(np.eye(1, 8, dtype=np.float32), (len(texts), 1))
 
 
 def test_progress_milestones_send_one_signed_event_each_even_when_batches_are_redelivered(
