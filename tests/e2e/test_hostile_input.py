@@ -17,7 +17,8 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 from click.testing import CliRunner
-from support.processes import ManagedProcess, start_api, start_worker
+from support.processes import ManagedProcess, start_api
+from support.sync_stack import sync_queue_env, sync_stack
 
 from app.catalog.resolver import InvalidModelNameError, resolve_model
 from app.cli.main import main as cli
@@ -489,13 +490,10 @@ def test_models_pull_refuses_paths(name: str) -> None:
 @pytest.fixture(scope="module")
 def sync_apis(service_env: dict[str, str]) -> Iterator[tuple[ManagedProcess, ManagedProcess]]:
     """Yield (an API that truncates, one with EMBEDQ_TRUNCATE=false), both served by one sync worker."""
-    env = {**service_env, "EMBEDQ_SYNC_QUEUE": f"sync-hostile-{secrets.token_hex(3)}", "EMBEDQ_AUTH_DISABLED": "true"}
-    sync_worker = start_worker(env, queues=[env["EMBEDQ_SYNC_QUEUE"]], concurrency=4, pool="threads")
-    truncating = start_api(env)
-    strict = start_api({**env, "EMBEDQ_TRUNCATE": "false"})
-    yield truncating, strict
-    for process in (strict, truncating, sync_worker):
-        process.stop()
+    env = sync_queue_env(service_env, "hostile", EMBEDQ_AUTH_DISABLED="true")
+    with sync_stack(env, {}, {"EMBEDQ_TRUNCATE": "false"}, concurrency=4) as stack:
+        truncating, strict = stack.apis
+        yield truncating, strict
 
 
 def test_100k_character_inputs_are_truncated_or_refused_as_the_settings_say(

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,7 +14,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from support.processes import ManagedProcess, start_api, start_worker
+from support.processes import ManagedProcess
+from support.sync_stack import sync_queue_env, sync_stack
 from support.texts import SENTENCES
 from support.waiting import wait_job
 
@@ -29,21 +29,13 @@ QUERY = "how quickly does an octopus change its skin color?"
 @pytest.fixture(scope="module")
 def ingest_env(service_env: dict[str, str], worker: ManagedProcess) -> dict[str, str]:
     """This module's processes: a sync queue of its own (query embeddings); `worker` consumes the bulk queue."""
-    return {**service_env, "EMBEDQ_SYNC_QUEUE": f"sync-ingest-{secrets.token_hex(3)}"}
+    return sync_queue_env(service_env, "ingest")
 
 
 @pytest.fixture(scope="module")
-def sync_worker(ingest_env: dict[str, str]) -> Iterator[ManagedProcess]:
-    process = start_worker(ingest_env, queues=[ingest_env["EMBEDQ_SYNC_QUEUE"]], concurrency=8, pool="threads")
-    yield process
-    process.stop()
-
-
-@pytest.fixture(scope="module")
-def ingest_api(ingest_env: dict[str, str], sync_worker: ManagedProcess) -> Iterator[ManagedProcess]:
-    process = start_api(ingest_env)
-    yield process
-    process.stop()
+def ingest_api(ingest_env: dict[str, str]) -> Iterator[ManagedProcess]:
+    with sync_stack(ingest_env, concurrency=8) as stack:
+        yield stack.api
 
 
 @pytest.fixture

@@ -6,14 +6,14 @@ so Celery's warm shutdown has no running task to wait for: the worker itself wai
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from support.processes import ManagedProcess, start_api, start_worker
+from support.processes import ManagedProcess, start_api
+from support.sync_stack import start_sync_worker, sync_queue_env
 from support.texts import SENTENCES
 
 pytestmark = pytest.mark.e2e
@@ -23,7 +23,7 @@ REQUESTS = 12
 
 @pytest.fixture(scope="module")
 def env(service_env: dict[str, str]) -> dict[str, str]:
-    return {**service_env, "EMBEDQ_SYNC_QUEUE": f"sync-stop-{secrets.token_hex(3)}", "EMBEDQ_SYNC_TIMEOUT_S": "120"}
+    return sync_queue_env(service_env, "stop", EMBEDQ_SYNC_TIMEOUT_S="120")
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def api(env: dict[str, str]) -> Iterator[ManagedProcess]:
 def test_a_stopped_sync_worker_answers_what_it_holds_and_the_rest_waits_for_the_next(
     env: dict[str, str], api: ManagedProcess
 ) -> None:
-    first = start_worker(env, queues=[env["EMBEDQ_SYNC_QUEUE"]], pool="solo")
+    first = start_sync_worker(env, pool="solo")
     # Long inputs: the worker holds several seconds of forward passes when it is told to stop.
     texts = [" ".join(SENTENCES[(i + j) % len(SENTENCES)] for j in range(12)) for i in range(48)]
 
@@ -52,7 +52,7 @@ def test_a_stopped_sync_worker_answers_what_it_holds_and_the_rest_waits_for_the_
         stop_s = time.monotonic() - stopped
         answered_by_first = sum(1 for a in answers if a.done())
         # Whatever the first worker had not taken is still in Redis, for the next worker.
-        second = start_worker(env, queues=[env["EMBEDQ_SYNC_QUEUE"]], pool="solo")
+        second = start_sync_worker(env, pool="solo")
         try:
             responses = [a.result(timeout=180) for a in answers]
         finally:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,8 +16,9 @@ import numpy as np
 import openai
 import pytest
 from fastapi.testclient import TestClient
-from support.processes import ManagedProcess, start_api, start_worker
+from support.processes import ManagedProcess
 from support.settings import SettingsEnv
+from support.sync_stack import SyncStack, sync_queue_env, sync_stack
 from support.texts import mixed_texts
 from support.waiting import wait_job, wait_until
 
@@ -36,44 +36,34 @@ CLOSE = {"rtol": 0, "atol": 2e-6}
 @pytest.fixture(scope="module")
 def sync_env(service_env: dict[str, str], worker: ManagedProcess) -> dict[str, str]:
     """Return the environment of this module's sync processes (``worker`` runs the job path)."""
-    return {**service_env, "EMBEDQ_SYNC_QUEUE": f"sync-e2e-{secrets.token_hex(3)}"}
+    return sync_queue_env(service_env, "e2e")
 
 
 @pytest.fixture(scope="module")
-def sync_worker(sync_env: dict[str, str]) -> Iterator[ManagedProcess]:
-    # As `embedq up` runs it (the other e2e modules run theirs on a thread pool, which works as well).
-    process = start_worker(sync_env, queues=[sync_env["EMBEDQ_SYNC_QUEUE"]], pool="solo")
-    yield process
-    process.stop()
-
-
-@pytest.fixture(scope="module")
-def sync_api(sync_env: dict[str, str], sync_worker: ManagedProcess) -> Iterator[ManagedProcess]:
-    process = start_api(
-        {
-            **sync_env,
-            "EMBEDQ_API_KEYS": json.dumps([KEY]),
-            "EMBEDQ_AUTH_DISABLED": "false",
-            "EMBEDQ_MATRYOSHKA_MODELS": "*matryoshka*,*MiniLM*",
-        }
-    )
-    yield process
-    process.stop()
+def sync(sync_env: dict[str, str]) -> Iterator[SyncStack]:
+    api_settings = {
+        "EMBEDQ_API_KEYS": json.dumps([KEY]),
+        "EMBEDQ_AUTH_DISABLED": "false",
+        "EMBEDQ_MATRYOSHKA_MODELS": "*matryoshka*,*MiniLM*",
+    }
+    # The worker as `embedq up` runs it (the other e2e modules run theirs on a thread pool, which works as well).
+    with sync_stack(sync_env, api_settings, pool="solo") as stack:
+        yield stack
 
 
 @pytest.fixture
-def http(sync_api: ManagedProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=sync_api.base_url, headers={"Authorization": f"Bearer {KEY}"}, timeout=120) as c:
+def http(sync: SyncStack) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=sync.api.base_url, headers={"Authorization": f"Bearer {KEY}"}, timeout=120) as c:
         yield c
 
 
 @pytest.fixture
-def client(sync_api: ManagedProcess) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{sync_api.base_url}/v1", api_key=KEY, timeout=120, max_retries=0)
+def client(sync: SyncStack) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{sync.api.base_url}/v1", api_key=KEY, timeout=120, max_retries=0)
 
 
 @pytest.fixture
-def in_process(sync_env: dict[str, str], sync_worker: ManagedProcess, settings_env: SettingsEnv) -> SettingsEnv:
+def in_process(sync_env: dict[str, str], sync: SyncStack, settings_env: SettingsEnv) -> SettingsEnv:
     """Return the settings overrides of an in-process API that uses this module's sync worker."""
     settings_env.set(EMBEDQ_SYNC_QUEUE=sync_env["EMBEDQ_SYNC_QUEUE"])
     return settings_env
@@ -131,13 +121,13 @@ def test_token_id_input_embeds_like_its_text(client: openai.OpenAI, http: httpx.
     np.testing.assert_allclose(single.data[0].embedding, by_text.data[0].embedding, **CLOSE)
 
 
-def test_openai_client_errors_are_typed(client: openai.OpenAI, sync_api: ManagedProcess) -> None:
+def test_openai_client_errors_are_typed(client: openai.OpenAI, sync: SyncStack) -> None:
     with pytest.raises(openai.BadRequestError) as bad:
         client.embeddings.create(model=DEFAULT_MODEL, input=["fine", ""])
     assert "input[1] is an empty string" in str(bad.value)
     with pytest.raises(openai.NotFoundError, match="known models"):
         client.embeddings.create(model="no-such-model", input="x")
-    stranger = openai.OpenAI(base_url=f"{sync_api.base_url}/v1", api_key="wrong", max_retries=0)
+    stranger = openai.OpenAI(base_url=f"{sync.api.base_url}/v1", api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         stranger.embeddings.create(model=DEFAULT_MODEL, input="x")
 
