@@ -93,16 +93,15 @@ def embed_by_job(client: httpx.Client, model: str | None) -> np.ndarray:
 
 
 def assert_serves_alias(client: httpx.Client, alias: str) -> None:
-    """The alias embeds through the job path (and /v1/embeddings where it exists) and differs from the base."""
+    """The alias embeds through the job path and /v1/embeddings, alike, and differs from the base."""
     tuned = embed_by_job(client, alias)
     base = embed_by_job(client, None)
     assert tuned.shape == base.shape == (len(TEXTS), 384)
     assert np.abs(tuned - base).max() > 1e-3
     sync = client.post("/v1/embeddings", json={"input": TEXTS, "model": alias})
-    if sync.status_code != 404:  # the synchronous API lands separately (issue 3)
-        assert sync.status_code == 200, sync.text
-        vectors = np.asarray([d["embedding"] for d in sync.json()["data"]], dtype=np.float32)
-        np.testing.assert_allclose(vectors, tuned, atol=1e-5)
+    assert sync.status_code == 200, sync.text
+    vectors = np.asarray([d["embedding"] for d in sync.json()["data"]], dtype=np.float32)
+    np.testing.assert_allclose(vectors, tuned, atol=1e-5)
 
 
 def assert_moved_through_states(seen: list[dict], total: int) -> None:

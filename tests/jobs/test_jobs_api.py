@@ -116,8 +116,8 @@ def test_readyz_names_missing_workers(client: TestClient) -> None:
     body = r.json()
     assert body["checks"]["database"] == "ok" and body["checks"]["redis"] == "ok"
     assert (r.status_code == 200) == body["ready"] == all(v == "ok" for v in body["checks"].values())
-    if body["checks"]["workers"] != "ok":
-        assert r.status_code == 503 and "embedq worker" in body["checks"]["workers"]
+    # No worker runs in this module (its tasks wait in the queue): readiness says so, and how to start one.
+    assert r.status_code == 503 and "embedq worker" in body["checks"]["workers"], body
 
 
 def test_redis_down_is_reported_by_readyz(clean_state, settings_env: SettingsEnv) -> None:

@@ -192,23 +192,31 @@ def test_410_disables_the_endpoint_and_later_events_are_not_sent(clean_state, re
 
 
 def test_retry_after_is_honoured_on_429_and_503(clean_state, receiver: HTTPServer, settings) -> None:
-    url = receiver.url_for("/busy")
+    for status in (429, 503):
+        assert_retry_after_honoured(receiver, settings, status)
+
+
+def assert_retry_after_honoured(receiver: HTTPServer, settings: Settings, status: int) -> None:
+    """A receiver answering ``status`` with ``Retry-After: 7`` gets its next attempt in 7 s, not by the schedule."""
+    path = f"/busy-{status}"
+    url = receiver.url_for(path)
     register(url, settings)
-    receiver.expect_request("/busy").respond_with_response(
-        Response("slow down", status=429, headers={"Retry-After": "7"})
+    receiver.expect_request(path).respond_with_response(
+        Response("slow down", status=status, headers={"Retry-After": "7"})
     )
     job_id = finish_job(url)
     [event] = events_of(job_id)
     delays: list[float] = []
     outcome = deliver_event(session_scope, str(job_id), event.id, 0, settings, dispatch=lambda *a: delays.append(a[3]))
-    assert outcome.outcome is Outcome.RETRYING and outcome.next_delay_s == 7 and delays == [7]
+    assert outcome.outcome is Outcome.RETRYING and outcome.status_code == status, outcome
+    assert outcome.next_delay_s == 7 and delays == [7], (status, outcome, delays)
     with session_scope() as session:
         assert service.delivery_log(session, job_id, ADMIN).events[0].next_attempt_at is not None
     # Early messages (a long delay is covered in hops) only re-queue themselves for the time left.
     waiting: list[float] = []
     early = deliver_event(session_scope, str(job_id), event.id, 1, settings, dispatch=lambda *a: waiting.append(a[3]))
-    assert early.outcome is Outcome.WAITING and 5 < waiting[0] <= 7
-    assert len(requests_to(receiver, "/busy")) == 1
+    assert early.outcome is Outcome.WAITING and 5 < waiting[0] <= 7, (status, early, waiting)
+    assert len(requests_to(receiver, path)) == 1
 
 
 def test_redirects_are_not_followed(clean_state, receiver: HTTPServer, settings) -> None:
