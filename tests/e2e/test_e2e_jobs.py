@@ -10,6 +10,8 @@ import httpx
 import numpy as np
 import psutil
 import pytest
+from celery import Celery
+from support.processes import ManagedProcess
 from support.waiting import wait_job, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -82,9 +84,16 @@ def test_model_is_loaded_once_per_worker_process(api, worker, clean_state) -> No
     assert loads == 1, worker.log_text()[-3000:]
 
 
-def test_cancel_stops_a_running_job_between_batches(api, worker, clean_state) -> None:
+def runs_nothing(control: Celery, worker: ManagedProcess) -> bool:
+    """Return whether ``worker`` answered that it runs no task at this moment."""
+    replies = control.control.inspect(destination=[worker.nodename], timeout=2).active()
+    return replies is not None and replies.get(worker.nodename) == []
+
+
+def test_cancel_stops_a_running_job_between_batches(api, worker, clean_state, service_env) -> None:
     texts = mixed_texts(2048, seed=3)
-    with httpx.Client(base_url=api.base_url, timeout=30) as client:
+    control = Celery("embedq-tests", broker=service_env["EMBEDQ_REDIS_URL"])
+    with control, httpx.Client(base_url=api.base_url, timeout=30) as client:
         job = client.post("/jobs/embeddings", json={"input": texts}).json()
         wait_until(
             lambda: client.get(f"/jobs/{job['id']}").json()["counts"]["done"],
@@ -94,7 +103,8 @@ def test_cancel_stops_a_running_job_between_batches(api, worker, clean_state) ->
         )
         cancelled = client.post(f"/jobs/{job['id']}/cancel").json()
         assert cancelled["status"] == "cancelled"
-        time.sleep(3)  # let the batch that was running end
+        # The batch that was running ends (batches still queued start and stop at once, cancelled).
+        wait_until(lambda: runs_nothing(control, worker), 60, "the worker is still running a task", interval=0.1)
         final = client.get(f"/jobs/{job['id']}").json()
         assert final["status"] == "cancelled"
         assert final["counts"]["done"] < final["counts"]["total"]

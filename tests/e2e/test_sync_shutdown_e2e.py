@@ -15,6 +15,7 @@ import pytest
 from support.processes import ManagedProcess, start_api
 from support.sync_stack import start_sync_worker, sync_queue_env
 from support.texts import SENTENCES
+from support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -46,7 +47,8 @@ def test_a_stopped_sync_worker_answers_what_it_holds_and_the_rest_waits_for_the_
 
     with ThreadPoolExecutor(REQUESTS) as pool:
         answers = [pool.submit(ask, i) for i in range(REQUESTS)]
-        time.sleep(1.5)  # the requests are sent; the worker is running the first of them
+        # The requests are sent; the worker has taken the first of them.
+        wait_until(lambda: "Task inference.run[" in first.log_text(), 60, lambda _: first.log_tail(), interval=0.1)
         stopped = time.monotonic()
         assert first.stop(timeout=150) == 0
         stop_s = time.monotonic() - stopped

@@ -17,6 +17,7 @@ from sqlalchemy import select
 from support.faults import FaultStack, exactly_once, fault_stack, submit
 from support.processes import ManagedProcess, start_api, start_beat, start_worker
 from support.texts import SENTENCES
+from support.waiting import wait_until
 
 from app.models.recovery import JobRecovery
 
@@ -131,9 +132,12 @@ def test_task_messages_deleted_from_redis_are_reenqueued_by_the_reaper(
         finally:
             client.close()
         lost_at = time.monotonic()
-        while not clean.redis_client().llen("inference"):
-            assert time.monotonic() - lost_at < 120, f"the reaper re-enqueued nothing\n{worker.log_tail()}"
-            time.sleep(0.5)
+        wait_until(
+            lambda: clean.redis_client().llen("inference"),
+            120,
+            lambda _: f"the reaper re-enqueued nothing\n{worker.log_tail()}",
+            interval=0.5,
+        )
         found_after = time.monotonic() - lost_at
     finally:
         worker.stop()

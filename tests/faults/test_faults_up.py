@@ -152,7 +152,7 @@ def test_killed_workers_come_back_and_nothing_is_lost_or_doubled(up: UpRun, port
 
         clients = Prober(embed)
         clients.start()
-        time.sleep(2)
+        wait_until(lambda: any(o == "200" for _, o in clients.outcomes), 60, lambda _: clients.outcomes[-10:])
         sync_worker = child_process(up, "sync@")
         killed_at = time.monotonic()
         sync_worker.kill()
