@@ -19,6 +19,7 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import Session
 from support.processes import ManagedProcess, start_api, start_worker
 from support.services import SessionRedis, scratch_dir, session_database, session_redis
+from support.settings import SettingsEnv
 from support.up import Ports
 
 import app.models  # noqa: F401  (registers every table on Base.metadata)
@@ -83,6 +84,15 @@ def session_services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sessi
         get_settings.cache_clear()
         yield SessionServices(database_url, session_redis_db, env)
         get_settings.cache_clear()
+
+
+@pytest.fixture
+def settings_env() -> Iterator[SettingsEnv]:
+    """Yield a ``SettingsEnv``; ``get_settings`` re-reads the environment before the test and, restored, after it."""
+    get_settings.cache_clear()
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        yield SettingsEnv(monkeypatch)
+    get_settings.cache_clear()
 
 
 @pytest.fixture(scope="session")

@@ -21,10 +21,10 @@ from app.core.db import Base
 from app.maintenance.broker import task_call
 from app.models.job import Job, JobResult
 from support.services import scratch_dir
+from support.waiting import FINISHED, wait_until
 
 # Small batches, so a few hundred inputs make a multi-batch job with batches in flight at any moment.
 FAULT_ENV = {"EMBEDQ_JOB_BATCH_SIZE": "16", "EMBEDQ_ENCODE_BATCH_SIZE": "16"}
-TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
 @dataclass
@@ -79,19 +79,22 @@ class FaultStack:
 
     def wait_done_at_least(self, job_id: str, n: int, timeout: float = 300) -> int:
         """Return the job's done count once it reaches ``n``; fail after ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        while (done := self.done(job_id)) < n:
-            assert time.monotonic() < deadline, f"job {job_id} reached only {done} of {n} in {timeout:.0f}s"
-            time.sleep(0.1)
-        return done
+        return wait_until(
+            lambda: self.done(job_id),
+            timeout,
+            lambda done: f"job {job_id} reached only {done} of {n} in {timeout:.0f}s",
+            until=lambda done: done >= n,
+            interval=0.1,
+        )
 
     def wait_terminal(self, job_id: str, timeout: float = 300) -> dict[str, Any]:
         """Return the job's counts once it has finished; fail after ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        while (counts := self.counts(job_id))["status"] not in TERMINAL:
-            assert time.monotonic() < deadline, f"job {job_id} did not finish in {timeout:.0f}s: {counts}"
-            time.sleep(0.2)
-        return counts
+        return wait_until(
+            lambda: self.counts(job_id),
+            timeout,
+            lambda counts: f"job {job_id} did not finish in {timeout:.0f}s: {counts}",
+            until=lambda counts: counts["status"] in FINISHED,
+        )
 
     def unacked(self) -> int:
         """Return how many messages wait in Redis for an ack (delivered to a worker, not finished)."""
@@ -123,9 +126,11 @@ class FaultStack:
     def wait_embedded(self, job_id: str, batches: list[tuple[int, int]], timeout: float) -> float:
         """Return the seconds until every batch in ``batches`` has its vectors; fail after ``timeout``."""
         started = time.monotonic()
-        while not all(self.embedded(job_id, a, b) for a, b in batches):
-            assert time.monotonic() - started < timeout, f"batches {batches} not embedded within {timeout:.0f}s"
-            time.sleep(0.2)
+        wait_until(
+            lambda: all(self.embedded(job_id, a, b) for a, b in batches),
+            timeout,
+            f"batches {batches} not embedded within {timeout:.0f}s",
+        )
         return time.monotonic() - started
 
 

@@ -21,8 +21,8 @@ from celery import Celery
 from app.cli.embedded import LOCALHOST, find_free_port
 from app.cli.up import WORKER_APP
 from app.core.queues import Queue
+from support.paths import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 EMBEDQ = Path(sys.executable).with_name("embedq")
 WORKER_START_TIMEOUT_S = 120.0
 API_START_TIMEOUT_S = 60.0

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import string
+from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from transformers import BertConfig, BertModel, BertTokenizerFast
+
+from app.core.config import get_settings
 
 TinyPooling = Literal["mean", "cls", "lasttoken"]
 
@@ -94,3 +97,13 @@ def _write_sentence_transformers_files(
     (directory / "sentence_bert_config.json").write_text(
         json.dumps({"max_seq_length": max_seq_length, "do_lower_case": False})
     )
+
+
+def in_models_dir(name: str, make: Callable[..., Any] = make_tiny_bert, **options: Any) -> Path:
+    """Return the folder ``name`` of the session's models dir, written first by ``make`` when it is missing."""
+    models_dir = get_settings().models_dir
+    assert models_dir is not None
+    folder = models_dir / name
+    if not folder.exists():
+        make(folder, **options)
+    return folder
