@@ -1,4 +1,8 @@
-"""The one Settings object shared by the API, the workers and the CLI (env prefix ``EMBEDQ_``)."""
+"""The one Settings object shared by the API, the workers and the CLI (env prefix ``EMBEDQ_``).
+
+Over 400 lines on purpose: it is one class, one field per setting with its description (the docs site's
+configuration reference is generated from them), and splitting it would make two owners of the settings.
+"""
 
 from __future__ import annotations
 
