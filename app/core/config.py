@@ -123,6 +123,23 @@ class Settings(BaseSettings):
         default=2, ge=1, description="models one worker process keeps loaded; the least recently used is unloaded"
     )
 
+    # The artifact store (docs: operations/scaling-out): what every host of a fleet must be able to read —
+    # fine-tuned and pushed model folders, batch input and output files. A URL: file:///path (one host, or a
+    # shared filesystem) or s3://bucket/prefix on any S3-compatible store.
+    artifact_store: str | None = Field(
+        default=None, description="file:///path or s3://bucket/prefix; default file://STATE_DIR/artifacts"
+    )
+    artifact_s3_endpoint_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("EMBEDQ_ARTIFACT_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
+        description="S3 endpoint (MinIO, SeaweedFS, Ceph...); unset: AWS. Credentials: the standard AWS_* variables",
+    )
+    artifact_s3_region: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("EMBEDQ_ARTIFACT_S3_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"),
+        description="region of the artifact bucket",
+    )
+
     # Model sources, aliases, families and precision (README "Models").
     model_source: ModelSourceSetting = Field(
         default="auto",
@@ -420,6 +437,15 @@ class Settings(BaseSettings):
             raise ValueError("EMBEDQ_DATABASE_URL must be a postgresql:// URL")
         return url
 
+    @field_validator("artifact_store")
+    @classmethod
+    def _artifact_store_url(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("file:///", "s3://")):
+            raise ValueError("EMBEDQ_ARTIFACT_STORE must be a file:///absolute/path or s3://bucket/prefix URL")
+        if url is not None and url.startswith("s3://") and not url[len("s3://") :].strip("/"):
+            raise ValueError("EMBEDQ_ARTIFACT_STORE: name the bucket, e.g. s3://embedq-artifacts/prod")
+        return url.rstrip("/") if url else url
+
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, url: str | None) -> str | None:
@@ -477,6 +503,8 @@ class Settings(BaseSettings):
             self.models_dir = self.state_dir / "models"
         if self.onnx_dir is None:
             self.onnx_dir = self.state_dir / "onnx"
+        if self.artifact_store is None:
+            self.artifact_store = (self.state_dir / "artifacts").resolve().as_uri()
         return self
 
     def require_services(self) -> tuple[str, str]:
