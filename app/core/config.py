@@ -230,6 +230,22 @@ class Settings(BaseSettings):
     worker_proc_alive_timeout_s: float = Field(
         default=120.0, gt=0, description="how long a worker waits for a new pool child to start"
     )
+    # Worker liveness (app/health/liveness.py): the main process of a worker touches a file of its own in
+    # worker_liveness_dir every worker_liveness_interval_s; `embedq worker-alive` (container healthchecks,
+    # Kubernetes exec probes) fails once one is older than worker_liveness_max_age_s.
+    worker_liveness_dir: Path | None = Field(
+        default=None,
+        description="where each worker touches its liveness file (named after its node name); "
+        "default STATE_DIR/liveness",
+    )
+    worker_liveness_interval_s: float = Field(
+        default=10.0, gt=0, description="a worker's main process touches its liveness file this often"
+    )
+    worker_liveness_max_age_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="`embedq worker-alive` calls a worker hung once its liveness file is older than this",
+    )
     task_max_retries: int = Field(
         default=8,
         ge=0,
