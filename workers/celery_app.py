@@ -38,6 +38,8 @@ celery_app = Celery(
 celery_app.conf.update(celery_config(get_settings()))
 celery_app.steps["consumer"].add(UnackedHeartbeat)
 celery_app.steps["consumer"].add(LivenessFile)
+# `celery beat` touches its liveness file on every tick (`embedq worker-alive --node beat`).
+celery_app.conf.beat_scheduler = "workers.liveness:LivenessScheduler"
 observability.connect()
 
 

@@ -1,8 +1,9 @@
-"""The worker's half of its liveness signal: its main process touches its liveness file on the event loop's timer.
+"""The processes' half of the liveness signal: a worker's main process, and celery beat, touch their liveness files.
 
-On the consumer's timer, like the broker heartbeat (workers/broker_heartbeat.py): the file stops getting
-younger when the loop that fetches, acknowledges and re-stamps messages stops, which is what a hung worker
-is. The reader is `embedq worker-alive` (app/health/liveness.py).
+A worker touches its file on the consumer's timer, like the broker heartbeat (workers/broker_heartbeat.py):
+the file stops getting younger when the loop that fetches, acknowledges and re-stamps messages stops, which
+is what a hung worker is. Beat touches ``beat`` on each tick of its scheduler loop. The reader is
+`embedq worker-alive` (app/health/liveness.py).
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from celery import bootsteps
+from celery.beat import PersistentScheduler
 
 from app.core.config import get_settings
-from app.health.liveness import liveness_dir, liveness_file, touch
+from app.health.liveness import BEAT_NODE, liveness_dir, liveness_file, touch
 
 log = logging.getLogger(__name__)
 
@@ -54,3 +56,20 @@ class LivenessFile(bootsteps.StartStopStep):
             touch(self.path)
         except OSError as exc:
             log.warning("could not touch the liveness file %s: %s", self.path, exc)
+
+
+class LivenessScheduler(PersistentScheduler):
+    """Celery beat's scheduler, touching ``<liveness dir>/beat`` on every tick; it ticks at least that often."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        settings = get_settings()
+        self.max_interval = min(self.max_interval, settings.worker_liveness_interval_s)
+        self.liveness_path = liveness_file(liveness_dir(settings), BEAT_NODE)
+
+    def tick(self, *args: Any, **kwargs: Any) -> float:
+        try:
+            touch(self.liveness_path)
+        except OSError as exc:
+            log.warning("could not touch the liveness file %s: %s", self.liveness_path, exc)
+        return super().tick(*args, **kwargs)

@@ -4,7 +4,8 @@ A Celery worker that hangs (its main process blocked, its event loop stopped) st
 orchestrator sees nothing wrong. The worker's main process touches ``<liveness dir>/<node name>`` from its
 event loop's timer (workers/liveness.py), the same loop that re-stamps the messages it holds, so a file that
 stops getting younger means a worker that stopped serving; `embedq worker-alive` turns that into an exit code
-for a container healthcheck or a Kubernetes exec probe. A worker that stops cleanly removes its file.
+for a container healthcheck or a Kubernetes exec probe. A worker that stops cleanly removes its file. Celery
+beat touches a file called ``beat`` on each tick of its loop.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.core.config import Settings
+
+# The liveness file of celery beat (one per deployment): `embedq worker-alive --node beat`.
+BEAT_NODE = "beat"
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 from celery import Celery
-from support.processes import EMBEDQ, ManagedProcess, _spawn, start_worker
+from support.processes import EMBEDQ, ManagedProcess, _spawn, start_beat, start_worker
 from support.waiting import wait_until
 
 from app.core.queues import Queue
@@ -123,3 +123,23 @@ def test_devices_run_one_pinned_worker_per_gpu_under_one_supervisor(liveness_env
         assert not any((Path(liveness_env["EMBEDQ_WORKER_LIVENESS_DIR"]) / name).exists() for name in names)
     finally:
         supervisor.stop(timeout=10)
+
+
+def test_beat_touches_its_own_liveness_file_on_every_tick(liveness_env: dict[str, str]) -> None:
+    beat = start_beat(liveness_env)
+    try:
+        wait_until(
+            lambda: worker_alive(liveness_env, "--node", "beat", "--max-age", "2").returncode == 0 or not beat.alive(),
+            60,
+            lambda _: f"beat touched no liveness file; log:\n{beat.log_tail()}",
+        )
+        assert beat.alive(), beat.log_tail()
+        first = (Path(liveness_env["EMBEDQ_WORKER_LIVENESS_DIR"]) / "beat").stat().st_mtime
+        # It ticks at least every EMBEDQ_WORKER_LIVENESS_INTERVAL_S, however far off the next task is.
+        wait_until(
+            lambda: (Path(liveness_env["EMBEDQ_WORKER_LIVENESS_DIR"]) / "beat").stat().st_mtime > first + INTERVAL_S,
+            10,
+            "beat stopped touching its file",
+        )
+    finally:
+        beat.stop()
