@@ -56,10 +56,13 @@ def compose_command(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str]
     return [str(binary)], env
 
 
-def compose(command: tuple[list[str], dict[str, str]], *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+def compose(
+    command: tuple[list[str], dict[str, str]], *args: str, files: tuple[str, ...] = (), **env: str
+) -> subprocess.CompletedProcess[str]:
     base, base_env = command
+    extra = [arg for name in files for arg in ("-f", str(REPO_ROOT / name))]
     return subprocess.run(
-        [*base, "-f", str(REPO_ROOT / "docker-compose.yml"), *args],
+        [*base, "-f", str(REPO_ROOT / "docker-compose.yml"), *extra, *args],
         capture_output=True,
         text=True,
         env={**base_env, **env},
@@ -237,3 +240,20 @@ def test_an_operators_own_s3_replaces_the_bundled_store(compose_command) -> None
     env = json.loads(result.stdout)["services"]["worker-training"]["environment"]
     assert env["EMBEDQ_ARTIFACT_STORE"] == "s3://acme-models/embedq"
     assert env["EMBEDQ_ARTIFACT_S3_ENDPOINT_URL"] == "", "an empty endpoint (AWS's own) must stay empty"
+
+
+def test_the_documented_way_to_add_a_gpu_gives_the_new_worker_that_gpu_alone(compose_command) -> None:
+    result = compose(
+        compose_command, "config", "--format", "json", files=("deploy/compose/extra-gpu.yaml",), **REQUIRED_ENV
+    )
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)["services"]
+    added, original = services["worker-inference-gpu1"], services["worker-inference"]
+    assert added["deploy"]["resources"]["reservations"]["devices"] == [
+        {"driver": "nvidia", "device_ids": ["1"], "capabilities": ["gpu"]}
+    ]
+    assert original["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"] == ["0"]
+    assert queues_of(added) == queues_of(original)
+    assert added["command"][added["command"].index("-n") + 1] == "inference-gpu1@%h"
+    assert added["healthcheck"] == original["healthcheck"] and added["environment"] == original["environment"]
+    assert added["depends_on"] == original["depends_on"]
