@@ -170,6 +170,8 @@ def worker(queues: str, concurrency: int | None, devices: str | None, stop_timeo
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from exc
     concurrency = concurrency or settings.worker_concurrency
+    if devices is None and stop_timeout is not None:
+        raise click.UsageError("--stop-timeout goes with --devices: a lone worker stops as Celery does")
     if devices is None:
         args = worker_command(queues, concurrency)
         os.execv(args[0], args)

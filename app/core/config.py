@@ -452,6 +452,15 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _liveness_age_above_interval(self) -> Settings:
+        if self.worker_liveness_max_age_s < 2 * self.worker_liveness_interval_s:
+            raise ValueError(
+                "EMBEDQ_WORKER_LIVENESS_MAX_AGE_S must be at least twice EMBEDQ_WORKER_LIVENESS_INTERVAL_S, "
+                "or a worker that is one touch late is called hung and restarted"
+            )
+        return self
+
     @field_validator("webhook_allowed_cidrs")
     @classmethod
     def _cidrs(cls, cidrs: list[str]) -> list[str]:

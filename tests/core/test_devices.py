@@ -101,6 +101,11 @@ def test_devices_are_refused_with_what_to_do_when_every_gpu_is_hidden() -> None:
     assert "this host has none" in result.output and "run `embedq worker` without --devices" in result.output
 
 
+def test_stop_timeout_is_refused_without_devices() -> None:
+    result = CliRunner().invoke(main, ["worker", "--stop-timeout", "5"])
+    assert result.exit_code == 2 and "--stop-timeout goes with --devices" in result.output
+
+
 @pytest.mark.skipif(bool(_host_gpus()), reason="this host has a GPU: see the GPU-host test below")
 def test_devices_are_refused_on_a_cpu_host() -> None:
     result = CliRunner().invoke(main, ["worker", "--devices", "0"], env={"CUDA_VISIBLE_DEVICES": None})

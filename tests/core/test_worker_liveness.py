@@ -16,6 +16,7 @@ from celery import Celery
 from support.processes import EMBEDQ, ManagedProcess, _spawn, start_beat, start_worker
 from support.waiting import wait_until
 
+from app.core.config import Settings
 from app.core.queues import Queue
 from app.health.liveness import check_liveness, liveness_file
 
@@ -41,6 +42,12 @@ def test_a_file_is_fresh_or_stale_by_its_age_and_no_file_is_not_alive(tmp_path: 
     assert not verdict.alive and "b@host (90 s ago)" in verdict.message and "a@host" not in verdict.message
     assert check_liveness(tmp_path, 120, now=now).alive
     assert "has no liveness file" in check_liveness(tmp_path, 60, node="c@host").message
+
+
+def test_the_max_age_must_leave_room_for_a_late_touch() -> None:
+    with pytest.raises(ValueError, match="at least twice EMBEDQ_WORKER_LIVENESS_INTERVAL_S"):
+        Settings(worker_liveness_interval_s=40, worker_liveness_max_age_s=60)
+    assert Settings(worker_liveness_interval_s=30, worker_liveness_max_age_s=60).worker_liveness_max_age_s == 60
 
 
 @pytest.fixture
