@@ -453,6 +453,12 @@ class Settings(BaseSettings):
             raise ValueError("EMBEDQ_DATABASE_URL must be a postgresql:// URL")
         return url
 
+    @field_validator("artifact_s3_endpoint_url", "artifact_s3_region", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: str | None) -> str | None:
+        # Compose files and ConfigMaps pass "" to mean "not set" (AWS itself, the default region).
+        return value or None
+
     @field_validator("artifact_store")
     @classmethod
     def _artifact_store_url(cls, url: str | None) -> str | None:

@@ -27,8 +27,6 @@ KUBERNETES_VERSION = "1.33"
 OVERLAYS = ("cpu", "gpu")
 WORKERS = ("embedq-worker-inference", "embedq-worker-sync", "embedq-worker-training", "embedq-worker-webhooks")
 GPU_WORKERS = ("embedq-worker-inference", "embedq-worker-sync", "embedq-worker-training")
-# Settings of the artifact store (issue 24, part 1), defined in app/core/config.py by that branch.
-ARTIFACT_SETTINGS = {"EMBEDQ_ARTIFACT_STORE", "EMBEDQ_ARTIFACT_S3_ENDPOINT_URL", "EMBEDQ_ARTIFACT_S3_REGION"}
 
 
 @cache
@@ -204,7 +202,7 @@ def test_pods_read_their_settings_from_the_configmap_and_secret_and_those_are_re
             assert sources == [config["metadata"]["name"], secret["metadata"]["name"]], obj["metadata"]["name"]
     settings = {f"EMBEDQ_{name.upper()}" for name in Settings.model_fields}
     named = {key for key in [*config["data"], *secret["stringData"]] if key.startswith("EMBEDQ_")}
-    assert named - settings - ARTIFACT_SETTINGS == set(), "not a setting: a typo, or a setting that was renamed"
+    assert named - settings == set(), "not a setting: a typo, or a setting that was renamed"
     # The operator's services: Postgres and Redis are secrets (their URLs carry passwords), and KEDA's
     # address of Redis sits beside them.
     assert {"EMBEDQ_DATABASE_URL", "EMBEDQ_REDIS_URL", "AWS_SECRET_ACCESS_KEY"} <= set(secret["stringData"])
