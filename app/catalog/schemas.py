@@ -36,6 +36,9 @@ class ModelObject(BaseModel):
     device: str | None = Field(description="where a worker runs it; null while no worker has it loaded")
     load_seconds: float | None = Field(description="how long the last load took; null while not loaded")
     hybrid: bool = Field(description="has BGE-M3's sparse and ColBERT heads (/vectorize-hybrid, /rerank)")
+    tasks: list[Literal["embed", "rerank"]] = Field(
+        description="what the model serves: embed (vectors), rerank (/rerank, /v1/rerank), both for BGE-M3"
+    )
     loaded: bool
     loads: list[WorkerLoad] = Field(default_factory=list)
 

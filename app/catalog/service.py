@@ -19,6 +19,7 @@ from app.catalog.loads import ModelLoad, all_loads, load_settings
 from app.catalog.resolver import ResolvedModel, known_models, resolve_model
 from app.catalog.schemas import ModelList, ModelObject, WorkerLoad
 from app.catalog.sources import cached_names
+from app.catalog.tasks import model_tasks
 from app.core.config import Settings
 
 logger = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ def describe(name: str, resolved: ResolvedModel, settings: Settings, loads: dict
     mine = [load for load in loads.get(resolved.name, []) if _matches(load, resolved)]
     latest = mine[-1] if mine else None
     config = read_json(resolved.path / "config.json") if resolved.path is not None else None
+    tasks = model_tasks(resolved.name, resolved.path, family)
     return ModelObject(
         id=name,
         created=_created(resolved.path),
@@ -72,7 +74,8 @@ def describe(name: str, resolved: ResolvedModel, settings: Settings, loads: dict
         source=resolved.source,
         path=str(resolved.path) if resolved.path is not None else None,
         family=family.name,
-        dimension=latest.dimension if latest else folder_dimension(resolved.path),
+        # A reranker's hidden size is no vector size: it gives scores, not vectors.
+        dimension=None if "embed" not in tasks else latest.dimension if latest else folder_dimension(resolved.path),
         max_length=latest.max_seq_length
         if latest
         else _max_length(resolved.path, config, family.max_seq_length, settings),
@@ -81,6 +84,7 @@ def describe(name: str, resolved: ResolvedModel, settings: Settings, loads: dict
         device=latest.device if latest else None,
         load_seconds=latest.load_seconds if latest else None,
         hybrid=latest.hybrid if latest else family.hybrid and has_m3_heads(resolved.path),
+        tasks=tasks,
         loaded=latest is not None,
         loads=[WorkerLoad.model_validate(load, from_attributes=True) for load in mine],
     )

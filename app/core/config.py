@@ -356,6 +356,20 @@ class Settings(BaseSettings):
     truncate: bool = Field(default=True, description="false: an input over the model's limit is a 400")
     max_inputs_per_request: int = Field(default=2048, ge=1, description="inputs in one sync request: more is a 400")
     max_tokens_per_request: int = Field(default=300_000, ge=1, description="tokens in one sync request: more is a 400")
+    rerank_max_pairs: int = Field(
+        default=1000, ge=1, description="texts (query, text pairs) in one /rerank or /v1/rerank request: more is a 400"
+    )
+    rerank_max_tokens_per_pair: int = Field(
+        default=512,
+        ge=8,
+        description="tokens a reranker reads of one (query, text) pair, within the model's own limit: a longer "
+        "pair is cut, longest side first (with truncate false, a 400)",
+    )
+    default_rerank_model: str | None = Field(
+        default=None,
+        description="the reranker /rerank, /v1/rerank and a search's rerank stage use when a request names none "
+        "(unset: EMBEDQ_DEFAULT_MODEL)",
+    )
     matryoshka_models: CommaList = Field(
         default_factory=lambda: [
             "*matryoshka*",

@@ -126,6 +126,14 @@ def _checked(encoder: Encoder, payload: Payload) -> _Plan | OpError:
 @register_op("embed", weight=lambda payload: len(_inputs_of(payload)))
 def embed(encoder: Encoder, payloads: list[Payload]) -> list[Result | OpError]:
     """Return one embedding result per payload (see the module docstring), or the OpError rejecting it."""
+    if "embed" not in encoder.tasks:
+        refused = OpError(
+            f"model {encoder.name} is a reranker (it serves: {', '.join(encoder.tasks)}) and gives no vectors: "
+            "score pairs with it at POST /rerank or /v1/rerank, and embed with an embedding model",
+            code="model_not_embedding",
+            param="model",
+        )
+        return [refused] * len(payloads)
     checked = [_checked(encoder, payload) for payload in payloads]
     plans = [c for c in checked if isinstance(c, _Plan)]
     vectors = iter(_encode_plans(encoder, plans))

@@ -30,7 +30,11 @@ Op = Callable[["Encoder", list[Payload]], list["Result | OpError"]]
 Weight = Callable[[Payload], int]
 
 # Modules whose import registers ops; append yours.
-OP_MODULES: tuple[str, ...] = ("workers.inference.embed_ops", "workers.inference.hybrid_ops")
+OP_MODULES: tuple[str, ...] = (
+    "workers.inference.embed_ops",
+    "workers.inference.hybrid_ops",
+    "workers.inference.rerank_ops",
+)
 
 
 class OpError(Exception):

@@ -70,6 +70,9 @@ class Encoder:
     EMBEDQ_MODEL_BACKEND); ``max_seq_length`` caps the model's own token limit (EMBEDQ_MAX_SEQ_LENGTH).
     """
 
+    # What the loaded model serves (app/catalog/tasks.py): a capability that gives no vectors says so.
+    tasks: tuple[str, ...] = ("embed",)
+
     def __init__(
         self,
         model: ResolvedModel,
@@ -132,8 +135,11 @@ class Encoder:
             # Calibrated by running the float32 model, so only now that it can encode (workers/runtime/smoothing.py).
             self.model = self._quantize_int8(self.model, settings.int8_smoothing)  # type: ignore[arg-type]
         # The first forward pass allocates and picks kernels; pay for it here, not in the first job.
-        self.encode(["warm-up"])
+        self._warm_up()
         self.load_seconds = time.perf_counter() - started
+
+    def _warm_up(self) -> None:
+        self.encode(["warm-up"])
 
     def _load_model(self, transformer_dir: Path) -> torch.nn.Module | ModelView:
         if bitsandbytes_kwargs(self.precision, self.device) is not None:
