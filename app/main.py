@@ -19,6 +19,7 @@ from app.hybrid.routes import router as hybrid_router
 from app.jobs.routes import router as jobs_router
 from app.keys.auth import AUTH_ERRORS, RATE_LIMIT_ERRORS, current_principal, rate_limited
 from app.observability.setup import instrument
+from app.rerank.routes import router as rerank_router
 from app.training.routes import router as training_router
 from app.ui import routes as ui
 from app.v1 import routes as sync_api
@@ -52,6 +53,7 @@ def create_app() -> FastAPI:
     api.include_router(sync_api.router, dependencies=[Depends(rate_limited)], responses=RATE_LIMIT_ERRORS)
     api.include_router(models_router, dependencies=[Depends(current_principal)], responses=AUTH_ERRORS)
     api.include_router(hybrid_router, dependencies=[Depends(rate_limited)], responses=RATE_LIMIT_ERRORS)
+    api.include_router(rerank_router, dependencies=[Depends(rate_limited)], responses=RATE_LIMIT_ERRORS)
     # Before instrument(): the metrics middleware, outside this one, counts its 413s and 400s too.
     api.add_middleware(RequestLimits, settings=get_settings(), error_body=error_body)
     instrument(api)

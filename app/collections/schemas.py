@@ -108,6 +108,20 @@ class HybridWeights(BaseModel):
         return self
 
 
+class RerankStage(BaseModel):
+    """Re-score the first ``top_k`` hits with a reranker and return them in its order."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: Annotated[
+        str | None,
+        Field(max_length=200, description="a cross-encoder or BGE-M3 model; default EMBEDQ_DEFAULT_RERANK_MODEL"),
+    ] = None
+    top_n: Annotated[int | None, Field(ge=1, le=10_000, description="hits to return after reranking (default all)")] = (
+        None
+    )
+
+
 class SearchRequest(BaseModel):
     """Nearest chunks to a query text (embedded with the collection's model) or to a query vector."""
 
@@ -129,6 +143,11 @@ class SearchRequest(BaseModel):
         "both, weighted by `weights` (sparse and hybrid need a BGE-M3 collection and a `query` text)",
     )
     weights: HybridWeights | None = Field(default=None, description="hybrid mode: default dense 0.4, sparse 0.2")
+    rerank: RerankStage | None = Field(
+        default=None,
+        description="re-score the top_k hits with a reranker against `query` and return them best first, with both "
+        "scores",
+    )
 
     @model_validator(mode="after")
     def _one_query(self) -> SearchRequest:
@@ -138,6 +157,8 @@ class SearchRequest(BaseModel):
             raise ValueError(f"mode {self.mode!r} embeds the query text itself: send `query`, not `vector`")
         if self.weights is not None and self.mode != "hybrid":
             raise ValueError("`weights` apply to mode 'hybrid' only")
+        if self.rerank is not None and self.query is None:
+            raise ValueError("`rerank` scores the hits against the query text: send `query`, not `vector`")
         return self
 
 
@@ -149,6 +170,9 @@ class SearchHit(BaseModel):
     score: float = Field(
         description="dense: cosine similarity (1 is identical); sparse: the inner product of token weights; "
         "hybrid: the weighted mean of the two"
+    )
+    rerank_score: float | None = Field(
+        default=None, description="with `rerank`: the reranker's score of (query, text); hits come in its order"
     )
 
 

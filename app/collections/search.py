@@ -1,7 +1,8 @@
 """Search a collection: embed the query (or take its vector), check it fits, and ask the vector store.
 
 Dense search is by cosine; a BGE-M3 collection also answers sparse and hybrid queries, embedded by the
-worker's hybrid op.
+worker's hybrid op. A ``rerank`` stage re-scores the hits found with a reranker (``app/rerank``) and returns
+them in its order, each with both scores.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from typing import Any
 import numpy as np
 from sqlalchemy.orm import Session
 
+from app.catalog.access import JOB_API_ERRORS
 from app.catalog.dimension import model_dimension
 from app.catalog.resolver import resolve_model
 from app.collections.repository import CollectionRepository
-from app.collections.schemas import HybridWeights, SearchHit, SearchRequest, SearchResponse
+from app.collections.schemas import HybridWeights, RerankStage, SearchHit, SearchRequest, SearchResponse
 from app.collections.service import require_collection
 from app.collections.vector_store import VectorStore
 from app.core.config import Settings
@@ -24,6 +26,7 @@ from app.core.errors import InvalidRequestError
 from app.core.security import Principal
 from app.hybrid.service import check_hybrid_model
 from app.models.collection import Collection, CollectionVersion
+from app.rerank import service as rerank_service
 
 
 async def search(
@@ -33,6 +36,9 @@ async def search(
     from starlette.concurrency import run_in_threadpool
 
     collection, version = await run_in_threadpool(_search_target, session, name, principal)
+    reranker = None
+    if payload.rerank is not None:
+        reranker = await rerank_service.checked_reranker(payload.rerank.model, settings, principal, JOB_API_ERRORS)
     if payload.model is not None and not _same_model(payload.model, version.model, settings):
         raise InvalidRequestError(
             f"collection {name!r} holds {_dims(version.dimension)} vectors of {version.model}; the request names "
@@ -57,17 +63,28 @@ async def search(
         raise InvalidRequestError("the query vector must be finite and not all zeros", param="vector")
     top_k = min(payload.top_k, settings.search_max_top_k)
     rows = await run_in_threadpool(_nearest, session, version, vector, sparse, payload, top_k, settings)
+    hits = [
+        SearchHit(document_id=r.document_id, chunk_index=r.chunk_index, text=r.text, metadata=r.metadata, score=r.score)
+        for r in rows
+    ]
+    if reranker is not None and payload.rerank is not None and hits:
+        hits = await _reranked(reranker, payload.query or "", hits, payload.rerank, settings)
     return SearchResponse(
-        collection=collection.name,
-        model=version.model,
-        dimension=int(version.dimension or vector.shape[0]),
-        data=[
-            SearchHit(
-                document_id=r.document_id, chunk_index=r.chunk_index, text=r.text, metadata=r.metadata, score=r.score
-            )
-            for r in rows
-        ],
+        collection=collection.name, model=version.model, dimension=int(version.dimension or vector.shape[0]), data=hits
     )
+
+
+async def _reranked(
+    reranker: rerank_service.Reranker, query: str, hits: list[SearchHit], stage: RerankStage, settings: Settings
+) -> list[SearchHit]:
+    """Return ``hits`` in the reranker's order, each with its rerank score, the best ``stage.top_n`` if given."""
+    texts = [hit.text for hit in hits]
+    rerank_service.check_pairs(query, texts, settings, field="rerank")
+    scored = await rerank_service.score(reranker, query, texts, settings)
+    return [
+        hits[i].model_copy(update={"rerank_score": scored.scores[i]})
+        for i in rerank_service.ranking(scored.scores, stage.top_n)
+    ]
 
 
 def _search_target(session: Session, name: str, principal: Principal) -> tuple[Collection, CollectionVersion]:

@@ -1,4 +1,4 @@
-"""BGE-M3 routes: dense + sparse + ColBERT vectors in one pass, and MaxSim late-interaction rerank.
+"""BGE-M3 routes: dense + sparse + ColBERT vectors in one pass (its MaxSim rerank is served by app/rerank).
 
 A model without BGE-M3's heads gets a 400 naming the models that have them.
 """
@@ -15,8 +15,6 @@ from app.hybrid.schemas import (
     HybridBatchResponse,
     HybridRequest,
     HybridResponse,
-    RerankRequest,
-    RerankResponse,
 )
 from app.keys.auth import PrincipalDep
 
@@ -45,11 +43,3 @@ async def vectorize_batch_hybrid(
     model = await run_in_threadpool(service.check_hybrid_model, body.model, settings, principal)
     items = await service.hybrid(model, body.items, return_colbert=body.return_colbert)
     return HybridBatchResponse(data=items, model=model, dimension=len(items[0]["dense"]))
-
-
-@router.post("/rerank", response_model=RerankResponse, responses=_ERRORS)
-async def rerank(body: RerankRequest, settings: SettingsDep, principal: PrincipalDep) -> RerankResponse:
-    """Score each candidate against `query` by MaxSim over ColBERT vectors; scores come in candidate order."""
-    model = await run_in_threadpool(service.check_hybrid_model, body.model, settings, principal)
-    scores = await service.rerank(model, body.query, body.candidates, body.batch_size)
-    return RerankResponse(scores=scores, model=model)

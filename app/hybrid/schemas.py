@@ -1,4 +1,4 @@
-"""Bodies of /vectorize-hybrid, /vectorize-batch-hybrid and /rerank (BGE-M3 models only)."""
+"""Bodies of /vectorize-hybrid and /vectorize-batch-hybrid (BGE-M3 models only)."""
 
 from __future__ import annotations
 
@@ -47,19 +47,3 @@ class HybridBatchResponse(BaseModel):
     data: list[HybridVectors]
     model: str
     dimension: int
-
-
-class RerankRequest(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid", json_schema_extra={"examples": [{"query": "what is BGE-M3?", "candidates": ["a", "b"]}]}
-    )
-
-    query: StrictStr = Field(min_length=1)
-    candidates: list[StrictStr] = Field(min_length=1)
-    batch_size: int = Field(default=32, ge=1, le=1024, description="candidates per forward pass")
-    model: ModelName = None
-
-
-class RerankResponse(BaseModel):
-    scores: list[float] = Field(description="MaxSim late-interaction score per candidate, in candidate order")
-    model: str

@@ -7,8 +7,13 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
-from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    BertTokenizerFast,
+    XLMRobertaConfig,
+    XLMRobertaForSequenceClassification,
+)
 
 from support.tiny_m3 import MAX_TOKENS, _tokenizer
 from support.tiny_models import HIDDEN_SIZE, _write_vocab
