@@ -136,7 +136,7 @@ def test_hybrid_routes_refuse_models_without_m3_heads(path: str, client: TestCli
     refused = client.post(path, json={**body, "model": "acme/tiny-bert"})
     assert refused.status_code == 400
     detail = refused.json()
-    assert detail["code"] == "model_not_hybrid"
+    assert detail["code"] == ("model_not_reranker" if path == "/rerank" else "model_not_hybrid")
     assert "family sentence-transformers" in detail["detail"] and "tiny-m3" in detail["detail"]
 
     shutil.rmtree(models_dir / "tiny-m3")
