@@ -11,8 +11,10 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
+from app.catalog.families import detect_family
 from app.catalog.repository import RegisteredModelRepository
 from app.catalog.resolver import InvalidModelNameError, ResolvedModel, UnknownModelError, known_models, resolve_model
+from app.catalog.tasks import NotAnEmbeddingModelError, require_embedding
 from app.core.config import Settings
 from app.core.db import session_scope
 from app.core.errors import EmbedqError, InvalidRequestError, NotFoundError
@@ -49,6 +51,18 @@ def check_model(
     except UnknownModelError as exc:
         extra = {"known": exc.known} if errors.list_known else {}
         raise errors.unknown(str(exc), param="model", **extra) from exc
+
+
+def check_embedding_model(
+    name: str, settings: Settings, principal: Principal, errors: ModelErrors, session: Session | None = None
+) -> ResolvedModel:
+    """Return ``check_model``'s answer if the model gives vectors; a reranker raises the API style's invalid error."""
+    resolved = check_model(name, settings, principal, errors, session)
+    try:
+        require_embedding(resolved.name, resolved.path, detect_family(resolved.name, resolved.path, resolved.family))
+    except NotAnEmbeddingModelError as exc:
+        raise errors.invalid(str(exc), param="model") from exc
+    return resolved
 
 
 def hidden_models(principal: Principal, session: Session | None = None) -> set[str]:

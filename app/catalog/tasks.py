@@ -50,3 +50,16 @@ def num_labels(config: dict[str, Any]) -> int:
         return len(labels)
     count = config.get("num_labels")
     return count if isinstance(count, int) else 2
+
+
+class NotAnEmbeddingModelError(ValueError):
+    """A model that scores pairs named where vectors are wanted."""
+
+
+def require_embedding(name: str, folder: Path | None, family: Family) -> None:
+    """Raise NotAnEmbeddingModelError naming the fix when model ``name`` gives no vectors (a cross-encoder)."""
+    if "embed" not in model_tasks(name, folder, family):
+        raise NotAnEmbeddingModelError(
+            f"model {name} is a reranker (a cross-encoder) and gives no vectors: embed with an embedding model, "
+            "and use this one at POST /rerank, /v1/rerank or a search's rerank stage"
+        )

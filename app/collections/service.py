@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy.orm import Session
 
-from app.catalog.access import JOB_API_ERRORS, check_model
+from app.catalog.access import JOB_API_ERRORS, check_embedding_model
 from app.catalog.dimension import model_dimension
 from app.collections.repository import CollectionRepository
 from app.collections.schemas import (
@@ -53,7 +53,7 @@ def create_collection(
     if repo.get_in_tenant(principal.tenant, payload.name) is not None:
         raise ConflictError(f"a collection named {payload.name!r} exists: pick another name or delete it first")
     model = payload.model or settings.default_model
-    check_model(model, settings, principal, JOB_API_ERRORS, session)
+    check_embedding_model(model, settings, principal, JOB_API_ERRORS, session)
     chunking = payload.chunking or ChunkingSpec(
         max_tokens=settings.ingest_default_max_tokens, overlap_tokens=settings.ingest_default_overlap_tokens
     )
@@ -184,7 +184,7 @@ def start_reembed(
     repo = CollectionRepository(session)
     collection = require_collection(repo, name, principal, lock=True)
     model = payload.model
-    check_model(model, settings, principal, JOB_API_ERRORS, session)
+    check_embedding_model(model, settings, principal, JOB_API_ERRORS, session)
     jobs = JobRepository(session)
     busy = jobs.active_for_collection(collection.id, _BUSY_KINDS)
     if busy:

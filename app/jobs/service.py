@@ -14,7 +14,7 @@ import numpy as np
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.catalog.access import JOB_API_ERRORS, check_model
+from app.catalog.access import JOB_API_ERRORS, check_embedding_model
 from app.catalog.resolver import InvalidModelNameError, UnknownModelError
 from app.core.config import Settings
 from app.core.db import enqueue
@@ -64,7 +64,7 @@ def create_embedding_job(
             param=f"input[{too_long}]",
         )
     model = payload.model or settings.default_model
-    check_model(model, settings, principal, JOB_API_ERRORS, session)
+    check_embedding_model(model, settings, principal, JOB_API_ERRORS, session)
     digest = _request_hash(payload, model)
     repo = JobRepository(session)
     if payload.idempotency_key is not None:

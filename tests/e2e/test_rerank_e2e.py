@@ -200,6 +200,15 @@ def test_a_reranker_gives_no_embeddings(http: httpx.Client) -> None:
     assert refused.json()["error"]["code"] == "model_not_embedding" and "/rerank" in refused.json()["error"]["message"]
 
 
+def test_a_job_or_collection_with_a_reranker_is_refused_naming_the_fix(http: httpx.Client) -> None:
+    job = http.post("/jobs/embeddings", json={"input": ["a"], "model": "acme/ce-bert"})
+    collection = http.post("/collections", json={"name": "by-reranker", "model": "acme/ce-bert"})
+
+    for refused in (job, collection):
+        assert refused.status_code == 422, refused.text
+        assert "is a reranker" in refused.json()["detail"] and "embedding model" in refused.json()["detail"]
+
+
 def test_search_with_a_rerank_stage_returns_the_hits_in_the_rerankers_order(
     http: httpx.Client, models: Path, clean_state
 ) -> None:
@@ -230,3 +239,17 @@ def test_search_with_a_rerank_stage_returns_the_hits_in_the_rerankers_order(
     assert by_vector.status_code == 422 and "send `query`" in by_vector.text
     embedder = http.post("/collections/reranked/search", json={**query, "rerank": {"model": "acme/bert-search"}})
     assert embedder.status_code == 400 and embedder.json()["code"] == "model_not_reranker"
+
+
+def test_the_cohere_sdks_rerank_works_against_embedq(stack: SyncStack, models: Path) -> None:
+    cohere = pytest.importorskip("cohere", reason="the cohere SDK is not installed (pip install cohere)")
+    client = cohere.Client(api_key="unused", base_url=stack.api.base_url, timeout=120)
+
+    response = client.rerank(model="acme/ce-bert", query=QUERY, documents=TEXTS, top_n=2, return_documents=True)
+
+    expected = predict(models, "acme/ce-bert", TEXTS)
+    assert [r.index for r in response.results] == list(np.argsort(-expected, kind="stable")[:2])
+    for result in response.results:
+        assert abs(result.relevance_score - expected[result.index]) <= TOL
+        assert result.document is not None and result.document.text == TEXTS[result.index]
+    assert response.meta is not None and response.meta.billed_units.search_units == 1
