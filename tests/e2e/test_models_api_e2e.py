@@ -85,10 +85,10 @@ def test_rerank_endpoint_scores_in_candidate_order(http: httpx.Client, local: En
     np.testing.assert_allclose(response.json()["scores"], rerank_maxsim(local, "sparse dog", candidates), atol=TOL)
 
 
-def test_non_m3_model_gets_a_400_naming_the_m3_models(http: httpx.Client) -> None:
+def test_an_embedding_model_gets_a_400_naming_the_rerankers(http: httpx.Client) -> None:
     refused = http.post("/rerank", json={"query": "q", "candidates": ["x"], "model": "all-MiniLM-L6-v2"})
     assert refused.status_code == 400
-    assert refused.json()["code"] == "model_not_hybrid" and "acme/tiny-m3" in refused.json()["detail"]
+    assert refused.json()["code"] == "model_not_reranker" and "acme/tiny-m3" in refused.json()["detail"]
 
 
 def test_models_endpoint_reports_the_workers_load(http: httpx.Client, m3_stack: SyncStack) -> None:
