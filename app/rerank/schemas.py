@@ -83,7 +83,9 @@ class CohereRerankRequest(BaseModel):
     query: StrictStr
     documents: list[StrictStr | CohereDocument]
     model: ModelName = None
-    top_n: int | None = Field(default=None, ge=1, description="how many results: the best top_n (default all)")
+    top_n: int | None = Field(
+        default=None, ge=1, le=100_000, description="how many results: the best top_n (default all)"
+    )
     return_documents: bool = Field(default=False, description="true: each result carries its document")
 
 

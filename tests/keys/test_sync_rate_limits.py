@@ -18,8 +18,9 @@ from app.core.db import session_scope
 from app.keys.service import create_key
 from app.main import create_app
 
-# Every route that reaches the sync queue, with a body that gets it there; hybrid ones need a BGE-M3 model
-# (the default model is refused with a 400 before the queue: they still count, as the whole router does).
+# Every route that reaches the sync queue, with a body that gets it there; hybrid and rerank ones need a BGE-M3
+# model or a reranker (the default model is refused with a 400 before the queue: they still count, as the whole
+# router does).
 SYNC_ROUTES: list[tuple[str, dict, bool]] = [
     ("/v1/embeddings", {"input": "a"}, True),
     ("/vectorize", {"text": "a"}, True),
@@ -30,6 +31,8 @@ SYNC_ROUTES: list[tuple[str, dict, bool]] = [
     ("/vectorize-hybrid", {"text": "a"}, False),
     ("/vectorize-batch-hybrid", {"items": ["a"]}, False),
     ("/rerank", {"query": "q", "candidates": ["c"]}, False),
+    ("/rerank", {"query": "q", "texts": ["c"]}, False),
+    ("/v1/rerank", {"query": "q", "documents": ["c"]}, False),
 ]
 
 
