@@ -18,7 +18,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from workers.runtime.encoder import Encoder, Tokens
-from workers.runtime.pooling import UnsupportedModelError
+from workers.runtime.pooling import PoolingConfig, UnsupportedModelError
 from workers.runtime.precision import bitsandbytes_kwargs, load_dtype, quantize_dynamic_int8
 
 Pair = tuple[str, str]
@@ -40,6 +40,10 @@ class CrossEncoderModel(Encoder):
     """An ``Encoder`` whose model is a one-label sequence classifier: ``score_pairs`` gives each pair's logit."""
 
     tasks = ("rerank",)
+
+    def _read_pooling(self) -> PoolingConfig:
+        # The classifier pools as its architecture does; the encoder's pooling is never used.
+        return PoolingConfig()
 
     def _load_model(self, transformer_dir: Path) -> torch.nn.Module:
         if self.backend == "onnx" or bitsandbytes_kwargs(self.precision, self.device) is not None:

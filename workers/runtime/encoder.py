@@ -100,7 +100,7 @@ class Encoder:
         self.batch_size = batch_size
         self.batch_tokens = settings.max_batch_tokens if batch_tokens is None else batch_tokens
         self.family: Family = detect_family(model.name, self.path, model.family)
-        pooling = read_pooling_config(self.path, family_default=_family_pooling(self.family))
+        pooling = self._read_pooling()
         self.pooling_mode = pooling.mode
         self.normalize_default = pooling.normalize
 
@@ -137,6 +137,9 @@ class Encoder:
         # The first forward pass allocates and picks kernels; pay for it here, not in the first job.
         self._warm_up()
         self.load_seconds = time.perf_counter() - started
+
+    def _read_pooling(self) -> PoolingConfig:
+        return read_pooling_config(self.path, family_default=_family_pooling(self.family))
 
     def _warm_up(self) -> None:
         self.encode(["warm-up"])
