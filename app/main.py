@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import Depends, FastAPI, Request
 from starlette.responses import Response
 
+from app.batches.routes import router as batches_router
 from app.catalog.routes import router as models_router
 from app.collections.routes import errors_router as ingest_errors_router
 from app.collections.routes import router as collections_router
@@ -50,6 +51,7 @@ def create_app() -> FastAPI:
     api.include_router(webhooks_router, dependencies=[Depends(current_principal)], responses=AUTH_ERRORS)
     api.include_router(sync_api.openai_router, dependencies=[Depends(rate_limited)], responses=RATE_LIMIT_ERRORS)
     api.include_router(sync_api.router, dependencies=[Depends(rate_limited)], responses=RATE_LIMIT_ERRORS)
+    api.include_router(batches_router, dependencies=[Depends(current_principal)], responses=AUTH_ERRORS)
     api.include_router(models_router, dependencies=[Depends(current_principal)], responses=AUTH_ERRORS)
     api.include_router(hybrid_router, dependencies=[Depends(rate_limited)], responses=RATE_LIMIT_ERRORS)
     # Before instrument(): the metrics middleware, outside this one, counts its 413s and 400s too.

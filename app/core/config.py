@@ -417,6 +417,22 @@ class Settings(BaseSettings):
     hnsw_build_memory: str = Field(default="1GB", pattern=r"^\d+(kB|MB|GB)$", description="maintenance_work_mem")
     search_ef_search: int = Field(default=100, ge=1, le=1000, description="HNSW candidates a search considers")
     search_max_top_k: int = Field(default=100, ge=1, le=1000, description="most results of one collection search")
+    # The OpenAI Batch API (docs: guide/batch-api): files live in the artifact store, batches run on the bulk queue.
+    batch_max_upload_bytes: int = Field(
+        default=200 * 1024 * 1024, ge=1024, description="a POST /v1/files body (OpenAI's 200 MB): else 413"
+    )
+    batch_max_lines: int = Field(default=50_000, ge=1, description="requests in one batch input file: more fails it")
+    batch_completion_window_s: float = Field(
+        default=24 * 3600.0,
+        gt=0,
+        description="how long completion_window '24h' lasts: a batch still running then ends expired",
+    )
+    batch_task_tokens: int = Field(
+        default=8192,
+        ge=1,
+        description="estimated tokens (4 characters each) of the requests one bulk task embeds",
+    )
+    batch_list_max: int = Field(default=100, ge=1, description="most files or batches in one page of a list")
     # torch threads per prefork worker child; 0: the machine's cores divided among the pool's processes.
     worker_torch_threads: int = Field(default=0, ge=0)
     # GOMP_SPINCOUNT of a worker that runs torch in its own process (the sync worker): how long torch's idle

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
+from app.batches.execution import requeue_batch
 from app.collections.ingestion import requeue_ingest
 from app.core.config import Settings
 from app.core.queues import TaskName
@@ -53,4 +54,8 @@ RECOVERIES: dict[str, KindRecovery] = {
     # Ingestion: pending batches are re-enqueued (a claimed batch changes nothing); a dead upload is closed.
     JobKind.INGEST.value: KindRecovery(frozenset({TaskName.INGEST_BATCH, TaskName.INGEST_INDEX}), requeue_ingest),
     JobKind.REEMBED.value: KindRecovery(frozenset({TaskName.INGEST_REEMBED, TaskName.INGEST_INDEX}), requeue_ingest),
+    # Batches: validation, the tasks with unanswered requests, or finalize, whichever the batch is at.
+    JobKind.BATCH.value: KindRecovery(
+        frozenset({TaskName.BATCH_VALIDATE, TaskName.BATCH_RUN, TaskName.BATCH_FINALIZE}), requeue_batch
+    ),
 }

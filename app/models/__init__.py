@@ -1,6 +1,7 @@
 """SQLAlchemy tables. Importing this package registers every table on ``Base.metadata``."""
 
 from app.models.api_key import DEFAULT_TENANT, ApiKey
+from app.models.batch import Batch, BatchFile, BatchRequest, BatchResult, BatchStatus, FilePurpose
 from app.models.collection import (
     Chunk,
     Collection,
@@ -18,10 +19,16 @@ from app.models.webhook import WebhookDelivery, WebhookEndpoint, WebhookEvent, W
 __all__ = [
     "DEFAULT_TENANT",
     "ApiKey",
+    "Batch",
+    "BatchFile",
+    "BatchRequest",
+    "BatchResult",
+    "BatchStatus",
     "Chunk",
     "Collection",
     "CollectionVersion",
     "Document",
+    "FilePurpose",
     "IngestBatch",
     "IngestError",
     "Job",

@@ -34,6 +34,7 @@ class JobKind(StrEnum):
     FINE_TUNE_LORA = "fine_tune_lora"
     INGEST = "ingest"
     REEMBED = "reembed"
+    BATCH = "batch"
 
 
 class JobStatus(StrEnum):

@@ -138,6 +138,16 @@ def allows_dimensions(names: tuple[str, ...], settings: Settings) -> bool:
     )
 
 
+def check_dimensions(dimensions: int | None, asked: str, resolved: str, settings: Settings) -> None:
+    """Raise a 400 if ``dimensions`` is asked of a model not listed in EMBEDQ_MATRYOSHKA_MODELS."""
+    if dimensions is not None and not allows_dimensions((asked, resolved), settings):
+        raise InvalidInputError(
+            f"model {asked!r} does not support dimensions: its vectors were not trained to be shortened. Omit "
+            "dimensions, use a Matryoshka model, or add this model to EMBEDQ_MATRYOSHKA_MODELS",
+            param="dimensions",
+        )
+
+
 def split_input(
     value: str | list[str] | list[int] | list[list[int]],
 ) -> tuple[list[str] | None, list[list[int]] | None]:
@@ -167,12 +177,7 @@ async def embed(
     else:
         check_token_ids(token_ids or [], settings)
     asked, resolved = await checked_model(model, settings, principal)
-    if dimensions is not None and not allows_dimensions((asked, resolved), settings):
-        raise InvalidInputError(
-            f"model {asked!r} does not support dimensions: its vectors were not trained to be shortened. Omit "
-            "dimensions, use a Matryoshka model, or add this model to EMBEDQ_MATRYOSHKA_MODELS",
-            param="dimensions",
-        )
+    check_dimensions(dimensions, asked, resolved, settings)
     payload: dict[str, Any] = {
         "is_query": is_query,
         "dimensions": dimensions,
