@@ -1,4 +1,4 @@
-"""The Files and Batch APIs in-process, on the session's real Postgres and Redis (no worker: tasks wait in the queue)."""
+"""The Files and Batch APIs in-process, on real Postgres and Redis (no worker: tasks wait in the queue)."""
 
 from __future__ import annotations
 
