@@ -220,6 +220,9 @@ class ResultRow:
     encoding_format: str | None
 
 
+_RESULT_DEFAULTS: dict[str, Any] = dict.fromkeys(("model", "vectors", "dimension", "prompt_tokens", "error"))
+
+
 class ResultRepository:
     def __init__(self, session: Session) -> None:
         self.session = session
@@ -231,9 +234,10 @@ class ResultRepository:
         """
         if not rows:
             return []
+        # One multi-row VALUES needs every column in every row.
         inserted = self.session.execute(
             insert(BatchResult)
-            .values([{"batch_id": batch_id, **row} for row in rows])
+            .values([{**_RESULT_DEFAULTS, "batch_id": batch_id, **row} for row in rows])
             .on_conflict_do_nothing(index_elements=["batch_id", "custom_id"])
             .returning(BatchResult.status_code)
         )
