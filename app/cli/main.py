@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from app.cli import client_commands, keys_commands, models_commands
+from app.cli import batch_commands, client_commands, keys_commands, models_commands
 from app.cli.embedded import EmbeddedPostgres, EmbeddedServiceError
 from app.cli.migrations import upgrade_head
 from app.cli.up import (
@@ -175,3 +175,6 @@ main.add_command(models_commands.models)
 
 # `embedq keys create|list|revoke` (app/cli/keys_commands.py).
 main.add_command(keys_commands.keys)
+
+# `embedq batch submit requests.jsonl --wait` (app/cli/batch_commands.py).
+main.add_command(batch_commands.batch)
