@@ -13,19 +13,18 @@ from __future__ import annotations
 import bisect
 import logging
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import IO, Any
+from typing import Any
 
 from sqlalchemy.orm import Session
 
-from app.artifacts.store import ArtifactStore
+from app.artifacts.store import ArtifactNotFoundError, ArtifactStore
 from app.batches import ending, output
 from app.batches.contracts import EmbedCall, Embedded, EmbedRequests, RequestError
 from app.batches.files import storage_key
 from app.batches.repository import BatchRepository, FileRepository, RequestRepository, ResultRepository
-from app.batches.requests import Prepared, RequestChecker
+from app.batches.request_checks import Prepared, RequestChecker
 from app.batches.schemas import BatchObject
 from app.batches.validation import chunk_starts, validate_lines
 from app.catalog.resolver import InvalidModelNameError, UnknownModelError
@@ -59,10 +58,6 @@ class ChunkOutcome:
 NOTHING = ChunkOutcome(0, 0)
 
 
-def _lines(source: IO[bytes]) -> Iterator[bytes]:
-    yield from source
-
-
 def validate(scope: Scope, job_id: uuid.UUID, store: ArtifactStore, settings: Settings) -> BatchStatus | None:
     """Validate the batch's input file and send its tasks; the status it moved the batch to, or None."""
     with scope() as session:
@@ -72,11 +67,15 @@ def validate(scope: Scope, job_id: uuid.UUID, store: ArtifactStore, settings: Se
             return None
         file = FileRepository(session).get(batch.input_file_id)
         batch_id, key = batch.id, file.storage_key if file is not None else None
-    if key is None:
-        errors = [{"code": "file_not_found", "message": "the input file was deleted", "param": None, "line": None}]
+    try:
+        if key is None:
+            raise ArtifactNotFoundError(store, batch_id)
+        with store.open_read(key) as source:
+            checked = validate_lines(source, settings.batch_max_lines)
+    except ArtifactNotFoundError:
+        message = "the input file was deleted before the batch read it: upload it again and create a new batch"
+        errors = [{"code": "file_not_found", "message": message, "param": "input_file_id", "line": None}]
         return _fail_validation(scope, job_id, batch_id, errors)
-    with store.open_read(key) as source:
-        checked = validate_lines(_lines(source), settings.batch_max_lines)
     if checked.errors:
         errors = [e.as_dict() for e in checked.errors]
         if checked.error_count > len(errors):

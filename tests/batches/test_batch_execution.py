@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 from support.principals import ADMIN
 from support.tiny_models import in_models_dir
@@ -25,6 +27,8 @@ from app.batches.schemas import BatchCreate
 from app.core.config import Settings, get_settings
 from app.jobs.repository import JobRepository
 from app.models.batch import Batch
+from app.models.webhook import WebhookEndpoint, WebhookEvent
+from app.webhooks.signing import new_secret
 from workers.batch_embedding import embed_requests
 
 MODEL = "tiny-batch"
@@ -33,6 +37,23 @@ MODEL = "tiny-batch"
 @pytest.fixture(scope="module", autouse=True)
 def tiny_model(session_services) -> None:
     in_models_dir(MODEL)
+
+
+@pytest.fixture(autouse=True)
+def default_endpoint(db_session: Session) -> WebhookEndpoint:
+    """A default endpoint of the tenant: it is owed the events of every job, batches' included."""
+    endpoint = WebhookEndpoint(
+        id=uuid.uuid4(), tenant=ADMIN.tenant, url="http://127.0.0.1:9/hook", secret=new_secret(), all_jobs=True
+    )
+    db_session.add(endpoint)
+    db_session.flush()
+    return endpoint
+
+
+def batch_events(session: Session, batch: Batch) -> list[tuple[str, str]]:
+    """Return (type, data.id) of the batch events owed for the batch's job."""
+    events = session.scalars(select(WebhookEvent).where(WebhookEvent.job_id == batch.job_id))
+    return [(e.type, json.loads(e.body)["data"]["id"]) for e in events if e.type.startswith("batch.")]
 
 
 @pytest.fixture
@@ -122,6 +143,7 @@ def test_a_batch_completes_with_sync_equal_vectors_and_request_errors_on_their_o
     job = JobRepository(db_session).get(batch.job_id)
     db_session.refresh(job)
     assert (job.status, job.total, job.done, job.failed) == ("succeeded", 6, 3, 3)
+    assert batch_events(db_session, batch) == [("batch.completed", batch.id)]
 
 
 def test_redelivered_tasks_change_nothing(db_session: Session, scope, store: ArtifactStore) -> None:
@@ -137,6 +159,7 @@ def test_redelivered_tasks_change_nothing(db_session: Session, scope, store: Art
     assert execution.finalize(scope, batch.job_id, store, settings) is not None
     output = read_lines(store, db_session, batch.output_file_id or _refreshed(db_session, batch).output_file_id)
     assert execution.finalize(scope, batch.job_id, store, settings) is None
+    assert batch_events(db_session, batch) == [("batch.completed", batch.id)]  # announced once
     assert sorted(line["custom_id"] for line in output) == ["r0", "r1", "r2", "r3"]
     assert (batch.completed, batch.failed) == (4, 0)
 
@@ -161,6 +184,7 @@ def test_a_file_with_broken_lines_fails_validation_with_each_line_named(
     job = JobRepository(db_session).get(batch.job_id)
     db_session.refresh(job)
     assert job.status == "failed" and "not valid JSON" in job.error
+    assert batch_events(db_session, batch) == [("batch.failed", batch.id)]
 
 
 def test_a_batch_past_its_window_ends_expired_with_its_partial_output(
@@ -187,6 +211,7 @@ def test_a_batch_past_its_window_ends_expired_with_its_partial_output(
         ("r1", None, "batch_expired"),
         ("r2", None, "batch_expired"),
     ]
+    assert batch_events(db_session, batch) == [("batch.expired", batch.id)]
 
 
 def test_cancel_stops_between_tasks_and_keeps_what_completed(db_session: Session, scope, store: ArtifactStore) -> None:
@@ -206,6 +231,7 @@ def test_cancel_stops_between_tasks_and_keeps_what_completed(db_session: Session
         "batch_cancelled",
         "batch_cancelled",
     ]
+    assert batch_events(db_session, batch) == [("batch.cancelled", batch.id)]
 
 
 def test_the_reaper_requeues_what_a_batch_has_left(db_session: Session, scope, store: ArtifactStore) -> None:
@@ -220,3 +246,14 @@ def test_the_reaper_requeues_what_a_batch_has_left(db_session: Session, scope, s
     for start in batch.chunk_starts:
         execution.run_chunk(scope, batch.job_id, start, embed_requests, settings)
     assert execution.requeue_batch(db_session, job) == 1  # finalize
+
+
+def test_a_batch_whose_input_file_was_deleted_fails_saying_so(db_session: Session, scope, store: ArtifactStore) -> None:
+    settings = settings_with()
+    batch = submit(db_session, store, [request_line("a", {"input": "x"})], settings)
+    files.delete_file(db_session, batch.input_file_id, ADMIN, store)
+    assert execution.validate(scope, batch.job_id, store, settings).value == "failed"
+    execution.finalize(scope, batch.job_id, store, settings)
+    db_session.refresh(batch)
+    assert batch.status == "failed"
+    assert [(e["code"], e["param"]) for e in batch.errors] == [("file_not_found", "input_file_id")]
