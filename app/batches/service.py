@@ -7,8 +7,9 @@ cancelling either one cancels both, and the reaper recovers it (``app/maintenanc
 from __future__ import annotations
 
 import secrets
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
+from sqlalchemy import func
 from sqlalchemy.orm import Session
 
 from app.batches import ending
@@ -84,7 +85,8 @@ def create_batch(session: Session, payload: BatchCreate, settings: Settings, pri
             total=0,
             completed=0,
             failed=0,
-            expires_at=datetime.now(UTC) + timedelta(seconds=settings.batch_completion_window_s),
+            # The database's clock, as created_at's: expires_at - created_at is exactly the window.
+            expires_at=func.now() + timedelta(seconds=settings.batch_completion_window_s),
         )
     )
     enqueue(session, TaskName.BATCH_VALIDATE, str(job.id))
