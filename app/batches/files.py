@@ -75,9 +75,9 @@ async def receive_upload(
     return Received(reader.filename or "upload.jsonl", purpose, size)
 
 
-def _write(sink: object, pieces: list[bytes]) -> int:
+def _write(sink: IO[bytes], pieces: list[bytes]) -> int:
     data = b"".join(pieces)
-    sink.write(data)  # type: ignore[attr-defined]
+    sink.write(data)
     return len(data)
 
 

@@ -74,7 +74,10 @@ def get_file(file_id: str, session: SessionDep, principal: PrincipalDep) -> File
     return FileObject.of(files.get_file(session, file_id, principal))
 
 
-@router.get("/files/{file_id}/content", response_class=StreamingResponse, responses=_ERRORS)
+_CONTENT = {200: {"description": "the file's bytes", "content": {"application/jsonl": {"schema": {"type": "string"}}}}}
+
+
+@router.get("/files/{file_id}/content", response_class=StreamingResponse, responses={**_CONTENT, **_ERRORS})
 async def file_content(file_id: str, session: SessionDep, settings: SettingsDep, principal: PrincipalDep) -> Response:
     """Stream a file's bytes (a batch's output and error files are JSONL)."""
     file = await run_in_threadpool(files.get_file, session, file_id, principal)
@@ -90,7 +93,11 @@ def delete_file(file_id: str, session: SessionDep, settings: SettingsDep, princi
     return FileDeleted(id=file_id)
 
 
-@router.post("/batches", response_model=BatchObject, responses=_ERRORS)
+@router.post(
+    "/batches",
+    response_model=BatchObject,
+    responses={**_ERRORS, 429: {"description": "the key's concurrent-job limit is reached"}},
+)
 def create_batch(body: BatchCreate, session: SessionDep, settings: SettingsDep, principal: PrincipalDep) -> BatchObject:
     """Create a batch of /v1/embeddings requests from an uploaded file; it runs as a job of kind `batch`."""
     return BatchObject.of(service.create_batch(session, body, settings, principal))
