@@ -227,3 +227,18 @@ def test_another_tenants_files_and_batches_are_404s(clean_state, settings_env: S
         )
         assert refused.status_code == 404
         assert client.get("/v1/files").status_code == 401
+
+
+def test_files_live_in_an_s3_artifact_store_too(clean_state, settings_env: SettingsEnv, request) -> None:
+    server = request.getfixturevalue("s3_server")
+    settings_env.set(**server.env("batch-files-test"))
+    with TestClient(create_app()) as client:
+        file = upload(client).json()
+        assert client.get(f"/v1/files/{file['id']}/content").content == REQUESTS
+        from app.artifacts.store import ArtifactStore
+        from app.core.config import get_settings
+
+        store = ArtifactStore.from_settings(get_settings())
+        assert store.url.startswith("s3://") and store.exists(f"files/default/{file['id']}")
+        assert client.delete(f"/v1/files/{file['id']}").status_code == 200
+        assert not store.exists(f"files/default/{file['id']}")
