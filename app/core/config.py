@@ -139,6 +139,17 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("EMBEDQ_ARTIFACT_S3_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"),
         description="region of the artifact bucket",
     )
+    artifact_check_interval_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="how long a worker trusts its last look at a registered model's revision in Postgres; "
+        "an overwrite or delete reaches a worker that serves the model within this",
+    )
+    artifact_download_wait_s: float = Field(
+        default=1800.0,
+        gt=0,
+        description="longest wait for another process of the host to finish downloading the same model",
+    )
 
     # Model sources, aliases, families and precision (README "Models").
     model_source: ModelSourceSetting = Field(
