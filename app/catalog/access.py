@@ -98,3 +98,10 @@ def registered_revision(name: str, session: Session | None = None) -> str | None
     with session_scope() as own:
         row = RegisteredModelRepository(own).registered(name)
         return row.revision if row is not None else None
+
+
+def registered_revisions(principal: Principal) -> dict[str, str]:
+    """Return the registered models ``principal`` may use that live in the artifact store, name to revision."""
+    with session_scope() as session:
+        models = RegisteredModelRepository(session).list_registered(principal)
+        return {model.name: model.revision for model in models if model.revision is not None}

@@ -7,7 +7,7 @@ import anyio.to_thread
 from fastapi import APIRouter
 
 from app.catalog import deletion, model_cache, service
-from app.catalog.access import MODEL_API_ERRORS, check_model, hidden_models
+from app.catalog.access import MODEL_API_ERRORS, check_model, hidden_models, registered_revisions
 from app.catalog.disclosure import model_for, models_for
 from app.catalog.schemas import ModelDeleted, ModelList, ModelObject
 from app.core.deps import SessionDep, SettingsDep
@@ -21,7 +21,9 @@ async def list_models(settings: SettingsDep, principal: PrincipalDep) -> ModelLi
     """List every model a request may name: default, aliases, packaged, EMBEDQ_MODELS_DIR, and loaded ones."""
     loads = await anyio.to_thread.run_sync(service.read_loads, settings)
     hidden = await anyio.to_thread.run_sync(hidden_models, principal)
-    return models_for(principal, await anyio.to_thread.run_sync(service.list_models, settings, loads, hidden))
+    registered = await anyio.to_thread.run_sync(registered_revisions, principal)
+    listing = await anyio.to_thread.run_sync(service.list_models, settings, loads, hidden, registered)
+    return models_for(principal, listing)
 
 
 @router.get("/models/{model_id:path}", response_model=ModelObject, responses={404: {"description": "unknown model"}})

@@ -63,6 +63,8 @@ def test_push_registers_a_folder_the_api_knows_without_its_files(hosts: Hosts) -
         described = client.get("/v1/models/pushed")
         assert described.status_code == 200, described.text
         assert described.json()["source"] == "artifact"
+        listed_models = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
+        assert listed_models["pushed"]["source"] == "artifact"
         made = client.post("/collections", json={"name": "c", "model": "pushed"})
         assert made.status_code == 201 and made.json()["dimension"] == 32, made.text
         listed = {m["name"]: m for m in client.get("/fine-tuned-models").json()}
