@@ -11,7 +11,7 @@ import click
 from app.artifacts.store import ArtifactStoreUnavailableError
 from app.catalog import artifacts, model_cache, service
 from app.catalog.artifacts import ModelArtifactError
-from app.catalog.publishing import PushRefusedError, push_folder
+from app.catalog.publishing import push_folder
 from app.catalog.repository import RegisteredModelRepository
 from app.catalog.resolver import InvalidModelNameError, UnknownModelError, resolve_model, validate_model_name
 from app.catalog.sources import ModelDownloadError, ModelScopeMissingError, fetch, hub_order
@@ -104,7 +104,7 @@ def push(folder: Path, name: str, overwrite: bool, tenant: str) -> None:
     settings.require_services()
     try:
         model = push_folder(session_scope, folder, name, settings, tenant=tenant, overwrite=overwrite)
-    except (InvalidModelNameError, PushRefusedError) as exc:
+    except ValueError as exc:  # a bad name, not a model folder, a file name the store cannot hold
         raise click.ClickException(str(exc)) from exc
     except (OSError, ArtifactStoreUnavailableError) as exc:
         raise click.ClickException(f"could not upload {folder} to {settings.artifact_store}: {exc}") from exc
