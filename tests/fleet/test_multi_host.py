@@ -258,7 +258,7 @@ def kill_host_a_mid_ingest(client: httpx.Client, fleet: Fleet, db_engine: Engine
         created = client.post("/collections/fleet-big/documents", content=body, headers=NDJSON)
         assert created.status_code == 202, created.text
         job_id = created.json()["id"]
-        held = wait_until(
+        wait_until(
             lambda: in_flight(second_a.log_text()),
             120,
             lambda _: f"host A took no ingest batch\n{second_a.log_tail()}",
@@ -267,6 +267,8 @@ def kill_host_a_mid_ingest(client: httpx.Client, fleet: Fleet, db_engine: Engine
         second_a.kill()
         killed_at = time.monotonic()
         at_kill = client.get(f"/jobs/{job_id}").json()
+        # Read again once it is dead: a batch that finished in the instant before the kill is not A's any more.
+        held = in_flight(second_a.log_text())
         job = wait_job(client, job_id, interval=0.3, timeout=240)
         finished_after = time.monotonic() - killed_at
     finally:
