@@ -258,6 +258,22 @@ class Settings(BaseSettings):
     worker_proc_alive_timeout_s: float = Field(
         default=120.0, gt=0, description="how long a worker waits for a new pool child to start"
     )
+    # Worker liveness (app/health/liveness.py): the main process of a worker touches a file of its own in
+    # worker_liveness_dir every worker_liveness_interval_s; `embedq worker-alive` (container healthchecks,
+    # Kubernetes exec probes) fails once one is older than worker_liveness_max_age_s.
+    worker_liveness_dir: Path | None = Field(
+        default=None,
+        description="where each worker touches its liveness file (named after its node name); "
+        "default STATE_DIR/liveness",
+    )
+    worker_liveness_interval_s: float = Field(
+        default=10.0, gt=0, description="a worker's main process touches its liveness file this often"
+    )
+    worker_liveness_max_age_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="`embedq worker-alive` calls a worker hung once its liveness file is older than this",
+    )
     task_max_retries: int = Field(
         default=8,
         ge=0,
@@ -448,6 +464,12 @@ class Settings(BaseSettings):
             raise ValueError("EMBEDQ_DATABASE_URL must be a postgresql:// URL")
         return url
 
+    @field_validator("artifact_s3_endpoint_url", "artifact_s3_region", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: str | None) -> str | None:
+        # Compose files and ConfigMaps pass "" to mean "not set" (AWS itself, the default region).
+        return value or None
+
     @field_validator("artifact_store")
     @classmethod
     def _artifact_store_url(cls, url: str | None) -> str | None:
@@ -470,6 +492,15 @@ class Settings(BaseSettings):
             raise ValueError(
                 "EMBEDQ_BROKER_HEARTBEAT_S must be at most a third of EMBEDQ_REDIS_VISIBILITY_TIMEOUT_S, "
                 "or a worker that misses one beat has its running tasks redelivered"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _liveness_age_above_interval(self) -> Settings:
+        if self.worker_liveness_max_age_s < 2 * self.worker_liveness_interval_s:
+            raise ValueError(
+                "EMBEDQ_WORKER_LIVENESS_MAX_AGE_S must be at least twice EMBEDQ_WORKER_LIVENESS_INTERVAL_S, "
+                "or a worker that is one touch late is called hung and restarted"
             )
         return self
 
