@@ -207,7 +207,7 @@ def test_parallel_submits_never_pass_a_keys_concurrent_job_limit(ok_fleet: Fleet
 
 
 def test_concurrent_uploads_of_the_same_documents_store_each_once(ok_fleet: Fleet) -> None:
-    rounds, uploads, ids = 3, 4, 10
+    rounds, uploads, ids = 3, 6, 4
     for r in range(rounds):
         collection = f"same-docs-{r}"
         create_collection(ok_fleet, collection)
