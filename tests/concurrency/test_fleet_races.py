@@ -155,13 +155,15 @@ def consumers_paused(fleet: Fleet, queues: list[str]) -> Iterator[None]:
     """Stop every worker taking tasks from ``queues`` (jobs stay queued, so none frees a slot), then resume."""
     control = Celery("embedq-fleet-tests", broker=fleet.stack.redis.url())
     nodes = [w.nodename for w in fleet.workers if w.nodename]
+    replied = {"destination": nodes, "reply": True, "timeout": 30, "limit": len(nodes)}
     try:
         for queue in queues:
-            assert len(control.control.cancel_consumer(queue, destination=nodes, reply=True)) == len(nodes)
+            replies = control.control.cancel_consumer(queue, **replied)
+            assert len(replies) == len(nodes), replies
         yield
     finally:
         for queue in queues:
-            control.control.add_consumer(queue, destination=nodes, reply=True)
+            control.control.add_consumer(queue, **replied)
         control.close()
 
 
