@@ -103,6 +103,8 @@ def test_the_last_batches_of_many_jobs_finishing_together_finalize_each_once(
                 "status": "succeeded", "total": inputs, "done": inputs, "failed": 0, "vectors": inputs, "errors": 0
             }, (job_id, counts)  # fmt: skip
         assert terminal_events(ok_fleet, job_ids) == {j: ["job.succeeded"] for j in job_ids}
+        logs = "".join(w.log_text() for w in ok_fleet.workers)
+        assert {j: logs.count(f"job {j} finished: succeeded") for j in job_ids} == dict.fromkeys(job_ids, 1)
         events = received(httpserver_ipv4, path)
         assert sorted(e["data"]["id"] for e in events) == sorted(job_ids), events
         assert all(e["type"] == "job.succeeded" and e["data"]["counts"]["done"] == inputs for e in events), events
