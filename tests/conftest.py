@@ -18,6 +18,7 @@ import redis
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import Session
 from support.processes import ManagedProcess, start_api, start_worker
+from support.s3 import S3Server, seaweed_s3
 from support.services import SessionRedis, scratch_dir, session_database, session_redis
 from support.settings import SettingsEnv
 from support.up import Ports
@@ -174,6 +175,13 @@ def api(service_env: dict[str, str]) -> Iterator[ManagedProcess]:
     process = start_api(service_env)
     yield process
     process.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """Yield a real S3-compatible server (SeaweedFS), started the first time a test asks for it."""
+    with scratch_dir("embedq-test-s3-") as data_dir, seaweed_s3(data_dir) as server:
+        yield server
 
 
 @pytest.fixture

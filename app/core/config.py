@@ -123,6 +123,34 @@ class Settings(BaseSettings):
         default=2, ge=1, description="models one worker process keeps loaded; the least recently used is unloaded"
     )
 
+    # The artifact store (docs: operations/scaling-out): what every host of a fleet must be able to read —
+    # fine-tuned and pushed model folders, batch input and output files. A URL: file:///path (one host, or a
+    # shared filesystem) or s3://bucket/prefix on any S3-compatible store.
+    artifact_store: str | None = Field(
+        default=None, description="file:///path or s3://bucket/prefix; default file://STATE_DIR/artifacts"
+    )
+    artifact_s3_endpoint_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("EMBEDQ_ARTIFACT_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
+        description="S3 endpoint (MinIO, SeaweedFS, Ceph...); unset: AWS. Credentials: the standard AWS_* variables",
+    )
+    artifact_s3_region: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("EMBEDQ_ARTIFACT_S3_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"),
+        description="region of the artifact bucket",
+    )
+    artifact_check_interval_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="how long a worker trusts its last look at a registered model's revision in Postgres; "
+        "an overwrite or delete reaches a worker that serves the model within this",
+    )
+    artifact_download_wait_s: float = Field(
+        default=1800.0,
+        gt=0,
+        description="longest wait for another process of the host to finish downloading the same model",
+    )
+
     # Model sources, aliases, families and precision (README "Models").
     model_source: ModelSourceSetting = Field(
         default="auto",
@@ -229,6 +257,22 @@ class Settings(BaseSettings):
     )
     worker_proc_alive_timeout_s: float = Field(
         default=120.0, gt=0, description="how long a worker waits for a new pool child to start"
+    )
+    # Worker liveness (app/health/liveness.py): the main process of a worker touches a file of its own in
+    # worker_liveness_dir every worker_liveness_interval_s; `embedq worker-alive` (container healthchecks,
+    # Kubernetes exec probes) fails once one is older than worker_liveness_max_age_s.
+    worker_liveness_dir: Path | None = Field(
+        default=None,
+        description="where each worker touches its liveness file (named after its node name); "
+        "default STATE_DIR/liveness",
+    )
+    worker_liveness_interval_s: float = Field(
+        default=10.0, gt=0, description="a worker's main process touches its liveness file this often"
+    )
+    worker_liveness_max_age_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="`embedq worker-alive` calls a worker hung once its liveness file is older than this",
     )
     task_max_retries: int = Field(
         default=8,
@@ -420,6 +464,21 @@ class Settings(BaseSettings):
             raise ValueError("EMBEDQ_DATABASE_URL must be a postgresql:// URL")
         return url
 
+    @field_validator("artifact_s3_endpoint_url", "artifact_s3_region", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: str | None) -> str | None:
+        # Compose files and ConfigMaps pass "" to mean "not set" (AWS itself, the default region).
+        return value or None
+
+    @field_validator("artifact_store")
+    @classmethod
+    def _artifact_store_url(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("file:///", "s3://")):
+            raise ValueError("EMBEDQ_ARTIFACT_STORE must be a file:///absolute/path or s3://bucket/prefix URL")
+        if url is not None and url.startswith("s3://") and not url[len("s3://") :].strip("/"):
+            raise ValueError("EMBEDQ_ARTIFACT_STORE: name the bucket, e.g. s3://embedq-artifacts/prod")
+        return url.rstrip("/") if url else url
+
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, url: str | None) -> str | None:
@@ -433,6 +492,15 @@ class Settings(BaseSettings):
             raise ValueError(
                 "EMBEDQ_BROKER_HEARTBEAT_S must be at most a third of EMBEDQ_REDIS_VISIBILITY_TIMEOUT_S, "
                 "or a worker that misses one beat has its running tasks redelivered"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _liveness_age_above_interval(self) -> Settings:
+        if self.worker_liveness_max_age_s < 2 * self.worker_liveness_interval_s:
+            raise ValueError(
+                "EMBEDQ_WORKER_LIVENESS_MAX_AGE_S must be at least twice EMBEDQ_WORKER_LIVENESS_INTERVAL_S, "
+                "or a worker that is one touch late is called hung and restarted"
             )
         return self
 
@@ -477,6 +545,8 @@ class Settings(BaseSettings):
             self.models_dir = self.state_dir / "models"
         if self.onnx_dir is None:
             self.onnx_dir = self.state_dir / "onnx"
+        if self.artifact_store is None:
+            self.artifact_store = (self.state_dir / "artifacts").resolve().as_uri()
         return self
 
     def require_services(self) -> tuple[str, str]:

@@ -1,0 +1,1 @@
+"""Files every host of a fleet reads: model folders, batch files (the artifact store)."""
