@@ -61,14 +61,17 @@ class CollectionRepository:
     def named(self, name: str, principal: Principal, *, lock: bool = False) -> list[Collection]:
         """Return the collections called ``name`` that ``principal`` may see, the caller's own tenant's first.
 
-        Only an admin can get more than one (names are unique per tenant).
+        Only an admin can get more than one (names are unique per tenant). ``lock`` takes FOR NO KEY UPDATE: it
+        serializes starting jobs on the collection (and deleting it) but, unlike FOR UPDATE, lets other uploads'
+        document inserts check their foreign key; blocked there, holding documents that the upload starting
+        under the lock goes on to upsert, they deadlocked with it.
         """
         query = (
             select(Collection)
             .where(Collection.name == name, visible_to(principal, Collection.tenant))
             .order_by(Collection.tenant != principal.tenant, Collection.id)
         )
-        return list(self.session.scalars(query.with_for_update() if lock else query))
+        return list(self.session.scalars(query.with_for_update(key_share=True) if lock else query))
 
     def get_in_tenant(self, tenant: str, name: str) -> Collection | None:
         return self.session.scalar(select(Collection).where(Collection.tenant == tenant, Collection.name == name))
@@ -196,6 +199,7 @@ class CollectionRepository:
         """Store documents; return those that need embedding (new, changed, or failed before).
 
         A document whose content hash is unchanged and already embedded only gets its metadata updated.
+        Rows are written, and so locked, in ``external_id`` order, the order ``lock_pending`` locks in too.
         """
         rows = self.session.execute(
             text(
@@ -204,6 +208,7 @@ class CollectionRepository:
                 "SELECT :cid, t.external_id, t.text, t.metadata, t.content_hash, 'pending', 0 "
                 "FROM unnest(CAST(:ids AS text[]), CAST(:texts AS text[]), CAST(:metas AS jsonb[]), "
                 "CAST(:hashes AS text[])) AS t(external_id, text, metadata, content_hash) "
+                "ORDER BY t.external_id "
                 "ON CONFLICT (collection_id, external_id) DO UPDATE SET "
                 "text = excluded.text, metadata = excluded.metadata, content_hash = excluded.content_hash, "
                 "status = CASE WHEN d.content_hash = excluded.content_hash AND d.status = 'ready' "
@@ -232,11 +237,16 @@ class CollectionRepository:
         return [PendingDocument(*row) for row in rows]
 
     def lock_pending(self, hashes: dict[int, str]) -> set[int]:
-        """Lock the documents still pending at the given content; return their ids."""
+        """Lock the documents still pending at the given content; return their ids.
+
+        Locked in ``external_id`` order, as ``upsert_documents`` writes them: uploads and batches that share
+        documents then always wait for each other in the same order, never in a cycle (a deadlock). Ids
+        would not do: they follow the order documents were first inserted, across batches not their names'.
+        """
         rows = self.session.execute(
             select(Document.id, Document.content_hash)
             .where(Document.id.in_(list(hashes)), Document.status == DocumentStatus.PENDING.value)
-            .order_by(Document.id)
+            .order_by(Document.external_id)
             .with_for_update()
         )
         return {doc_id for doc_id, digest in rows if hashes.get(doc_id) == digest}
