@@ -16,13 +16,15 @@ from app.sources.listing import ListedObject
 from app.sources.reading import ShardPlan, plan_object, read_shard
 from app.sources.spec import SourceFormat, SourceSpec
 
+ANY_SPEC = SourceSpec(uri="file:///")
+
 
 def read_all(path: Path, fmt: SourceFormat, spec: SourceSpec | None = None) -> tuple[list[ParsedDocument], list]:
     fs, settings = LocalFileSystem(), get_settings()
     obj = ListedObject(str(path), f"file://{path}", path.stat().st_size, fmt, None, None)
     documents_read, errors = [], []
     for shard in plan_object(fs, obj, settings):
-        read = read_shard(fs, str(path), obj.uri, fmt, shard, spec or SourceSpec(uri="file:///"), path.name, settings)
+        read = read_shard(fs, str(path), obj.uri, fmt, shard, spec or ANY_SPEC, path.name, settings)
         documents_read += [i for i in read.items if isinstance(i, ParsedDocument)]
         errors += [i for i in read.items if isinstance(i, RejectedLine)] + ([read.error] if read.error else [])
     return documents_read, errors
@@ -34,7 +36,8 @@ def test_jsonl_byte_ranges_read_every_line_exactly_once(tmp_path: Path, settings
     rows = documents("j", 300, sentences=6)  # lines of 60 to 500 bytes: ranges start mid-line and on a newline
     path = tmp_path / "corpus.jsonl"
     path.write_bytes(jsonl_bytes(rows))
-    shards = plan_object(LocalFileSystem(), ListedObject(str(path), "", path.stat().st_size, SourceFormat.JSONL, None, None), get_settings())
+    obj = ListedObject(str(path), "", path.stat().st_size, SourceFormat.JSONL, None, None)
+    shards = plan_object(LocalFileSystem(), obj, get_settings())
     assert len(shards) == (1 if target > path.stat().st_size else -(-path.stat().st_size // target))
     read, errors = read_all(path, SourceFormat.JSONL)
     assert errors == []
@@ -51,7 +54,7 @@ def test_a_range_that_begins_exactly_on_a_line_start_keeps_that_line(tmp_path: P
     ids = []
     for start in range(0, len(body), len(line)):
         shard = ShardPlan(ShardKind.BYTES, start, min(start + len(line), len(body)))
-        read = read_shard(fs, str(path), "file://x", SourceFormat.JSONL, shard, SourceSpec(uri="file:///"), "x", settings)
+        read = read_shard(fs, str(path), "file://x", SourceFormat.JSONL, shard, ANY_SPEC, "x", settings)
         ids.append([i.external_id for i in read.items])
     assert ids == [["a"], ["b"], ["c"]]
 
@@ -89,5 +92,5 @@ def test_a_truncated_parquet_file_fails_its_shard_with_the_reason(tmp_path: Path
     shards = plan_object(fs, obj, settings)
     body = path.read_bytes()
     path.write_bytes(body[:100] + b"\0" * (len(body) - 100))  # the footer survives, the first pages do not
-    read = read_shard(fs, str(path), obj.uri, SourceFormat.PARQUET, shards[0], SourceSpec(uri="file:///"), "b", settings)
+    read = read_shard(fs, str(path), obj.uri, SourceFormat.PARQUET, shards[0], ANY_SPEC, "b", settings)
     assert read.error is not None and "file://broken" in read.error and "cannot be read" in read.error

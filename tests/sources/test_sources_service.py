@@ -23,8 +23,8 @@ from support.tiny_models import in_models_dir
 from app.collections import service as collections
 from app.collections.schemas import ChunkingSpec, CollectionCreate
 from app.collections.upload_items import UploadOptions
-from app.collections.uploads import UploadReader
 from app.collections.upload_writer import UploadWriter
+from app.collections.uploads import UploadReader
 from app.core.config import Settings, get_settings
 from app.core.errors import EmbedqError
 from app.jobs.schemas import JobOut
@@ -32,6 +32,7 @@ from app.models.collection import Chunk, Document
 from app.models.job import Job
 from app.models.source import IngestShard
 from app.sources.planning import plan_source
+from app.sources.recovery import requeue_ingest_job
 from app.sources.schemas import SourceRequest
 from app.sources.service import start_source
 from app.sources.shard_ingest import run_shard
@@ -219,7 +220,9 @@ def test_bad_sources_are_refused_before_any_job(
     assert columns.status_code == 422 and "no body column" in columns.message and "id, text, group" in columns.message
     no_bucket = refused(db_session, settings, uri="s3://no-such-bucket-here/x/", credentials="corpus")
     assert no_bucket.status_code == 422 and "cannot be read" in no_bucket.message
-    wrong_secret = {"corpus": {"endpoint_url": s3_server.endpoint_url, "access_key_id": key, "secret_access_key": "x" * 32}}
+    wrong_secret = {
+        "corpus": {"endpoint_url": s3_server.endpoint_url, "access_key_id": key, "secret_access_key": "x" * 32}
+    }
     settings_env.set(EMBEDQ_SOURCE_CREDENTIALS=json.dumps(wrong_secret))
     denied = refused(db_session, get_settings(), uri=f"s3://{prefix}/", credentials="corpus")
     assert denied.status_code == 422 and key not in denied.message and s3_server.endpoint_url not in denied.message
@@ -281,3 +284,34 @@ def test_parquet_is_an_upload_format(db_session: Session, scope, settings: Setti
     assert (job.status, job.total, job.done, job.failed) == ("succeeded", 50, 49, 1)
     assert JobOut.of(job).ingest.errors[0].line == 8 and "empty text" in JobOut.of(job).ingest.errors[0].error
     assert db_session.scalar(select(Document.meta).where(Document.external_id == "up-3")) == {"group": "odd"}
+
+
+def sent_tasks(session: Session) -> list[tuple[str, object]]:
+    """Return (task name, last argument) of the tasks the session would send on commit, and forget them."""
+    return [(t.name.value, t.args[-1]) for t in session.info.pop("embedq_outbox", [])]
+
+
+def test_the_reaper_resends_a_lost_plan_then_only_the_pending_shards(
+    db_session: Session, scope, settings: Settings, s3_server: S3Server, prefix: str
+) -> None:
+    make_collection(db_session, settings)
+    put(s3_server, f"{prefix}/a.parquet", parquet_bytes(documents("a", 90), row_group_size=30))
+    job = start_source(db_session, "docs", SourceRequest(uri=f"s3://{prefix}/", credentials="corpus"), settings, ADMIN)
+    db_session.flush()
+    sent_tasks(db_session)  # as if sent, then lost
+    assert requeue_ingest_job(db_session, job) == 1
+    assert sent_tasks(db_session) == [("ingest.plan", str(job.id))]
+    plan_source(scope, job.id, settings)
+    db_session.refresh(job)
+    shards = db_session.scalars(select(IngestShard.seq).where(IngestShard.job_id == job.id)).all()
+    run_shard(scope, job.id, shards[0], settings)
+    db_session.refresh(job)
+    sent_tasks(db_session)
+    resent = requeue_ingest_job(db_session, job)
+    sent = sent_tasks(db_session)
+    assert resent == len(sent) and [s for name, s in sent if name == "ingest.shard"] == shards[1:]
+    assert {name for name, _ in sent} == {"ingest.shard", "ingest.batch"}
+    for seq in shards[1:]:
+        run_shard(scope, job.id, seq, settings)
+    job = drain(db_session, scope, settings, job.id)
+    assert (job.status, job.done) == ("succeeded", 90)
