@@ -237,6 +237,20 @@ class CollectionRepository:
             )
         )
 
+    def objects_not_ready(self, collection_id: int) -> set[str]:
+        """Return the source objects some of whose documents are not embedded (pending, or failed)."""
+        return set(
+            self.session.scalars(
+                select(Document.source_object)
+                .where(
+                    Document.collection_id == collection_id,
+                    Document.source_object.is_not(None),
+                    Document.status != DocumentStatus.READY.value,
+                )
+                .distinct()
+            )
+        )
+
     def delete_documents(self, ids: Sequence[int]) -> None:
         """Delete documents (their chunks go with them; delete their vectors first, with ``VectorStore``)."""
         if ids:

@@ -55,7 +55,9 @@ def plan_source(scope: Scope, job_id: uuid.UUID, settings: Settings) -> int:
             return 0
         spec = SourceSpec.of(job.params["source"])
         collection_id = int(job.params["collection_id"])
-        synced = SourceRepository(session).synced(collection_id)
+        # An object whose documents did not all embed (a model error, say) is read again, changed or not.
+        not_ready = CollectionRepository(session).objects_not_ready(collection_id)
+        synced = {u: s for u, s in SourceRepository(session).synced(collection_id).items() if u not in not_ready}
     try:
         location = parse_location(spec.uri)
         fs = filesystem(location, spec.credentials, settings)

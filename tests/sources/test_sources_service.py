@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 from support.ingestion import drain
 from support.principals import ADMIN
@@ -143,6 +143,13 @@ def test_a_source_is_sharded_read_once_and_resynced_by_what_changed(
     unchanged = sync(db_session, scope, settings, f"s3://{prefix}/")
     assert (unchanged.status, unchanged.total, unchanged.shards_total) == ("succeeded", 0, 0)
     assert "4 source objects unchanged" in (unchanged.message or "")
+
+    # A document that failed to embed (say the model broke) gets its object read again, changed or not.
+    db_session.execute(update(Document).where(Document.external_id == "jl-3").values(status="failed", error="x"))
+    retried = sync(db_session, scope, settings, f"s3://{prefix}/")
+    jsonl_shards = sum(s.object_uri.endswith("lines.jsonl") for s in shards)
+    assert (retried.status, retried.total, retried.skipped, retried.shards_total) == ("succeeded", 80, 79, jsonl_shards)
+    assert db_session.scalar(select(Document.status).where(Document.external_id == "jl-3")) == "ready"
 
     # One Parquet file changes two documents' text: only its shards are read, only those two embedded.
     changed = [dict(r) for r in files[f"{prefix}/part-1.parquet"]]
