@@ -214,6 +214,32 @@ def test_parquet_is_an_upload_format_over_http(http: httpx.Client) -> None:
     assert bad.status_code == 422 and "not a readable Parquet file" in bad.json()["detail"]
 
 
+def test_the_cli_ingests_an_s3_source_and_waits_with_progress(
+    stack: FaultStack, api: ManagedProcess, s3_server: S3Server
+) -> None:
+    prefix = f"{s3_server.bucket}/cli-corpus"
+    s3_server.client().pipe(f"{prefix}/a.parquet", parquet_bytes(documents("cli", 300, sentences=1), 100))
+    env = {**stack.env, "EMBEDQ_API_URL": api.base_url or ""}
+    worker = start_worker(stack.env, queues=["bulk"])
+    try:
+        command = [str(EMBEDQ), "ingest", f"s3://{prefix}/", "--collection", "cli", "--model", MODEL]
+        done = subprocess.run(
+            [*command, "--credentials", "corpus", "--wait"],
+            env={**os.environ, **env}, capture_output=True, text=True, timeout=180, check=False,
+        )  # fmt: skip
+    finally:
+        worker.stop()
+        s3_server.client().rm(prefix, recursive=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "created collection cli" in done.stdout and "succeeded 300/300 documents" in done.stdout, done.stdout
+    assert "ingested 300 of 300 documents" in done.stdout
+    failed = subprocess.run(
+        [str(EMBEDQ), "ingest", f"s3://{prefix}/missing/", "--collection", "cli", "--credentials", "corpus"],
+        env={**os.environ, **env}, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert failed.returncode != 0 and "422" in failed.stderr and s3_server.secret_key not in failed.stderr
+
+
 def test_bad_sources_are_4xx_and_no_credential_is_ever_shown(
     stack: FaultStack, http: httpx.Client, api: ManagedProcess, corpus: dict, s3_server: S3Server, recorder: Recorder
 ) -> None:
@@ -251,29 +277,3 @@ def test_bad_sources_are_4xx_and_no_credential_is_ever_shown(
     assert any(p.name.startswith("api-") for p in logs)
     leaked = [p.name for p in logs if any(s in p.read_text(errors="replace") for s in secrets[:2])]
     assert not leaked, f"a credential is in the logs of {leaked}"
-
-
-def test_the_cli_ingests_an_s3_source_and_waits_with_progress(
-    stack: FaultStack, api: ManagedProcess, s3_server: S3Server
-) -> None:
-    prefix = f"{s3_server.bucket}/cli-corpus"
-    s3_server.client().pipe(f"{prefix}/a.parquet", parquet_bytes(documents("cli", 300, sentences=1), 100))
-    env = {**stack.env, "EMBEDQ_API_URL": api.base_url or ""}
-    worker = start_worker(stack.env, queues=["bulk"])
-    try:
-        command = [str(EMBEDQ), "ingest", f"s3://{prefix}/", "--collection", "cli", "--model", MODEL]
-        done = subprocess.run(
-            [*command, "--credentials", "corpus", "--wait"],
-            env={**os.environ, **env}, capture_output=True, text=True, timeout=180, check=False,
-        )  # fmt: skip
-    finally:
-        worker.stop()
-        s3_server.client().rm(prefix, recursive=True)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "created collection cli" in done.stdout and "succeeded 300/300 documents" in done.stdout, done.stdout
-    assert "ingested 300 of 300 documents" in done.stdout
-    failed = subprocess.run(
-        [str(EMBEDQ), "ingest", f"s3://{prefix}/missing/", "--collection", "cli", "--credentials", "corpus"],
-        env={**os.environ, **env}, capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-    assert failed.returncode != 0 and "422" in failed.stderr and s3_server.secret_key not in failed.stderr
