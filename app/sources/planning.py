@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import fsspec
 from sqlalchemy.orm import Session
@@ -72,7 +73,7 @@ def plan_source(scope: Scope, job_id: uuid.UUID, settings: Settings) -> int:
 
 
 def _plan(
-    fs: fsspec.AbstractFileSystem, listed: list[ListedObject], synced: dict[str, dict], settings: Settings
+    fs: fsspec.AbstractFileSystem, listed: list[ListedObject], synced: dict[str, dict[str, Any]], settings: Settings
 ) -> _Plan:
     shards: list[NewShard] = []
     broken: list[str] = []

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from typing import IO
 
 import fsspec
 import pyarrow as pa
@@ -25,7 +26,6 @@ from app.collections.upload_items import (
     RejectedLine,
     TextMode,
     UploadFormat,
-    UploadFormatError,
     UploadOptions,
 )
 from app.collections.upload_parquet import columns_to_read, missing_columns, row_items
@@ -92,9 +92,7 @@ def read_shard(
         if fmt is SourceFormat.PARQUET:
             return _read_row_groups(fs, path, uri, shard, spec)
         return _read_lines(fs, path, uri, fmt, shard, spec, relative_name, settings)
-    except (OSError, ValueError, pa.ArrowException, UploadFormatError) as exc:
-        return ShardRead([], f"{uri}: {_where(shard)} cannot be read ({_reason(exc)})")
-    except Exception as exc:  # a store's own error types (botocore, aiohttp): the shard fails, not the job
+    except Exception as exc:  # OSError, pyarrow's, a CSV without its columns, the store's own (botocore, aiohttp)
         return ShardRead([], f"{uri}: {_where(shard)} cannot be read ({_reason(exc)})")
 
 
@@ -147,7 +145,7 @@ def _read_lines(
     return ShardRead(_selected(items, spec.metadata_fields))
 
 
-def _range_lines(handle, shard: ShardPlan) -> bytes:  # type: ignore[no-untyped-def]
+def _range_lines(handle: IO[bytes], shard: ShardPlan) -> bytes:
     """Return the bytes of the lines that begin in the shard's range."""
     if shard.kind is ShardKind.WHOLE:
         handle.seek(0)

@@ -13,6 +13,7 @@ import logging
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -55,7 +56,7 @@ class _Shard:
     object_uri: str
     format: SourceFormat
     plan: ShardPlan
-    signature: dict
+    signature: dict[str, Any]
 
 
 def run_shard(scope: Scope, job_id: uuid.UUID, seq: int, settings: Settings) -> ShardOutcome:
