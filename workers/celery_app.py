@@ -33,6 +33,7 @@ celery_app = Celery(
         "workers.tasks.webhooks",
         "workers.tasks.train",
         "workers.tasks.ingest",
+        "workers.tasks.sources",
     ],
 )
 celery_app.conf.update(celery_config(get_settings()))

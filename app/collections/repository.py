@@ -34,6 +34,7 @@ class DocumentInput:
     text: str
     metadata: dict[str, Any]
     content_hash: str
+    source_object: str | None = None  # the source object it was read from; None: uploaded
 
 
 @dataclass(frozen=True)
@@ -204,18 +205,20 @@ class CollectionRepository:
         rows = self.session.execute(
             text(
                 "INSERT INTO documents AS d (collection_id, external_id, text, metadata, content_hash, status, "
-                "chunk_count) "
-                "SELECT :cid, t.external_id, t.text, t.metadata, t.content_hash, 'pending', 0 "
+                "chunk_count, source_object) "
+                "SELECT :cid, t.external_id, t.text, t.metadata, t.content_hash, 'pending', 0, t.source_object "
                 "FROM unnest(CAST(:ids AS text[]), CAST(:texts AS text[]), CAST(:metas AS jsonb[]), "
-                "CAST(:hashes AS text[])) AS t(external_id, text, metadata, content_hash) "
+                "CAST(:hashes AS text[]), CAST(:objects AS text[])) "
+                "AS t(external_id, text, metadata, content_hash, source_object) "
                 "ORDER BY t.external_id "
                 "ON CONFLICT (collection_id, external_id) DO UPDATE SET "
                 "text = excluded.text, metadata = excluded.metadata, content_hash = excluded.content_hash, "
+                "source_object = excluded.source_object, "
                 "status = CASE WHEN d.content_hash = excluded.content_hash AND d.status = 'ready' "
                 "THEN 'ready' ELSE 'pending' END, "
                 "error = NULL, updated_at = now() "
                 "WHERE d.content_hash <> excluded.content_hash OR d.status <> 'ready' "
-                "OR d.metadata <> excluded.metadata "
+                "OR d.metadata <> excluded.metadata OR d.source_object IS DISTINCT FROM excluded.source_object "
                 "RETURNING d.id, d.status, d.content_hash"
             ),
             {
@@ -224,9 +227,44 @@ class CollectionRepository:
                 "texts": [d.text for d in docs],
                 "metas": [json.dumps(d.metadata) for d in docs],
                 "hashes": [d.content_hash for d in docs],
+                "objects": [d.source_object for d in docs],
             },
         )
         return [PendingDocument(r.id, "", r.content_hash) for r in rows if r.status == DocumentStatus.PENDING.value]
+
+    def source_documents(self, collection_id: int, object_uris: Sequence[str]) -> list[int]:
+        """Return the ids of the collection's documents read from the given source objects."""
+        return list(
+            self.session.scalars(
+                select(Document.id).where(
+                    Document.collection_id == collection_id, Document.source_object.in_(list(object_uris))
+                )
+            )
+        )
+
+    def objects_not_ready(self, collection_id: int) -> set[str]:
+        """Return the source objects some of whose documents are not embedded (pending, or failed)."""
+        return set(
+            self.session.scalars(
+                select(Document.source_object)
+                .where(
+                    Document.collection_id == collection_id,
+                    Document.source_object.is_not(None),
+                    Document.status != DocumentStatus.READY.value,
+                )
+                .distinct()
+            )
+        )
+
+    def delete_documents(self, ids: Sequence[int]) -> None:
+        """Delete documents (their chunks go with them; delete their vectors first, with ``VectorStore``)."""
+        if ids:
+            self.session.execute(text("DELETE FROM documents WHERE id = ANY(:ids)"), {"ids": list(ids)})
+
+    def next_batch_seq(self, job_id: uuid.UUID) -> int:
+        """Return the first free batch number of a job (call with the job's row locked)."""
+        highest = self.session.scalar(select(func.max(IngestBatch.seq)).where(IngestBatch.job_id == job_id))
+        return 0 if highest is None else int(highest) + 1
 
     def pending_documents(self, ids: Sequence[int]) -> list[PendingDocument]:
         rows = self.session.execute(

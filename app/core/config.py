@@ -12,7 +12,16 @@ from ipaddress import ip_network
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -30,6 +39,17 @@ def _comma_separated(value: Any) -> Any:
 
 CommaList = Annotated[list[str], NoDecode, BeforeValidator(_comma_separated)]
 CommaFloats = Annotated[list[float], NoDecode, BeforeValidator(_comma_separated)]
+
+
+class SourceCredentialSet(BaseModel):
+    """One named set of S3 credentials for sources (EMBEDQ_SOURCE_CREDENTIALS); the keys stay secret."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    access_key_id: SecretStr | None = None
+    secret_access_key: SecretStr | None = None
 
 
 def _also_provider(name: str, *more: str) -> AliasChoices:
@@ -437,6 +457,35 @@ class Settings(BaseSettings):
         default=32, ge=0, description="tokens consecutive chunks share in a collection that names none"
     )
     ingest_errors_in_view: int = Field(default=20, ge=0, description="per-document errors shown in a job view")
+    # Sources (docs/guide/sources.md): POST /collections/{name}/sources makes the workers read S3 or local files.
+    source_credentials: dict[str, SourceCredentialSet] = Field(
+        default_factory=dict,
+        description='named S3 credential sets a source picks with "credentials": JSON {"name": {"endpoint_url", '
+        '"region", "access_key_id", "secret_access_key"}}; never shown in a response, job or log',
+    )
+    source_s3_endpoint_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("EMBEDQ_SOURCE_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
+        description="S3 endpoint of a source that names no credential set; unset: AWS. Keys: the AWS_* variables",
+    )
+    source_s3_region: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("EMBEDQ_SOURCE_S3_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"),
+        description="region of a source that names no credential set",
+    )
+    source_file_roots: CommaList = Field(
+        default_factory=list,
+        description="local folders a file:// source may read (comma-separated); empty: file:// is refused",
+    )
+    source_shard_target_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        description="bytes of one shard: a JSONL/CSV byte range, or Parquet row groups; smaller files are one shard",
+    )
+    source_max_objects: int = Field(default=10_000, ge=1, description="most objects one source may list: else 422")
+    source_timeout_s: float = Field(
+        default=20.0, gt=0, description="a source's store must answer the API's checks (list, schema) within this"
+    )
     hnsw_m: int = Field(default=16, ge=2, le=100, description="HNSW m of a collection's vector index")
     hnsw_ef_construction: int = Field(
         default=64, ge=4, le=1000, description="HNSW ef_construction of a collection's vector index"

@@ -28,6 +28,8 @@ class TaskName(StrEnum):
     INGEST_BATCH = "ingest.batch"
     INGEST_REEMBED = "ingest.reembed"
     INGEST_INDEX = "ingest.index"
+    INGEST_PLAN = "ingest.plan"
+    INGEST_SHARD = "ingest.shard"
 
 
 TASK_QUEUES: dict[TaskName, Queue] = {
@@ -40,4 +42,6 @@ TASK_QUEUES: dict[TaskName, Queue] = {
     TaskName.INGEST_BATCH: Queue.BULK,
     TaskName.INGEST_REEMBED: Queue.BULK,
     TaskName.INGEST_INDEX: Queue.BULK,
+    TaskName.INGEST_PLAN: Queue.BULK,
+    TaskName.INGEST_SHARD: Queue.BULK,
 }
