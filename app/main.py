@@ -20,6 +20,7 @@ from app.hybrid.routes import router as hybrid_router
 from app.jobs.routes import router as jobs_router
 from app.keys.auth import AUTH_ERRORS, RATE_LIMIT_ERRORS, current_principal, rate_limited
 from app.observability.setup import instrument
+from app.sources.routes import router as sources_router
 from app.training.routes import router as training_router
 from app.ui import routes as ui
 from app.v1 import routes as sync_api
@@ -47,6 +48,7 @@ def create_app() -> FastAPI:
     api.include_router(jobs_router, dependencies=[Depends(current_principal)], responses=AUTH_ERRORS)
     api.include_router(collections_router, dependencies=[Depends(current_principal)], responses=AUTH_ERRORS)
     api.include_router(ingest_errors_router, dependencies=[Depends(current_principal)], responses=AUTH_ERRORS)
+    api.include_router(sources_router, dependencies=[Depends(current_principal)], responses=AUTH_ERRORS)
     api.include_router(training_router, dependencies=[Depends(current_principal)], responses=AUTH_ERRORS)
     api.include_router(webhooks_router, dependencies=[Depends(current_principal)], responses=AUTH_ERRORS)
     api.include_router(sync_api.openai_router, dependencies=[Depends(rate_limited)], responses=RATE_LIMIT_ERRORS)

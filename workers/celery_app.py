@@ -20,6 +20,7 @@ from app.core.outages import TRANSIENT_ERRORS
 from app.core.queues import TaskName
 from workers import observability
 from workers.broker_heartbeat import UnackedHeartbeat
+from workers.liveness import LivenessFile
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +33,15 @@ celery_app = Celery(
         "workers.tasks.webhooks",
         "workers.tasks.train",
         "workers.tasks.ingest",
+        "workers.tasks.sources",
         "workers.tasks.batches",
     ],
 )
 celery_app.conf.update(celery_config(get_settings()))
 celery_app.steps["consumer"].add(UnackedHeartbeat)
+celery_app.steps["consumer"].add(LivenessFile)
+# `celery beat` touches its liveness file on every tick (`embedq worker-alive --node beat`).
+celery_app.conf.beat_scheduler = "workers.liveness:LivenessScheduler"
 observability.connect()
 
 

@@ -9,12 +9,20 @@ from pathlib import Path
 import click
 
 from app.cli import batch_commands, client_commands, keys_commands, models_commands
+from app.cli.devices import (
+    DeviceSelectionError,
+    default_nodename,
+    detect_gpus,
+    device_workers,
+    select_devices,
+    worker_command,
+)
 from app.cli.embedded import EmbeddedPostgres, EmbeddedServiceError
 from app.cli.migrations import upgrade_head
+from app.cli.per_device import run_device_workers
 from app.cli.up import (
     ALL_QUEUES,
     DATABASE_NAME,
-    WORKER_APP,
     FlowerAuthMissingError,
     StateDirInUseError,
     UpOptions,
@@ -23,6 +31,7 @@ from app.cli.up import (
 )
 from app.core.config import get_settings
 from app.core.queues import Queue
+from app.health.liveness import check_liveness, liveness_dir
 from app.observability.logging import configure_logging
 
 
@@ -43,6 +52,11 @@ def main() -> None:
     "--workers",
     type=click.IntRange(min=1),
     help="Worker pool processes [default: EMBEDQ_WORKER_CONCURRENCY].",
+)
+@click.option(
+    "-n",
+    "--name",
+    help="Celery node name; give each worker on one host its own [default: <first queue>@<host>, e.g. bulk@gpu-3].",
 )
 @click.option(
     "--stop-timeout",
@@ -143,20 +157,70 @@ def _check_queues(_: click.Context, __: click.Parameter, value: str) -> str:
 @click.option(
     "--concurrency",
     type=click.IntRange(min=1),
-    help="Worker pool processes [default: EMBEDQ_WORKER_CONCURRENCY].",
+    help="Worker pool processes (per GPU with --devices) [default: EMBEDQ_WORKER_CONCURRENCY].",
 )
-def worker(queues: str, concurrency: int | None) -> None:
-    """Run a Celery worker against EMBEDQ_DATABASE_URL and EMBEDQ_REDIS_URL (replaces this process)."""
+@click.option(
+    "--devices",
+    metavar="all|ID,ID,...",
+    help="One worker per GPU (`all`, or ids as `nvidia-smi -L` numbers them), each seeing only its GPU.",
+)
+@click.option(
+    "-n",
+    "--name",
+    help="Celery node name; give each worker on one host its own [default: <first queue>@<host>, e.g. bulk@gpu-3].",
+)
+@click.option(
+    "--stop-timeout",
+    type=click.FloatRange(min=0),
+    help="With --devices: seconds the workers get to finish their tasks after SIGTERM [default: as long as "
+    "they take; a second signal kills them].",
+)
+def worker(
+    queues: str, concurrency: int | None, devices: str | None, name: str | None, stop_timeout: float | None
+) -> None:
+    """Run a Celery worker against EMBEDQ_DATABASE_URL and EMBEDQ_REDIS_URL (replaces this process).
+
+    With --devices, run one supervised worker per GPU instead, named after its first queue and GPU
+    (e.g. inference-gpu2@host).
+    """
     settings = get_settings()
     try:
         settings.require_services()
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from exc
-    args = [
-        sys.executable, "-m", "celery", "-A", WORKER_APP, "worker", "-Q", queues,
-        "--concurrency", str(concurrency or settings.worker_concurrency), "-E", "--loglevel", "INFO",
-    ]  # fmt: skip
-    os.execv(sys.executable, args)
+    concurrency = concurrency or settings.worker_concurrency
+    if devices is None and stop_timeout is not None:
+        raise click.UsageError("--stop-timeout goes with --devices: a lone worker stops as Celery does")
+    if devices is not None and name is not None:
+        raise click.UsageError("--name goes without --devices: per-GPU workers are named <first queue>-gpu<N>@<host>")
+    if devices is None:
+        args = worker_command(queues, concurrency, name or default_nodename(queues))
+        os.execv(args[0], args)
+    try:
+        chosen = select_devices(devices, detect_gpus(os.environ))
+    except DeviceSelectionError as exc:
+        raise click.ClickException(str(exc)) from exc
+    children = device_workers(chosen, queues, concurrency, os.environ)
+    sys.exit(run_device_workers(children, settings, dict(os.environ), stop_timeout))
+
+
+@main.command("worker-alive")
+@click.option(
+    "--max-age",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds since a worker last touched its liveness file [default: EMBEDQ_WORKER_LIVENESS_MAX_AGE_S].",
+)
+@click.option("--node", help="Check only this worker (its node name, e.g. inference@host) [default: every one].")
+def worker_alive(max_age: float | None, node: str | None) -> None:
+    """Exit 0 if this host's workers touched their liveness files lately, 1 if one is stale or none is there.
+
+    For container healthchecks and Kubernetes liveness probes: a worker's main process touches its file
+    every EMBEDQ_WORKER_LIVENESS_INTERVAL_S (in EMBEDQ_WORKER_LIVENESS_DIR) while its event loop runs.
+    """
+    settings = get_settings()
+    verdict = check_liveness(liveness_dir(settings), max_age or settings.worker_liveness_max_age_s, node)
+    click.echo(verdict.message, err=not verdict.alive)
+    sys.exit(0 if verdict.alive else 1)
 
 
 @main.command()

@@ -16,6 +16,7 @@ from typing import NoReturn, TextIO
 
 import httpx
 
+from app.cli.devices import WORKER_APP, detect_gpus, up_job_workers
 from app.cli.embedded import LOCALHOST, EmbeddedPostgres, EmbeddedRedis
 from app.cli.migrations import upgrade_head
 from app.cli.supervisor import ProcessSupervisor, RestartPolicy
@@ -25,10 +26,7 @@ from app.core.queues import Queue
 log = logging.getLogger("embedq.up")
 
 DATABASE_NAME = "embedq"
-WORKER_APP = "workers.celery_app:celery_app"
 ALL_QUEUES = ",".join(queue.value for queue in Queue)
-# `up` runs the sync queue on a worker of its own (see sync_worker_command), the others on the main one.
-JOB_QUEUES = ",".join(queue.value for queue in Queue if queue is not Queue.SYNC)
 # Under the state dir: the children's states (read by /readyz), Flower's generated login.
 CHILDREN_STATE_FILE = "up-children.json"
 FLOWER_AUTH_FILE = "flower-auth"
@@ -114,13 +112,11 @@ class Supervisor:
         self.processes.spawn(name, args, {**self.env, **(extra_env or {})})
 
     def spawn_children(self) -> None:
-        """Start the job worker, the sync worker, celery beat, Flower (unless disabled) and the API."""
+        """Start the job workers (one per GPU when there are several), the sync worker, beat, Flower and the API."""
         concurrency = self.options.concurrency or self.settings.worker_concurrency
         celery = [sys.executable, "-m", "celery", "-A", WORKER_APP]
-        self.spawn(
-            "worker",
-            [*celery, "worker", "-Q", JOB_QUEUES, "--concurrency", str(concurrency), "-E", "--loglevel", "INFO"],
-        )
+        for child in up_job_workers(detect_gpus(self.env), concurrency, self.env):
+            self.spawn(child.name, child.args, child.env)
         self.spawn("sync-worker", sync_worker_command(self.settings))
         # Celery beat schedules the reaper (docs "Reliability"); one beat per deployment, hence not `-B`.
         self.spawn(

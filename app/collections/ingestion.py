@@ -291,6 +291,10 @@ def build_index(scope: Scope, job_id: uuid.UUID, version_id: int, settings: Sett
         job = JobRepository(session).get(job_id)
         if job is None or job.status != JobStatus.RUNNING.value:
             return None
+        # The version's row before its table, as batches lock them (``_ensure_vector_table``, then their
+        # writes): the index build's SHARE lock on the table, taken first, would deadlock with a batch.
+        if CollectionRepository(session).version(version_id, lock=True) is None:
+            return None
         store = VectorStore(session)
         if store.vector_table_exists(version_id):
             store.build_index(

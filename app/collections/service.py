@@ -65,7 +65,7 @@ def create_collection(
         meta=payload.metadata,
     )
     repo.add(collection)
-    dimension = model_dimension(model, settings)
+    dimension = model_dimension(model, settings, session)
     version = CollectionVersion(
         collection_id=collection.id,
         number=1,
@@ -196,7 +196,7 @@ def start_reembed(
         if old.status in (VersionStatus.BUILDING.value, VersionStatus.FAILED.value):
             repo.set_version_status(old.id, VersionStatus.FAILED)
             VectorStore(session).drop_vector_table(old.id)
-    dimension = model_dimension(model, settings)
+    dimension = model_dimension(model, settings, session)
     version = CollectionVersion(
         collection_id=collection.id,
         number=repo.next_version_number(collection.id),

@@ -12,7 +12,16 @@ from ipaddress import ip_network
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -30,6 +39,17 @@ def _comma_separated(value: Any) -> Any:
 
 CommaList = Annotated[list[str], NoDecode, BeforeValidator(_comma_separated)]
 CommaFloats = Annotated[list[float], NoDecode, BeforeValidator(_comma_separated)]
+
+
+class SourceCredentialSet(BaseModel):
+    """One named set of S3 credentials for sources (EMBEDQ_SOURCE_CREDENTIALS); the keys stay secret."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    access_key_id: SecretStr | None = None
+    secret_access_key: SecretStr | None = None
 
 
 def _also_provider(name: str, *more: str) -> AliasChoices:
@@ -139,6 +159,17 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("EMBEDQ_ARTIFACT_S3_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"),
         description="region of the artifact bucket",
     )
+    artifact_check_interval_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="how long a worker trusts its last look at a registered model's revision in Postgres; "
+        "an overwrite or delete reaches a worker that serves the model within this",
+    )
+    artifact_download_wait_s: float = Field(
+        default=1800.0,
+        gt=0,
+        description="longest wait for another process of the host to finish downloading the same model",
+    )
 
     # Model sources, aliases, families and precision (README "Models").
     model_source: ModelSourceSetting = Field(
@@ -246,6 +277,22 @@ class Settings(BaseSettings):
     )
     worker_proc_alive_timeout_s: float = Field(
         default=120.0, gt=0, description="how long a worker waits for a new pool child to start"
+    )
+    # Worker liveness (app/health/liveness.py): the main process of a worker touches a file of its own in
+    # worker_liveness_dir every worker_liveness_interval_s; `embedq worker-alive` (container healthchecks,
+    # Kubernetes exec probes) fails once one is older than worker_liveness_max_age_s.
+    worker_liveness_dir: Path | None = Field(
+        default=None,
+        description="where each worker touches its liveness file (named after its node name); "
+        "default STATE_DIR/liveness",
+    )
+    worker_liveness_interval_s: float = Field(
+        default=10.0, gt=0, description="a worker's main process touches its liveness file this often"
+    )
+    worker_liveness_max_age_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="`embedq worker-alive` calls a worker hung once its liveness file is older than this",
     )
     task_max_retries: int = Field(
         default=8,
@@ -410,6 +457,35 @@ class Settings(BaseSettings):
         default=32, ge=0, description="tokens consecutive chunks share in a collection that names none"
     )
     ingest_errors_in_view: int = Field(default=20, ge=0, description="per-document errors shown in a job view")
+    # Sources (docs/guide/sources.md): POST /collections/{name}/sources makes the workers read S3 or local files.
+    source_credentials: dict[str, SourceCredentialSet] = Field(
+        default_factory=dict,
+        description='named S3 credential sets a source picks with "credentials": JSON {"name": {"endpoint_url", '
+        '"region", "access_key_id", "secret_access_key"}}; never shown in a response, job or log',
+    )
+    source_s3_endpoint_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("EMBEDQ_SOURCE_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
+        description="S3 endpoint of a source that names no credential set; unset: AWS. Keys: the AWS_* variables",
+    )
+    source_s3_region: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("EMBEDQ_SOURCE_S3_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"),
+        description="region of a source that names no credential set",
+    )
+    source_file_roots: CommaList = Field(
+        default_factory=list,
+        description="local folders a file:// source may read (comma-separated); empty: file:// is refused",
+    )
+    source_shard_target_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        description="bytes of one shard: a JSONL/CSV byte range, or Parquet row groups; smaller files are one shard",
+    )
+    source_max_objects: int = Field(default=10_000, ge=1, description="most objects one source may list: else 422")
+    source_timeout_s: float = Field(
+        default=20.0, gt=0, description="a source's store must answer the API's checks (list, schema) within this"
+    )
     hnsw_m: int = Field(default=16, ge=2, le=100, description="HNSW m of a collection's vector index")
     hnsw_ef_construction: int = Field(
         default=64, ge=4, le=1000, description="HNSW ef_construction of a collection's vector index"
@@ -453,6 +529,12 @@ class Settings(BaseSettings):
             raise ValueError("EMBEDQ_DATABASE_URL must be a postgresql:// URL")
         return url
 
+    @field_validator("artifact_s3_endpoint_url", "artifact_s3_region", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: str | None) -> str | None:
+        # Compose files and ConfigMaps pass "" to mean "not set" (AWS itself, the default region).
+        return value or None
+
     @field_validator("artifact_store")
     @classmethod
     def _artifact_store_url(cls, url: str | None) -> str | None:
@@ -475,6 +557,15 @@ class Settings(BaseSettings):
             raise ValueError(
                 "EMBEDQ_BROKER_HEARTBEAT_S must be at most a third of EMBEDQ_REDIS_VISIBILITY_TIMEOUT_S, "
                 "or a worker that misses one beat has its running tasks redelivered"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _liveness_age_above_interval(self) -> Settings:
+        if self.worker_liveness_max_age_s < 2 * self.worker_liveness_interval_s:
+            raise ValueError(
+                "EMBEDQ_WORKER_LIVENESS_MAX_AGE_S must be at least twice EMBEDQ_WORKER_LIVENESS_INTERVAL_S, "
+                "or a worker that is one touch late is called hung and restarted"
             )
         return self
 

@@ -164,6 +164,9 @@ class JobRepository:
         skipped: int = 0,
         chunks_total: int = 0,
         chunks_done: int = 0,
+        shards_total: int = 0,
+        shards_done: int = 0,
+        shards_failed: int = 0,
     ) -> Counts:
         """Return the job's counters after adding these to them; the progress follows done and failed."""
         row = self.session.execute(
@@ -176,6 +179,9 @@ class JobRepository:
                 skipped=Job.skipped + skipped,
                 chunks_total=Job.chunks_total + chunks_total,
                 chunks_done=Job.chunks_done + chunks_done,
+                shards_total=Job.shards_total + shards_total,
+                shards_done=Job.shards_done + shards_done,
+                shards_failed=Job.shards_failed + shards_failed,
                 progress=100.0 * (Job.done + done + Job.failed + failed) / func.greatest(Job.total + total, 1),
                 updated_at=func.now(),
             )

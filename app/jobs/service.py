@@ -25,7 +25,7 @@ from app.jobs import lifecycle
 from app.jobs.lifecycle import NOTHING_DONE, BatchOutcome
 from app.jobs.repository import Counts, JobRepository
 from app.jobs.schemas import EmbeddingJobCreate, EncodingFormat, JobResults, ResultItem
-from app.keys.service import admit_job
+from app.keys.service import admit_job, hold_admission
 from app.models.job import Job, JobKind, JobStatus
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,9 @@ def create_embedding_job(
     digest = _request_hash(payload, model)
     repo = JobRepository(session)
     if payload.idempotency_key is not None:
+        # Looked up under the key's admission lock: a request with the same idempotency key that took the
+        # key's last slot has committed its job by the time we hold it, and this one gets that job, not a 429.
+        hold_admission(session, principal)
         existing = repo.get_by_idempotency_key(principal.tenant, payload.idempotency_key)
         if existing is not None:
             return _same_request(existing, digest), False

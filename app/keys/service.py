@@ -97,12 +97,11 @@ def admit_job(session: Session, principal: Principal) -> None:
     Held under a per-key lock until the transaction that inserts the job commits, so concurrent requests
     cannot both take the last slot.
     """
-    limit = principal.max_concurrent_jobs
-    if limit <= 0 or principal.key_id is None:
+    if not hold_admission(session, principal):
         return
-    repo = ApiKeyRepository(session)
-    repo.lock_job_admission(principal.key_id)
-    active = repo.active_jobs_of_key(principal.key_id)
+    assert principal.key_id is not None
+    limit = principal.max_concurrent_jobs
+    active = ApiKeyRepository(session).active_jobs_of_key(principal.key_id)
     if active >= limit:
         raise TooManyRequestsError(
             f"this API key has {active} queued or running jobs, its limit (max_concurrent_jobs={limit}): wait for "
@@ -110,3 +109,15 @@ def admit_job(session: Session, principal: Principal) -> None:
             active_jobs=active,
             max_concurrent_jobs=limit,
         )
+
+
+def hold_admission(session: Session, principal: Principal) -> bool:
+    """Take the caller's key's job-admission lock until the transaction ends; False if the key has no limit.
+
+    ``admit_job`` takes it itself. Take it before ``admit_job`` to look up what a concurrent request of the
+    same key may have committed while this one waited: an earlier job with the same idempotency key.
+    """
+    if principal.max_concurrent_jobs <= 0 or principal.key_id is None:
+        return False
+    ApiKeyRepository(session).lock_job_admission(principal.key_id)
+    return True

@@ -13,6 +13,7 @@ from app.models.collection import (
 from app.models.job import Job, JobKind, JobResult, JobStatus
 from app.models.recovery import JobRecovery, RecoveryAction
 from app.models.registered_model import RegisteredModel, RegisteredModelKind
+from app.models.source import IngestShard, SourceObject
 from app.models.training import TrainingPair, TrainingRun
 from app.models.webhook import WebhookDelivery, WebhookEndpoint, WebhookEvent, WebhookEventStatus
 
@@ -31,6 +32,7 @@ __all__ = [
     "FilePurpose",
     "IngestBatch",
     "IngestError",
+    "IngestShard",
     "Job",
     "JobKind",
     "JobRecovery",
@@ -39,6 +41,7 @@ __all__ = [
     "RecoveryAction",
     "RegisteredModel",
     "RegisteredModelKind",
+    "SourceObject",
     "TrainingPair",
     "TrainingRun",
     "WebhookDelivery",

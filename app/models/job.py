@@ -86,6 +86,10 @@ class Job(Base):
     skipped: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     input_complete: Mapped[bool] = mapped_column(Boolean, default=True, server_default=text("true"))
     item_errors: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, default=list, server_default=text("'[]'"))
+    # Source jobs (app/sources): the shards planned, read, and broken mid-way.
+    shards_total: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    shards_done: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    shards_failed: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
 
     __table_args__ = (
         Index("ix_jobs_status_kind_created", "status", "kind", "created_at"),

@@ -160,6 +160,11 @@ def _endpoints_for(repo: WebhookRepository, job: Job) -> list[WebhookEndpoint]:
     if job.webhook_url:
         endpoint = repo.endpoint_for_url(job.tenant, job.webhook_url)
         if endpoint is None:
+            # Jobs naming the same new URL may finish at once: the first creates its endpoint, and the others,
+            # waiting for the lock until it commits, find that one.
+            repo.lock_url(job.tenant, job.webhook_url)
+            endpoint = repo.endpoint_for_url(job.tenant, job.webhook_url)
+        if endpoint is None:
             endpoint = repo.add_endpoint(
                 WebhookEndpoint(
                     id=uuid.uuid4(), tenant=job.tenant, url=job.webhook_url, secret=new_secret(), auto_created=True

@@ -97,3 +97,5 @@ def test_settings_default_and_validation(tmp_path: Path) -> None:
         Settings(artifact_store="gs://bucket")
     with pytest.raises(ValueError, match="name the bucket"):
         Settings(artifact_store="s3://")
+    # Compose and ConfigMaps pass "" for "AWS itself".
+    assert Settings(artifact_s3_endpoint_url="", artifact_s3_region="").artifact_s3_endpoint_url is None

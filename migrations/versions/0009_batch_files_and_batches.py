@@ -1,7 +1,7 @@
 """The OpenAI Batch API: batch_files, batches, batch_requests and batch_results
 
-Revision ID: 0006_batches
-Revises: 0005
+Revision ID: 0009_batches
+Revises: 20261206_sources
 Create Date: 2026-12-06 22:40:00.000000
 
 A batch is a job of kind ``batch`` (jobs.kind is a string: no type change there).
@@ -13,8 +13,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision: str = "0006_batches"
-down_revision: str | None = "0005"
+revision: str = "0009_batches"
+down_revision: str | None = "20261206_sources"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
