@@ -9,6 +9,7 @@ from typing import Any
 
 from pgvector.sqlalchemy import Vector
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -85,6 +86,8 @@ class Job(Base):
     skipped: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     input_complete: Mapped[bool] = mapped_column(Boolean, default=True, server_default=text("true"))
     item_errors: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, default=list, server_default=text("'[]'"))
+    # Tokens encoded for the job (embedding inputs, or the chunks an ingest or reembed wrote): usage per tenant.
+    tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
 
     __table_args__ = (
         Index("ix_jobs_status_kind_created", "status", "kind", "created_at"),
