@@ -102,15 +102,15 @@ def _instrument_libraries() -> None:
     from opentelemetry.instrumentation.redis import RedisInstrumentor
     from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 
-    # SQLAlchemy's is a wrapper of create_engine: app/core/db.py looks it up when it builds the engine.
-    for instrumentor in (
-        CeleryInstrumentor(),
-        SQLAlchemyInstrumentor(),
-        RedisInstrumentor(),
-        HTTPXClientInstrumentor(),
-    ):
+    for instrumentor in (CeleryInstrumentor(), RedisInstrumentor(), HTTPXClientInstrumentor()):
         if not instrumentor.is_instrumented_by_opentelemetry:
             instrumentor.instrument()
+    # A wrapper of create_engine, which app/core/db.py looks up when it builds the engine. The instrumentation
+    # declares SQLAlchemy < 2.1 and would do nothing on our 2.1; the engine events it uses are the same in 2.1
+    # (tests/e2e/test_tracing.py sees its spans).
+    sqlalchemy = SQLAlchemyInstrumentor()
+    if not sqlalchemy.is_instrumented_by_opentelemetry:
+        sqlalchemy.instrument(skip_dep_check=True)
 
 
 def instrument_api(api: FastAPI) -> None:
