@@ -28,6 +28,7 @@ from app.collections.vector_store import VectorStore
 from app.core.config import Settings
 from app.core.db import Scope, enqueue
 from app.core.queues import TaskName
+from app.jobs.fairness import batch_priorities
 from app.jobs.lifecycle import NOTHING_DONE, BatchOutcome
 from app.jobs.repository import JobRepository
 from app.models.collection import IndexStatus
@@ -322,8 +323,9 @@ def requeue_ingest(session: Session, job: Job) -> int:
 
     task = TaskName.INGEST_REEMBED if job.kind == JobKind.REEMBED.value else TaskName.INGEST_BATCH
     seqs = CollectionRepository(session).pending_batches(job.id)
-    for seq in seqs:
-        enqueue(session, task, str(job.id), seq)
+    priorities = batch_priorities(session, job.tenant, get_settings(), len(seqs), counted=True)
+    for seq, priority in zip(seqs, priorities, strict=True):
+        enqueue(session, task, str(job.id), seq, priority=priority)
     if seqs:
         return len(seqs)
     if job.message == INDEXING:

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from app.catalog.access import JOB_API_ERRORS, check_model
 from app.catalog.resolver import InvalidModelNameError, UnknownModelError
-from app.core.config import Settings
+from app.core.config import Settings, get_settings
 from app.core.db import enqueue
 from app.core.errors import ConflictError, InvalidRequestError, NotFoundError
 from app.core.queues import TaskName
@@ -164,8 +164,9 @@ def requeue_embedding_batches(session: Session, job: Job) -> int:
     repo = JobRepository(session)
     size = int(job.params.get("batch_size") or 1)
     starts = repo.pending_batch_starts(job.id, size)
-    for start in starts:
-        enqueue(session, TaskName.EMBED_BATCH, str(job.id), start, min(start + size, job.total))
+    priorities = batch_priorities(session, job.tenant, get_settings(), len(starts), counted=True)
+    for start, priority in zip(starts, priorities, strict=True):
+        enqueue(session, TaskName.EMBED_BATCH, str(job.id), start, min(start + size, job.total), priority=priority)
     if not starts and repo.claim(job.id) is not None:
         counts = repo.add_counts(job.id, done=0, failed=0)
         if counts.finished:
