@@ -142,8 +142,10 @@ def _run_batch(
         )
         report_progress(session, job_id, counts)
         status = settle(session, job_id, settings)
-    annotate(job_id=str(job_id), kind=stage.kind, model=work.model, batch_size=len(work.document_ids))
-    annotate(chunks=stored.chunks_done, tokens=stored.tokens, tenant=work.tenant)
+    annotate(
+        job_id=str(job_id), kind=stage.kind, model=work.model, batch_size=len(work.document_ids),
+        chunks=stored.chunks_done, tokens=stored.tokens, tenant=work.tenant,
+    )  # fmt: skip
     return BatchOutcome(stored.documents, stored.failed, stored.chunks_done, status)
 
 

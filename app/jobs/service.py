@@ -251,8 +251,14 @@ def run_embedding_batch(
     except (UnknownModelError, InvalidModelNameError, OSError, RuntimeError, ValueError) as exc:
         log.exception("job %s batch [%d, %d) failed", job_id, start, stop)
         error = f"{type(exc).__name__}: {exc}"
-    annotate(job_id=str(job_id), kind=JobKind.EMBEDDINGS.value, model=model, batch_size=len(idxs), tokens=tokens)
-    annotate(tenant=tenant)
+    annotate(
+        job_id=str(job_id),
+        kind=JobKind.EMBEDDINGS.value,
+        model=model,
+        batch_size=len(idxs),
+        tokens=tokens,
+        tenant=tenant,
+    )
     with scope() as session:
         repo = JobRepository(session)
         if not repo.lock_running(job_id):
