@@ -86,7 +86,7 @@ class Job(Base):
     skipped: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     input_complete: Mapped[bool] = mapped_column(Boolean, default=True, server_default=text("true"))
     item_errors: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, default=list, server_default=text("'[]'"))
-    # Tokens encoded for the job (embedding inputs, or the chunks an ingest or reembed wrote): usage per tenant.
+    # Tokens encoded for the job (embedding inputs, or the chunks an ingest wrote): usage per tenant (GET /usage).
     tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
 
     __table_args__ = (

@@ -4,8 +4,8 @@ Revision ID: 20261206_2320_job_tokens
 Revises: 0007_model_revisions
 Create Date: 2026-12-06 23:20:00.000000
 
-Embedding jobs add the tokens of each batch they encode, ingest and reembed jobs the tokens of the chunks
-they write. Jobs finished before this column count 0 tokens.
+Embedding jobs add the tokens of each batch they encode, ingest jobs the tokens of the chunks they write
+(reembed jobs count none yet). Jobs finished before this column count 0 tokens.
 """
 
 from collections.abc import Sequence
