@@ -23,6 +23,7 @@ from app.observability.setup import instrument
 from app.sources.routes import router as sources_router
 from app.training.routes import router as training_router
 from app.ui import routes as ui
+from app.usage.routes import router as usage_router
 from app.v1 import routes as sync_api
 from app.v1.errors import error_body, install_openai_errors
 from app.webhooks.routes import router as webhooks_router
@@ -55,6 +56,7 @@ def create_app() -> FastAPI:
     api.include_router(sync_api.router, dependencies=[Depends(rate_limited)], responses=RATE_LIMIT_ERRORS)
     api.include_router(batches_router, dependencies=[Depends(current_principal)], responses=AUTH_ERRORS)
     api.include_router(models_router, dependencies=[Depends(current_principal)], responses=AUTH_ERRORS)
+    api.include_router(usage_router, dependencies=[Depends(current_principal)], responses=AUTH_ERRORS)
     api.include_router(hybrid_router, dependencies=[Depends(rate_limited)], responses=RATE_LIMIT_ERRORS)
     # Before instrument(): the metrics middleware, outside this one, counts its 413s and 400s too.
     api.add_middleware(RequestLimits, settings=get_settings(), error_body=error_body)

@@ -72,6 +72,8 @@ def _remember_pool(instance: Any, **_: Any) -> None:
     _in_process_pool = issubclass(get_implementation(instance.pool_cls), (SoloPool, ThreadPool))
     if _in_process_pool:
         _shorten_openmp_spin()
+        # No pool child will start: this process runs the tasks (a thread pool sends no worker_process_init).
+        observability.start_tracing()
 
 
 def _shorten_openmp_spin() -> None:

@@ -61,7 +61,7 @@ def create_batch(session: Session, payload: BatchCreate, settings: Settings, pri
             f"file {file.id} has purpose {file.purpose!r}: a batch reads a file uploaded with purpose='batch'",
             param="input_file_id",
         )
-    admit_job(session, principal)
+    admit_job(session, principal, settings)
     batch_id = new_batch_id()
     job = lifecycle.create(
         session,

@@ -343,6 +343,26 @@ class Settings(BaseSettings):
     # scrape (`authorization: {credentials_file: ...}`) needs no admin key. Empty: admin keys only.
     metrics_token: str = Field(default="", description="bearer token that may read GET /metrics, besides admin keys")
 
+    # Operating many tenants (docs "Tenants"): per-tenant metrics and fair queues. Traces are configured by the
+    # standard OTEL_* variables only (OTEL_TRACES_EXPORTER, OTEL_EXPORTER_OTLP_ENDPOINT, ...), not here.
+    tenant_metrics_max_tenants: int = Field(
+        default=50,
+        ge=0,
+        description="tenants with a label of their own in the per-tenant metrics (the busiest); the rest count as "
+        "'other'",
+    )
+    fair_queues: bool = Field(
+        default=True,
+        description="send job batches at a priority set by their tenant's backlog, so a small job does not wait "
+        "behind another tenant's large one (false: one FIFO per queue)",
+    )
+    fair_queue_share_batches: int = Field(
+        default=1,
+        ge=1,
+        description="batches of a tenant's backlog sent at the top priority; each lower one of the 4 levels takes "
+        "4 times as many",
+    )
+
     # Synchronous inference (README "Synchronous API"): /v1/embeddings, /vectorize, /tokenize wait for a
     # sync worker. Names users bring from the provider they migrate from (EMB_PROVIDER_*) are read too.
     sync_queue: str = Field(default="sync", min_length=1, description="give a group of API and workers their own")

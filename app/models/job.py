@@ -9,6 +9,7 @@ from typing import Any
 
 from pgvector.sqlalchemy import Vector
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -90,6 +91,8 @@ class Job(Base):
     shards_total: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     shards_done: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     shards_failed: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    # Tokens encoded for the job (embedding inputs, or the chunks an ingest wrote): usage per tenant (GET /usage).
+    tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
 
     __table_args__ = (
         Index("ix_jobs_status_kind_created", "status", "kind", "created_at"),

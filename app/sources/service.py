@@ -43,7 +43,7 @@ def start_source(session: Session, name: str, payload: SourceRequest, settings: 
         raise ConflictError(
             f"collection {name!r} is being re-embedded by job {busy[0].id}: sync when it has finished, or cancel it"
         )
-    admit_job(session, principal)
+    admit_job(session, principal, settings)
     version = repo.active_version(collection.id)
     job = lifecycle.create(
         session,

@@ -16,6 +16,7 @@ from app.core.config import Settings
 from app.core.errors import EmbedqError, NotFoundError
 from app.core.security import Principal
 from app.inference.dispatch import request
+from app.observability.tracing import annotate
 
 EMBED_OP = "embed"
 TOKENIZE_OP = "tokenize"
@@ -185,8 +186,10 @@ async def embed(
         "max_tokens": settings.max_tokens_per_request,
     }
     payload["texts" if texts is not None else "token_ids"] = texts if texts is not None else token_ids
+    annotate(model=asked, batch_size=len(texts if texts is not None else token_ids or []), tenant=principal.tenant)
     reply = await request(EMBED_OP, asked, payload)
     result = reply.result
+    annotate(tokens=int(result["prompt_tokens"]))
     raw = base64.b64decode(result["embeddings"])
     vectors = np.frombuffer(raw, dtype="<f4").reshape(result["count"], result["dimension"])
     return Embedded(asked, vectors, int(result["prompt_tokens"]), list(result["truncated"]), reply.batch_requests)
