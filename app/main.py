@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import Depends, FastAPI, Request
 from starlette.responses import Response
 
+from app.batches.routes import router as batches_router
 from app.catalog.routes import router as models_router
 from app.collections.routes import errors_router as ingest_errors_router
 from app.collections.routes import router as collections_router
@@ -20,8 +21,10 @@ from app.jobs.routes import router as jobs_router
 from app.keys.auth import AUTH_ERRORS, RATE_LIMIT_ERRORS, current_principal, rate_limited
 from app.observability.setup import instrument
 from app.rerank.routes import router as rerank_router
+from app.sources.routes import router as sources_router
 from app.training.routes import router as training_router
 from app.ui import routes as ui
+from app.usage.routes import router as usage_router
 from app.v1 import routes as sync_api
 from app.v1.errors import error_body, install_openai_errors
 from app.webhooks.routes import router as webhooks_router
@@ -47,11 +50,14 @@ def create_app() -> FastAPI:
     api.include_router(jobs_router, dependencies=[Depends(current_principal)], responses=AUTH_ERRORS)
     api.include_router(collections_router, dependencies=[Depends(current_principal)], responses=AUTH_ERRORS)
     api.include_router(ingest_errors_router, dependencies=[Depends(current_principal)], responses=AUTH_ERRORS)
+    api.include_router(sources_router, dependencies=[Depends(current_principal)], responses=AUTH_ERRORS)
     api.include_router(training_router, dependencies=[Depends(current_principal)], responses=AUTH_ERRORS)
     api.include_router(webhooks_router, dependencies=[Depends(current_principal)], responses=AUTH_ERRORS)
     api.include_router(sync_api.openai_router, dependencies=[Depends(rate_limited)], responses=RATE_LIMIT_ERRORS)
     api.include_router(sync_api.router, dependencies=[Depends(rate_limited)], responses=RATE_LIMIT_ERRORS)
+    api.include_router(batches_router, dependencies=[Depends(current_principal)], responses=AUTH_ERRORS)
     api.include_router(models_router, dependencies=[Depends(current_principal)], responses=AUTH_ERRORS)
+    api.include_router(usage_router, dependencies=[Depends(current_principal)], responses=AUTH_ERRORS)
     api.include_router(hybrid_router, dependencies=[Depends(rate_limited)], responses=RATE_LIMIT_ERRORS)
     api.include_router(rerank_router, dependencies=[Depends(rate_limited)], responses=RATE_LIMIT_ERRORS)
     # Before instrument(): the metrics middleware, outside this one, counts its 413s and 400s too.

@@ -33,6 +33,8 @@ celery_app = Celery(
         "workers.tasks.webhooks",
         "workers.tasks.train",
         "workers.tasks.ingest",
+        "workers.tasks.sources",
+        "workers.tasks.batches",
     ],
 )
 celery_app.conf.update(celery_config(get_settings()))
@@ -70,6 +72,8 @@ def _remember_pool(instance: Any, **_: Any) -> None:
     _in_process_pool = issubclass(get_implementation(instance.pool_cls), (SoloPool, ThreadPool))
     if _in_process_pool:
         _shorten_openmp_spin()
+        # No pool child will start: this process runs the tasks (a thread pool sends no worker_process_init).
+        observability.start_tracing()
 
 
 def _shorten_openmp_spin() -> None:

@@ -1,4 +1,4 @@
-"""Worker signal handlers: embedq's log format, job and task ids on every record, and the metrics server."""
+"""Worker signal handlers: embedq's log format, job and task ids on every record, the metrics server, and traces."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from celery import signals
 
 from app.core.config import get_settings
 from app.observability.logging import configure_logging, job_id_var, task_id_var, task_name_var
+from app.observability.tracing import flush_tracing, setup_tracing
 from workers import metrics
 
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
@@ -37,10 +38,17 @@ def _worker_init(**_: Any) -> None:
 
 
 def _worker_shutdown(**_: Any) -> None:
+    flush_tracing()
     metrics.stop_server()
 
 
+def start_tracing(**_: Any) -> None:
+    """Trace this process's tasks if OTEL_* asks for it: in each prefork child, or in a solo or thread pool's worker."""
+    setup_tracing("worker")
+
+
 def _child_shutdown(**_: Any) -> None:
+    flush_tracing()
     metrics.child_exited(os.getpid())
 
 
@@ -64,5 +72,6 @@ def connect() -> None:
     signals.worker_init.connect(_worker_init)
     signals.worker_shutdown.connect(_worker_shutdown)
     signals.worker_process_shutdown.connect(_child_shutdown)
+    signals.worker_process_init.connect(start_tracing)
     signals.task_prerun.connect(_task_prerun)
     signals.task_postrun.connect(_task_postrun)

@@ -78,13 +78,44 @@ def hidden_models(principal: Principal, session: Session | None = None) -> set[s
 def resolve_visible(
     name: str, settings: Settings, principal: Principal, session: Session | None = None
 ) -> ResolvedModel:
-    """Resolve ``name`` as ``resolve_model`` does, raising UnknownModelError for another tenant's alias too."""
+    """Resolve ``name`` as ``resolve_model`` does, raising UnknownModelError for another tenant's alias too.
+
+    A registered model that this host has not installed resolves too, as source "artifact": the API needs no
+    model files, the worker that serves it installs it from the artifact store.
+    """
     hidden = hidden_models(principal, session)
-    if not hidden:
-        return resolve_model(name, settings)
     try:
         if name in hidden:
             raise UnknownModelError(name, known_models(settings), settings.models_dir)
-        return resolve_model(name, settings)
+        return _resolve_or_registered(name, settings, session)
     except UnknownModelError as exc:
+        if not hidden:
+            raise
         raise UnknownModelError(name, [k for k in exc.known if k not in hidden], settings.models_dir) from None
+
+
+def _resolve_or_registered(name: str, settings: Settings, session: Session | None) -> ResolvedModel:
+    try:
+        return resolve_model(name, settings)
+    except UnknownModelError:
+        revision = registered_revision(name, session)
+        if revision is None:
+            raise
+        return ResolvedModel(name=name, path=None, source="artifact", revision=revision)
+
+
+def registered_revision(name: str, session: Session | None = None) -> str | None:
+    """Return the artifact store revision of registered model ``name``, or None if it has none."""
+    if session is not None:
+        row = RegisteredModelRepository(session).registered(name)
+        return row.revision if row is not None else None
+    with session_scope() as own:
+        row = RegisteredModelRepository(own).registered(name)
+        return row.revision if row is not None else None
+
+
+def registered_revisions(principal: Principal) -> dict[str, str]:
+    """Return the registered models ``principal`` may use that live in the artifact store, name to revision."""
+    with session_scope() as session:
+        models = RegisteredModelRepository(session).list_registered(principal)
+        return {model.name: model.revision for model in models if model.revision is not None}

@@ -5,14 +5,26 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from app.catalog.files import read_json, transformer_dirs
-from app.catalog.resolver import resolve_model
+from app.catalog.repository import RegisteredModelRepository
+from app.catalog.resolver import UnknownModelError, resolve_model
 from app.core.config import Settings
 
 
-def model_dimension(name: str, settings: Settings) -> int | None:
-    """Return the dimension of ``name``'s vectors, or None when only loading the model can tell."""
-    return folder_dimension(resolve_model(name, settings).path)
+def model_dimension(name: str, settings: Settings, session: Session | None = None) -> int | None:
+    """Return the dimension of ``name``'s vectors, or None when only loading the model can tell.
+
+    With ``session``, a registered model that this host has not installed answers from its row.
+    """
+    try:
+        return folder_dimension(resolve_model(name, settings).path)
+    except UnknownModelError:
+        registered = RegisteredModelRepository(session).registered(name) if session is not None else None
+        if registered is None or registered.revision is None:
+            raise
+        return registered.dimension or None
 
 
 def folder_dimension(model_dir: Path | None) -> int | None:

@@ -9,6 +9,9 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
+# In a LoRA adapter folder: the name of its base model (written by the trainer, read by workers/runtime/adapters).
+ADAPTER_POINTER = "embedq_adapter.json"
+
 
 def read_json(path: Path) -> Any:
     """Return the parsed JSON at ``path``, or None when it is missing or unreadable (with a warning)."""
@@ -32,3 +35,9 @@ def transformer_dirs(model_dir: Path) -> list[Path]:
         if isinstance(m, dict) and str(m.get("type", "")).endswith(".Transformer")
     ]
     return [*subfolders, model_dir]
+
+
+def adapter_base(model_dir: Path) -> str | None:
+    """Return the base model name a LoRA adapter folder points at, or None for an ordinary model folder."""
+    pointer = read_json(model_dir / ADAPTER_POINTER)
+    return str(pointer["base_model"]) if isinstance(pointer, dict) and "base_model" in pointer else None

@@ -34,6 +34,18 @@ class RegisteredModelRepository:
             return set()
         return set(self.session.scalars(select(RegisteredModel.name).where(RegisteredModel.tenant != principal.tenant)))
 
+    def list_all(self) -> list[RegisteredModel]:
+        """Return every registered alias, by name (for the operator's tools)."""
+        return list(self.session.scalars(select(RegisteredModel).order_by(RegisteredModel.name)))
+
+    def delete(self, name: str) -> RegisteredModel | None:
+        """Remove the alias ``name`` and return what it was, or None if nothing registered it."""
+        model = self.session.get(RegisteredModel, name, with_for_update=True)
+        if model is not None:
+            self.session.delete(model)
+            self.session.flush()
+        return model
+
     def register(self, model: RegisteredModel) -> None:
         """Insert the alias, or replace every field of an existing one (an overwrite)."""
         values = {
@@ -44,6 +56,7 @@ class RegisteredModelRepository:
             "dimension": model.dimension,
             "created_by_job": model.created_by_job,
             "tenant": model.tenant,
+            "revision": model.revision,
         }
         statement = pg_insert(RegisteredModel).values(**values)
         self.session.execute(

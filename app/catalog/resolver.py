@@ -21,8 +21,9 @@ from app.core.config import BackendSetting, ModelAliasSetting, PrecisionSetting,
 
 logger = logging.getLogger(__name__)
 
-# "hub" and "modelscope": not on disk yet, downloaded from that hub at load time.
-ModelSource = Literal["models_dir", "package", "hf_cache", "modelscope_cache", "hub", "modelscope"]
+# "hub" and "modelscope": not on disk yet, downloaded from that hub at load time. "artifact": a registered model
+# that this host has not installed from the artifact store yet (the API's view; workers install it first).
+ModelSource = Literal["models_dir", "package", "hf_cache", "modelscope_cache", "hub", "modelscope", "artifact"]
 
 _CACHE_SOURCES: dict[str, ModelSource] = {"huggingface": "hf_cache", "modelscope": "modelscope_cache"}
 _DOWNLOAD_SOURCES: dict[str, ModelSource] = {"huggingface": "hub", "modelscope": "modelscope"}
@@ -188,8 +189,9 @@ def _from_models_dir(name: str, settings: Settings) -> ResolvedModel | None:
 def folder_revision(folder: Path) -> str | None:
     """Return an id of this version of a model folder: its inode and modification time (None if it is gone).
 
-    A fine-tune that overwrites an alias renames a new folder into place (``app.training.storage.publish``),
-    so the id changes on every host that mounts the models volume, with no message to any worker.
+    A fine-tune that overwrites an alias renames a new folder into place, and every other host installs the
+    new revision from the artifact store by a rename too (``app.catalog.artifacts``), so the id changes on
+    every host, with no message to any worker.
     """
     try:
         stat = folder.stat()

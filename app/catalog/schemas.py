@@ -26,7 +26,7 @@ class ModelObject(BaseModel):
     created: int = Field(description="when the model folder was written (Unix seconds); 0 if not on disk")
     owned_by: str = Field(description="the organisation part of the name, or embedq")
     alias_of: str | None = Field(default=None, description="for an EMBEDQ_MODEL_MAPPING alias: the model it names")
-    source: str = Field(description="models_dir, package, hf_cache, modelscope_cache, hub or modelscope")
+    source: str = Field(description="models_dir, package, hf_cache, modelscope_cache, hub, modelscope or artifact")
     path: str | None = Field(description="the model folder; null until a hub download, and for keys that are not admin")
     family: str = Field(description="e5, bge, bge-m3, gte, sentence-transformers or generic")
     dimension: int | None
@@ -48,3 +48,11 @@ class ModelList(BaseModel):
 
     object: Literal["list"] = "list"
     data: list[ModelObject]
+
+
+class ModelDeleted(BaseModel):
+    """OpenAI's answer to deleting a fine-tuned model."""
+
+    id: str
+    object: Literal["model"] = "model"
+    deleted: bool = True

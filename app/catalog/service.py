@@ -7,6 +7,7 @@ no worker has loaded yet still shows its source, path, family, dimension and tok
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from app.catalog.dimension import folder_dimension
 from app.catalog.families import detect_family, has_m3_heads
 from app.catalog.files import read_json
 from app.catalog.loads import ModelLoad, all_loads, load_settings
-from app.catalog.resolver import ResolvedModel, known_models, resolve_model
+from app.catalog.resolver import ResolvedModel, UnknownModelError, known_models, resolve_model
 from app.catalog.schemas import ModelList, ModelObject, WorkerLoad
 from app.catalog.sources import cached_names
 from app.catalog.tasks import model_tasks
@@ -41,22 +42,36 @@ def read_loads(settings: Settings) -> dict[str, list[ModelLoad]]:
 
 
 def list_models(
-    settings: Settings, loads: dict[str, list[ModelLoad]], hidden: frozenset[str] | set[str] = frozenset()
+    settings: Settings,
+    loads: dict[str, list[ModelLoad]],
+    hidden: frozenset[str] | set[str] = frozenset(),
+    registered: Mapping[str, str] | None = None,
 ) -> ModelList:
     """Return every model a request may name without a download (caches included), and any model a worker loaded.
 
-    ``hidden``: names left out, the fine-tuned aliases of tenants other than the caller's.
+    ``hidden``: names left out, the fine-tuned aliases of tenants other than the caller's. ``registered``: the
+    registered models (name to revision) the caller sees, listed even where this host holds no copy of them.
     """
+    registered = registered or {}
     names = known_models(settings)
-    names += sorted((set(cached_names(settings)) | set(loads)) - set(names))
+    names += sorted((set(cached_names(settings)) | set(loads) | set(registered)) - set(names))
     names = [name for name in names if name not in hidden]
     data = []
     for name in names:
         try:
-            data.append(describe(name, resolve_model(name, settings), settings, loads))
+            data.append(describe(name, _resolve(name, settings, registered), settings, loads))
         except (LookupError, ValueError) as exc:  # a loaded model this API cannot resolve: say so, list the rest
             logger.info("not listing %s: %s", name, exc)
     return ModelList(data=data)
+
+
+def _resolve(name: str, settings: Settings, registered: Mapping[str, str]) -> ResolvedModel:
+    try:
+        return resolve_model(name, settings)
+    except UnknownModelError:
+        if name not in registered:
+            raise
+        return ResolvedModel(name=name, path=None, source="artifact", revision=registered[name])
 
 
 def describe(name: str, resolved: ResolvedModel, settings: Settings, loads: dict[str, list[ModelLoad]]) -> ModelObject:

@@ -17,7 +17,12 @@ import httpx
 
 from app.core.config import get_settings
 
-_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".txt": "text", ".md": "text"}
+_FORMATS = {
+    ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".txt": "text", ".md": "text",
+    ".parquet": "parquet", ".pq": "parquet",
+}  # fmt: skip
+# A FILE argument with one of these schemes is a source the server reads itself (POST /collections/{name}/sources).
+_SOURCE_SCHEMES = ("s3://", "file://")
 _TERMINAL = ("succeeded", "failed", "cancelled")
 _UPLOAD_PIECE = 1024 * 1024
 
@@ -108,8 +113,12 @@ def describe_progress(job: dict[str, Any]) -> str:
         line += f" | {ingest['chunks']['done']} chunks | {ingest['chunks_per_s']:.1f} chunks/s"
         if ingest["skipped"]:
             line += f" | {ingest['skipped']} unchanged"
+        shards = ingest.get("shards")
+        if shards and shards["done"] + shards["failed"] < shards["total"]:
+            line += f" | {shards['done'] + shards['failed']}/{shards['total']} shards read"
         if job["status"] == "running":
-            line += f" | ETA {_duration(ingest['eta_s'])}" if ingest["input_complete"] else " | uploading"
+            waiting = "reading the source" if shards is not None else "uploading"
+            line += f" | ETA {_duration(ingest['eta_s'])}" if ingest["input_complete"] else f" | {waiting}"
     else:
         line += f" | {job['progress']:.0f}%"
     if job.get("message") and job["status"] == "running" and ingest and "index" in job["message"]:
@@ -176,12 +185,19 @@ def _print_errors(job: dict[str, Any]) -> None:
 
 
 @click.command()
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("file")
 @click.option("--collection", "-c", required=True, help="Collection to ingest into (created if missing).")
 @click.option("--model", "-m", default=None, help="Model of a new collection [default: the server's].")
 @click.option(
-    "--format", "fmt", type=click.Choice(["jsonl", "json", "csv", "text"]), help="Default: from the file extension."
+    "--format",
+    "fmt",
+    type=click.Choice(["jsonl", "json", "csv", "text", "parquet"]),
+    help="Default: from the file extension.",
 )
+@click.option("--id-field", default="id", show_default=True, help="Field or column holding each document's id.")
+@click.option("--text-field", default="text", show_default=True, help="Field or column holding each document's text.")
+@click.option("--credentials", default=None, help="s3:// source: a credential set the server's operator named.")
+@click.option("--delete-missing", is_flag=True, help="s3:// source: remove documents whose object is gone.")
 @click.option(
     "--text-mode",
     type=click.Choice(["file", "line"]),
@@ -195,10 +211,14 @@ def _print_errors(job: dict[str, Any]) -> None:
 @api_option
 @key_option
 def ingest(
-    file: Path,
+    file: str,
     collection: str,
     model: str | None,
     fmt: str | None,
+    id_field: str,
+    text_field: str,
+    credentials: str | None,
+    delete_missing: bool,
     text_mode: str,
     max_tokens: int | None,
     overlap_tokens: int | None,
@@ -206,20 +226,22 @@ def ingest(
     api_url: str,
     api_key: str | None,
 ) -> None:
-    """Stream FILE (JSONL, JSON, CSV or text) into a collection and print its ingest job."""
-    fmt = fmt or _FORMATS.get(file.suffix.lower())
-    if fmt is None:
-        raise click.ClickException(f"cannot tell the format of {file.name}: pass --format jsonl|json|csv|text")
-    params: dict[str, str] = {"format": fmt, "text_mode": text_mode}
-    if fmt == "text" and text_mode == "file":
-        params["document_id"] = file.name
+    """Ingest FILE into a collection and print its ingest job.
+
+    FILE is a local file (JSONL, JSON, CSV, Parquet or text) streamed to the API, or a source the server's
+    workers read themselves: s3://bucket/prefix/, s3://bucket/corpus/*.parquet, or file:///path under a root
+    the operator allows.
+    """
+    if not file.startswith(_SOURCE_SCHEMES) and not Path(file).is_file():
+        raise click.BadParameter(f"{file} is not a file (a source the server reads starts s3:// or file://)")
     with _client(api_url, api_key, timeout=None) as client:  # type: ignore[arg-type]
         _ensure_collection(client, collection, model, max_tokens, overlap_tokens)
-        progress = ProgressLine()
-        pieces = _file_pieces(file, progress, file.stat().st_size)
-        response = _call(client, "POST", f"/collections/{collection}/documents", params=params, content=pieces)
-        progress.done()
-        job = _checked(response)
+        if file.startswith(_SOURCE_SCHEMES):
+            body: dict[str, Any] = {"uri": file, "id_field": id_field, "text_field": text_field}
+            body.update({"format": fmt, "credentials": credentials, "delete_missing": delete_missing})
+            job = _checked(_call(client, "POST", f"/collections/{collection}/sources", json=body))
+        else:
+            job = _upload(client, Path(file), collection, fmt, text_mode, id_field, text_field)
         click.echo(f"job {job['id']}: {describe_progress(job)}")
         if not wait:
             return
@@ -229,6 +251,23 @@ def ingest(
     if job["status"] != "succeeded":
         reason = job.get("error") or f"see `embedq job {job['id']}`"
         raise click.ClickException(f"job {job['id']} {job['status']}: {reason}")
+
+
+def _upload(
+    client: httpx.Client, file: Path, collection: str, fmt: str | None, text_mode: str, id_field: str, text_field: str
+) -> dict[str, Any]:
+    """Stream a local file to POST /collections/{name}/documents; return its job."""
+    fmt = fmt or _FORMATS.get(file.suffix.lower())
+    if fmt is None:
+        raise click.ClickException(f"cannot tell the format of {file.name}: pass --format jsonl|json|csv|text|parquet")
+    params: dict[str, str] = {"format": fmt, "text_mode": text_mode, "id_field": id_field, "text_field": text_field}
+    if fmt == "text" and text_mode == "file":
+        params["document_id"] = file.name
+    progress = ProgressLine()
+    pieces = _file_pieces(file, progress, file.stat().st_size)
+    response = _call(client, "POST", f"/collections/{collection}/documents", params=params, content=pieces)
+    progress.done()
+    return _checked(response)
 
 
 @click.command()

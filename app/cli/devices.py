@@ -123,6 +123,11 @@ def worker_command(queues: str, concurrency: int, nodename: str | None = None) -
     return args
 
 
+def default_nodename(queues: str) -> str:
+    """Return a worker's node name from its first queue (``bulk@%h``), so two workers of one host differ."""
+    return f"{queues.split(',')[0]}@%h"
+
+
 def pinned_env(device: str, env: Mapping[str, str]) -> dict[str, str]:
     """Return what a worker pinned to GPU ``device`` adds to ``env``: it sees that GPU alone, as cuda:0."""
     pinned = {"CUDA_VISIBLE_DEVICES": device, "EMBEDQ_DEVICE": "cuda"}

@@ -8,8 +8,15 @@ from pathlib import Path
 
 import click
 
-from app.cli import client_commands, keys_commands, models_commands
-from app.cli.devices import DeviceSelectionError, detect_gpus, device_workers, select_devices, worker_command
+from app.cli import batch_commands, client_commands, keys_commands, models_commands
+from app.cli.devices import (
+    DeviceSelectionError,
+    default_nodename,
+    detect_gpus,
+    device_workers,
+    select_devices,
+    worker_command,
+)
 from app.cli.embedded import EmbeddedPostgres, EmbeddedServiceError
 from app.cli.migrations import upgrade_head
 from app.cli.per_device import run_device_workers
@@ -45,6 +52,11 @@ def main() -> None:
     "--workers",
     type=click.IntRange(min=1),
     help="Worker pool processes [default: EMBEDQ_WORKER_CONCURRENCY].",
+)
+@click.option(
+    "-n",
+    "--name",
+    help="Celery node name; give each worker on one host its own [default: <first queue>@<host>, e.g. bulk@gpu-3].",
 )
 @click.option(
     "--stop-timeout",
@@ -153,12 +165,19 @@ def _check_queues(_: click.Context, __: click.Parameter, value: str) -> str:
     help="One worker per GPU (`all`, or ids as `nvidia-smi -L` numbers them), each seeing only its GPU.",
 )
 @click.option(
+    "-n",
+    "--name",
+    help="Celery node name; give each worker on one host its own [default: <first queue>@<host>, e.g. bulk@gpu-3].",
+)
+@click.option(
     "--stop-timeout",
     type=click.FloatRange(min=0),
     help="With --devices: seconds the workers get to finish their tasks after SIGTERM [default: as long as "
     "they take; a second signal kills them].",
 )
-def worker(queues: str, concurrency: int | None, devices: str | None, stop_timeout: float | None) -> None:
+def worker(
+    queues: str, concurrency: int | None, devices: str | None, name: str | None, stop_timeout: float | None
+) -> None:
     """Run a Celery worker against EMBEDQ_DATABASE_URL and EMBEDQ_REDIS_URL (replaces this process).
 
     With --devices, run one supervised worker per GPU instead, named after its first queue and GPU
@@ -172,8 +191,10 @@ def worker(queues: str, concurrency: int | None, devices: str | None, stop_timeo
     concurrency = concurrency or settings.worker_concurrency
     if devices is None and stop_timeout is not None:
         raise click.UsageError("--stop-timeout goes with --devices: a lone worker stops as Celery does")
+    if devices is not None and name is not None:
+        raise click.UsageError("--name goes without --devices: per-GPU workers are named <first queue>-gpu<N>@<host>")
     if devices is None:
-        args = worker_command(queues, concurrency)
+        args = worker_command(queues, concurrency, name or default_nodename(queues))
         os.execv(args[0], args)
     try:
         chosen = select_devices(devices, detect_gpus(os.environ))
@@ -218,3 +239,6 @@ main.add_command(models_commands.models)
 
 # `embedq keys create|list|revoke` (app/cli/keys_commands.py).
 main.add_command(keys_commands.keys)
+
+# `embedq batch submit requests.jsonl --wait` (app/cli/batch_commands.py).
+main.add_command(batch_commands.batch)

@@ -1,4 +1,5 @@
-"""``embedq models pull|list|show``: fetch models ahead of time; see what is resolvable, from where, and how."""
+"""``embedq models pull|push|list|show``: fetch models ahead of time, publish a folder to the whole fleet, and see
+what is resolvable, from where, and how."""
 
 from __future__ import annotations
 
@@ -7,21 +8,27 @@ from pathlib import Path
 
 import click
 
-from app.catalog import service
+from app.artifacts.store import ArtifactStoreUnavailableError
+from app.catalog import artifacts, model_cache, service
+from app.catalog.artifacts import ModelArtifactError
+from app.catalog.publishing import push_folder
+from app.catalog.repository import RegisteredModelRepository
 from app.catalog.resolver import InvalidModelNameError, UnknownModelError, resolve_model, validate_model_name
 from app.catalog.sources import ModelDownloadError, ModelScopeMissingError, fetch, hub_order
 from app.core.config import Settings, get_settings
+from app.core.db import session_scope
+from app.models.api_key import DEFAULT_TENANT
 
 _COLUMNS = ("id", "source", "family", "dimension", "max_length", "precision", "backend", "loaded", "path")
 
 
 @click.group()
 def models() -> None:
-    """Pull models into the cache or EMBEDQ_MODELS_DIR, and list the ones embedq can resolve."""
+    """Pull models into the cache or EMBEDQ_MODELS_DIR, push a folder to the fleet, list what embedq resolves."""
 
 
 @models.command()
-@click.argument("name")
+@click.argument("names", nargs=-1)
 @click.option(
     "--source",
     type=click.Choice(["auto", "huggingface", "modelscope"]),
@@ -31,11 +38,47 @@ def models() -> None:
     "--models-dir",
     "into_models_dir",
     is_flag=True,
-    help="Copy the files into EMBEDQ_MODELS_DIR/NAME (for images and offline hosts) instead of the hub's cache.",
+    help="Copy hub files into EMBEDQ_MODELS_DIR/NAME (for images and offline hosts) instead of the hub's cache.",
 )
-def pull(name: str, source: str | None, into_models_dir: bool) -> None:
-    """Download model NAME (an 'org/name' id or an alias) now, so no worker has to download it later."""
+def pull(names: tuple[str, ...], source: str | None, into_models_dir: bool) -> None:
+    """Warm this host's models: registered models from the artifact store, others from their hub.
+
+    Without NAMES: every registered (fine-tuned or pushed) model. A NAME that is registered is installed from
+    EMBEDQ_ARTIFACT_STORE into EMBEDQ_MODELS_DIR; any other NAME (an 'org/name' id or an alias) is downloaded
+    from its hub now, so no worker has to download it later.
+    """
     settings = get_settings()
+    registered = _registered_names(settings, required=not names)
+    for name in names or tuple(registered):
+        if name in registered:
+            _install_registered(name, settings)
+        else:
+            _pull_from_hub(name, settings, source, into_models_dir)
+    if not names and not registered:
+        click.echo("no registered models to pull")
+
+
+def _registered_names(settings: Settings, *, required: bool) -> list[str]:
+    if not settings.database_url:
+        if required:
+            raise click.ClickException("EMBEDQ_DATABASE_URL is not set: it lists the registered models to pull")
+        return []
+    with session_scope() as session:
+        return [model.name for model in RegisteredModelRepository(session).list_all() if model.revision is not None]
+
+
+def _install_registered(name: str, settings: Settings) -> None:
+    try:
+        downloaded = model_cache.ensure_installed(name, settings, fresh=True)
+    except ModelArtifactError as exc:
+        raise click.ClickException(str(exc)) from exc
+    assert settings.models_dir is not None
+    revision = artifacts.local_revision(settings.models_dir / name)
+    state = "installed" if downloaded else "already here:"
+    click.echo(f"{state} {name} revision {revision} in {settings.models_dir / name}")
+
+
+def _pull_from_hub(name: str, settings: Settings, source: str | None, into_models_dir: bool) -> None:
     target, chosen = _pull_target(name, settings)
     candidates = hub_order(target, chosen if source is None else source, settings)  # type: ignore[arg-type]
     try:
@@ -48,6 +91,24 @@ def pull(name: str, source: str | None, into_models_dir: bool) -> None:
     if staging is not None:
         folder = _install(staging, settings, target)
     click.echo(f"pulled {target} from {hub} into {folder}")
+
+
+@models.command()
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--name", required=True, help="The name every worker serves it as ('name' or 'org/name').")
+@click.option("--overwrite", is_flag=True, help="Replace a model registered under NAME (a new revision).")
+@click.option("--tenant", default=DEFAULT_TENANT, show_default=True, help="The tenant whose keys may use it.")
+def push(folder: Path, name: str, overwrite: bool, tenant: str) -> None:
+    """Publish model FOLDER to the artifact store and register it as NAME, so every worker of the fleet serves it."""
+    settings = get_settings()
+    settings.require_services()
+    try:
+        model = push_folder(session_scope, folder, name, settings, tenant=tenant, overwrite=overwrite)
+    except ValueError as exc:  # a bad name, not a model folder, a file name the store cannot hold
+        raise click.ClickException(str(exc)) from exc
+    except (OSError, ArtifactStoreUnavailableError) as exc:
+        raise click.ClickException(f"could not upload {folder} to {settings.artifact_store}: {exc}") from exc
+    click.echo(f"pushed {name} ({model.kind}) revision {model.revision} to {settings.artifact_store}")
 
 
 def _pull_target(name: str, settings: Settings) -> tuple[str, str]:

@@ -28,10 +28,12 @@ from app.collections.vector_store import VectorStore
 from app.core.config import Settings
 from app.core.db import Scope, enqueue
 from app.core.queues import TaskName
+from app.jobs.fairness import batch_priorities
 from app.jobs.lifecycle import NOTHING_DONE, BatchOutcome
 from app.jobs.repository import JobRepository
 from app.models.collection import IndexStatus
 from app.models.job import Job, JobKind, JobStatus
+from app.observability.tracing import annotate
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,7 @@ Result = TypeVar("Result")
 
 @dataclass(frozen=True)
 class _Work:
+    tenant: str
     model: str
     collection_id: int
     version_id: int
@@ -55,12 +58,13 @@ class _Work:
 
 @dataclass(frozen=True)
 class _Stored:
-    """What a batch's write did: documents written and failed, chunks counted and written."""
+    """What a batch's write did: documents written and failed, chunks counted and written, tokens embedded."""
 
     documents: int
     failed: int
     chunks_total: int
     chunks_done: int
+    tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,7 @@ def _read_work(session: Session, job_id: uuid.UUID, seq: int) -> _Work | None:
     if version is None or collection is None:
         return None
     return _Work(
+        tenant=job.tenant,
         model=version.model,
         collection_id=collection.id,
         version_id=version.id,
@@ -133,9 +138,14 @@ def _run_batch(
             failed=stored.failed,
             chunks_total=stored.chunks_total,
             chunks_done=stored.chunks_done,
+            tokens=stored.tokens,
         )
         report_progress(session, job_id, counts)
         status = settle(session, job_id, settings)
+    annotate(
+        job_id=str(job_id), kind=stage.kind, model=work.model, batch_size=len(work.document_ids),
+        chunks=stored.chunks_done, tokens=stored.tokens, tenant=work.tenant,
+    )  # fmt: skip
     return BatchOutcome(stored.documents, stored.failed, stored.chunks_done, status)
 
 
@@ -177,7 +187,8 @@ def _store_documents(
     _record_failures(session, job_id, failures, settings)
     chunks_written = sum(written.values())
     chunks_failed = sum(len(p) for d, p in zip(pending, chunked.pieces, strict=False) if d.id in failures)
-    return _Stored(len(written), len(failures), chunks_written + chunks_failed, chunks_written)
+    tokens = sum(p.token_count for d, ps in zip(pending, chunked.pieces, strict=False) if d.id in written for p in ps)
+    return _Stored(len(written), len(failures), chunks_written + chunks_failed, chunks_written, tokens)
 
 
 def _store_chunks(
@@ -291,6 +302,10 @@ def build_index(scope: Scope, job_id: uuid.UUID, version_id: int, settings: Sett
         job = JobRepository(session).get(job_id)
         if job is None or job.status != JobStatus.RUNNING.value:
             return None
+        # The version's row before its table, as batches lock them (``_ensure_vector_table``, then their
+        # writes): the index build's SHARE lock on the table, taken first, would deadlock with a batch.
+        if CollectionRepository(session).version(version_id, lock=True) is None:
+            return None
         store = VectorStore(session)
         if store.vector_table_exists(version_id):
             store.build_index(
@@ -314,8 +329,9 @@ def requeue_ingest(session: Session, job: Job) -> int:
 
     task = TaskName.INGEST_REEMBED if job.kind == JobKind.REEMBED.value else TaskName.INGEST_BATCH
     seqs = CollectionRepository(session).pending_batches(job.id)
-    for seq in seqs:
-        enqueue(session, task, str(job.id), seq)
+    priorities = batch_priorities(session, job.tenant, get_settings(), len(seqs), counted=True)
+    for seq, priority in zip(seqs, priorities, strict=True):
+        enqueue(session, task, str(job.id), seq, priority=priority)
     if seqs:
         return len(seqs)
     if job.message == INDEXING:

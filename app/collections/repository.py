@@ -34,6 +34,7 @@ class DocumentInput:
     text: str
     metadata: dict[str, Any]
     content_hash: str
+    source_object: str | None = None  # the source object it was read from; None: uploaded
 
 
 @dataclass(frozen=True)
@@ -61,14 +62,17 @@ class CollectionRepository:
     def named(self, name: str, principal: Principal, *, lock: bool = False) -> list[Collection]:
         """Return the collections called ``name`` that ``principal`` may see, the caller's own tenant's first.
 
-        Only an admin can get more than one (names are unique per tenant).
+        Only an admin can get more than one (names are unique per tenant). ``lock`` takes FOR NO KEY UPDATE: it
+        serializes starting jobs on the collection (and deleting it) but, unlike FOR UPDATE, lets other uploads'
+        document inserts check their foreign key; blocked there, holding documents that the upload starting
+        under the lock goes on to upsert, they deadlocked with it.
         """
         query = (
             select(Collection)
             .where(Collection.name == name, visible_to(principal, Collection.tenant))
             .order_by(Collection.tenant != principal.tenant, Collection.id)
         )
-        return list(self.session.scalars(query.with_for_update() if lock else query))
+        return list(self.session.scalars(query.with_for_update(key_share=True) if lock else query))
 
     def get_in_tenant(self, tenant: str, name: str) -> Collection | None:
         return self.session.scalar(select(Collection).where(Collection.tenant == tenant, Collection.name == name))
@@ -196,21 +200,25 @@ class CollectionRepository:
         """Store documents; return those that need embedding (new, changed, or failed before).
 
         A document whose content hash is unchanged and already embedded only gets its metadata updated.
+        Rows are written, and so locked, in ``external_id`` order, the order ``lock_pending`` locks in too.
         """
         rows = self.session.execute(
             text(
                 "INSERT INTO documents AS d (collection_id, external_id, text, metadata, content_hash, status, "
-                "chunk_count) "
-                "SELECT :cid, t.external_id, t.text, t.metadata, t.content_hash, 'pending', 0 "
+                "chunk_count, source_object) "
+                "SELECT :cid, t.external_id, t.text, t.metadata, t.content_hash, 'pending', 0, t.source_object "
                 "FROM unnest(CAST(:ids AS text[]), CAST(:texts AS text[]), CAST(:metas AS jsonb[]), "
-                "CAST(:hashes AS text[])) AS t(external_id, text, metadata, content_hash) "
+                "CAST(:hashes AS text[]), CAST(:objects AS text[])) "
+                "AS t(external_id, text, metadata, content_hash, source_object) "
+                "ORDER BY t.external_id "
                 "ON CONFLICT (collection_id, external_id) DO UPDATE SET "
                 "text = excluded.text, metadata = excluded.metadata, content_hash = excluded.content_hash, "
+                "source_object = excluded.source_object, "
                 "status = CASE WHEN d.content_hash = excluded.content_hash AND d.status = 'ready' "
                 "THEN 'ready' ELSE 'pending' END, "
                 "error = NULL, updated_at = now() "
                 "WHERE d.content_hash <> excluded.content_hash OR d.status <> 'ready' "
-                "OR d.metadata <> excluded.metadata "
+                "OR d.metadata <> excluded.metadata OR d.source_object IS DISTINCT FROM excluded.source_object "
                 "RETURNING d.id, d.status, d.content_hash"
             ),
             {
@@ -219,9 +227,44 @@ class CollectionRepository:
                 "texts": [d.text for d in docs],
                 "metas": [json.dumps(d.metadata) for d in docs],
                 "hashes": [d.content_hash for d in docs],
+                "objects": [d.source_object for d in docs],
             },
         )
         return [PendingDocument(r.id, "", r.content_hash) for r in rows if r.status == DocumentStatus.PENDING.value]
+
+    def source_documents(self, collection_id: int, object_uris: Sequence[str]) -> list[int]:
+        """Return the ids of the collection's documents read from the given source objects."""
+        return list(
+            self.session.scalars(
+                select(Document.id).where(
+                    Document.collection_id == collection_id, Document.source_object.in_(list(object_uris))
+                )
+            )
+        )
+
+    def objects_not_ready(self, collection_id: int) -> set[str]:
+        """Return the source objects some of whose documents are not embedded (pending, or failed)."""
+        return set(
+            self.session.scalars(
+                select(Document.source_object)
+                .where(
+                    Document.collection_id == collection_id,
+                    Document.source_object.is_not(None),
+                    Document.status != DocumentStatus.READY.value,
+                )
+                .distinct()
+            )
+        )
+
+    def delete_documents(self, ids: Sequence[int]) -> None:
+        """Delete documents (their chunks go with them; delete their vectors first, with ``VectorStore``)."""
+        if ids:
+            self.session.execute(text("DELETE FROM documents WHERE id = ANY(:ids)"), {"ids": list(ids)})
+
+    def next_batch_seq(self, job_id: uuid.UUID) -> int:
+        """Return the first free batch number of a job (call with the job's row locked)."""
+        highest = self.session.scalar(select(func.max(IngestBatch.seq)).where(IngestBatch.job_id == job_id))
+        return 0 if highest is None else int(highest) + 1
 
     def pending_documents(self, ids: Sequence[int]) -> list[PendingDocument]:
         rows = self.session.execute(
@@ -232,11 +275,16 @@ class CollectionRepository:
         return [PendingDocument(*row) for row in rows]
 
     def lock_pending(self, hashes: dict[int, str]) -> set[int]:
-        """Lock the documents still pending at the given content; return their ids."""
+        """Lock the documents still pending at the given content; return their ids.
+
+        Locked in ``external_id`` order, as ``upsert_documents`` writes them: uploads and batches that share
+        documents then always wait for each other in the same order, never in a cycle (a deadlock). Ids
+        would not do: they follow the order documents were first inserted, across batches not their names'.
+        """
         rows = self.session.execute(
             select(Document.id, Document.content_hash)
             .where(Document.id.in_(list(hashes)), Document.status == DocumentStatus.PENDING.value)
-            .order_by(Document.id)
+            .order_by(Document.external_id)
             .with_for_update()
         )
         return {doc_id for doc_id, digest in rows if hashes.get(doc_id) == digest}

@@ -37,12 +37,13 @@ errors_router = APIRouter(prefix="/jobs", tags=["collections"])
 
 _UPLOAD_BODY = {
     "requestBody": {
-        "description": "the documents: a JSON array, JSONL/NDJSON, CSV or plain text, raw or as multipart files",
+        "description": "the documents: a JSON array, JSONL, CSV, Parquet or plain text, raw or as multipart files",
         "content": {
             "application/x-ndjson": {"schema": {"type": "string", "format": "binary"}},
             "application/json": {"schema": {"type": "array", "items": {"type": "object"}}},
             "text/csv": {"schema": {"type": "string", "format": "binary"}},
             "text/plain": {"schema": {"type": "string", "format": "binary"}},
+            "application/vnd.apache.parquet": {"schema": {"type": "string", "format": "binary"}},
             "multipart/form-data": {
                 "schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}
             },

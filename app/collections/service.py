@@ -33,6 +33,7 @@ from app.core.errors import ConflictError, NotFoundError
 from app.core.queues import TaskName
 from app.core.security import Principal
 from app.jobs import lifecycle
+from app.jobs.fairness import batch_priorities
 from app.jobs.repository import JobRepository
 from app.keys.service import admit_job
 from app.models.collection import Collection, CollectionVersion, IndexStatus, VersionStatus
@@ -65,7 +66,7 @@ def create_collection(
         meta=payload.metadata,
     )
     repo.add(collection)
-    dimension = model_dimension(model, settings)
+    dimension = model_dimension(model, settings, session)
     version = CollectionVersion(
         collection_id=collection.id,
         number=1,
@@ -191,12 +192,12 @@ def start_reembed(
         raise ConflictError(
             f"collection {name!r} has a running {busy[0].kind} job {busy[0].id}: reembed when it has finished"
         )
-    admit_job(session, principal)
+    admit_job(session, principal, settings)
     for old in repo.versions(collection.id):
         if old.status in (VersionStatus.BUILDING.value, VersionStatus.FAILED.value):
             repo.set_version_status(old.id, VersionStatus.FAILED)
             VectorStore(session).drop_vector_table(old.id)
-    dimension = model_dimension(model, settings)
+    dimension = model_dimension(model, settings, session)
     version = CollectionVersion(
         collection_id=collection.id,
         number=repo.next_version_number(collection.id),
@@ -223,8 +224,8 @@ def start_reembed(
     version.job_id = job.id
     batches, documents = repo.add_reembed_batches(job.id, collection.id, settings.ingest_batch_documents)
     jobs.add_counts(job.id, total=documents)
-    for seq in range(batches):
-        enqueue(session, TaskName.INGEST_REEMBED, str(job.id), seq)
+    for seq, priority in enumerate(batch_priorities(session, collection.tenant, settings, batches, counted=True)):
+        enqueue(session, TaskName.INGEST_REEMBED, str(job.id), seq, priority=priority)
     if documents == 0:
         settle(session, job.id, settings)
     session.refresh(job)

@@ -83,6 +83,10 @@ def _finish(session: Session, job: Job) -> JobStatus | None:
         f"{verb} {job.done - job.skipped} of {job.total} documents ({job.skipped} unchanged, {job.failed} failed) "
         f"into {job.chunks_done} chunks"
     )
+    if job.params.get("objects_unchanged"):
+        message += f"; {job.params['objects_unchanged']} source objects unchanged since the last sync"
+    if job.params.get("deleted_documents"):
+        message += f"; {job.params['deleted_documents']} documents of vanished objects removed"
     error = None
     if job.failed:
         first = CollectionRepository(session).first_error(job.id) or "unknown"

@@ -17,6 +17,7 @@ class UploadFormat(StrEnum):
     JSONL = "jsonl"  # one {"id", "text", "metadata"} object per line (NDJSON)
     CSV = "csv"  # a header with id and text columns; the other columns become metadata
     TEXT = "text"  # plain text: one document per file, or one per line
+    PARQUET = "parquet"  # id and text columns; the other columns become metadata
 
 
 class TextMode(StrEnum):

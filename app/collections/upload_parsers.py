@@ -10,7 +10,7 @@ from __future__ import annotations
 import codecs
 import csv
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import PurePosixPath
 from typing import Any, Protocol
 
@@ -25,6 +25,7 @@ from app.collections.upload_items import (
     shown,
     shown_id,
 )
+from app.collections.upload_parquet import ParquetUploadParser
 
 _BY_EXTENSION = {
     ".json": UploadFormat.JSON,
@@ -34,6 +35,8 @@ _BY_EXTENSION = {
     ".txt": UploadFormat.TEXT,
     ".text": UploadFormat.TEXT,
     ".md": UploadFormat.TEXT,
+    ".parquet": UploadFormat.PARQUET,
+    ".pq": UploadFormat.PARQUET,
 }
 _BY_MEDIA_TYPE = {
     "application/json": UploadFormat.JSON,
@@ -44,6 +47,7 @@ _BY_MEDIA_TYPE = {
     "text/csv": UploadFormat.CSV,
     "text/plain": UploadFormat.TEXT,
     "text/markdown": UploadFormat.TEXT,
+    "application/vnd.apache.parquet": UploadFormat.PARQUET,
 }
 
 
@@ -52,7 +56,7 @@ class Parser(Protocol):
 
     def feed(self, data: bytes) -> list[Item]: ...
 
-    def close(self) -> list[Item]: ...
+    def close(self) -> Iterable[Item]: ...
 
 
 class _Lines:
@@ -390,6 +394,8 @@ def parser_for(fmt: UploadFormat, options: UploadOptions, filename: str | None) 
         return _JsonLinesParser(options, label)
     if fmt is UploadFormat.CSV:
         return _CsvParser(options, label)
+    if fmt is UploadFormat.PARQUET:
+        return ParquetUploadParser(options, label)
     name = PurePosixPath(filename).name if filename else options.document_id
     if options.text_mode is TextMode.FILE and not name:
         raise UploadFormatError(

@@ -25,10 +25,12 @@ from app.core.errors import ConflictError, InvalidRequestError
 from app.core.queues import TaskName
 from app.core.security import Principal
 from app.jobs import lifecycle
+from app.jobs.fairness import batch_priorities
 from app.jobs.repository import JobRepository
 from app.keys.service import admit_job
 from app.models.collection import Collection
 from app.models.job import Job, JobKind, JobStatus
+from app.observability.tracing import annotate
 
 
 def content_hash(text: str) -> str:
@@ -65,6 +67,7 @@ class UploadWriter:
         self.chars = 0
         self.job_id: uuid.UUID | None = None
         self._collection_id = 0
+        self._tenant = principal.tenant
         self.seq = 0
         self.flushed_at = time.monotonic()
 
@@ -118,7 +121,8 @@ class UploadWriter:
         pending = self.repo.upsert_documents(self._collection_id, inputs) if inputs else []
         if pending:
             self.repo.add_batch(job_id, self.seq, [d.id for d in pending], [d.content_hash for d in pending])
-            enqueue(self.session, TaskName.INGEST_BATCH, str(job_id), self.seq)
+            [priority] = batch_priorities(self.session, self._tenant, self.settings, 1)
+            enqueue(self.session, TaskName.INGEST_BATCH, str(job_id), self.seq, priority=priority)
             self.seq += 1
         errors = [(r.document_id, r.line, r.error) for r in self.rejected]
         record_errors(self.session, job_id, errors, self.settings)
@@ -168,7 +172,7 @@ class UploadWriter:
     def _create_job(self) -> uuid.UUID:
         collection = require_collection(self.repo, self.name, self.principal, lock=True)
         self._refuse_if_reembedding(collection)
-        admit_job(self.session, self.principal)
+        admit_job(self.session, self.principal, self.settings)
         version = self.repo.active_version(collection.id)
         job = lifecycle.create(
             self.session,
@@ -188,8 +192,10 @@ class UploadWriter:
             total=0,
             input_complete=False,
         )
+        annotate(job_id=str(job.id), kind=job.kind, model=job.model, tenant=job.tenant)
         self.job_id = job.id
         self._collection_id = collection.id
+        self._tenant = collection.tenant
         return job.id
 
     def _lock_open_job(self) -> uuid.UUID:

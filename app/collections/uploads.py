@@ -8,6 +8,7 @@ EMBEDQ_INGEST_MAX_LINE_BYTES, whatever the size of the upload.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -117,6 +118,6 @@ class UploadReader:
         """Return the documents and rejections that ``data`` completed."""
         return self._inner.feed(data) if data else []
 
-    def close(self) -> list[Item]:
+    def close(self) -> Iterable[Item]:
         """Return what the end of the body completed; raises UploadFormatError if it ends mid-structure."""
         return self._inner.close()

@@ -12,7 +12,16 @@ from ipaddress import ip_network
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -30,6 +39,17 @@ def _comma_separated(value: Any) -> Any:
 
 CommaList = Annotated[list[str], NoDecode, BeforeValidator(_comma_separated)]
 CommaFloats = Annotated[list[float], NoDecode, BeforeValidator(_comma_separated)]
+
+
+class SourceCredentialSet(BaseModel):
+    """One named set of S3 credentials for sources (EMBEDQ_SOURCE_CREDENTIALS); the keys stay secret."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    access_key_id: SecretStr | None = None
+    secret_access_key: SecretStr | None = None
 
 
 def _also_provider(name: str, *more: str) -> AliasChoices:
@@ -138,6 +158,17 @@ class Settings(BaseSettings):
         default=None,
         validation_alias=AliasChoices("EMBEDQ_ARTIFACT_S3_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"),
         description="region of the artifact bucket",
+    )
+    artifact_check_interval_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="how long a worker trusts its last look at a registered model's revision in Postgres; "
+        "an overwrite or delete reaches a worker that serves the model within this",
+    )
+    artifact_download_wait_s: float = Field(
+        default=1800.0,
+        gt=0,
+        description="longest wait for another process of the host to finish downloading the same model",
     )
 
     # Model sources, aliases, families and precision (README "Models").
@@ -312,6 +343,26 @@ class Settings(BaseSettings):
     # scrape (`authorization: {credentials_file: ...}`) needs no admin key. Empty: admin keys only.
     metrics_token: str = Field(default="", description="bearer token that may read GET /metrics, besides admin keys")
 
+    # Operating many tenants (docs "Tenants"): per-tenant metrics and fair queues. Traces are configured by the
+    # standard OTEL_* variables only (OTEL_TRACES_EXPORTER, OTEL_EXPORTER_OTLP_ENDPOINT, ...), not here.
+    tenant_metrics_max_tenants: int = Field(
+        default=50,
+        ge=0,
+        description="tenants with a label of their own in the per-tenant metrics (the busiest); the rest count as "
+        "'other'",
+    )
+    fair_queues: bool = Field(
+        default=True,
+        description="send job batches at a priority set by their tenant's backlog, so a small job does not wait "
+        "behind another tenant's large one (false: one FIFO per queue)",
+    )
+    fair_queue_share_batches: int = Field(
+        default=1,
+        ge=1,
+        description="batches of a tenant's backlog sent at the top priority; each lower one of the 4 levels takes "
+        "4 times as many",
+    )
+
     # Synchronous inference (README "Synchronous API"): /v1/embeddings, /vectorize, /tokenize wait for a
     # sync worker. Names users bring from the provider they migrate from (EMB_PROVIDER_*) are read too.
     sync_queue: str = Field(default="sync", min_length=1, description="give a group of API and workers their own")
@@ -440,6 +491,35 @@ class Settings(BaseSettings):
         default=32, ge=0, description="tokens consecutive chunks share in a collection that names none"
     )
     ingest_errors_in_view: int = Field(default=20, ge=0, description="per-document errors shown in a job view")
+    # Sources (docs/guide/sources.md): POST /collections/{name}/sources makes the workers read S3 or local files.
+    source_credentials: dict[str, SourceCredentialSet] = Field(
+        default_factory=dict,
+        description='named S3 credential sets a source picks with "credentials": JSON {"name": {"endpoint_url", '
+        '"region", "access_key_id", "secret_access_key"}}; never shown in a response, job or log',
+    )
+    source_s3_endpoint_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("EMBEDQ_SOURCE_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
+        description="S3 endpoint of a source that names no credential set; unset: AWS. Keys: the AWS_* variables",
+    )
+    source_s3_region: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("EMBEDQ_SOURCE_S3_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"),
+        description="region of a source that names no credential set",
+    )
+    source_file_roots: CommaList = Field(
+        default_factory=list,
+        description="local folders a file:// source may read (comma-separated); empty: file:// is refused",
+    )
+    source_shard_target_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        description="bytes of one shard: a JSONL/CSV byte range, or Parquet row groups; smaller files are one shard",
+    )
+    source_max_objects: int = Field(default=10_000, ge=1, description="most objects one source may list: else 422")
+    source_timeout_s: float = Field(
+        default=20.0, gt=0, description="a source's store must answer the API's checks (list, schema) within this"
+    )
     hnsw_m: int = Field(default=16, ge=2, le=100, description="HNSW m of a collection's vector index")
     hnsw_ef_construction: int = Field(
         default=64, ge=4, le=1000, description="HNSW ef_construction of a collection's vector index"
@@ -447,6 +527,22 @@ class Settings(BaseSettings):
     hnsw_build_memory: str = Field(default="1GB", pattern=r"^\d+(kB|MB|GB)$", description="maintenance_work_mem")
     search_ef_search: int = Field(default=100, ge=1, le=1000, description="HNSW candidates a search considers")
     search_max_top_k: int = Field(default=100, ge=1, le=1000, description="most results of one collection search")
+    # The OpenAI Batch API (docs: guide/batch-api): files live in the artifact store, batches run on the bulk queue.
+    batch_max_upload_bytes: int = Field(
+        default=200 * 1024 * 1024, ge=1024, description="a POST /v1/files body (OpenAI's 200 MB): else 413"
+    )
+    batch_max_lines: int = Field(default=50_000, ge=1, description="requests in one batch input file: more fails it")
+    batch_completion_window_s: float = Field(
+        default=24 * 3600.0,
+        gt=0,
+        description="how long completion_window '24h' lasts: a batch still running then ends expired",
+    )
+    batch_task_tokens: int = Field(
+        default=8192,
+        ge=1,
+        description="estimated tokens (4 characters each) of the requests one bulk task embeds",
+    )
+    batch_list_max: int = Field(default=100, ge=1, description="most files or batches in one page of a list")
     # torch threads per prefork worker child; 0: the machine's cores divided among the pool's processes.
     worker_torch_threads: int = Field(default=0, ge=0)
     # GOMP_SPINCOUNT of a worker that runs torch in its own process (the sync worker): how long torch's idle

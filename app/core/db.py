@@ -9,7 +9,8 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+import sqlalchemy
+from sqlalchemy import Engine, event
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from app.core.config import get_settings
@@ -28,6 +29,7 @@ class Base(DeclarativeBase):
 class PendingTask:
     name: TaskName
     args: tuple[Any, ...]
+    priority: int | None = None
 
 
 class _Db:
@@ -41,7 +43,8 @@ class _Db:
     def factory(self) -> sessionmaker[Session]:
         if self._factory is None or self._pid != os.getpid():
             database_url, _ = get_settings().require_services()
-            self._engine = create_engine(database_url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+            # Looked up now, not imported by name: tracing (app/observability/tracing.py) wraps it when on.
+            self._engine = sqlalchemy.create_engine(database_url, pool_pre_ping=True, pool_size=10, max_overflow=20)
             self._factory = sessionmaker(self._engine, expire_on_commit=False)
             self._pid = os.getpid()
         return self._factory
@@ -62,9 +65,12 @@ class _Db:
 db = _Db()
 
 
-def enqueue(session: Session, name: TaskName, *args: Any) -> None:
-    """Buffer a task to be sent once ``session`` commits; dropped if it rolls back."""
-    session.info.setdefault(_OUTBOX, []).append(PendingTask(name, args))
+def enqueue(session: Session, name: TaskName, *args: Any, priority: int | None = None) -> None:
+    """Buffer a task to be sent once ``session`` commits; dropped if it rolls back.
+
+    ``priority``: kombu's Redis priority step (0 is taken first; ``app/jobs/fairness.py``), None for the default.
+    """
+    session.info.setdefault(_OUTBOX, []).append(PendingTask(name, args, priority))
 
 
 @event.listens_for(Session, "after_commit")
@@ -78,7 +84,13 @@ def _send_outbox(session: Session) -> None:
     for task in pending:
         # Job state lives in Postgres: no result to wait for, so no result subscription that a Redis outage
         # would turn into a RuntimeError instead of the broker's OperationalError.
-        client.send_task(task.name.value, args=list(task.args), queue=TASK_QUEUES[task.name].value, ignore_result=True)
+        client.send_task(
+            task.name.value,
+            args=list(task.args),
+            queue=TASK_QUEUES[task.name].value,
+            ignore_result=True,
+            priority=task.priority,
+        )
 
 
 @event.listens_for(Session, "after_rollback")

@@ -5,7 +5,8 @@
 - a body over its limit is a 413: at once when Content-Length says so, else as soon as the streamed bytes
   (chunked bodies) pass it, so no more than the limit is ever read;
 - a document upload (POST /collections/{name}/documents) is streamed to its route and counted against
-  EMBEDQ_MAX_UPLOAD_BYTES; fine-tuning bodies against EMBEDQ_TRAINING_MAX_UPLOAD_BYTES; the rest against
+  EMBEDQ_MAX_UPLOAD_BYTES; a batch file upload (POST /v1/files) against EMBEDQ_BATCH_MAX_UPLOAD_BYTES;
+  fine-tuning bodies against EMBEDQ_TRAINING_MAX_UPLOAD_BYTES; the rest against
   EMBEDQ_MAX_REQUEST_BYTES;
 - a JSON body must be strict UTF-8 (no BOM, no UTF-16/32, no bad bytes), else a 400 that says so;
 - a JSON body is scanned (brackets and strings only, in C via one regex) before the route parses it:
@@ -36,6 +37,7 @@ from app.core.config import Settings
 ErrorBody = Callable[[str, int, str, str], dict[str, Any]]
 
 _UPLOAD_PATH = re.compile(r"^/collections/[^/]+/documents/?$")
+_FILES_PATH = re.compile(r"^/v1/files/?$")
 _TRAINING_PATHS = frozenset({"/fine-tune", "/fine-tune-lora"})
 # Fine-tuning form fields and JSON keys around the pairs.
 _TRAINING_ENVELOPE_BYTES = 64 * 1024
@@ -110,6 +112,8 @@ class RequestLimits:
         path = scope["path"]
         if scope["method"] == "POST" and _UPLOAD_PATH.match(path):
             return _BodyRule(s.max_upload_bytes, "EMBEDQ_MAX_UPLOAD_BYTES", False, 0)
+        if scope["method"] == "POST" and _FILES_PATH.match(path):
+            return _BodyRule(s.batch_max_upload_bytes, "EMBEDQ_BATCH_MAX_UPLOAD_BYTES", False, 0)
         if path in _TRAINING_PATHS:
             # The pairs may come as one JSON string (text_content): it is limited by the training setting.
             limit = s.training_max_upload_bytes + _TRAINING_ENVELOPE_BYTES

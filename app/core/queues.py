@@ -28,6 +28,11 @@ class TaskName(StrEnum):
     INGEST_BATCH = "ingest.batch"
     INGEST_REEMBED = "ingest.reembed"
     INGEST_INDEX = "ingest.index"
+    INGEST_PLAN = "ingest.plan"
+    INGEST_SHARD = "ingest.shard"
+    BATCH_VALIDATE = "batch.validate"
+    BATCH_RUN = "batch.run"
+    BATCH_FINALIZE = "batch.finalize"
 
 
 TASK_QUEUES: dict[TaskName, Queue] = {
@@ -40,4 +45,9 @@ TASK_QUEUES: dict[TaskName, Queue] = {
     TaskName.INGEST_BATCH: Queue.BULK,
     TaskName.INGEST_REEMBED: Queue.BULK,
     TaskName.INGEST_INDEX: Queue.BULK,
+    TaskName.INGEST_PLAN: Queue.BULK,
+    TaskName.INGEST_SHARD: Queue.BULK,
+    TaskName.BATCH_VALIDATE: Queue.BULK,
+    TaskName.BATCH_RUN: Queue.BULK,
+    TaskName.BATCH_FINALIZE: Queue.BULK,
 }

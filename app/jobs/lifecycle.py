@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -42,6 +42,19 @@ class BatchOutcome:
 
 
 NOTHING_DONE = BatchOutcome(0, 0)
+
+EndHook = Callable[[Session, Job, JobStatus], None]
+"""(session, job, status): what a kind does when something else ends its job (a cancel, the reaper's fail)."""
+
+_END_HOOKS: dict[str, EndHook] = {}
+
+
+def on_end(kind: JobKind, hook: EndHook) -> None:
+    """Have ``hook`` run, in the same transaction, when a job of ``kind`` is cancelled or failed by the reaper.
+
+    For kinds with state of their own beyond the job row (a batch finalizes what completed).
+    """
+    _END_HOOKS[kind.value] = hook
 
 
 def create(
@@ -108,6 +121,7 @@ def cancel(session: Session, job_id: uuid.UUID, message: str = "cancelled by req
     if not JobRepository(session).cancel(job_id, message):
         return False
     _finished(session, job_id, JobStatus.CANCELLED)
+    _ended_elsewhere(session, job_id, JobStatus.CANCELLED)
     return True
 
 
@@ -116,7 +130,15 @@ def fail(session: Session, job_id: uuid.UUID, reason: str) -> bool:
     if not JobRepository(session).fail_active(job_id, message="failed by the reaper", error=reason):
         return False
     _finished(session, job_id, JobStatus.FAILED)
+    _ended_elsewhere(session, job_id, JobStatus.FAILED)
     return True
+
+
+def _ended_elsewhere(session: Session, job_id: uuid.UUID, status: JobStatus) -> None:
+    job = JobRepository(session).get(job_id)
+    hook = _END_HOOKS.get(job.kind) if job is not None else None
+    if job is not None and hook is not None:
+        hook(session, job, status)
 
 
 def _finished(session: Session, job_id: uuid.UUID, status: JobStatus) -> None:

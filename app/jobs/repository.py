@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, insert, literal, select, text, update
+from sqlalchemy import case, func, insert, literal, select, text, update
 from sqlalchemy.orm import Session
 
 from app.core.security import Principal, visible_to
-from app.models.job import ACTIVE_STATUSES, Job, JobResult, JobStatus
+from app.models.job import ACTIVE_STATUSES, Job, JobKind, JobResult, JobStatus
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,24 @@ def vector_literal(row: np.ndarray) -> str:
 class JobRepository:
     def __init__(self, session: Session) -> None:
         self.session = session
+
+    def backlog_batches(self, tenant: str, *, embedding_batch: int, ingest_batch: int) -> int:
+        """Return about how many batches of ``tenant``'s active embedding, ingest and reembed jobs are not done.
+
+        Inputs (or documents) left, over the batch size of their kind, rounded up per job (fair queues).
+        """
+        left = func.greatest(Job.total - Job.done - Job.failed, 0)
+        size = case((Job.kind == JobKind.EMBEDDINGS.value, embedding_batch), else_=ingest_batch)
+        batches = func.ceil(left * 1.0 / size)
+        kinds = [JobKind.EMBEDDINGS.value, JobKind.INGEST.value, JobKind.REEMBED.value]
+        total = self.session.scalar(
+            select(func.coalesce(func.sum(batches), 0)).where(
+                Job.tenant == tenant,
+                Job.kind.in_(kinds),
+                Job.status.in_([s.value for s in ACTIVE_STATUSES]),
+            )
+        )
+        return int(total or 0)
 
     def get(self, job_id: uuid.UUID) -> Job | None:
         return self.session.get(Job, job_id)
@@ -164,6 +182,10 @@ class JobRepository:
         skipped: int = 0,
         chunks_total: int = 0,
         chunks_done: int = 0,
+        shards_total: int = 0,
+        shards_done: int = 0,
+        shards_failed: int = 0,
+        tokens: int = 0,
     ) -> Counts:
         """Return the job's counters after adding these to them; the progress follows done and failed."""
         row = self.session.execute(
@@ -176,6 +198,10 @@ class JobRepository:
                 skipped=Job.skipped + skipped,
                 chunks_total=Job.chunks_total + chunks_total,
                 chunks_done=Job.chunks_done + chunks_done,
+                shards_total=Job.shards_total + shards_total,
+                shards_done=Job.shards_done + shards_done,
+                shards_failed=Job.shards_failed + shards_failed,
+                tokens=Job.tokens + tokens,
                 progress=100.0 * (Job.done + done + Job.failed + failed) / func.greatest(Job.total + total, 1),
                 updated_at=func.now(),
             )

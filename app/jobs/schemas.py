@@ -96,7 +96,10 @@ class IngestProgress(BaseModel):
 
     chunks: JobCounts = Field(description="chunks made so far; failed ones belong to failed documents")
     skipped: int = Field(description="documents left alone because their content hash was unchanged")
-    input_complete: bool = Field(description="false while the upload is still streaming in")
+    input_complete: bool = Field(description="false while the upload is still streaming in, or a source's shards read")
+    shards: JobCounts | None = Field(
+        default=None, description="a source job's shards (Parquet row groups, byte ranges, files); null for uploads"
+    )
     documents_per_s: float
     chunks_per_s: float
     eta_s: float | None = Field(description="seconds left at the current rate; null until the upload has ended")
@@ -115,6 +118,11 @@ class IngestProgress(BaseModel):
             chunks=JobCounts(total=job.chunks_total, done=job.chunks_done, failed=job.chunks_total - job.chunks_done),
             skipped=job.skipped,
             input_complete=job.input_complete,
+            shards=(
+                JobCounts(total=job.shards_total, done=job.shards_done, failed=job.shards_failed)
+                if job.params.get("source")
+                else None
+            ),
             documents_per_s=round(docs_rate, 2),
             chunks_per_s=round(job.chunks_done / elapsed, 2) if elapsed > 0 else 0.0,
             eta_s=round(eta, 1) if eta is not None else None,

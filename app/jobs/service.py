@@ -9,6 +9,7 @@ import logging
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 
 import numpy as np
 from sqlalchemy.exc import IntegrityError
@@ -16,22 +17,33 @@ from sqlalchemy.orm import Session
 
 from app.catalog.access import JOB_API_ERRORS, check_embedding_model
 from app.catalog.resolver import InvalidModelNameError, UnknownModelError
-from app.core.config import Settings
+from app.core.config import Settings, get_settings
 from app.core.db import enqueue
 from app.core.errors import ConflictError, InvalidRequestError, NotFoundError
 from app.core.queues import TaskName
 from app.core.security import Principal
 from app.jobs import lifecycle
+from app.jobs.fairness import batch_priorities
 from app.jobs.lifecycle import NOTHING_DONE, BatchOutcome
 from app.jobs.repository import Counts, JobRepository
 from app.jobs.schemas import EmbeddingJobCreate, EncodingFormat, JobResults, ResultItem
-from app.keys.service import admit_job
+from app.keys.service import admit_job, hold_admission
 from app.models.job import Job, JobKind, JobStatus
+from app.observability.tracing import annotate
 
 log = logging.getLogger(__name__)
 
-Encode = Callable[[str, list[str]], np.ndarray]
-"""(model name, texts) -> float32 array [len(texts), dim] in input order."""
+
+@dataclass(frozen=True)
+class Encoded:
+    """What a model made of a batch of texts: float32 vectors [len(texts), dim] in input order, and its tokens."""
+
+    vectors: np.ndarray
+    tokens: int
+
+
+Encode = Callable[[str, list[str]], Encoded]
+"""(model name, texts) -> their vectors and token count."""
 
 
 def _request_hash(payload: EmbeddingJobCreate, model: str) -> str:
@@ -68,10 +80,15 @@ def create_embedding_job(
     digest = _request_hash(payload, model)
     repo = JobRepository(session)
     if payload.idempotency_key is not None:
+        # Looked up under the key's admission lock: a request with the same idempotency key that took the
+        # key's last slot has committed its job by the time we hold it, and this one gets that job, not a 429.
+        hold_admission(session, principal)
         existing = repo.get_by_idempotency_key(principal.tenant, payload.idempotency_key)
         if existing is not None:
             return _same_request(existing, digest), False
-    admit_job(session, principal)
+    admit_job(session, principal, settings)
+    batches = list(_batches(len(payload.input), settings.job_batch_size))
+    priorities = batch_priorities(session, principal.tenant, settings, len(batches))
     params = {
         "batch_size": settings.job_batch_size,
         **({"progress_milestones": payload.progress_milestones} if payload.progress_milestones else {}),
@@ -96,8 +113,9 @@ def create_embedding_job(
         if existing is None:
             raise
         return _same_request(existing, digest), False
-    for start, stop in _batches(job.total, settings.job_batch_size):
-        enqueue(session, TaskName.EMBED_BATCH, str(job.id), start, stop)
+    annotate(job_id=str(job.id), kind=job.kind, model=model, batch_size=job.total, tenant=job.tenant)
+    for (start, stop), priority in zip(batches, priorities, strict=True):
+        enqueue(session, TaskName.EMBED_BATCH, str(job.id), start, stop, priority=priority)
     return job, True
 
 
@@ -149,8 +167,9 @@ def requeue_embedding_batches(session: Session, job: Job) -> int:
     repo = JobRepository(session)
     size = int(job.params.get("batch_size") or 1)
     starts = repo.pending_batch_starts(job.id, size)
-    for start in starts:
-        enqueue(session, TaskName.EMBED_BATCH, str(job.id), start, min(start + size, job.total))
+    priorities = batch_priorities(session, job.tenant, get_settings(), len(starts), counted=True)
+    for start, priority in zip(starts, priorities, strict=True):
+        enqueue(session, TaskName.EMBED_BATCH, str(job.id), start, min(start + size, job.total), priority=priority)
     if not starts and repo.claim(job.id) is not None:
         counts = repo.add_counts(job.id, done=0, failed=0)
         if counts.finished:
@@ -220,26 +239,36 @@ def run_embedding_batch(
         job = repo.claim(job_id)
         if job is None:
             return NOTHING_DONE
-        model = job.model
+        model, tenant = job.model, job.tenant
         milestones: list[int] = list(job.params.get("progress_milestones") or [])
         pending = repo.pending_inputs(job_id, start, stop)
     if not pending:
         return NOTHING_DONE
     idxs = [i for i, _ in pending]
     vectors: np.ndarray | None = None
+    tokens = 0
     error: str | None = None
     try:
-        vectors = encode(model, [t for _, t in pending])
+        encoded = encode(model, [t for _, t in pending])
+        vectors, tokens = encoded.vectors, encoded.tokens
     except (UnknownModelError, InvalidModelNameError, OSError, RuntimeError, ValueError) as exc:
         log.exception("job %s batch [%d, %d) failed", job_id, start, stop)
         error = f"{type(exc).__name__}: {exc}"
+    annotate(
+        job_id=str(job_id),
+        kind=JobKind.EMBEDDINGS.value,
+        model=model,
+        batch_size=len(idxs),
+        tokens=tokens,
+        tenant=tenant,
+    )
     with scope() as session:
         repo = JobRepository(session)
         if not repo.lock_running(job_id):
             return NOTHING_DONE
         written = repo.write_embeddings(job_id, idxs, vectors) if vectors is not None else 0
         failed = repo.fail_inputs(job_id, idxs, error) if error is not None else 0
-        counts = repo.add_counts(job_id, done=written, failed=failed)
+        counts = repo.add_counts(job_id, done=written, failed=failed, tokens=tokens if written else 0)
         if milestones:
             lifecycle.report_progress(session, job_id, counts.progress, milestones)
         status = None

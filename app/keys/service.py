@@ -15,8 +15,10 @@ import secrets
 
 from sqlalchemy.orm import Session
 
+from app.core.config import Settings
 from app.core.errors import InvalidRequestError, NotFoundError, TooManyRequestsError
 from app.core.security import Principal
+from app.keys.rate_limit import hit_rate_limit
 from app.keys.repository import ApiKeyRepository
 from app.models.api_key import TENANT_PATTERN, ApiKey
 
@@ -91,18 +93,37 @@ def authenticate(session: Session, presented: str) -> ApiKey | None:
     return key if hmac.compare_digest(_digest(secret), key.secret_sha256) else None
 
 
-def admit_job(session: Session, principal: Principal) -> None:
-    """Let the caller's key start one more job, or raise 429 when it has ``max_concurrent_jobs`` active already.
+def admit_job(session: Session, principal: Principal, settings: Settings) -> None:
+    """Let the caller's key start one more job, or raise 429: it has ``max_concurrent_jobs`` active already, or
+    it used up its ``requests_per_minute`` (a job counts as one request, as a synchronous request does).
 
-    Held under a per-key lock until the transaction that inserts the job commits, so concurrent requests
-    cannot both take the last slot.
+    The concurrency check holds a per-key lock until the transaction that inserts the job commits, so
+    concurrent requests cannot both take the last slot.
     """
-    limit = principal.max_concurrent_jobs
-    if limit <= 0 or principal.key_id is None:
+    _check_concurrency(session, principal)
+    _charge_requests_per_minute(principal, settings)
+
+
+def _charge_requests_per_minute(principal: Principal, settings: Settings) -> None:
+    limit = principal.requests_per_minute
+    if limit <= 0:
         return
-    repo = ApiKeyRepository(session)
-    repo.lock_job_admission(principal.key_id)
-    active = repo.active_jobs_of_key(principal.key_id)
+    _, redis_url = settings.require_services()
+    retry_after = hit_rate_limit(redis_url, principal.key_id or "anonymous", limit)
+    if retry_after is not None:
+        raise TooManyRequestsError(
+            f"this API key made {limit} requests this minute, its limit on jobs and synchronous requests: retry "
+            f"in {retry_after} s, or ask for a higher limit (`embedq keys create --rpm N`)",
+            retry_after_s=retry_after,
+        )
+
+
+def _check_concurrency(session: Session, principal: Principal) -> None:
+    if not hold_admission(session, principal):
+        return
+    assert principal.key_id is not None
+    limit = principal.max_concurrent_jobs
+    active = ApiKeyRepository(session).active_jobs_of_key(principal.key_id)
     if active >= limit:
         raise TooManyRequestsError(
             f"this API key has {active} queued or running jobs, its limit (max_concurrent_jobs={limit}): wait for "
@@ -110,3 +131,15 @@ def admit_job(session: Session, principal: Principal) -> None:
             active_jobs=active,
             max_concurrent_jobs=limit,
         )
+
+
+def hold_admission(session: Session, principal: Principal) -> bool:
+    """Take the caller's key's job-admission lock until the transaction ends; False if the key has no limit.
+
+    ``admit_job`` takes it itself. Take it before ``admit_job`` to look up what a concurrent request of the
+    same key may have committed while this one waited: an earlier job with the same idempotency key.
+    """
+    if principal.max_concurrent_jobs <= 0 or principal.key_id is None:
+        return False
+    ApiKeyRepository(session).lock_job_admission(principal.key_id)
+    return True

@@ -22,11 +22,13 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
+from app.batches.execution import requeue_batch
 from app.collections.ingestion import requeue_ingest
 from app.core.config import Settings
 from app.core.queues import TaskName
 from app.jobs.service import requeue_embedding_batches
 from app.models.job import Job, JobKind
+from app.sources.recovery import requeue_ingest_job
 from app.training.service import requeue_training
 
 RequeueWork = Callable[[Session, Job], int]
@@ -51,6 +53,14 @@ RECOVERIES: dict[str, KindRecovery] = {
     JobKind.FINE_TUNE.value: KindRecovery(frozenset({TaskName.TRAIN_FULL}), requeue_training, _training_grace_s),
     JobKind.FINE_TUNE_LORA.value: KindRecovery(frozenset({TaskName.TRAIN_LORA}), requeue_training, _training_grace_s),
     # Ingestion: pending batches are re-enqueued (a claimed batch changes nothing); a dead upload is closed.
-    JobKind.INGEST.value: KindRecovery(frozenset({TaskName.INGEST_BATCH, TaskName.INGEST_INDEX}), requeue_ingest),
+    # A source job (app/sources) also re-sends its plan or its pending shards.
+    JobKind.INGEST.value: KindRecovery(
+        frozenset({TaskName.INGEST_BATCH, TaskName.INGEST_INDEX, TaskName.INGEST_PLAN, TaskName.INGEST_SHARD}),
+        requeue_ingest_job,
+    ),
     JobKind.REEMBED.value: KindRecovery(frozenset({TaskName.INGEST_REEMBED, TaskName.INGEST_INDEX}), requeue_ingest),
+    # Batches: validation, the tasks with unanswered requests, or finalize, whichever the batch is at.
+    JobKind.BATCH.value: KindRecovery(
+        frozenset({TaskName.BATCH_VALIDATE, TaskName.BATCH_RUN, TaskName.BATCH_FINALIZE}), requeue_batch
+    ),
 }

@@ -104,6 +104,10 @@ class CollectionVersion(Base):
     )
 
 
+# (Inside Document, ``text`` is its column.)
+_FROM_A_SOURCE = text("source_object IS NOT NULL")
+
+
 class Document(Base):
     """A document as uploaded: its id in the caller's world, its text, metadata and content hash."""
 
@@ -118,12 +122,23 @@ class Document(Base):
     status: Mapped[str] = mapped_column(String(16), default=DocumentStatus.PENDING.value)
     error: Mapped[str | None] = mapped_column(Text)
     chunk_count: Mapped[int] = mapped_column(Integer, default=0)
+    # The object of a source it was read from (null: uploaded): a re-sync with delete_missing removes it
+    # when that object is gone.
+    source_object: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
     )
 
-    __table_args__ = (UniqueConstraint("collection_id", "external_id"),)
+    __table_args__ = (
+        UniqueConstraint("collection_id", "external_id"),
+        Index(
+            "ix_documents_source_object",
+            "collection_id",
+            "source_object",
+            postgresql_where=_FROM_A_SOURCE,
+        ),
+    )
 
 
 class Chunk(Base):

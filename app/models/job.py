@@ -9,6 +9,7 @@ from typing import Any
 
 from pgvector.sqlalchemy import Vector
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -34,6 +35,7 @@ class JobKind(StrEnum):
     FINE_TUNE_LORA = "fine_tune_lora"
     INGEST = "ingest"
     REEMBED = "reembed"
+    BATCH = "batch"
 
 
 class JobStatus(StrEnum):
@@ -85,6 +87,12 @@ class Job(Base):
     skipped: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     input_complete: Mapped[bool] = mapped_column(Boolean, default=True, server_default=text("true"))
     item_errors: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, default=list, server_default=text("'[]'"))
+    # Source jobs (app/sources): the shards planned, read, and broken mid-way.
+    shards_total: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    shards_done: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    shards_failed: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    # Tokens encoded for the job (embedding inputs, or the chunks an ingest wrote): usage per tenant (GET /usage).
+    tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
 
     __table_args__ = (
         Index("ix_jobs_status_kind_created", "status", "kind", "created_at"),

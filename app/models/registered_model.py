@@ -31,6 +31,8 @@ class RegisteredModel(Base):
     kind: Mapped[str] = mapped_column(String(8))
     path: Mapped[str] = mapped_column(Text)
     dimension: Mapped[int] = mapped_column(Integer)
+    # The artifact store revision (models/<name>/@<revision>/) every host serves; None: trained before the store.
+    revision: Mapped[str | None] = mapped_column(String(64), default=None)
     created_by_job: Mapped[uuid.UUID | None] = mapped_column(
         UUID(as_uuid=True), ForeignKey("jobs.id", ondelete="SET NULL")
     )

@@ -1,7 +1,8 @@
 """The API's Prometheus metrics: requests by route, and the state of the system read at scrape time.
 
-Request counters live in this process. Jobs by kind and status, webhook events by status and queue
-depths are read from Postgres and Redis when ``/metrics`` is scraped, so any API replica reports the
+Request counters live in this process. Jobs by kind and status, webhook events by status, per-tenant
+usage (``app.observability.tenant_metrics``) and queue depths are read from Postgres and Redis when
+``/metrics`` is scraped, so any API replica reports the
 whole system. Workers export their own metrics on a port of their own (``workers.metrics``).
 """
 
@@ -23,6 +24,8 @@ from app.core.queues import Queue
 from app.models.job import JobKind, JobStatus
 from app.models.webhook import WebhookEventStatus
 from app.observability.repository import MetricsRepository
+from app.observability.tenant_metrics import tenant_families
+from app.usage.repository import UsageRepository
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +59,7 @@ class SystemCollector(Collector):
                 repo = MetricsRepository(session)
                 job_counts = repo.jobs_by_kind_and_status()
                 event_counts = repo.webhook_events_by_status()
+                usage = UsageRepository(session).by_tenant_and_kind()
         except Exception as exc:
             log.warning("metrics: cannot read Postgres: %s", exc)
             errors.add_metric(["postgres"], 0)
@@ -68,6 +72,7 @@ class SystemCollector(Collector):
                 events.add_metric([status], event_counts.get(status, 0))
             yield jobs
             yield events
+            yield from tenant_families(usage, get_settings().tenant_metrics_max_tenants)
         yield from self._queues(errors)
         yield errors
 

@@ -1,4 +1,4 @@
-"""What the API adds for operators: logging with job ids, request metrics, and ``GET /metrics``."""
+"""What the API adds for operators: logging with job ids, request metrics, ``GET /metrics``, and traces."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from app.core.config import get_settings
 from app.observability.access import metrics_reader
 from app.observability.logging import configure_logging, log_context
 from app.observability.metrics import ApiMetrics, MetricsMiddleware
+from app.observability.tracing import instrument_api
 
 _JOB_PATH = re.compile(r"^/jobs/([0-9a-fA-F-]{36})(?:/|$)")
 
@@ -38,7 +39,8 @@ def _metrics_endpoint(request: Request) -> Response:
 
 
 def instrument(api: FastAPI) -> None:
-    """Configure logging, count and time every request, and serve ``GET /metrics`` (admins and the scrape token)."""
+    """Configure logging, count and time every request, serve ``GET /metrics`` (admins and the scrape token), and
+    trace requests when the OTEL_* variables ask for it."""
     configure_logging(get_settings())
     api.state.metrics = ApiMetrics()
     api.add_middleware(JobLogContextMiddleware)
@@ -51,3 +53,4 @@ def instrument(api: FastAPI) -> None:
         include_in_schema=False,
         dependencies=[Depends(metrics_reader)],
     )
+    instrument_api(api)

@@ -9,10 +9,12 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 
+from app.artifacts.store import ArtifactStore, ArtifactStoreUnavailableError
+from app.catalog import artifacts, model_cache
 from app.catalog.repository import RegisteredModelRepository
 from app.catalog.resolver import resolve_model
 from app.core.config import Settings
@@ -174,6 +176,7 @@ def _claim(scope: Scope, job_id: uuid.UUID, settings: Settings) -> TrainingSpec 
 
 def _with_base_path(spec: TrainingSpec, settings: Settings) -> TrainingSpec:
     """Return ``spec`` with its base model's folder; raises (failing the job) if the base is gone meanwhile."""
+    model_cache.ensure_installed(spec.base_model, settings, fresh=True)
     base = resolve_model(spec.base_model, settings)
     return replace(spec, base_model=base.name, base_path=base.path)
 
@@ -186,16 +189,70 @@ def _fail(scope: Scope, job_id: uuid.UUID, error: str) -> None:
 
 
 def _register(scope: Scope, job_id: uuid.UUID, result: TrainingResult, settings: Settings) -> RunOutcome:
-    """Publish the trained folder as its alias and finish the job, atomically as far as the two allow."""
+    """Publish the trained folder to the artifact store, register its alias with that revision, finish the job.
+
+    The upload comes first and outside the transaction (it may take minutes); the alias points at the
+    revision only once every file and the manifest are in the store, so no host ever meets an alias it cannot
+    fetch. This host's copy goes into its models cache after the commit, as any host would install it.
+    """
     assert settings.models_dir is not None
     work = storage.job_dir(settings.models_dir, job_id)
     staging = storage.staging_dir(settings.models_dir, job_id)
+    store = ArtifactStore.from_settings(settings)
+    alias = _alias_of(scope, job_id)
+    try:
+        manifest = artifacts.publish_folder(store, staging, alias)
+    except (OSError, ValueError, ArtifactStoreUnavailableError) as exc:
+        log.exception("training job %s: could not publish %s to the artifact store", job_id, alias)
+        error = f"could not upload the trained model to the artifact store ({type(exc).__name__}: {exc})"
+        _fail(scope, job_id, without_server_paths(error + "; check EMBEDQ_ARTIFACT_STORE and train again", settings))
+        storage.remove_tree(work)
+        return RunOutcome.FAILED
+    try:
+        registered = _register_revision(scope, job_id, result, settings, manifest)
+    except BaseException:
+        _discard(store, alias, manifest.revision)
+        raise
+    if registered is None:
+        _discard(store, alias, manifest.revision)
+        storage.remove_tree(work)
+        return RunOutcome.CANCELLED
+    if isinstance(registered, str):
+        _discard(store, alias, manifest.revision)
+        storage.remove_tree(work)
+        return RunOutcome.FAILED
+    artifacts.write_marker(staging, manifest)
+    artifacts.adopt(staging, settings.models_dir, alias, manifest.revision, settings.artifact_download_wait_s)
+    model_cache.forget(alias)
+    if registered.previous is not None and registered.previous != manifest.revision:
+        _discard(store, alias, registered.previous)
+    storage.remove_tree(work)
+    return RunOutcome.COMPLETED
+
+
+@dataclass(frozen=True)
+class _Registered:
+    previous: str | None  # the revision the alias pointed at before (an overwrite), now unreferenced
+
+
+def _alias_of(scope: Scope, job_id: uuid.UUID) -> str:
+    with scope() as session:
+        run = TrainingRepository(session).get_run(job_id)
+        assert run is not None
+        return run.alias
+
+
+def _register_revision(
+    scope: Scope, job_id: uuid.UUID, result: TrainingResult, settings: Settings, manifest: artifacts.Manifest
+) -> _Registered | str | None:
+    """Register the alias at ``manifest``'s revision and finish the job; None if it was cancelled meanwhile,
+    the error if the alias was taken meanwhile (the job failed with it)."""
+    assert settings.models_dir is not None
     with scope() as session:
         repo = TrainingRepository(session)
         jobs = JobRepository(session)
         if not jobs.lock_running(job_id):
-            storage.remove_tree(work)
-            return RunOutcome.CANCELLED
+            return None
         run = repo.get_run(job_id)
         job = jobs.get(job_id)
         assert run is not None and job is not None
@@ -204,30 +261,34 @@ def _register(scope: Scope, job_id: uuid.UUID, result: TrainingResult, settings:
         if conflict is not None:
             lifecycle.finish(session, job_id, JobStatus.FAILED, message="trained, but not registered", error=conflict)
             session.commit()
-            storage.remove_tree(work)
-            return RunOutcome.FAILED
-        aside = work / "replaced"
-        replaced = storage.publish(staging, target, aside)
-        try:
-            RegisteredModelRepository(session).register(
-                RegisteredModel(
-                    name=run.alias,
-                    base=run.base_model,
-                    kind=run.method,
-                    path=str(target),
-                    dimension=result.dimension or 0,
-                    created_by_job=job_id,
-                    tenant=job.tenant,
-                )
+            return conflict
+        models = RegisteredModelRepository(session)
+        before = models.registered(run.alias)
+        previous = before.revision if before is not None else None
+        models.register(
+            RegisteredModel(
+                name=run.alias,
+                base=run.base_model,
+                kind=run.method,
+                path=str(target),
+                dimension=result.dimension or 0,
+                created_by_job=job_id,
+                tenant=job.tenant,
+                revision=manifest.revision,
             )
-            repo.update_run(job_id, eval={**(run.eval or {}), **result.eval}, eta_seconds=None)
-            lifecycle.finish(session, job_id, JobStatus.SUCCEEDED, message=_done_message(run, result), error=None)
-            session.commit()
-        except BaseException:
-            storage.unpublish(target, staging, aside, replaced)
-            raise
-    storage.remove_tree(work)
-    return RunOutcome.COMPLETED
+        )
+        repo.update_run(job_id, eval={**(run.eval or {}), **result.eval}, eta_seconds=None)
+        lifecycle.finish(session, job_id, JobStatus.SUCCEEDED, message=_done_message(run, result), error=None)
+        session.commit()
+    return _Registered(previous=previous)
+
+
+def _discard(store: ArtifactStore, alias: str, revision: str) -> None:
+    """Remove a revision nothing points at; a failure only leaves files behind (logged), never a broken alias."""
+    try:
+        artifacts.delete_revision(store, alias, revision)
+    except Exception:
+        log.warning("could not remove revision %s of %s from the artifact store", revision, alias, exc_info=True)
 
 
 def _late_conflict(repo: TrainingRepository, run: TrainingRun, target: Path, job: Job) -> str | None:
@@ -240,7 +301,7 @@ def _late_conflict(repo: TrainingRepository, run: TrainingRun, target: Path, job
             f"model {run.alias!r} was registered by job {registered.created_by_job} while this job ran: "
             "train again with overwrite=true or another model_name"
         )
-    if registered is None and target.exists():
+    if registered is None and target.exists() and artifacts.local_revision(target) is None:
         return (
             f"a folder {target} that fine-tuning did not create appeared while this job ran: "
             "train again with another model_name"

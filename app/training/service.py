@@ -100,7 +100,7 @@ def create_training_job(
     for optional in ("max_seq_length", "progress_milestones"):
         if hyperparams.get(optional) is None:
             hyperparams.pop(optional)
-    admit_job(session, principal)
+    admit_job(session, principal, settings)
     job = lifecycle.create(
         session,
         principal,

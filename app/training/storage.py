@@ -1,8 +1,9 @@
 """Where a training job keeps its files under EMBEDQ_MODELS_DIR, and how a finished model is put in place.
 
-A job works in ``<models_dir>/.training/<job_id>/`` (hidden: the resolver lists no dot folder) and only the
-final rename makes ``<models_dir>/<alias>`` appear, so a cancelled or crashed job never leaves half a model
-where the resolver would serve it.
+A job works in ``<models_dir>/.training/<job_id>/`` (hidden: the resolver lists no dot folder). A finished
+model is uploaded to the artifact store and registered first; only then is its folder renamed to
+``<models_dir>/<alias>`` (``app.catalog.artifacts.adopt``), so a cancelled or crashed job never leaves half a
+model where the resolver would serve it.
 """
 
 from __future__ import annotations
@@ -41,14 +42,6 @@ def publish(staging: Path, target: Path, aside: Path) -> bool:
         os.replace(target, aside)
     os.replace(staging, target)
     return replaced
-
-
-def unpublish(target: Path, staging: Path, aside: Path, replaced: bool) -> None:
-    """Undo ``publish``: put ``target`` back in ``staging`` and the replaced model back in place."""
-    if target.exists():
-        os.replace(target, staging)
-    if replaced and aside.exists():
-        os.replace(aside, target)
 
 
 def remove_tree(path: Path) -> None:

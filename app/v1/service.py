@@ -16,6 +16,7 @@ from app.core.config import Settings
 from app.core.errors import EmbedqError, NotFoundError
 from app.core.security import Principal
 from app.inference.dispatch import request
+from app.observability.tracing import annotate
 
 EMBED_OP = "embed"
 TOKENIZE_OP = "tokenize"
@@ -138,6 +139,16 @@ def allows_dimensions(names: tuple[str, ...], settings: Settings) -> bool:
     )
 
 
+def check_dimensions(dimensions: int | None, asked: str, resolved: str, settings: Settings) -> None:
+    """Raise a 400 if ``dimensions`` is asked of a model not listed in EMBEDQ_MATRYOSHKA_MODELS."""
+    if dimensions is not None and not allows_dimensions((asked, resolved), settings):
+        raise InvalidInputError(
+            f"model {asked!r} does not support dimensions: its vectors were not trained to be shortened. Omit "
+            "dimensions, use a Matryoshka model, or add this model to EMBEDQ_MATRYOSHKA_MODELS",
+            param="dimensions",
+        )
+
+
 def split_input(
     value: str | list[str] | list[int] | list[list[int]],
 ) -> tuple[list[str] | None, list[list[int]] | None]:
@@ -167,12 +178,7 @@ async def embed(
     else:
         check_token_ids(token_ids or [], settings)
     asked, resolved = await checked_model(model, settings, principal)
-    if dimensions is not None and not allows_dimensions((asked, resolved), settings):
-        raise InvalidInputError(
-            f"model {asked!r} does not support dimensions: its vectors were not trained to be shortened. Omit "
-            "dimensions, use a Matryoshka model, or add this model to EMBEDQ_MATRYOSHKA_MODELS",
-            param="dimensions",
-        )
+    check_dimensions(dimensions, asked, resolved, settings)
     payload: dict[str, Any] = {
         "is_query": is_query,
         "dimensions": dimensions,
@@ -180,8 +186,10 @@ async def embed(
         "max_tokens": settings.max_tokens_per_request,
     }
     payload["texts" if texts is not None else "token_ids"] = texts if texts is not None else token_ids
+    annotate(model=asked, batch_size=len(texts if texts is not None else token_ids or []), tenant=principal.tenant)
     reply = await request(EMBED_OP, asked, payload)
     result = reply.result
+    annotate(tokens=int(result["prompt_tokens"]))
     raw = base64.b64decode(result["embeddings"])
     vectors = np.frombuffer(raw, dtype="<f4").reshape(result["count"], result["dimension"])
     return Embedded(asked, vectors, int(result["prompt_tokens"]), list(result["truncated"]), reply.batch_requests)

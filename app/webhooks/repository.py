@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import timedelta
 
-from sqlalchemy import case, func, or_, select, update
+from sqlalchemy import case, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -55,6 +55,12 @@ class WebhookRepository:
             .where(WebhookEndpoint.tenant == tenant, WebhookEndpoint.url == url)
             .order_by(WebhookEndpoint.enabled.desc(), WebhookEndpoint.created_at.desc())
             .limit(1)
+        )
+
+    def lock_url(self, tenant: str, url: str) -> None:
+        """Serialize, until this transaction ends, the creation of the tenant's endpoint for ``url``."""
+        self.session.execute(
+            text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": f"embedq:webhook-url:{tenant}:{url}"}
         )
 
     def default_endpoints(self, tenant: str) -> list[WebhookEndpoint]:

@@ -2,6 +2,8 @@
 
 A job owes an event when it finishes (``job.succeeded``, ``job.failed``, ``job.cancelled``) and, if it
 asked with ``progress_milestones``, a ``job.progress`` event as its progress first reaches each milestone.
+A batch's job also owes ``batch.completed``, ``batch.failed``, ``batch.cancelled`` or ``batch.expired``
+(``notify_job_event``) when the batch ends.
 
 How a job finds its endpoints: a job's ``webhook_url`` is matched to the endpoint registered with the
 same URL (``POST /webhook-endpoints``, which returns the signing secret once). A URL nobody registered
@@ -158,6 +160,11 @@ def _endpoints_for(repo: WebhookRepository, job: Job) -> list[WebhookEndpoint]:
     if job.webhook_url:
         endpoint = repo.endpoint_for_url(job.tenant, job.webhook_url)
         if endpoint is None:
+            # Jobs naming the same new URL may finish at once: the first creates its endpoint, and the others,
+            # waiting for the lock until it commits, find that one.
+            repo.lock_url(job.tenant, job.webhook_url)
+            endpoint = repo.endpoint_for_url(job.tenant, job.webhook_url)
+        if endpoint is None:
             endpoint = repo.add_endpoint(
                 WebhookEndpoint(
                     id=uuid.uuid4(), tenant=job.tenant, url=job.webhook_url, secret=new_secret(), auto_created=True
@@ -223,6 +230,35 @@ def notify_job_progress(session: Session, job_id: uuid.UUID, reached: list[int],
             if repo.add_event_once(event):
                 enqueue(session, TaskName.WEBHOOK_DELIVER, str(job.id), str(event.id), 0)
                 added += 1
+    return added
+
+
+def notify_job_event(
+    session: Session, job_id: uuid.UUID, event_type: str, data: dict[str, Any], settings: Settings
+) -> int:
+    """Record a domain event of a job (``batch.completed``, ...) for each enabled endpoint; return how many new.
+
+    The event's id is derived from (job, type, endpoint): announcing it again records and queues nothing.
+    """
+    repo = WebhookRepository(session)
+    job = repo.job(job_id)
+    if job is None:
+        return 0
+    body = _event(event_type, data)
+    added = 0
+    for endpoint in _endpoints_for(repo, job):
+        if not endpoint.enabled:
+            continue
+        event = WebhookEvent(
+            id=uuid.uuid5(job.id, f"{event_type}:{endpoint.id}"),
+            job_id=job.id,
+            endpoint_id=endpoint.id,
+            type=event_type,
+            body=body,
+        )
+        if repo.add_event_once(event):
+            enqueue(session, TaskName.WEBHOOK_DELIVER, str(job.id), str(event.id), 0)
+            added += 1
     return added
 
 

@@ -13,6 +13,7 @@ from support.settings import SettingsEnv
 from support.tiny_models import in_models_dir
 
 from app.main import create_app
+from app.observability.metrics import queue_depths
 
 MODEL = "tiny-api"
 
@@ -77,8 +78,8 @@ def test_a_streamed_jsonl_upload_returns_an_ingest_job_and_queues_batches(client
     assert job["ingest"]["input_complete"] is True and job["links"]["errors"] == f"/jobs/{job['id']}/errors"
     [error] = job["ingest"]["errors"]
     assert error["line"] == 8 and "not valid JSON" in error["error"]
-    # Seven documents in batches of three, each sent to the bulk queue once committed.
-    assert redis_client.llen("bulk") == 3
+    # Seven documents in batches of three, each sent to the bulk queue (at its tenant's priority) once committed.
+    assert queue_depths(redis_client)["bulk"] == 3
     assert client.get(f"/jobs/{job['id']}").json()["ingest"]["chunks"] == {"total": 0, "done": 0, "failed": 0}
     errors = client.get(f"/jobs/{job['id']}/errors").json()
     assert [e["line"] for e in errors["data"]] == [8] and errors["next_after"] is None

@@ -222,7 +222,7 @@ def test_the_artifact_store_is_an_s3_server_with_its_bucket_wired_into_every_emb
     assert store["environment"]["AWS_SECRET_ACCESS_KEY"] == "compose-test-s3"
     for name in ("migrate", "api", *WORKERS, "beat", "flower"):
         env = services[name]["environment"]
-        assert env["EMBEDQ_ARTIFACT_STORE"] == "s3://embedq-artifacts/models", name
+        assert env["EMBEDQ_ARTIFACT_STORE"] == "s3://embedq-artifacts/fleet", name
         assert env["EMBEDQ_ARTIFACT_S3_ENDPOINT_URL"] == "http://artifact-store:8333", name
         assert (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]) == ("embedq", "compose-test-s3"), name
         assert (store["environment"]["AWS_ACCESS_KEY_ID"], store["environment"]["AWS_SECRET_ACCESS_KEY"]) == (

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from app.cli.devices import (
     DeviceSelectionError,
+    default_nodename,
     detect_gpus,
     device_workers,
     parse_nvidia_smi,
@@ -116,3 +117,15 @@ def test_devices_are_refused_on_a_cpu_host() -> None:
 def test_on_a_gpu_host_unknown_devices_are_refused_naming_the_real_ones() -> None:
     result = CliRunner().invoke(main, ["worker", "--devices", "99"], env={"CUDA_VISIBLE_DEVICES": None})
     assert result.exit_code == 1 and f"it has {', '.join(_host_gpus())}" in result.output
+
+
+def test_a_lone_worker_is_named_after_its_first_queue_so_two_on_one_host_differ() -> None:
+    assert default_nodename("bulk,inference") == "bulk@%h"
+    assert default_nodename("training") != default_nodename("inference")
+    assert worker_command("bulk", 2, default_nodename("bulk"))[-2:] == ["-n", "bulk@%h"]
+
+
+def test_name_is_refused_with_devices() -> None:
+    result = CliRunner().invoke(main, ["worker", "--devices", "0", "--name", "x@%h"])
+    assert result.exit_code != 0
+    assert "--name goes without --devices" in result.output

@@ -16,6 +16,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from kombu.transport.redis import PRIORITY_STEPS, Channel
 from support.kustomize import KustomizeError, load_documents, pod_spec, render
 from support.paths import REPO_ROOT
 
@@ -25,6 +26,8 @@ from app.core.queues import Queue
 K8S = REPO_ROOT / "deploy" / "k8s"
 KUBERNETES_VERSION = "1.33"
 OVERLAYS = ("cpu", "gpu")
+# The queues whose batches go at a priority step per tenant backlog (app/jobs/fairness.py).
+FAIR_QUEUES = {"inference", "bulk"}
 WORKERS = ("embedq-worker-inference", "embedq-worker-sync", "embedq-worker-training", "embedq-worker-webhooks")
 GPU_WORKERS = ("embedq-worker-inference", "embedq-worker-sync", "embedq-worker-training")
 
@@ -122,7 +125,9 @@ def test_every_queue_has_a_worker_deployment_that_scales_on_it() -> None:
     for name, queues in consumed.items():
         spec = scaled[name]["spec"]
         assert spec["scaleTargetRef"]["name"] == name
-        assert {t["metadata"]["listName"] for t in spec["triggers"]} == queues, name
+        # Fair queues spread job batches over kombu's per-priority lists: each is a trigger.
+        sublists = {f"{q}{Channel.sep}{step}" for q in queues & FAIR_QUEUES for step in PRIORITY_STEPS if step}
+        assert {t["metadata"]["listName"] for t in spec["triggers"]} == queues | sublists, name
         assert all(t["type"] == "redis" and int(t["metadata"]["listLength"]) >= 1 for t in spec["triggers"])
         # /readyz wants a consumer on every queue: no worker Deployment may scale to zero.
         assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"], name

@@ -19,7 +19,9 @@ from support.processes import ManagedProcess, start_api, start_beat, start_worke
 from support.texts import SENTENCES
 from support.waiting import wait_until
 
+from app.maintenance.broker import queue_keys
 from app.models.recovery import JobRecovery
+from app.observability.metrics import queue_depths
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e]
 
@@ -127,13 +129,14 @@ def test_task_messages_deleted_from_redis_are_reenqueued_by_the_reaper(
         job_id = submit(fault_api.base_url, short_texts(64, seed=5))
         client = clean.redis_client()
         try:
-            assert client.llen("inference") == 4
-            client.delete("inference")
+            # Its four batches wait at their tenant's priorities: in the queue's list for each priority step.
+            assert queue_depths(client)["inference"] == 4
+            client.delete(*queue_keys(["inference"]))
         finally:
             client.close()
         lost_at = time.monotonic()
         wait_until(
-            lambda: clean.redis_client().llen("inference"),
+            lambda: queue_depths(clean.redis_client())["inference"],
             120,
             lambda _: f"the reaper re-enqueued nothing\n{worker.log_tail()}",
             interval=0.5,

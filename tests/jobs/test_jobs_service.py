@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from support.principals import ADMIN
 from support.settings import SettingsEnv
-from support.vectors import fake_vectors
+from support.vectors import fake_encode, fake_vectors
 
 from app.core.config import Settings, get_settings
 from app.core.errors import ConflictError, InvalidRequestError
@@ -55,14 +55,14 @@ def test_job_is_split_into_batches_sent_after_commit(db_session: Session, settin
 
 def test_batches_complete_the_job_once_and_redelivery_changes_nothing(db_session: Session, settings, scope) -> None:
     job = make_job(db_session, settings, n=10)
-    outcomes = [service.run_embedding_batch(scope, job.id, a, b, fake_vectors) for a, b in [(8, 10), (0, 4)]]
+    outcomes = [service.run_embedding_batch(scope, job.id, a, b, fake_encode) for a, b in [(8, 10), (0, 4)]]
     assert [o.written for o in outcomes] == [2, 4]
     assert all(o.finished_status is None for o in outcomes)
 
-    last = service.run_embedding_batch(scope, job.id, 4, 8, fake_vectors)
+    last = service.run_embedding_batch(scope, job.id, 4, 8, fake_encode)
     assert last.written == 4 and last.finished_status is JobStatus.SUCCEEDED
 
-    again = service.run_embedding_batch(scope, job.id, 0, 4, fake_vectors)
+    again = service.run_embedding_batch(scope, job.id, 0, 4, fake_encode)
     assert again.written == 0 and again.finished_status is None
     db_session.refresh(job)
     assert (job.status, job.done, job.failed, job.progress) == ("succeeded", 10, 0, 100.0)
@@ -80,7 +80,7 @@ def test_results_page_in_base64_is_little_endian_float32(db_session: Session, se
 
     job = make_job(db_session, settings, n=6)
     for a, b in [(0, 4), (4, 6)]:
-        service.run_embedding_batch(scope, job.id, a, b, fake_vectors)
+        service.run_embedding_batch(scope, job.id, a, b, fake_encode)
     page = service.job_results(db_session, job.id, ADMIN, offset=2, limit=3, encoding_format=EncodingFormat.BASE64)
     assert [i.index for i in page.data] == [2, 3, 4] and page.next_offset == 5
     decoded = np.frombuffer(base64.b64decode(page.data[0].embedding), dtype="<f4")
@@ -89,7 +89,7 @@ def test_results_page_in_base64_is_little_endian_float32(db_session: Session, se
 
 def test_encoder_failure_fails_inputs_and_then_the_job(db_session: Session, settings, scope) -> None:
     job = make_job(db_session, settings, n=6)
-    service.run_embedding_batch(scope, job.id, 0, 4, fake_vectors)
+    service.run_embedding_batch(scope, job.id, 0, 4, fake_encode)
     outcome = service.run_embedding_batch(scope, job.id, 4, 6, failing_encoder)
     assert outcome.failed == 2 and outcome.finished_status is JobStatus.FAILED
     db_session.refresh(job)
@@ -99,15 +99,15 @@ def test_encoder_failure_fails_inputs_and_then_the_job(db_session: Session, sett
 
 def test_cancelled_job_runs_no_more_batches(db_session: Session, settings, scope) -> None:
     job = make_job(db_session, settings, n=10)
-    service.run_embedding_batch(scope, job.id, 0, 4, fake_vectors)
+    service.run_embedding_batch(scope, job.id, 0, 4, fake_encode)
     assert service.cancel_job(db_session, job.id, ADMIN).status == "cancelled"
-    outcome = service.run_embedding_batch(scope, job.id, 4, 8, fake_vectors)
+    outcome = service.run_embedding_batch(scope, job.id, 4, 8, fake_encode)
     assert outcome.written == 0
     db_session.refresh(job)
     assert (job.status, job.done) == ("cancelled", 4)
 
     finished = make_job(db_session, settings, n=4)
-    service.run_embedding_batch(scope, finished.id, 0, 4, fake_vectors)
+    service.run_embedding_batch(scope, finished.id, 0, 4, fake_encode)
     with pytest.raises(ConflictError, match="already ended with status succeeded"):
         service.cancel_job(db_session, finished.id, ADMIN)
 

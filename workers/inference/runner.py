@@ -43,6 +43,7 @@ def _run_readable(op_name: str, model: str, payloads: list[Payload]) -> list[Out
 
 def _load(model: str) -> object:
     # torch is imported here, in the process that runs the op, never in a prefork parent.
+    from app.catalog.artifacts import ModelArtifactError
     from app.catalog.resolver import InvalidModelNameError, UnknownModelError
     from workers.runtime.pooling import UnsupportedModelError
     from workers.runtime.registry import get_encoder
@@ -53,6 +54,10 @@ def _load(model: str) -> object:
         raise OpError(str(exc), code="invalid_model", param="model") from exc
     except UnknownModelError as exc:
         raise OpError(str(exc), status=404, code="model_not_found", param="model") from exc
+    except ModelArtifactError as exc:
+        # Its text names the model, the store key and what to do, never a server path.
+        log.error("could not install model %s: %s", model, exc)
+        raise OpError(str(exc), status=500, code="model_artifact_unavailable", param="model") from exc
     except UnsupportedModelError as exc:
         raise OpError(f"model {model!r} cannot be served: {exc}", code="unsupported_model", param="model") from exc
     except Exception as exc:

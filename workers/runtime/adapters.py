@@ -30,12 +30,11 @@ from typing import Any
 import torch
 from transformers import AutoModel, PretrainedConfig, PreTrainedModel
 
+from app.catalog.files import ADAPTER_POINTER
 from app.catalog.resolver import ResolvedModel, folder_revision, resolve_model
 from app.core.config import get_settings
 
 logger = logging.getLogger(__name__)
-
-ADAPTER_POINTER = "embedq_adapter.json"
 
 
 class AdapterBaseError(RuntimeError):

@@ -1,8 +1,9 @@
 """The models this worker process keeps loaded: a small LRU of Encoders, filled on first use.
 
-A resident model whose EMBEDQ_MODELS_DIR folder changed since it was loaded (a fine-tune overwrote its
-alias: ``ResolvedModel.revision``), or a LoRA alias whose base folder changed, is dropped and loaded again
-on its next use, in every worker process, since each one checks on use.
+A registered model (fine-tuned or pushed) is installed from the artifact store before it is resolved
+(``app.catalog.model_cache``). A resident model whose EMBEDQ_MODELS_DIR folder changed since it was loaded
+(a fine-tune overwrote its alias: ``ResolvedModel.revision``), or a LoRA alias whose base folder changed, is
+dropped and loaded again on its next use, in every worker process, since each one checks on use.
 
 Each load and unload is recorded in Redis (``app.catalog.loads``) for ``GET /v1/models``; a record that cannot
 be written is logged and skipped, never a reason to fail a load.
@@ -20,8 +21,9 @@ import redis
 import torch
 
 from app.catalog.loads import LOAD_RECORD_TTL_S, ModelLoad, load_settings, record_load, record_unload, this_worker
-from app.catalog.resolver import ResolvedModel, resolve_model
-from app.core.config import get_settings
+from app.catalog.model_cache import ensure_installed
+from app.catalog.resolver import ResolvedModel, UnknownModelError, resolve_model
+from app.core.config import Settings, get_settings
 from workers.runtime.adapters import served_revision
 from workers.runtime.capabilities import load_encoder
 from workers.runtime.device import pick_device
@@ -42,7 +44,7 @@ _REFRESH_EVERY_S = LOAD_RECORD_TTL_S / 6
 def get_encoder(name: str) -> Encoder:
     """Return the loaded Encoder for model ``name``, loading it (and evicting the least recently used) if needed."""
     settings = get_settings()
-    resolved = resolve_model(name, settings)
+    resolved = _resolve_installed(name, settings)
     # Loading under the lock is deliberate: two threads asking for one model must not load it twice.
     revision = served_revision(resolved)
     with _lock:
@@ -78,6 +80,21 @@ def get_encoder(name: str) -> Encoder:
             encoder.load_seconds,
         )
         return encoder
+
+
+def _resolve_installed(name: str, settings: Settings) -> ResolvedModel:
+    """Resolve ``name`` once this host holds the registered revision of it (installed from the artifact store).
+
+    A name this host cannot resolve is looked up in Postgres again at once: it may have been registered a moment
+    ago by a training worker on another host.
+    """
+    ensure_installed(name, settings)
+    try:
+        return resolve_model(name, settings)
+    except UnknownModelError:
+        if not ensure_installed(name, settings, fresh=True):
+            raise
+    return resolve_model(name, settings)
 
 
 def _evict_oldest(capacity: int) -> None:

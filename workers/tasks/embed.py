@@ -5,23 +5,22 @@ from __future__ import annotations
 import time
 import uuid
 
-import numpy as np
-
 from app.core.db import session_scope
 from app.core.queues import TaskName
-from app.jobs.service import run_embedding_batch
+from app.jobs.service import Encoded, run_embedding_batch
 from workers.celery_app import retrying_task
 from workers.metrics import observe_encode
 
 
-def _encode(model: str, texts: list[str]) -> np.ndarray:
+def _encode(model: str, texts: list[str]) -> Encoded:
     from workers.runtime.registry import get_encoder  # torch is imported here, in the child only
 
     encoder = get_encoder(model)
     started = time.perf_counter()
     encoded = encoder.encode_counted(texts)
-    observe_encode(encoder, len(texts), sum(encoded.token_counts), time.perf_counter() - started)
-    return encoded.vectors
+    tokens = sum(encoded.token_counts)
+    observe_encode(encoder, len(texts), tokens, time.perf_counter() - started)
+    return Encoded(encoded.vectors, tokens)
 
 
 @retrying_task(TaskName.EMBED_BATCH)

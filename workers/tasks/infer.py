@@ -21,6 +21,7 @@ from celery.worker.request import Request
 
 from app.core.config import get_settings
 from app.core.queues import TaskName
+from app.observability.tracing import annotate
 from workers.celery_app import celery_app, pool_runs_in_process
 from workers.inference.replies import drain_process_writer, process_writer
 from workers.inference.service import handle_request, submit
@@ -53,6 +54,8 @@ class UnackedRequest(Request):
 def run_inference(self: Task, op: str, model: str, payload: dict[str, Any], deadline: float | None = None) -> None:
     """Queue op ``op`` with ``model`` on ``payload``; its reply (``{"result", "batch"}`` or ``{"error"}``) is
     stored under this task's result key when its batch has run."""
+    inputs = payload.get("texts") or payload.get("token_ids") or payload.get("documents") or []
+    annotate(op=op, model=model, batch_size=len(inputs) if isinstance(inputs, list) else None)
     writer = process_writer(self.backend, get_settings().sync_worker_requests)
     writer.admit()
     try:

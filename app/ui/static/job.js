@@ -57,11 +57,16 @@ function ingestStats(job, ran) {
     stat("failed", "Failed", num(failed), { class: failed ? "bad" : null }),
     stat("skipped", "Unchanged", num(ingest.skipped)),
     stat("chunks", "Chunks embedded", `${num(ingest.chunks.done)} / ${num(ingest.chunks.total)}`),
+    // A source job (POST /collections/{name}/sources) also counts the shards its workers read.
+    ingest.shards
+      ? stat("shards", "Shards read", `${num(ingest.shards.done)} / ${num(ingest.shards.total)}`,
+        { class: ingest.shards.failed ? "bad" : null })
+      : null,
     stat("rate", "Documents per second", rate(ingest.documents_per_s || null)),
     stat("chunk-rate", "Chunks per second", rate(ingest.chunks_per_s || null)),
     isTerminal(job.status)
       ? stat("ran", "Ran for", duration(ran))
-      : stat("eta", "ETA", ingest.eta_s === null ? (ingest.input_complete ? "—" : "upload streaming") : duration(ingest.eta_s)),
+      : stat("eta", "ETA", ingest.eta_s === null ? (ingest.input_complete ? "—" : ingest.shards ? "reading the source" : "upload streaming") : duration(ingest.eta_s)),
   ];
 }
 

@@ -1,0 +1,96 @@
+"""The objects of a source: listed once, filtered by format, each with the signature a re-sync compares."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import fsspec
+
+from app.core.config import Settings
+from app.core.redaction import without_secrets
+from app.sources.locations import SourceError, SourceLocation, allowed_local_path
+from app.sources.spec import SourceFormat, format_of_object
+
+
+@dataclass(frozen=True)
+class ListedObject:
+    """One object to read: its filesystem path, URI, size, format and signature (ETag, size, mtime)."""
+
+    path: str
+    uri: str
+    size: int
+    format: SourceFormat
+    etag: str | None
+    mtime: str | None
+
+    def signature(self) -> dict[str, Any]:
+        """Return what says the object is unchanged since a previous sync."""
+        return {"etag": self.etag, "size": self.size, "mtime": self.mtime}
+
+
+def store_error(location: SourceLocation, exc: BaseException, settings: Settings) -> str:
+    """Return what the store said, fit for a tenant: no keys, no endpoint."""
+    detail = without_secrets(f"{type(exc).__name__}: {exc}", settings)
+    return f"{location.uri} cannot be read ({detail})"
+
+
+def list_objects(
+    fs: fsspec.AbstractFileSystem, location: SourceLocation, fmt: SourceFormat | None, settings: Settings
+) -> list[ListedObject]:
+    """Return the source's objects, by path; SourceError (422) if the store fails or holds too many.
+
+    Without a ``fmt``, objects whose extension names no format are left out.
+    """
+    try:
+        found = fs.glob(location.path, detail=True) if location.is_glob else _find(fs, location)
+    except Exception as exc:  # whatever the store raised (botocore, aiohttp, OS): the caller shows it, masked
+        raise SourceError(store_error(location, exc, settings), param="uri") from exc
+    objects: list[ListedObject] = []
+    for path, info in sorted(found.items()):
+        if info.get("type") != "file" or path.endswith("/"):
+            continue
+        if location.scheme == "file" and not allowed_local_path(path, settings):
+            continue  # a symlink out of the allowed folders
+        object_format = fmt or format_of_object(path)
+        if object_format is None:
+            continue
+        objects.append(_listed(location, path, info, object_format))
+        if len(objects) > settings.source_max_objects:
+            raise SourceError(
+                f"{location.uri} holds more than {settings.source_max_objects} objects (EMBEDQ_SOURCE_MAX_OBJECTS): "
+                "post narrower prefixes or globs",
+                param="uri",
+            )
+    return objects
+
+
+def _find(fs: fsspec.AbstractFileSystem, location: SourceLocation) -> dict[str, dict[str, Any]]:
+    path = location.path.rstrip("/")
+    if location.scheme == "s3" and "/" not in path:
+        return fs.find(path, detail=True)  # a whole bucket
+    if not location.path.endswith("/") and fs.isfile(path):
+        return {path: fs.info(path)}
+    return fs.find(path, detail=True)
+
+
+def _listed(location: SourceLocation, path: str, info: dict[str, Any], fmt: SourceFormat) -> ListedObject:
+    etag = info.get("ETag") or info.get("etag")
+    modified = info.get("LastModified") or info.get("mtime") or info.get("created")
+    if isinstance(modified, datetime):
+        mtime: str | None = modified.isoformat()
+    elif isinstance(modified, (int, float)):
+        mtime = repr(float(modified))
+    else:
+        mtime = None
+    uri_path = path if location.scheme == "s3" else os.path.normpath(path)
+    return ListedObject(
+        path=path,
+        uri=location.object_uri(uri_path),
+        size=int(info.get("size") or 0),
+        format=fmt,
+        etag=str(etag).strip('"') if etag else None,
+        mtime=mtime,
+    )

@@ -1,0 +1,146 @@
+"""Where a source lives: its URI parsed and checked, and the fsspec filesystem that reads it.
+
+``s3://bucket/prefix/`` lists every object under the prefix, ``s3://bucket/corpus/*.parquet`` a glob, and
+``file:///path`` the same on the server's disk, only under EMBEDQ_SOURCE_FILE_ROOTS (none by default: a
+tenant must never read the server's files). S3 endpoints and keys come from the settings, by credential
+set name; an error the store gives back is shown without them (``app.core.redaction.without_secrets``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from app.core.config import Settings
+from app.core.errors import EmbedqError, InvalidRequestError
+
+GLOB_CHARS = frozenset("*?[")
+
+
+class SourceError(InvalidRequestError):
+    """A source embedq cannot read: a bad URI, an unknown credential set, a store that does not answer, ..."""
+
+
+class SourceForbiddenError(EmbedqError):
+    """A file:// source outside the folders the operator allows."""
+
+    status_code = 403
+
+
+@dataclass(frozen=True)
+class SourceLocation:
+    """A parsed source URI: its scheme, its filesystem path (``bucket/key`` or ``/abs/path``), and its base."""
+
+    uri: str
+    scheme: str
+    path: str
+    is_glob: bool
+
+    @property
+    def base(self) -> str:
+        """Return the part of the path before any glob character (the folder listed)."""
+        if not self.is_glob:
+            return self.path.rstrip("/")
+        head = self.path[: min(self.path.index(c) for c in GLOB_CHARS if c in self.path)]
+        return head.rsplit("/", 1)[0]
+
+    @property
+    def bucket(self) -> str:
+        return self.path.split("/", 1)[0] if self.scheme == "s3" else ""
+
+    def object_uri(self, path: str) -> str:
+        """Return the URI of an object the filesystem listed at ``path``."""
+        return f"{self.scheme}://{path}"
+
+    def relative(self, path: str) -> str:
+        """Return an object's path under the source's base (the id of a plain-text document)."""
+        base = self.base.rstrip("/") + "/"
+        return path[len(base) :] if path.startswith(base) else path.rsplit("/", 1)[-1]
+
+
+def parse_location(uri: str) -> SourceLocation:
+    """Return the location ``uri`` names; SourceError (422) for a scheme or shape embedq does not read."""
+    scheme, sep, rest = uri.partition("://")
+    scheme = scheme.lower()
+    if not sep or scheme not in ("s3", "file"):
+        raise SourceError(
+            f"unsupported source URI {uri!r}: use s3://bucket/prefix/, s3://bucket/path/*.parquet or file:///path",
+            param="uri",
+        )
+    if scheme == "s3":
+        bucket = rest.split("/", 1)[0]
+        if not bucket or any(c in bucket for c in GLOB_CHARS):
+            raise SourceError(f"source URI {uri!r} names no bucket: s3://bucket/prefix/", param="uri")
+        path = rest
+    else:
+        if not rest.startswith("/"):
+            raise SourceError(f"file:// source {uri!r} must be an absolute path: file:///data/corpus/", param="uri")
+        path = rest
+    if "\x00" in path or any(part == ".." for part in path.split("/")):
+        raise SourceError(f"source URI {uri!r} may not contain '..' or NUL", param="uri")
+    return SourceLocation(uri=uri, scheme=scheme, path=path, is_glob=any(c in path for c in GLOB_CHARS))
+
+
+def allowed_local_path(path: str, settings: Settings) -> bool:
+    """Return whether a local path (symlinks resolved) lies inside one of EMBEDQ_SOURCE_FILE_ROOTS."""
+    real = os.path.realpath(path)
+    for root in settings.source_file_roots:
+        real_root = os.path.realpath(root)
+        if real == real_root or real.startswith(real_root.rstrip("/") + "/"):
+            return True
+    return False
+
+
+def check_allowed(location: SourceLocation, settings: Settings) -> None:
+    """Refuse (403) a file:// source whose folder is outside the allowed roots; s3:// passes."""
+    if location.scheme != "file":
+        return
+    if not settings.source_file_roots:
+        raise SourceForbiddenError(
+            "file:// sources are turned off on this server (EMBEDQ_SOURCE_FILE_ROOTS is empty): use s3://",
+            param="uri",
+        )
+    if not allowed_local_path(location.base or "/", settings):
+        raise SourceForbiddenError(
+            f"{location.uri} is outside the folders this server lets sources read: ask the operator, "
+            "whose EMBEDQ_SOURCE_FILE_ROOTS names them",
+            param="uri",
+        )
+
+
+def filesystem(location: SourceLocation, credentials: str | None, settings: Settings) -> fsspec.AbstractFileSystem:
+    """Return a fresh filesystem that reads ``location`` with the named credential set (None: the default one)."""
+    if location.scheme == "file":
+        return LocalFileSystem()
+    endpoint, region, key, secret = settings.source_s3_endpoint_url, settings.source_s3_region, None, None
+    if credentials is not None:
+        found = settings.source_credentials.get(credentials)
+        if found is None:
+            known = ", ".join(sorted(settings.source_credentials)) or "none are configured"
+            raise SourceError(
+                f"no credential set named {credentials!r} (known: {known}): the operator names them in "
+                "EMBEDQ_SOURCE_CREDENTIALS",
+                param="credentials",
+            )
+        endpoint, region = found.endpoint_url, found.region
+        key = found.access_key_id.get_secret_value() if found.access_key_id else None
+        secret = found.secret_access_key.get_secret_value() if found.secret_access_key else None
+    client_kwargs: dict[str, Any] = {"region_name": region} if region else {}
+    return fsspec.filesystem(
+        "s3",
+        key=key,
+        secret=secret,
+        endpoint_url=endpoint,
+        client_kwargs=client_kwargs,
+        config_kwargs={
+            "connect_timeout": settings.source_timeout_s,
+            "read_timeout": settings.source_timeout_s,
+            "retries": {"max_attempts": 3, "mode": "standard"},
+        },
+        use_listings_cache=False,
+        skip_instance_cache=True,  # each process, and each worker child after fork, gets its own client
+    )

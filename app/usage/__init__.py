@@ -1,0 +1,1 @@
+"""Usage per tenant: what each tenant's jobs used (jobs, inputs, chunks, tokens, training steps), from Postgres."""
