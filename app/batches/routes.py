@@ -34,7 +34,7 @@ _UPLOAD_BODY = {
         },
     }
 }
-Limit = Annotated[int, Query(ge=1, description="at most EMBEDQ_BATCH_LIST_MAX")]
+Limit = Annotated[int, Query(ge=1, le=10_000, description="page size, capped to EMBEDQ_BATCH_LIST_MAX")]
 
 
 @router.post(

@@ -19,7 +19,7 @@ from app.core.queues import Queue
 class RecordingSupervisor(Supervisor):
     spawned: dict[str, list[str]] = field(default_factory=dict)
 
-    def spawn(self, name: str, args: list[str]) -> None:
+    def spawn(self, name: str, args: list[str], extra_env: dict[str, str] | None = None) -> None:
         self.spawned[name] = args
 
 
