@@ -65,7 +65,8 @@ def main() -> None:
     args = parser.parse_args()
 
     texts = realistic_texts(args.n)
-    with embedq_stack(args.api, workers=args.workers) as base_url:
+    # A fresh stack's workers measure what precision auto becomes at their first load: give them time.
+    with embedq_stack(args.api, workers=args.workers, timeout=900) as base_url:
         e2e = job_rate(base_url, texts)
         precision = worker_precision(base_url)
     own = encoder_encode(texts, precision)[0]
