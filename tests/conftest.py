@@ -29,7 +29,14 @@ from app.core.config import get_settings
 from app.core.db import Base
 
 # Tests run in test mode and never reach the network for models, whatever the shell exported.
-OFFLINE_TEST_ENV = {"EMBEDQ_ENVIRONMENT": "test", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+OFFLINE_TEST_ENV = {
+    "EMBEDQ_ENVIRONMENT": "test",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    # The suite compares vectors with sentence-transformers' fp32 ones, so auto stays fp32 on the CPU here;
+    # tests/runtime/test_auto_precision.py turns the measured choice on and tests it.
+    "EMBEDQ_PRECISION_AUTO_MEASURE": "false",
+}
 # Fixtures that start real processes; tests using them are marked e2e.
 PROCESS_FIXTURES = frozenset({"worker", "api"})
 

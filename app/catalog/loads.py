@@ -45,6 +45,8 @@ class ModelLoad:
     source: str
     load_seconds: float
     loaded_at: str
+    # Why it runs at ``precision``: set, or what auto measured and chose (workers/runtime/auto_precision.py).
+    precision_reason: str = ""
 
     @property
     def field(self) -> str:

@@ -12,6 +12,7 @@ class WorkerLoad(BaseModel):
 
     worker: str | None = Field(description="host:pid of the worker process; null for keys that are not admin")
     precision: str
+    precision_reason: str = Field(default="", description="why this precision: set, or what auto measured and chose")
     backend: str
     device: str
     load_seconds: float
@@ -32,6 +33,11 @@ class ModelObject(BaseModel):
     dimension: int | None
     max_length: int | None = Field(description="tokens read per input; longer inputs are truncated")
     precision: str = Field(description="as configured (auto, fp32, ...); a loaded model reports what auto became")
+    precision_reason: str | None = Field(
+        default=None,
+        description="why a loaded model runs at that precision: set explicitly, or auto's measured choice with its "
+        "speed and cosine to fp32 per candidate; null while not loaded",
+    )
     backend: str = Field(description="torch or onnx")
     device: str | None = Field(description="where a worker runs it; null while no worker has it loaded")
     load_seconds: float | None = Field(description="how long the last load took; null while not loaded")

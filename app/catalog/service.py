@@ -95,6 +95,7 @@ def describe(name: str, resolved: ResolvedModel, settings: Settings, loads: dict
         if latest
         else _max_length(resolved.path, config, family.max_seq_length, settings),
         precision=latest.precision if latest else resolved.precision,
+        precision_reason=latest.precision_reason or None if latest else None,
         backend=resolved.backend,
         device=latest.device if latest else None,
         load_seconds=latest.load_seconds if latest else None,

@@ -1,6 +1,6 @@
 """Postgres binary COPY payloads for chunks and their vectors (dense ``vector``, sparse ``sparsevec``).
 
-Binary COPY is the fastest way in for vectors: no float-to-text round trip on either side. The layouts
+The format's framing and the dense vector's layout live in ``app/core/binary_copy.py``; the layouts here
 follow Postgres' binary COPY format and pgvector's binary send/receive functions.
 """
 
@@ -13,9 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from app.collections.contracts import Vectors
+from app.core.binary_copy import COPY_HEADER, COPY_TRAILER, vector_field_header
 
-_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
-_COPY_TRAILER = struct.pack("!h", -1)
 # document_id int8, idx int4, token_count int4, start_char int4, end_char int4 (text and vector follow).
 _CHUNK_ROW = struct.Struct("!hiqiiiiiiii")
 _NULL_FIELD = struct.pack("!i", -1)
@@ -37,15 +36,15 @@ def chunk_copy_payload(rows: Sequence[ChunkRow], vectors: Vectors) -> bytes:
     """Return the binary COPY of (document_id, idx, token_count, start_char, end_char, text, embedding, sparse)."""
     dimension = vectors.dense.shape[1]
     big_endian = np.ascontiguousarray(vectors.dense, dtype=">f4")
-    vector_header = _vector_field_header(dimension)
-    parts = [_COPY_HEADER]
+    vector_header = vector_field_header(dimension)
+    parts = [COPY_HEADER]
     for row, vector, sparse in zip(rows, big_endian, _sparse_fields(vectors), strict=True):
         encoded = row.text.encode("utf-8")
         parts.append(
             _CHUNK_ROW.pack(8, 8, row.document_id, 4, row.idx, 4, row.token_count, 4, row.start_char, 4, row.end_char)
         )
         parts += [struct.pack("!i", len(encoded)), encoded, vector_header, vector.tobytes(), sparse]
-    parts.append(_COPY_TRAILER)
+    parts.append(COPY_TRAILER)
     return b"".join(parts)
 
 
@@ -69,17 +68,12 @@ def vector_copy_payload(chunk_ids: Sequence[int], vectors: Vectors) -> bytes:
     records["values"] = vectors.dense
     if vectors.sparse is None:
         records["sparse_null"] = -1
-        return _COPY_HEADER + records.tobytes() + _COPY_TRAILER
-    parts = [_COPY_HEADER]
+        return COPY_HEADER + records.tobytes() + COPY_TRAILER
+    parts = [COPY_HEADER]
     for record, sparse in zip(records, _sparse_fields(vectors), strict=True):
         parts += [record.tobytes(), sparse]
-    parts.append(_COPY_TRAILER)
+    parts.append(COPY_TRAILER)
     return b"".join(parts)
-
-
-def _vector_field_header(dimension: int) -> bytes:
-    # A pgvector value in binary COPY: int32 length, then int16 dim, int16 unused, float32 big-endian values.
-    return struct.pack("!ihh", 4 + 4 * dimension, dimension, 0)
 
 
 def _sparse_field(weights: dict[int, float] | None, dimension: int | None) -> bytes:

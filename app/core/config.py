@@ -204,7 +204,8 @@ class Settings(BaseSettings):
     model_precision: PrecisionSetting = Field(
         default="auto",
         validation_alias=_also_provider("MODEL_PRECISION"),
-        description="auto (fp16 on CUDA, fp32 elsewhere), fp32, fp16, bf16, int8, or int4 (CUDA only)",
+        description="auto (the fastest faithful one measured here: EMBEDQ_PRECISION_AUTO_MEASURE), fp32, fp16, bf16, "
+        "int8, or int4 (CUDA only)",
     )
     enable_quantization: bool = Field(
         default=False,
@@ -216,6 +217,21 @@ class Settings(BaseSettings):
         ge=0,
         le=1,
         description="SmoothQuant alpha of torch int8 models on the CPU (workers/runtime/smoothing.py); 0: plain",
+    )
+    precision_auto_measure: bool = Field(
+        default=True,
+        description="precision auto measures the candidates (fp32, bf16 on CPUs with bf16; fp16, bf16 on CUDA) at a "
+        "model's first load on this hardware and keeps the fastest faithful one; false: fp32 on CPU, fp16 on CUDA",
+    )
+    precision_auto_min_mean_cosine: float = Field(
+        default=0.999, gt=0, le=1, description="precision auto: least mean cosine to fp32 on the calibration texts"
+    )
+    precision_auto_min_cosine: float = Field(
+        default=0.995, gt=0, le=1, description="precision auto: least cosine to fp32 of any calibration text"
+    )
+    precision_cache_dir: Path | None = Field(
+        default=None,
+        description="precision auto's decisions, one file per model and hardware; default STATE_DIR/precision",
     )
     model_backend: BackendSetting = Field(
         default="torch", description="torch, or onnx: ONNX Runtime on the CPU (pip install 'embedq[onnx]')"
@@ -646,6 +662,8 @@ class Settings(BaseSettings):
             self.onnx_dir = self.state_dir / "onnx"
         if self.artifact_store is None:
             self.artifact_store = (self.state_dir / "artifacts").resolve().as_uri()
+        if self.precision_cache_dir is None:
+            self.precision_cache_dir = self.state_dir / "precision"
         return self
 
     def require_services(self) -> tuple[str, str]:

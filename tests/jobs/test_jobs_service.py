@@ -155,3 +155,21 @@ def test_unknown_job_is_not_found(db_session: Session) -> None:
 
     with pytest.raises(NotFoundError):
         service.get_job(db_session, uuid.uuid4(), ADMIN)
+
+
+def test_vectors_go_in_by_binary_copy_bit_for_bit_and_only_into_their_own_rows(db_session: Session, settings) -> None:
+    from app.jobs.repository import JobRepository
+
+    job = make_job(db_session, settings, n=6)
+    repo = JobRepository(db_session)
+    edge = np.array([[1e-38, -0.0, 3.4e38, -1.1754944e-38], [0.1, -0.2, 1 / 3, 7.0]], dtype=np.float32)
+    # Two writes in one transaction: the second must not see the first's staged rows again.
+    assert repo.write_embeddings(job.id, [1, 4], edge) == 2
+    assert repo.write_embeddings(job.id, [2], edge[1:] * 2) == 1
+    assert repo.write_embeddings(job.id, [1, 4], edge[::-1].copy()) == 0, "written inputs keep their first vector"
+
+    stored = {r.idx: r.embedding for r in repo.results_page(job.id, offset=0, limit=10)}
+    assert stored[0] is None and stored[3] is None and stored[5] is None
+    np.testing.assert_array_equal(np.asarray(stored[1], dtype=np.float32).view(np.uint32), edge[0].view(np.uint32))
+    np.testing.assert_array_equal(np.asarray(stored[4], dtype=np.float32), edge[1])
+    np.testing.assert_array_equal(np.asarray(stored[2], dtype=np.float32), edge[1] * 2)

@@ -20,9 +20,10 @@ from support.tiny_models import make_tiny_bert
 from app.catalog.resolver import ResolvedModel, resolve_model
 from app.core.config import DEFAULT_MODEL, get_settings
 from workers.runtime.encoder import Encoder
+from workers.runtime.int8_linear import Int8Linear
 from workers.runtime.onnx_backend import OnnxUnavailableError, require_onnxruntime
 from workers.runtime.precision import PrecisionUnavailableError, bitsandbytes_kwargs, resolve_precision
-from workers.runtime.smoothing import SmoothedLinear, smoothing_scale
+from workers.runtime.smoothing import smoothing_scale
 
 TEXTS = ["hello world", "the cat sat on the mat", "machine learning data " * 20, "a", "Dog, river; 42!"]
 CPU, CUDA, MPS = torch.device("cpu"), torch.device("cuda", 0), torch.device("mps")
@@ -97,8 +98,7 @@ def test_torch_precisions_stay_close_to_fp32(precision: str, floor: float, tiny:
 
 def test_int8_quantizes_every_linear_layer_but_the_first_transformer_layers(tiny: Path) -> None:
     encoder = Encoder(at(tiny, "int8"))
-    kinds = {type(module).__module__ + "." + type(module).__name__ for module in encoder.model.modules()}
-    assert any("quantized" in kind and kind.endswith("Linear") for kind in kinds)
+    assert any(isinstance(module, Int8Linear) for module in encoder.model.modules())
     floats = [name for name, m in encoder.model.named_modules() if isinstance(m, torch.nn.Linear)]
     assert floats and all(".layer.0." in f".{name}" for name in floats), floats
 
@@ -106,15 +106,16 @@ def test_int8_quantizes_every_linear_layer_but_the_first_transformer_layers(tiny
 def test_int8_smooths_each_layer_by_its_measured_inputs_unless_turned_off(
     tiny: Path, settings_env: SettingsEnv
 ) -> None:
-    smoothed = [m for m in Encoder(at(tiny, "int8")).model.modules() if isinstance(m, SmoothedLinear)]
+    smoothed = [m for m in Encoder(at(tiny, "int8")).model.modules() if isinstance(m, Int8Linear)]
     assert smoothed, "int8 must smooth its Linear layers by default"
     for layer in smoothed:
+        assert layer.inverse_scale is not None
         assert torch.isfinite(layer.inverse_scale).all() and (layer.inverse_scale > 0).all()
         assert layer.inverse_scale.std() > 0, "scales must follow the measured channels, not be one constant"
 
     settings_env.set(EMBEDQ_INT8_SMOOTHING="0")
     plain = Encoder(at(tiny, "int8")).model
-    assert not any(isinstance(m, SmoothedLinear) for m in plain.modules())
+    assert not any(isinstance(m, Int8Linear) and m.inverse_scale is not None for m in plain.modules())
     assert not any(isinstance(m, torch.nn.Linear) for m in plain.modules()), "plain int8 quantizes every Linear"
 
 
@@ -222,3 +223,25 @@ def test_minilm_fast_paths_fidelity(
     label = f"MiniLM {backend} {precision} (smoothing {smoothing or 'default'})"
     print(f"{label}: mean cosine {similarity.mean():.5f}, min {similarity.min():.5f}")
     assert similarity.mean() >= floor
+
+
+def test_int8_linear_matches_float_within_its_rounding_and_keeps_zero_exact() -> None:
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 48)
+    x = torch.randn(3, 7, 64) * torch.linspace(0.1, 4, 64)
+    quantized = Int8Linear(linear)
+
+    with torch.inference_mode():
+        got, want = quantized(x), linear(x)
+        assert got.shape == want.shape == (3, 7, 48) and got.dtype == torch.float32
+        similarity = torch.nn.functional.cosine_similarity(got.reshape(-1, 48), want.reshape(-1, 48))
+        assert similarity.min() > 0.999 and not torch.equal(got, want)
+        assert torch.allclose(quantized(torch.zeros(2, 64)), linear.bias.expand(2, 48), atol=1e-6)
+        # SmoothQuant's pair: weight columns times s, inputs divided by s, the same product.
+        scale = torch.rand(64) + 0.5
+        scaled = torch.nn.Linear(64, 48)
+        scaled.weight.copy_(linear.weight * scale)
+        scaled.bias.copy_(linear.bias)
+        smoothed = Int8Linear(scaled, inverse_scale=1 / scale)
+        similarity = torch.nn.functional.cosine_similarity(smoothed(x).reshape(-1, 48), want.reshape(-1, 48))
+        assert similarity.min() > 0.999

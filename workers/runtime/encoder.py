@@ -23,7 +23,8 @@ from app.catalog.families import Family, detect_family
 from app.catalog.files import read_json, transformer_dirs
 from app.catalog.resolver import ResolvedModel
 from app.catalog.sources import HubCandidate, fetch
-from app.core.config import get_settings
+from app.core.config import PrecisionSetting, Settings, get_settings
+from workers.runtime import auto_precision
 from workers.runtime.adapters import ModelView, load_transformer
 from workers.runtime.batching import budget_chunks
 from workers.runtime.onnx_backend import OnnxModel, check_onnx_precision, prepare_onnx
@@ -95,8 +96,12 @@ class Encoder:
         self.precision: Precision = resolve_precision(
             model.precision, self.device, enable_quantization=settings.enable_quantization
         )
+        self.precision_reason = _precision_reason(model.precision, self.precision, self.backend, settings)
         if self.backend == "onnx":
             check_onnx_precision(self.precision)
+        options = self._auto_options(model.precision, settings)
+        if len(options) > 1:
+            self.precision = "fp32"  # the reference every option is compared with; the choice is loaded after
         self.batch_size = batch_size
         self.batch_tokens = settings.max_batch_tokens if batch_tokens is None else batch_tokens
         self.family: Family = detect_family(model.name, self.path, model.family)
@@ -131,6 +136,8 @@ class Encoder:
         }
         # Fast tokenizers reset their truncation state on every call, which breaks under concurrent calls.
         self._lock = threading.Lock()
+        if len(options) > 1:
+            self._choose_precision(options, transformer_dir, settings)
         if self.precision == "int8" and self.backend == "torch":
             # Calibrated by running the float32 model, so only now that it can encode (workers/runtime/smoothing.py).
             self.model = self._quantize_int8(self.model, settings.int8_smoothing)  # type: ignore[arg-type]
@@ -160,6 +167,60 @@ class Encoder:
             model = load_transformer(self.path, transformer_dir, dtype, self.device, shared=shared)
         model.to(self.device).eval()
         return model
+
+    def _auto_options(self, requested: PrecisionSetting, settings: Settings) -> list[Precision]:
+        """Return the precisions ``auto`` measures here (one or none: nothing to measure)."""
+        if requested != "auto" or self.backend != "torch" or not settings.precision_auto_measure:
+            return []
+        if settings.enable_quantization and self.device.type == "cpu":
+            return []
+        return auto_precision.candidates(self.device)
+
+    def _choose_precision(self, options: list[Precision], transformer_dir: Path, settings: Settings) -> None:
+        """Set the precision ``auto`` becomes from the cached decision, or measure it now (``self.model`` is fp32)."""
+        weights = sorted(transformer_dir.glob("*.safetensors")) + sorted(transformer_dir.glob("*.bin"))
+        assert settings.precision_cache_dir is not None
+        cached = auto_precision.decision_file(settings.precision_cache_dir, self.path, weights, self.device, "torch")
+        decision = auto_precision.read_decision(cached)
+        if decision is None:
+            started = time.perf_counter()
+            decision = auto_precision.decide(
+                options,
+                self._encoding_at(transformer_dir),
+                calibration_texts(),
+                device=self.device,
+                min_mean=settings.precision_auto_min_mean_cosine,
+                min_each=settings.precision_auto_min_cosine,
+                clock=time.perf_counter,
+            )
+            auto_precision.write_decision(cached, decision)
+            logger.info("%s in %.1fs: %s", self.name, time.perf_counter() - started, decision.reason)
+        self.precision_reason = f"{decision.reason} [{decision.hardware}, decided {decision.decided_at}]"
+        if decision.precision != self.precision:
+            self.precision = decision.precision
+            self.model = None  # type: ignore[assignment]  # the fp32 reference goes before the choice loads
+            self.model = self._load_model(transformer_dir)
+
+    def _encoding_at(self, transformer_dir: Path) -> auto_precision.EncodeWith:
+        """Return a function giving an encode function for a precision: this fp32 model, or a private copy."""
+        reference = self.model
+
+        def encode_with(precision: Precision) -> Callable[[list[str]], np.ndarray]:
+            model = reference
+            if precision != "fp32":
+                model = load_transformer(self.path, transformer_dir, load_dtype(precision), self.device, shared=False)
+                model.eval()
+
+            def encode(texts: list[str]) -> np.ndarray:
+                self.model = model
+                try:
+                    return self.encode(texts)
+                finally:
+                    self.model = reference
+
+            return encode
+
+        return encode_with
 
     def _quantize_int8(self, model: torch.nn.Module, alpha: float) -> torch.nn.Module:
         """Return ``model`` (float32, private) with int8 Linear layers: smoothed unless ``alpha`` is 0."""
@@ -381,6 +442,19 @@ def _modelscope_max_length(model_dir: Path) -> int | None:
         return None
     length = preprocessor.get("max_length") or preprocessor.get("sequence_length")
     return int(length) if isinstance(length, int) and length > 0 else None
+
+
+def _precision_reason(requested: PrecisionSetting, precision: Precision, backend: str, settings: Settings) -> str:
+    """Return why a load runs at ``precision`` when ``auto`` measures nothing (a measured load says its own)."""
+    if requested != "auto":
+        return f"{precision}: set for this model or by EMBEDQ_MODEL_PRECISION (an explicit precision is never measured)"
+    if backend == "onnx":
+        return f"auto: {precision}, the ONNX backend's float precision"
+    if precision == "int8":
+        return "auto: int8, as EMBEDQ_ENABLE_QUANTIZATION asks"
+    if not settings.precision_auto_measure:
+        return f"auto: {precision}, this device's default (EMBEDQ_PRECISION_AUTO_MEASURE is off)"
+    return f"auto: {precision}, the only candidate on this device (bf16 on a CPU needs AVX512-BF16 or AMX)"
 
 
 def _family_pooling(family: Family) -> PoolingConfig | None:

@@ -1,8 +1,9 @@
 """Numeric precision of a loaded model: which one ``auto`` means here, and how each is applied to a torch model.
 
-``fp32``/``fp16``/``bf16`` load the weights in that dtype. ``int8`` on the CPU is torch dynamic quantization of
-every Linear layer (weights int8 per output channel, activations quantized on the fly); on CUDA ``int8`` and
-``int4`` are bitsandbytes' 8-bit and NF4 formats. Pooling and normalization always run in float32.
+``fp32``/``fp16``/``bf16`` load the weights in that dtype. ``int8`` on the CPU is dynamic int8 of the Linear layers
+(weights int8 per output channel, activations quantized on the fly: ``workers/runtime/int8_linear.py``, smoothed
+by ``workers/runtime/smoothing.py``); on CUDA ``int8`` and ``int4`` are bitsandbytes' 8-bit and NF4 formats.
+Pooling and normalization always run in float32. What ``auto`` becomes is measured (``auto_precision.py``).
 """
 
 from __future__ import annotations
@@ -93,9 +94,10 @@ def load_quantized(transformer_dir: Path, precision: Precision, device: torch.de
 def quantize_dynamic_int8(model: torch.nn.Module) -> torch.nn.Module:
     """Return ``model`` with every Linear layer dynamically quantized to int8, per output channel (CPU only).
 
-    Per-channel weights keep noticeably more of the fp32 geometry than one scale per tensor does
-    (bench/precision.py measures both); the embeddings and LayerNorms stay float32.
+    Per-channel weights keep noticeably more of the fp32 geometry than one scale per tensor does; the
+    embeddings and LayerNorms stay float32.
     """
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+    from workers.runtime.int8_linear import quantize_linears
 
-    return quantize_dynamic(model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
+    linears = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
+    return quantize_linears(model, linears)

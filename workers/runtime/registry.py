@@ -135,6 +135,7 @@ def _load_of(resolved: ResolvedModel, encoder: Encoder) -> ModelLoad:
         dimension=encoder.dimension,
         max_seq_length=encoder.max_seq_length,
         precision=encoder.precision,
+        precision_reason=encoder.precision_reason,
         backend=encoder.backend,
         device=str(encoder.device),
         pooling=encoder.pooling_mode,

@@ -1,6 +1,7 @@
-"""SmoothQuant for torch dynamic int8: move activation outliers into the weights before quantizing them.
+"""SmoothQuant for dynamic int8: move activation outliers into the weights before quantizing them.
 
-Dynamic quantization gives each Linear's input ONE int8 scale per row, set by its largest value; a few input
+Dynamic quantization (``workers/runtime/int8_linear.py``) gives each Linear's input ONE uint8 scale, set by its
+range; a few input
 channels of a transformer carry values 10-100x the others, so the rest lose most of their digits. SmoothQuant
 (Xiao et al., 2023) divides input channel j by ``s_j = max|x_j| ** alpha / max|W[:, j]| ** (1 - alpha)`` and
 multiplies column j of the weight by the same ``s_j``: the product is unchanged in exact arithmetic, but the
@@ -8,9 +9,9 @@ activations become flat enough for one scale. ``max|x_j|`` is measured once, whe
 the float32 model on ``calibration_texts()`` (a fixed, multilingual set of passages of 1 to 32 sentences:
 prose, code, logs, numbers).
 
-The first transformer layer stays float32. Mean cosine to float32 MiniLM (512 real paragraphs / 120 mixed test
-texts): plain per-channel dynamic int8 of every layer 0.976 / 0.967; smoothed (alpha 0.8) 0.994 / 0.988; smoothed
-with the first layer in float32 (the default) 0.996 / 0.992. bench/precision.py measures speed.
+The first transformer layer stays float32. Mean cosine to float32 MiniLM on 120 mixed test texts, smoothed (alpha
+0.8) with the first layer in float32 (the default): 0.9969 (min 0.978) with ``Int8Linear``; 0.9919 (min 0.954)
+with the ``torch.ao`` dynamic quantization it replaced. bench/precision.py measures speed and fidelity.
 EMBEDQ_INT8_SMOOTHING sets alpha; 0 turns smoothing off (plain dynamic int8 of every Linear).
 """
 
@@ -109,18 +110,6 @@ def input_absmax(model: torch.nn.Module, run: Callable[[], object]) -> dict[str,
     return maxima
 
 
-class SmoothedLinear(torch.nn.Module):
-    """``quantized(x / s)``, where ``quantized`` holds the int8 weights ``W * s`` (see the module docstring)."""
-
-    def __init__(self, inverse_scale: torch.Tensor, quantized: torch.nn.Module) -> None:
-        super().__init__()
-        self.register_buffer("inverse_scale", inverse_scale)
-        self.quantized = quantized
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.quantized(x * self.inverse_scale)
-
-
 def smoothing_scale(absmax: torch.Tensor, weight: torch.Tensor, alpha: float) -> torch.Tensor:
     """Return SmoothQuant's per-input-channel ``s`` for a Linear's ``weight`` [out, in] and its inputs' ``absmax``."""
     weight_max = weight.detach().abs().amax(dim=0).float().clamp(min=1e-5)
@@ -128,22 +117,18 @@ def smoothing_scale(absmax: torch.Tensor, weight: torch.Tensor, alpha: float) ->
 
 
 def quantize_smoothed(model: torch.nn.Module, absmax: dict[str, torch.Tensor], alpha: float) -> torch.nn.Module:
-    """Replace each Linear that ``absmax`` measured, but the first layer's, by a SmoothedLinear with int8 weights.
+    """Replace each Linear that ``absmax`` measured, but the first layer's, by an Int8Linear of ``W * s`` fed ``x / s``.
 
     In place (``model`` is an Encoder's private float32 copy); returns ``model``.
     """
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+    from workers.runtime.int8_linear import quantize_linears
 
-    scales: dict[str, torch.Tensor] = {}
+    inverse_scales: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for name, seen in absmax.items():
             if not _FIRST_LAYER.search(name):
                 linear = model.get_submodule(name)
-                scales[name] = smoothing_scale(seen, linear.weight, alpha)
-                linear.weight.mul_(scales[name][None, :])
-    quantize_dynamic(model, dict.fromkeys(scales, per_channel_dynamic_qconfig), dtype=torch.qint8, inplace=True)
-    for name, scale in scales.items():
-        parent_name, _, attribute = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        setattr(parent, attribute, SmoothedLinear(1.0 / scale, getattr(parent, attribute)))
-    return model
+                scale = smoothing_scale(seen, linear.weight, alpha)
+                linear.weight.mul_(scale[None, :])
+                inverse_scales[name] = 1.0 / scale
+    return quantize_linears(model, inverse_scales, inverse_scales)
