@@ -54,11 +54,6 @@ def main() -> None:
     help="Worker pool processes [default: EMBEDQ_WORKER_CONCURRENCY].",
 )
 @click.option(
-    "-n",
-    "--name",
-    help="Celery node name; give each worker on one host its own [default: <first queue>@<host>, e.g. bulk@gpu-3].",
-)
-@click.option(
     "--stop-timeout",
     type=click.FloatRange(min=0),
     default=30.0,
