@@ -47,11 +47,11 @@ def ensure_installed(name: str, settings: Settings, scope: Scope = session_scope
         return False
     downloaded = False
     for each in _names_behind(name, settings):
-        registration = _registration(each, settings, scope, fresh)
+        registration = _current(each, settings, scope, fresh)
         downloaded |= _install(each, registration, settings)
         base = registration.lora_base
         if base is not None and base != each:
-            downloaded |= _install(base, _registration(base, settings, scope, fresh), settings)
+            downloaded |= _install(base, _current(base, settings, scope, fresh), settings)
     return downloaded
 
 
@@ -73,6 +73,27 @@ def _names_behind(name: str, settings: Settings) -> list[str]:
         except InvalidModelNameError:
             continue  # resolving it says what is wrong
     return valid
+
+
+def _current(name: str, settings: Settings, scope: Scope, fresh: bool) -> _Registration:
+    """Return the registration to act on: a trusted read if this host's copy matches it, else a fresh one.
+
+    Installing or removing acts only on what Postgres says now: a read trusted for a few seconds may predate
+    an overwrite (whose old revision is already deleted from the store) or a registration (whose copy the
+    training host just put in place, and must keep).
+    """
+    registration = _registration(name, settings, scope, fresh)
+    if not fresh and not _settled(name, registration, settings):
+        registration = _registration(name, settings, scope, True)
+    return registration
+
+
+def _settled(name: str, registration: _Registration, settings: Settings) -> bool:
+    assert settings.models_dir is not None
+    local = artifacts.local_revision(settings.models_dir / name)
+    if not registration.registered:
+        return local is None
+    return registration.revision is None or local == registration.revision
 
 
 def _registration(name: str, settings: Settings, scope: Scope, fresh: bool) -> _Registration:
@@ -99,11 +120,10 @@ def _registration(name: str, settings: Settings, scope: Scope, fresh: bool) -> _
 
 def _install(name: str, registration: _Registration, settings: Settings) -> bool:
     assert settings.models_dir is not None
-    if not registration.registered:
-        if artifacts.local_revision(settings.models_dir / name) is not None:
-            artifacts.remove_installed(settings.models_dir, name, settings.artifact_download_wait_s)
+    if _settled(name, registration, settings):
         return False
-    if registration.revision is None or artifacts.local_revision(settings.models_dir / name) == registration.revision:
+    if not registration.registered:
+        artifacts.remove_installed(settings.models_dir, name, settings.artifact_download_wait_s)
         return False
     store = ArtifactStore.from_settings(settings)
     return artifacts.install(store, settings.models_dir, name, registration.revision, settings.artifact_download_wait_s)
