@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import cohere
 import httpx
 import numpy as np
 import pytest
@@ -242,7 +243,6 @@ def test_search_with_a_rerank_stage_returns_the_hits_in_the_rerankers_order(
 
 
 def test_the_cohere_sdks_rerank_works_against_embedq(stack: SyncStack, models: Path) -> None:
-    cohere = pytest.importorskip("cohere", reason="the cohere SDK is not installed (pip install cohere)")
     client = cohere.Client(api_key="unused", base_url=stack.api.base_url, timeout=120)
 
     response = client.rerank(model="acme/ce-bert", query=QUERY, documents=TEXTS, top_n=2, return_documents=True)
