@@ -77,7 +77,9 @@ def test_lora_upload_of_jsonl_with_hard_negatives(client: TestClient, redis_clie
         job = session.get(Job, uuid.UUID(job_id))
         assert job is not None and job.kind == "fine_tune_lora"
         assert job.params["r"] == 8 and job.params["target_modules"] == ["query", "value"]
-        assert job.params["learning_rate"] == 1e-4 and job.params["lora_alpha"] == 32
+        # No epochs or learning_rate sent: both chosen from the data (30 pairs: LoRA's small-data rate).
+        assert job.params["learning_rate"] == 5e-4 and job.params["lora_alpha"] == 32
+        assert job.params["chosen_defaults"] == ["epochs", "learning_rate"] and job.params["epochs"] >= 1
 
 
 def test_qlora_on_a_cpu_host_is_a_400_and_queues_nothing(client: TestClient, redis_client) -> None:
