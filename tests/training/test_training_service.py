@@ -76,7 +76,11 @@ def work_dir(settings: Settings, job_id: uuid.UUID) -> Path:
 
 def request(base: str, alias: str, **extra: object) -> FineTuneRequest:
     return FineTuneRequest(
-        model_name=alias, base_model=base, batch_size=4, learning_rate=1e-3, **{"epochs": 1, **extra}
+        model_name=alias,
+        base_model=base,
+        batch_size=4,
+        learning_rate=1e-3,
+        **{"epochs": 1, "early_stopping_patience": 0, **extra},
     )
 
 
