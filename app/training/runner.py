@@ -101,7 +101,7 @@ class _DbHooks:
         with self.scope() as session:
             TrainingRepository(session).set_eval(self.job_id, name, metrics)
 
-    def evaluated_at(self, step: int, epoch: float, metrics: dict[str, Any], best_step: int) -> None:
+    def evaluated_at(self, step: int, epoch: float, metrics: dict[str, Any], best_step: int | None) -> None:
         point = {"step": step, "epoch": epoch, **{k: metrics[k] for k in eval_history.METRICS if k in metrics}}
         with self.scope() as session:
             jobs = JobRepository(session)
@@ -111,7 +111,7 @@ class _DbHooks:
             params[eval_history.HISTORY_KEY] = eval_history.with_point(eval_history.history_of(params), point)
             params[eval_history.BEST_STEP_KEY] = best_step
             jobs.set_params(self.job_id, params)
-            best = f"; best MRR@10 so far at step {best_step}" if step else ""
+            best = f"; best MRR@10 so far at step {best_step}" if best_step is not None else ""
             jobs.set_message(self.job_id, f"evaluated at step {step}: MRR@10 {metrics.get('mrr@10', 0):.4f}{best}")
 
     def nearest_chunks(self, vectors: np.ndarray, k: int) -> list[list[str]]:
@@ -401,8 +401,7 @@ def _done_message(run: TrainingRun, result: TrainingResult) -> str:
     if result.stopped_early:
         message += " (stopped early)"
     if result.best_step is not None and result.best_step != result.steps:
-        kept = "the base's weights" if result.best_step == 0 else f"step {result.best_step}'s weights"
-        message += f"; kept {kept}, the best held-out MRR@10"
+        message += f"; kept step {result.best_step}'s weights, the best held-out MRR@10"
     message += f"; registered model {run.alias!r} ({run.method})"
     base = ((run.eval or {}).get("base") or {}).get("recall@10")
     trained = (result.eval.get("trained") or {}).get("recall@10")

@@ -72,7 +72,7 @@ class TrainingResult:
     dimension: int | None = None
     eval: dict[str, Any] = field(default_factory=dict)
     dry_run: bool = False  # nothing was trained or saved: ``eval`` holds the base's metrics and the mining's
-    best_step: int | None = None  # the step whose weights were saved (0: the base), when evaluated during training
+    best_step: int | None = None  # the step whose weights were saved, when evaluated during training
     stopped_early: bool = False
 
 
@@ -83,8 +83,8 @@ class TrainingHooks(Protocol):
 
     def evaluated(self, name: str, metrics: dict[str, Any]) -> None: ...
 
-    def evaluated_at(self, step: int, epoch: float, metrics: dict[str, Any], best_step: int) -> None:
-        """One evaluation during training (step 0: the base), and the best step so far."""
+    def evaluated_at(self, step: int, epoch: float, metrics: dict[str, Any], best_step: int | None) -> None:
+        """One evaluation during training (step 0: the base), and the best trained step so far."""
         ...
 
     def nearest_chunks(self, vectors: np.ndarray, k: int) -> list[list[str]]:

@@ -160,7 +160,8 @@ def test_the_best_step_is_saved_not_the_last_and_early_stopping_stops(tmp_path: 
     spec = make_spec(tmp_path / "full", tiny_base, "full", learning_rate=0.5, epochs=3, eval_every_steps=1)
     hooks = RecordingHooks()
     result = train(spec, hooks)
-    scores = {step: mrr for step, mrr, _ in hooks.curve}
+    assert hooks.curve[0][0] == 0 and hooks.curve[0][2] is None  # the base: the reference, not a candidate
+    scores = {step: mrr for step, mrr, _ in hooks.curve if step > 0}
     best = max(scores, key=lambda s: (scores[s], -s))
     assert result.best_step == best and best < result.steps and scores[result.steps] < scores[best]
     saved = SentenceTransformer(str(spec.output_dir), device="cpu")
@@ -172,7 +173,7 @@ def test_the_best_step_is_saved_not_the_last_and_early_stopping_stops(tmp_path: 
     early = RecordingHooks()
     stopped = train(patient, early)
     assert stopped.stopped is None and stopped.stopped_early and stopped.steps < 12
-    after_best = [step for step, _, best_so_far in early.curve if step > best_so_far]
+    after_best = [step for step, _, best_so_far in early.curve if best_so_far is not None and step > best_so_far]
     assert len(after_best) == 2 and after_best[-1] == stopped.steps
     assert patient.output_dir.is_dir()
 

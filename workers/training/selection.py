@@ -1,8 +1,9 @@
 """Best-checkpoint selection and early stopping over the evaluations a run makes during training.
 
-Each evaluation's MRR@10 is compared with the best so far; a better one saves its weights (step 0, the
-base, is a candidate too: a run that only makes the model worse registers the base's weights), and
-``patience`` evaluations in a row without one stop the run. The state travels in the periodic checkpoint,
+Each evaluation's MRR@10 after a training step is compared with the best so far; a better one saves its
+weights, and ``patience`` evaluations in a row without one stop the run. The base (step 0) is evaluated as
+the reference but is no candidate: a fine-tune always registers trained weights, and its held-out metrics
+beside the base's say whether training helped. The state travels in the periodic checkpoint,
 so a resumed run keeps its best-so-far; best weights written after that checkpoint are dropped on resume,
 since the resumed run replays those steps.
 """

@@ -82,8 +82,7 @@ def train(spec: TrainingSpec, hooks: TrainingHooks) -> TrainingResult:
         if spec.base_eval is None:
             hooks.evaluated("base", base)
         if eval_every:
-            selection.consider(0, base, model)
-            hooks.evaluated_at(0, 0.0, base, 0)
+            hooks.evaluated_at(0, 0.0, base, None)
     loop = _Loop(spec, hooks, model, plan, loss_fn, optimizer, scheduler, start, selection, eval_every)
     stopped = loop.run()
     if stopped is not None:
