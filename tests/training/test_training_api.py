@@ -124,6 +124,11 @@ def test_an_alias_naming_a_model_not_made_by_fine_tuning_is_409(client: TestClie
         ({"text_content": TSV, "model_name": "m", "base_model": "no-such-model"}, 422, "unknown model"),
         ({"text_content": TSV, "model_name": "m", "epochs": 0}, 422, "greater than or equal"),
         ({"text_content": TSV, "model_name": "m", "surprise": 1}, 422, "Extra inputs"),
+        ({"text_content": TSV, "model_name": "m", "hard_negatives": {"from": "the web"}}, 422, "collection:<name>"),
+        ({"text_content": TSV, "model_name": "m", "hard_negatives": {"per_pair": 6}}, 422, "less than or equal"),
+        ({"text_content": TSV, "model_name": "m", "hard_negatives": {"from": "collection:nope"}}, 404, "nope"),
+        ({"text_content": TSV, "model_name": "m", "mini_batch_size": 32}, 422, "must not exceed batch_size"),
+        ({"text_content": TSV, "model_name": "m", "eval_every_steps": 0}, 422, "greater than or equal"),
     ],
 )
 def test_bad_requests_say_what_to_fix(client: TestClient, body: dict, status: int, needle: str) -> None:
