@@ -287,7 +287,7 @@ def train_status(session: Session, job_id: uuid.UUID, principal: Principal) -> T
         eta_seconds=run.eta_seconds if status is TrainStatusValue.RUNNING else None,
         seconds_per_step=run.seconds_per_step,
         eval=run.eval,
-        model=run.alias if status is TrainStatusValue.COMPLETED else None,
+        model=run.alias if status is TrainStatusValue.COMPLETED and not run.hyperparams.get("dry_run") else None,
         data=TrainingData(
             pairs=run.pairs,
             with_negatives=run.with_negatives,

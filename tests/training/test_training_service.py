@@ -79,6 +79,48 @@ def request(base: str, alias: str, **extra: object) -> FineTuneRequest:
     return FineTuneRequest(model_name=alias, base_model=base, **{**defaults, **extra})
 
 
+def test_a_full_job_registers_its_alias_with_evaluation(settings: Settings, tiny_base: str) -> None:
+    alias = f"ft-{uuid.uuid4().hex[:6]}"
+    job_id = create(settings, request(tiny_base, alias))
+    try:
+        assert run_training(session_scope, job_id, train, settings) is RunOutcome.COMPLETED
+        job, run = state(job_id)
+        assert job.status == "succeeded" and job.progress == 100 and job.finished_at is not None
+        assert run.step == run.total_steps == 5 and run.loss is not None
+        assert set(run.eval or {}) == {"base", "trained", "selection"} and "recall@10" in run.eval["trained"]
+        assert "held-out recall@10" in (job.message or "")
+        with session_scope() as session:
+            history = train_status(session, job_id, ADMIN).loss_history
+        assert [p.step for p in history] == [1, 2, 3, 4, 5] and history[-1].loss == run.loss
+        model = registered(alias)
+        assert model is not None and (model.kind, model.base, model.dimension) == ("full", tiny_base, 32)
+        assert model.created_by_job == job_id and Path(model.path) == alias_dir(settings, alias)
+        assert (alias_dir(settings, alias) / "model.safetensors").is_file()
+        assert not work_dir(settings, job_id).exists()
+        # A redelivered task finds the job finished and does nothing.
+        assert run_training(session_scope, job_id, train, settings) is RunOutcome.SKIPPED
+
+        # overwrite=true replaces the folder and the row.
+        second = create(settings, request(tiny_base, alias, overwrite=True, seed=5))
+        assert run_training(session_scope, second, train, settings) is RunOutcome.COMPLETED
+        replaced = registered(alias)
+        assert replaced is not None and replaced.created_by_job == second
+        assert not work_dir(settings, second).exists()
+    finally:
+        shutil.rmtree(alias_dir(settings, alias), ignore_errors=True)
+
+
+def test_a_failing_job_is_failed_with_its_error_and_registers_nothing(settings: Settings, tiny_base: str) -> None:
+    alias = f"bad-{uuid.uuid4().hex[:6]}"
+    lora = LoraFineTuneRequest(model_name=alias, base_model=tiny_base, batch_size=4, target_modules=["no_such_layer"])
+    job_id = create(settings, lora)
+    assert run_training(session_scope, job_id, train, settings) is RunOutcome.FAILED
+    job, _ = state(job_id)
+    assert job.status == "failed" and "no_such_layer" in (job.error or "")
+    assert registered(alias) is None and not alias_dir(settings, alias).exists()
+    assert not work_dir(settings, job_id).exists()
+
+
 def cancelling(after_step: int):
     """Return a TrainFn running the real trainer that cancels its own job (as the API would) after a step."""
 
