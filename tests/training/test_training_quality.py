@@ -119,7 +119,7 @@ def test_the_cached_loss_gives_the_plain_loss_and_its_gradients(tiny_base) -> No
         model.zero_grad(set_to_none=True)
         loss = loss_fn([model.preprocess(texts) for texts in columns], None)
         loss.backward()
-        return float(loss), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return float(loss.detach()), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
     plain_loss, plain = loss_and_grads(MultipleNegativesRankingLoss(model))
     cached_loss, cached = loss_and_grads(contrastive_loss(model, {"mini_batch_size": 4}))
