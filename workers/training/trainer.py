@@ -64,7 +64,8 @@ def train(spec: TrainingSpec, hooks: TrainingHooks) -> TrainingResult:
     total = len(plan.batches)
     loss_fn = contrastive_loss(model, hp)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=float(hp["learning_rate"]))
-    scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(float(hp["warmup_ratio"]) * total), total)
+    warmup = math.ceil(float(hp["warmup_ratio"]) * total)
+    scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total)
     if checkpoint is not None:
         checkpoints.restore(checkpoint, model=model, optimizer=optimizer, scheduler=scheduler)
         log.info("job %s resumes from step %d of %d", spec.job_id, checkpoint.step, total)
@@ -83,7 +84,9 @@ def train(spec: TrainingSpec, hooks: TrainingHooks) -> TrainingResult:
             hooks.evaluated("base", base)
         if eval_every:
             hooks.evaluated_at(0, 0.0, base, None)
-    loop = _Loop(spec, hooks, model, plan, loss_fn, optimizer, scheduler, start, selection, eval_every)
+    # No evaluation during the warmup: its first step runs at learning rate 0, and the next few barely move the
+    # weights, so a "best" step there would register (nearly) the base.
+    loop = _Loop(spec, hooks, model, plan, loss_fn, optimizer, scheduler, start, selection, (eval_every, warmup + 1))
     stopped = loop.run()
     if stopped is not None:
         return TrainingResult(steps=loop.step, stopped=stopped)
@@ -157,11 +160,12 @@ class _Loop:
         scheduler: torch.optim.lr_scheduler.LRScheduler,
         start: int,
         selection: Selection,
-        eval_every: int,
+        evals: tuple[int, int],
     ) -> None:
         self.spec, self.hooks, self.model, self.plan = spec, hooks, model, plan
         self.loss_fn, self.optimizer, self.scheduler = loss_fn, optimizer, scheduler
-        self.selection, self.eval_every = selection, eval_every
+        self.selection = selection
+        self.eval_every, self.eval_from = evals  # every so many steps, from this step on (and after the last)
         self.step = start
         self.start = start
         self.started_at = time.perf_counter()
@@ -180,7 +184,8 @@ class _Loop:
             self.step += 1
             if self.step % self.spec.progress_every_steps == 0 or self.step == total:
                 self._report()
-            if self.eval_every and (self.step % self.eval_every == 0 or self.step == total):
+            due = self.step == total or (self.step >= self.eval_from and self.step % self.eval_every == 0)
+            if self.eval_every and due:
                 self._evaluate()
             if self.step % self.spec.checkpoint_every_steps == 0 and self.step < total:
                 self._checkpoint()
