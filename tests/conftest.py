@@ -87,6 +87,10 @@ def session_services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sessi
             "EMBEDQ_AUTH_DISABLED": "true",
             # Parallel test runs would contend for one port; tests that read worker metrics pick a free one.
             "EMBEDQ_WORKER_METRICS_PORT": "0",
+            # A fine-tune without epochs trains one epoch to its end, so tests that train the real MiniLM stay
+            # short; the tests of the defaults and of early stopping set them themselves.
+            "EMBEDQ_TRAINING_DEFAULT_MIN_STEPS": "1",
+            "EMBEDQ_TRAINING_EARLY_STOPPING_PATIENCE": "0",
         }
         os.environ.update(env)
         get_settings.cache_clear()

@@ -468,6 +468,35 @@ class Settings(BaseSettings):
         default=100, ge=1, description="a training job saves a checkpoint it can resume from every this many steps"
     )
     training_reaper_grace_s: float = Field(default=900.0, gt=0, description="a step or eval may take this long")
+    # Fine-tuning quality (docs/guide/fine-tuning.md): mined hard negatives, evaluation during training,
+    # best-checkpoint selection, early stopping, and the epochs a request that names none gets.
+    training_mining_candidates: int = Field(
+        default=20, ge=1, le=1000, description="nearest passages a query's negative mining looks at"
+    )
+    training_mining_relative_margin: float = Field(
+        default=0.05,
+        ge=0,
+        lt=1,
+        description="a mined passage scoring above (1 - this) x the positive's score is a likely false negative",
+    )
+    training_mining_max_similarity_to_positive: float = Field(
+        default=0.95, gt=0, le=1, description="a mined passage this similar to the positive is a near-duplicate"
+    )
+    training_evals_per_run: int = Field(
+        default=10, ge=1, description="held-out evaluations during a run when eval_every_steps is not given"
+    )
+    training_early_stopping_patience: int = Field(
+        default=3, ge=0, description="evaluations without a better MRR@10 before a run stops; 0 never stops early"
+    )
+    training_default_min_steps: int = Field(
+        default=100, ge=1, description="a request without epochs gets enough epochs for at least this many steps"
+    )
+    training_default_max_epochs: int = Field(
+        default=10, ge=1, le=100, description="the most epochs a request without epochs gets"
+    )
+    training_bootstrap_resamples: int = Field(
+        default=1000, ge=0, description="bootstrap resamples behind each held-out metric's 95% interval; 0: none"
+    )
 
     # Webhooks, monitoring and logs (README "Webhooks", "Monitoring").
     webhook_allowed_cidrs: CommaList = Field(

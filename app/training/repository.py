@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
 from app.core.security import Principal, visible_to
@@ -57,11 +57,15 @@ class TrainingRepository:
         return self.session.scalar(select(Job.status).where(Job.id == job_id))
 
     def active_job_for_alias(self, alias: str) -> Job | None:
-        """Return a queued or running training job that will register ``alias``, if any."""
+        """Return a queued or running training job that will register ``alias`` (a dry run registers none)."""
         return self.session.scalar(
             select(Job)
             .join(TrainingRun, TrainingRun.job_id == Job.id)
-            .where(TrainingRun.alias == alias, Job.status.in_([s.value for s in ACTIVE_STATUSES]))
+            .where(
+                TrainingRun.alias == alias,
+                Job.status.in_([s.value for s in ACTIVE_STATUSES]),
+                func.coalesce(TrainingRun.hyperparams["dry_run"].as_boolean(), False).is_(False),
+            )
             .limit(1)
         )
 

@@ -81,6 +81,14 @@ async def _read_form(request: Request, limit: int) -> tuple[dict[str, Any], str 
     modules = [m for value in form.getlist("target_modules") if isinstance(value, str) for m in _split_list(value)]
     if modules:
         fields["target_modules"] = modules
+    if isinstance(fields.get("hard_negatives"), str):
+        try:
+            fields["hard_negatives"] = json.loads(fields["hard_negatives"])
+        except ValueError as exc:
+            raise InvalidRequestError(
+                f'hard_negatives is not a JSON object: {exc}; send e.g. {{"mine": true, "per_pair": 2}}',
+                param="hard_negatives",
+            ) from exc
     upload = form.get("file")
     if not isinstance(upload, UploadFile):
         return fields, fields.get("text_content"), "auto"

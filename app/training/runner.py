@@ -12,11 +12,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from app.artifacts.store import ArtifactStore, ArtifactStoreUnavailableError
 from app.catalog import artifacts, model_cache
 from app.catalog.repository import RegisteredModelRepository
 from app.catalog.resolver import resolve_model
+from app.collections.repository import CollectionRepository
+from app.collections.vector_store import VectorStore
 from app.core.config import Settings
 from app.core.db import Scope
 from app.core.outages import TRANSIENT_ERRORS
@@ -26,10 +31,10 @@ from app.jobs.repository import JobRepository
 from app.models.job import Job, JobStatus
 from app.models.registered_model import RegisteredModel
 from app.models.training import TrainingRun
-from app.training import loss_history, storage
+from app.training import eval_history, loss_history, storage
 from app.training.pairs import split_pairs
 from app.training.repository import TrainingRepository
-from app.training.spec import Progress, StopReason, TrainFn, TrainingResult, TrainingSpec
+from app.training.spec import Progress, StopReason, TrainFn, TrainingQuality, TrainingResult, TrainingSpec
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +52,13 @@ class RunOutcome(StrEnum):
 class _DbHooks:
     """The trainer's hooks: each report is its own short transaction; a stop is read between steps."""
 
-    def __init__(self, scope: Scope, job_id: uuid.UUID, shutdown_requested: Callable[[], bool]) -> None:
+    def __init__(
+        self, scope: Scope, job_id: uuid.UUID, shutdown_requested: Callable[[], bool], settings: Settings
+    ) -> None:
         self.scope = scope
         self.job_id = job_id
         self.shutdown_requested = shutdown_requested
+        self.settings = settings
 
     def started(self, total_steps: int, resumed_from_step: int | None) -> None:
         with self.scope() as session:
@@ -89,9 +97,37 @@ class _DbHooks:
             milestones = list(params.get("progress_milestones") or [])
             lifecycle.report_progress(session, self.job_id, percent, milestones)
 
-    def evaluated(self, name: str, metrics: dict[str, float]) -> None:
+    def evaluated(self, name: str, metrics: dict[str, Any]) -> None:
         with self.scope() as session:
             TrainingRepository(session).set_eval(self.job_id, name, metrics)
+
+    def evaluated_at(self, step: int, epoch: float, metrics: dict[str, Any], best_step: int | None) -> None:
+        point = {"step": step, "epoch": epoch, **{k: metrics[k] for k in eval_history.METRICS if k in metrics}}
+        with self.scope() as session:
+            jobs = JobRepository(session)
+            if not jobs.lock_running(self.job_id):
+                return
+            params = TrainingRepository(session).job_params(self.job_id)
+            params[eval_history.HISTORY_KEY] = eval_history.with_point(eval_history.history_of(params), point)
+            params[eval_history.BEST_STEP_KEY] = best_step
+            jobs.set_params(self.job_id, params)
+            best = f"; best MRR@10 so far at step {best_step}" if best_step is not None else ""
+            jobs.set_message(self.job_id, f"evaluated at step {step}: MRR@10 {metrics.get('mrr@10', 0):.4f}{best}")
+
+    def nearest_chunks(self, vectors: np.ndarray, k: int) -> list[list[str]]:
+        with self.scope() as session:
+            run = TrainingRepository(session).get_run(self.job_id)
+            assert run is not None
+            collection_id = int(run.hyperparams["hard_negatives"]["collection_id"])
+            collection = CollectionRepository(session).get_by_id(collection_id)
+            if collection is None:
+                raise LookupError(f"the collection to mine hard negatives from (id {collection_id}) was deleted")
+            version = CollectionRepository(session).active_version(collection_id)
+            store = VectorStore(session)
+            return [
+                [row.text for row in store.search(version, v, top_k=k, metadata_filter=None, ef_search=ef)]
+                for v, ef in ((v, max(k, self.settings.search_ef_search)) for v in vectors)
+            ]
 
     def checkpointed(self, step: int, path: Path) -> None:
         with self.scope() as session:
@@ -120,7 +156,7 @@ def run_training(
     spec = _claim(scope, job_id, settings)
     if spec is None:
         return RunOutcome.SKIPPED
-    hooks = _DbHooks(scope, job_id, shutdown_requested)
+    hooks = _DbHooks(scope, job_id, shutdown_requested, settings)
     try:
         result = train(_with_base_path(spec, settings), hooks)
     except TRANSIENT_ERRORS:
@@ -142,7 +178,41 @@ def run_training(
     if result.stopped is StopReason.CANCELLED:
         storage.remove_tree(storage.job_dir(settings.models_dir, job_id))
         return RunOutcome.CANCELLED
+    if result.dry_run:
+        return _finish_dry_run(scope, job_id, result, settings)
     return _register(scope, job_id, result, settings)
+
+
+def _finish_dry_run(scope: Scope, job_id: uuid.UUID, result: TrainingResult, settings: Settings) -> RunOutcome:
+    """Complete a dry run: the base's held-out metrics and the mining's statistics are its result."""
+    assert settings.models_dir is not None
+    storage.remove_tree(storage.job_dir(settings.models_dir, job_id))
+    with scope() as session:
+        if not JobRepository(session).lock_running(job_id):
+            return RunOutcome.CANCELLED
+        repo = TrainingRepository(session)
+        run = repo.get_run(job_id)
+        assert run is not None
+        repo.update_run(job_id, eval={**(run.eval or {}), **result.eval}, eta_seconds=None)
+        lifecycle.finish(
+            session, job_id, JobStatus.SUCCEEDED, message=_dry_run_message(result), error=None, progress=100.0
+        )
+        session.commit()
+    return RunOutcome.COMPLETED
+
+
+def _dry_run_message(result: TrainingResult) -> str:
+    parts = ["dry run: nothing trained or registered"]
+    base = result.eval.get("base") or {}
+    if "mrr@10" in base:
+        parts.append(f"base held-out recall@10 {base['recall@10']:.3f}, MRR@10 {base['mrr@10']:.3f}")
+    mining = result.eval.get("mining")
+    if mining:
+        parts.append(
+            f"{mining['negatives']} negatives mined for {mining['mined_pairs']} pairs "
+            f"({mining.get('dropped_false_negatives', 0)} likely false negatives skipped)"
+        )
+    return "; ".join(parts)
 
 
 def _claim(scope: Scope, job_id: uuid.UUID, settings: Settings) -> TrainingSpec | None:
@@ -171,6 +241,13 @@ def _claim(scope: Scope, job_id: uuid.UUID, settings: Settings) -> TrainingSpec 
             progress_every_steps=settings.training_progress_every_steps,
             checkpoint_every_steps=settings.training_checkpoint_every_steps,
             base_eval=(run.eval or {}).get("base"),
+            quality=TrainingQuality(
+                mining_candidates=settings.training_mining_candidates,
+                mining_relative_margin=settings.training_mining_relative_margin,
+                mining_max_similarity=settings.training_mining_max_similarity_to_positive,
+                evals_per_run=settings.training_evals_per_run,
+                bootstrap_resamples=settings.training_bootstrap_resamples,
+            ),
         )
 
 
@@ -277,8 +354,18 @@ def _register_revision(
                 revision=manifest.revision,
             )
         )
-        repo.update_run(job_id, eval={**(run.eval or {}), **result.eval}, eta_seconds=None)
-        lifecycle.finish(session, job_id, JobStatus.SUCCEEDED, message=_done_message(run, result), error=None)
+        evaluation = {**(run.eval or {}), **result.eval}
+        if result.best_step is not None:
+            evaluation["selection"] = {
+                "metric": "mrr@10",
+                "best_step": result.best_step,
+                "last_step": result.steps,
+                "stopped_early": result.stopped_early,
+            }
+        repo.update_run(job_id, eval=evaluation, eta_seconds=None)
+        lifecycle.finish(
+            session, job_id, JobStatus.SUCCEEDED, message=_done_message(run, result), error=None, progress=100.0
+        )
         session.commit()
     return _Registered(previous=previous)
 
@@ -310,7 +397,12 @@ def _late_conflict(repo: TrainingRepository, run: TrainingRun, target: Path, job
 
 
 def _done_message(run: TrainingRun, result: TrainingResult) -> str:
-    message = f"trained {result.steps} steps; registered model {run.alias!r} ({run.method})"
+    message = f"trained {result.steps} steps"
+    if result.stopped_early:
+        message += " (stopped early)"
+    if result.best_step is not None and result.best_step != result.steps:
+        message += f"; kept step {result.best_step}'s weights, the best held-out MRR@10"
+    message += f"; registered model {run.alias!r} ({run.method})"
     base = ((run.eval or {}).get("base") or {}).get("recall@10")
     trained = (result.eval.get("trained") or {}).get("recall@10")
     if base is not None and trained is not None:

@@ -15,6 +15,8 @@ from sqlalchemy.orm import Session
 from app.catalog.access import JOB_API_ERRORS, check_model
 from app.catalog.repository import RegisteredModelRepository
 from app.catalog.resolver import resolve_model
+from app.collections.repository import CollectionRepository
+from app.collections.service import require_collection
 from app.core.config import Settings
 from app.core.db import enqueue
 from app.core.errors import ConflictError, EmbedqError, InvalidRequestError, NotFoundError
@@ -25,11 +27,14 @@ from app.keys.service import admit_job
 from app.models.job import Job, JobKind
 from app.models.registered_model import RegisteredModel, RegisteredModelKind
 from app.models.training import TrainingRun
-from app.training import loss_history, storage
-from app.training.pairs import PairFormat, eval_count, parse_pairs, planned_steps, split_pairs
+from app.training import eval_history, loss_history, storage
+from app.training.defaults import default_epochs, default_learning_rate
+from app.training.pairs import Pair, PairFormat, eval_count, parse_pairs, planned_steps, split_pairs
 from app.training.repository import TrainingRepository
 from app.training.schemas import (
+    EvalPoint,
     FineTuneRequest,
+    HardNegatives,
     LoraFineTuneRequest,
     LossPoint,
     TrainingData,
@@ -38,6 +43,7 @@ from app.training.schemas import (
 )
 
 TASK_FOR_KIND = {JobKind.FINE_TUNE.value: TaskName.TRAIN_FULL, JobKind.FINE_TUNE_LORA.value: TaskName.TRAIN_LORA}
+_NOT_HYPERPARAMS = {"text_content", "model_name", "base_model", "overwrite", "hard_negatives"}
 _CUDA_DRIVER = Path("/proc/driver/nvidia/version")
 
 
@@ -74,7 +80,9 @@ def create_training_job(
             )
     repo = TrainingRepository(session)
     base = _check_base(repo, payload.base_model or settings.default_model, settings, principal)
-    _check_alias_free(repo, payload.model_name, base, payload.overwrite, settings, principal)
+    if not payload.dry_run:  # a dry run registers nothing, so it may name any alias
+        _check_alias_free(repo, payload.model_name, base, payload.overwrite, settings, principal)
+    mining = _mining_params(session, payload.hard_negatives, base, principal)
     parsed = parse_pairs(text, fmt)
     if len(parsed.pairs) > settings.training_max_pairs:
         raise InvalidRequestError(
@@ -94,10 +102,23 @@ def create_training_job(
             skipped_lines=parsed.skipped,
             skipped_examples=parsed.skipped_examples,
         )
-    total_steps = planned_steps(train, payload.batch_size) * payload.epochs
-    hyperparams = payload.model_dump(exclude={"text_content", "model_name", "base_model", "overwrite"})
-    hyperparams["eval_pairs"] = held_out
-    for optional in ("max_seq_length", "progress_milestones"):
+    method = (RegisteredModelKind.LORA if lora else RegisteredModelKind.FULL).value
+    steps_per_epoch = planned_steps(_as_mined(train, payload.hard_negatives), payload.batch_size)
+    hyperparams = payload.model_dump(exclude=_NOT_HYPERPARAMS)
+    chosen = [name for name in ("epochs", "learning_rate") if hyperparams[name] is None]
+    if hyperparams["epochs"] is None:
+        hyperparams["epochs"] = default_epochs(
+            steps_per_epoch, settings.training_default_min_steps, settings.training_default_max_epochs
+        )
+    if hyperparams["learning_rate"] is None:
+        hyperparams["learning_rate"] = default_learning_rate(method, len(train))
+    if hyperparams["early_stopping_patience"] is None:
+        hyperparams["early_stopping_patience"] = settings.training_early_stopping_patience
+    hyperparams.update(eval_pairs=held_out, chosen_defaults=chosen)
+    if mining is not None:
+        hyperparams["hard_negatives"] = mining
+    total_steps = 0 if payload.dry_run else steps_per_epoch * int(hyperparams["epochs"])
+    for optional in ("max_seq_length", "progress_milestones", "mini_batch_size", "eval_every_steps"):
         if hyperparams.get(optional) is None:
             hyperparams.pop(optional)
     admit_job(session, principal, settings)
@@ -108,11 +129,11 @@ def create_training_job(
         model=base,
         params={"alias": payload.model_name, **hyperparams},
         total=total_steps,
-        message=_queued_message(len(parsed.pairs), held_out, parsed.skipped),
+        message=_queued_message(len(parsed.pairs), held_out, parsed.skipped, payload.dry_run),
     )
     run = TrainingRun(
         job_id=job.id,
-        method=(RegisteredModelKind.LORA if lora else RegisteredModelKind.FULL).value,
+        method=method,
         alias=payload.model_name,
         base_model=base,
         overwrite=payload.overwrite,
@@ -128,9 +149,52 @@ def create_training_job(
     return job
 
 
-def _queued_message(pairs: int, held_out: int, skipped: int) -> str:
+def _queued_message(pairs: int, held_out: int, skipped: int, dry_run: bool) -> str:
     skipped_note = f"; {skipped} malformed line(s) skipped" if skipped else ""
-    return f"queued: {pairs} pairs, {held_out} held out for evaluation{skipped_note}"
+    dry_note = " (dry run: nothing is trained)" if dry_run else ""
+    return f"queued{dry_note}: {pairs} pairs, {held_out} held out for evaluation{skipped_note}"
+
+
+def _mining_params(
+    session: Session, wanted: HardNegatives | None, base: str, principal: Principal
+) -> dict[str, object] | None:
+    """Return what the worker needs to mine negatives (the collection's id, when mining from one), or None.
+
+    A collection must be the caller's and hold vectors of the base model: the queries are embedded with the
+    base and searched in the collection's index.
+    """
+    if wanted is None or not wanted.mine:
+        return None
+    params: dict[str, object] = {"mine": True, "per_pair": wanted.per_pair, "from": wanted.source}
+    name = wanted.collection
+    if name is None:
+        return params
+    repo = CollectionRepository(session)
+    collection = require_collection(repo, name, principal)
+    version = repo.active_version(collection.id)
+    if version.model != base:
+        raise InvalidRequestError(
+            f"collection {name!r} holds vectors of {version.model}, not of the base model {base}: mine from a "
+            "collection embedded with the base model, or from the training passages",
+            param="hard_negatives",
+        )
+    if version.dimension is None:
+        raise InvalidRequestError(
+            f"collection {name!r} has no vectors yet: add documents first, or mine from the training passages",
+            param="hard_negatives",
+        )
+    params["collection_id"] = collection.id
+    return params
+
+
+def _as_mined(train: list[Pair], wanted: HardNegatives | None) -> list[Pair]:
+    """Return ``train`` as mining would at most make it (``per_pair`` triples per pair without a negative),
+    to plan the steps before the worker mines."""
+    if wanted is None or not wanted.mine:
+        return train
+    without = [p for p in train if p.negative is None]
+    mined = [Pair(p.query, p.positive, f"mined {i}") for p in without for i in range(wanted.per_pair)]
+    return [p for p in train if p.negative is not None] + mined
 
 
 def _check_base(repo: TrainingRepository, base: str, settings: Settings, principal: Principal) -> str:
@@ -217,11 +281,13 @@ def train_status(session: Session, job_id: uuid.UUID, principal: Principal) -> T
         epoch=run.epoch,
         loss=run.loss,
         loss_history=[LossPoint.model_validate(p) for p in loss_history.history_of(job.params)],
+        eval_history=[EvalPoint.model_validate(p) for p in eval_history.history_of(job.params)],
+        best_step=eval_history.best_step_of(job.params),
         total_steps=run.total_steps,
         eta_seconds=run.eta_seconds if status is TrainStatusValue.RUNNING else None,
         seconds_per_step=run.seconds_per_step,
         eval=run.eval,
-        model=run.alias if status is TrainStatusValue.COMPLETED else None,
+        model=run.alias if status is TrainStatusValue.COMPLETED and not run.hyperparams.get("dry_run") else None,
         data=TrainingData(
             pairs=run.pairs,
             with_negatives=run.with_negatives,

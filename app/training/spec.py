@@ -13,12 +13,25 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+
 from app.training.pairs import Pair
 
 
 class StopReason(StrEnum):
     CANCELLED = "cancelled"
     SHUTDOWN = "shutdown"
+
+
+@dataclass(frozen=True)
+class TrainingQuality:
+    """The operator's settings behind mining, evaluation during training and the held-out intervals."""
+
+    mining_candidates: int = 20
+    mining_relative_margin: float = 0.05
+    mining_max_similarity: float = 0.95
+    evals_per_run: int = 10
+    bootstrap_resamples: int = 1000
 
 
 @dataclass(frozen=True)
@@ -36,7 +49,8 @@ class TrainingSpec:
     output_dir: Path
     progress_every_steps: int
     checkpoint_every_steps: int
-    base_eval: dict[str, float] | None = None
+    base_eval: dict[str, Any] | None = None
+    quality: TrainingQuality = field(default_factory=TrainingQuality)
 
 
 @dataclass(frozen=True)
@@ -57,6 +71,9 @@ class TrainingResult:
     stopped: StopReason | None = None
     dimension: int | None = None
     eval: dict[str, Any] = field(default_factory=dict)
+    dry_run: bool = False  # nothing was trained or saved: ``eval`` holds the base's metrics and the mining's
+    best_step: int | None = None  # the step whose weights were saved, when evaluated during training
+    stopped_early: bool = False
 
 
 class TrainingHooks(Protocol):
@@ -64,7 +81,15 @@ class TrainingHooks(Protocol):
 
     def report(self, progress: Progress) -> None: ...
 
-    def evaluated(self, name: str, metrics: dict[str, float]) -> None: ...
+    def evaluated(self, name: str, metrics: dict[str, Any]) -> None: ...
+
+    def evaluated_at(self, step: int, epoch: float, metrics: dict[str, Any], best_step: int | None) -> None:
+        """One evaluation during training (step 0: the base), and the best trained step so far."""
+        ...
+
+    def nearest_chunks(self, vectors: np.ndarray, k: int) -> list[list[str]]:
+        """The texts of the ``k`` chunks nearest each vector in the mining collection (hard_negatives.from)."""
+        ...
 
     def checkpointed(self, step: int, path: Path) -> None: ...
 

@@ -252,8 +252,15 @@ def test_training_job_page_draws_its_loss_and_evaluation(
     finally:
         late.close()
 
+    # The eval curve: the base at step 0 and each evaluation during training, and the step that was kept.
+    eval_chart = page.locator("#eval-chart svg")
+    expect(eval_chart).to_have_attribute("data-points", str(len(status["eval_history"])))
+    assert status["eval_history"][0]["step"] == 0 and status["best_step"] is not None
+    expect(page.locator("#eval-best")).to_have_text(f"step {status['best_step']}")
+
     rows = page.locator("#eval-table tbody tr")
     expect(rows).to_have_count(3)
+    expect(rows.locator("td.ci").first).to_have_text(re.compile(r"^\d\.\d{3}–\d\.\d{3}$"))
     expect(rows.locator("td:first-child")).to_have_text(["recall@1", "recall@10", "mrr@10"])
     for cell in rows.locator("td.num").all():
         expect(cell).to_have_text(re.compile(r"^[+-]?\d\.\d{3}$"))

@@ -77,7 +77,9 @@ def test_lora_upload_of_jsonl_with_hard_negatives(client: TestClient, redis_clie
         job = session.get(Job, uuid.UUID(job_id))
         assert job is not None and job.kind == "fine_tune_lora"
         assert job.params["r"] == 8 and job.params["target_modules"] == ["query", "value"]
-        assert job.params["learning_rate"] == 1e-4 and job.params["lora_alpha"] == 32
+        # No epochs or learning_rate sent: both chosen from the data (30 pairs: LoRA's small-data rate).
+        assert job.params["learning_rate"] == 5e-4 and job.params["lora_alpha"] == 32
+        assert job.params["chosen_defaults"] == ["epochs", "learning_rate"] and job.params["epochs"] >= 1
 
 
 def test_qlora_on_a_cpu_host_is_a_400_and_queues_nothing(client: TestClient, redis_client) -> None:
@@ -122,6 +124,11 @@ def test_an_alias_naming_a_model_not_made_by_fine_tuning_is_409(client: TestClie
         ({"text_content": TSV, "model_name": "m", "base_model": "no-such-model"}, 422, "unknown model"),
         ({"text_content": TSV, "model_name": "m", "epochs": 0}, 422, "greater than or equal"),
         ({"text_content": TSV, "model_name": "m", "surprise": 1}, 422, "Extra inputs"),
+        ({"text_content": TSV, "model_name": "m", "hard_negatives": {"from": "the web"}}, 422, "collection:<name>"),
+        ({"text_content": TSV, "model_name": "m", "hard_negatives": {"per_pair": 6}}, 422, "less than or equal"),
+        ({"text_content": TSV, "model_name": "m", "hard_negatives": {"from": "collection:nope"}}, 404, "nope"),
+        ({"text_content": TSV, "model_name": "m", "mini_batch_size": 32}, 422, "must not exceed batch_size"),
+        ({"text_content": TSV, "model_name": "m", "eval_every_steps": 0}, 422, "greater than or equal"),
     ],
 )
 def test_bad_requests_say_what_to_fix(client: TestClient, body: dict, status: int, needle: str) -> None:

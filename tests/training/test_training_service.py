@@ -75,7 +75,8 @@ def work_dir(settings: Settings, job_id: uuid.UUID) -> Path:
 
 
 def request(base: str, alias: str, **extra: object) -> FineTuneRequest:
-    return FineTuneRequest(model_name=alias, base_model=base, batch_size=4, learning_rate=1e-3, **extra)
+    defaults = {"batch_size": 4, "learning_rate": 1e-3, "epochs": 1, "early_stopping_patience": 0}
+    return FineTuneRequest(model_name=alias, base_model=base, **{**defaults, **extra})
 
 
 def test_a_full_job_registers_its_alias_with_evaluation(settings: Settings, tiny_base: str) -> None:
@@ -86,7 +87,7 @@ def test_a_full_job_registers_its_alias_with_evaluation(settings: Settings, tiny
         job, run = state(job_id)
         assert job.status == "succeeded" and job.progress == 100 and job.finished_at is not None
         assert run.step == run.total_steps == 5 and run.loss is not None
-        assert set(run.eval or {}) == {"base", "trained"} and "recall@10" in run.eval["trained"]
+        assert set(run.eval or {}) == {"base", "trained", "selection"} and "recall@10" in run.eval["trained"]
         assert "held-out recall@10" in (job.message or "")
         with session_scope() as session:
             history = train_status(session, job_id, ADMIN).loss_history

@@ -15,6 +15,7 @@ export async function refreshTraining(jobId) {
   $("training").hidden = false;
   renderStep(status);
   renderChart(status);
+  renderEvalChart(status);
   renderEval(status.eval || {});
   return status;
 }
@@ -44,6 +45,19 @@ function renderChart(status) {
   $("loss-note").hidden = false;
 }
 
+// The eval curve: held-out MRR@10 at each evaluation during training, from step 0 (the base) on.
+function renderEvalChart(status) {
+  const points = (status.eval_history || [])
+    .filter((p) => typeof p["mrr@10"] === "number")
+    .map((p) => ({ x: p.step, y: p["mrr@10"] }));
+  const box = $("eval-chart");
+  box.hidden = points.length === 0;
+  $("eval-note").hidden = points.length === 0;
+  if (points.length === 0) return;
+  box.replaceChildren(lineChart(points, { width: box.clientWidth || 720, yLabel: "MRR@10" }));
+  $("eval-best").textContent = status.best_step === null || status.best_step === undefined ? "none yet" : `step ${num(status.best_step)}`;
+}
+
 function rank(metric) {
   const known = METRIC_ORDER.indexOf(metric);
   return known === -1 ? METRIC_ORDER.length : known;
@@ -53,8 +67,12 @@ function renderEval(evaluation) {
   const before = evaluation.base || {};
   const after = evaluation.trained || {};
   const names = [...new Set([...Object.keys(before), ...Object.keys(after)])]
-    .filter((name) => name !== "queries" && name !== "corpus")
+    .filter((name) => !["queries", "corpus", "ci95"].includes(name))
     .sort((a, b) => rank(a) - rank(b) || a.localeCompare(b));
+  const interval = (side, name) => {
+    const ci = (side.ci95 || {})[name];
+    return ci ? `${ci[0].toFixed(3)}–${ci[1].toFixed(3)}` : "—";
+  };
   const fmt = (v) => (typeof v === "number" ? v.toFixed(3) : "—");
   const rows = names.map((name) => {
     const change = typeof before[name] === "number" && typeof after[name] === "number" ? after[name] - before[name] : null;
@@ -66,13 +84,16 @@ function renderEval(evaluation) {
       h("td", { class: "num" }, fmt(before[name])),
       h("td", { class: "num" }, fmt(after[name])),
       h("td", { class: `num ${change > 0 ? "good" : change < 0 ? "bad" : ""}` }, change === null ? "—" : `${sign}${change.toFixed(3)}`),
+      h("td", { class: "ci" }, interval(before, name)),
+      h("td", { class: "ci" }, interval(after, name)),
     );
   });
   $("eval-table").querySelector("tbody").replaceChildren(...rows);
   $("eval-table").hidden = rows.length === 0;
   const size = before.queries ?? after.queries;
   $("eval-empty").textContent = rows.length
-    ? `${num(size)} held-out queries searching ${num(before.corpus ?? after.corpus)} passages; "before" is the base model.`
+    ? `${num(size)} held-out queries searching ${num(before.corpus ?? after.corpus)} passages; "before" is the base model; ` +
+      "the intervals are bootstrap 95% intervals over the queries: a change within them is noise."
     : "Measured on the held-out pairs before and after training.";
 }
 
