@@ -21,16 +21,11 @@ _WORDS = (
 ).split()
 
 
-def make_tiny_m3(directory: Path, *, seed: int = 0, sentence_transformers: bool = True) -> Path:
-    """Return ``directory`` holding a 2-layer XLM-R (hidden 32) plus ``sparse_linear.pt`` and ``colbert_linear.pt``.
-
-    ``sentence_transformers`` adds modules.json with CLS pooling and Normalize, as BAAI/bge-m3 has.
-    """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+def tiny_xlmr_config(directory: Path, **extra: object) -> XLMRobertaConfig:
+    """Write a sentencepiece-style tokenizer into ``directory`` and return a 2-layer XLM-R config (hidden 32)."""
     tokenizer = _tokenizer()
     tokenizer.save_pretrained(directory)
-    config = XLMRobertaConfig(
+    return XLMRobertaConfig(
         vocab_size=len(tokenizer),
         hidden_size=HIDDEN_SIZE,
         num_hidden_layers=2,
@@ -42,7 +37,18 @@ def make_tiny_m3(directory: Path, *, seed: int = 0, sentence_transformers: bool 
         bos_token_id=0,
         eos_token_id=2,
         initializer_range=0.2,
+        **extra,
     )
+
+
+def make_tiny_m3(directory: Path, *, seed: int = 0, sentence_transformers: bool = True) -> Path:
+    """Return ``directory`` holding a 2-layer XLM-R (hidden 32) plus ``sparse_linear.pt`` and ``colbert_linear.pt``.
+
+    ``sentence_transformers`` adds modules.json with CLS pooling and Normalize, as BAAI/bge-m3 has.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = tiny_xlmr_config(directory)
     torch.manual_seed(seed)
     XLMRobertaModel(config).eval().save_pretrained(directory)
     sparse, colbert = torch.nn.Linear(HIDDEN_SIZE, 1), torch.nn.Linear(HIDDEN_SIZE, HIDDEN_SIZE)

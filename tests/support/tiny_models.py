@@ -26,6 +26,23 @@ _WORDS = (
 HIDDEN_SIZE = 32
 
 
+def tiny_bert_config(directory: Path, **extra: Any) -> BertConfig:
+    """Write a WordPiece tokenizer into ``directory`` and return the config of a 2-layer BERT (hidden 32) for it."""
+    vocab_file = _write_vocab(directory / "vocab.txt")
+    BertTokenizerFast(vocab=str(vocab_file), do_lower_case=True).save_pretrained(directory)
+    return BertConfig(
+        vocab_size=len(vocab_file.read_text().splitlines()),
+        hidden_size=HIDDEN_SIZE,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        # Wider than BERT's 0.02 so the CLS state differs between texts and pooling modes give distinct vectors.
+        initializer_range=0.2,
+        **extra,
+    )
+
+
 def make_tiny_bert(
     directory: Path,
     pooling: TinyPooling | None = "mean",
@@ -41,18 +58,7 @@ def make_tiny_bert(
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    vocab_file = _write_vocab(directory / "vocab.txt")
-    BertTokenizerFast(vocab=str(vocab_file), do_lower_case=True).save_pretrained(directory)
-    config = BertConfig(
-        vocab_size=len(vocab_file.read_text().splitlines()),
-        hidden_size=HIDDEN_SIZE,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        # Wider than BERT's 0.02 so the CLS state differs between texts and pooling modes give distinct vectors.
-        initializer_range=0.2,
-    )
+    config = tiny_bert_config(directory)
     torch.manual_seed(seed)
     BertModel(config).eval().save_pretrained(directory)
     if pooling is not None:

@@ -7,16 +7,10 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from transformers import (
-    BertConfig,
-    BertForSequenceClassification,
-    BertTokenizerFast,
-    XLMRobertaConfig,
-    XLMRobertaForSequenceClassification,
-)
+from transformers import BertForSequenceClassification, XLMRobertaForSequenceClassification
 
-from support.tiny_m3 import MAX_TOKENS, _tokenizer
-from support.tiny_models import HIDDEN_SIZE, _write_vocab
+from support.tiny_m3 import tiny_xlmr_config
+from support.tiny_models import tiny_bert_config
 
 RerankerKind = Literal["bert", "xlm-roberta"]
 
@@ -34,37 +28,9 @@ def make_tiny_reranker(
     directory.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     if kind == "bert":
-        vocab_file = _write_vocab(directory / "vocab.txt")
-        BertTokenizerFast(vocab=str(vocab_file), do_lower_case=True).save_pretrained(directory)
-        config = BertConfig(
-            vocab_size=len(vocab_file.read_text().splitlines()),
-            hidden_size=HIDDEN_SIZE,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-            max_position_embeddings=128,
-            initializer_range=0.2,
-            num_labels=1,
-        )
-        BertForSequenceClassification(config).eval().save_pretrained(directory)
+        BertForSequenceClassification(tiny_bert_config(directory, num_labels=1)).eval().save_pretrained(directory)
     else:
-        tokenizer = _tokenizer()
-        tokenizer.save_pretrained(directory)
-        config = XLMRobertaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=HIDDEN_SIZE,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-            max_position_embeddings=MAX_TOKENS + 2,
-            type_vocab_size=1,
-            pad_token_id=1,
-            bos_token_id=0,
-            eos_token_id=2,
-            initializer_range=0.2,
-            num_labels=1,
-        )
-        XLMRobertaForSequenceClassification(config).eval().save_pretrained(directory)
+        XLMRobertaForSequenceClassification(tiny_xlmr_config(directory, num_labels=1)).eval().save_pretrained(directory)
     if sentence_transformers:
         st_config = {"model_type": "CrossEncoder", "activation_fn": "torch.nn.modules.activation.Sigmoid"}
         (directory / "config_sentence_transformers.json").write_text(json.dumps(st_config))
