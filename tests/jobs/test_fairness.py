@@ -28,7 +28,7 @@ def submit(session: Session, settings: Settings, tenant: str, inputs: int) -> li
 def test_a_tenant_with_nothing_waiting_goes_first_whatever_another_has_waiting(
     db_session: Session, monkeypatch
 ) -> None:
-    monkeypatch.setattr("app.jobs.service.check_model", lambda *a, **k: None)
+    monkeypatch.setattr("app.jobs.service.check_embedding_model", lambda *a, **k: None)
     settings = Settings(job_batch_size=2, fair_queue_share_batches=1)
     assert submit(db_session, settings, "big", 20) == [0, 3, 3, 3, 3, 6, 6, 6, 6, 6]
     assert submit(db_session, settings, "small", 4) == [0, 3]
@@ -39,6 +39,6 @@ def test_a_tenant_with_nothing_waiting_goes_first_whatever_another_has_waiting(
 
 
 def test_with_fair_queues_off_every_batch_goes_at_the_default_priority(db_session: Session, monkeypatch) -> None:
-    monkeypatch.setattr("app.jobs.service.check_model", lambda *a, **k: None)
+    monkeypatch.setattr("app.jobs.service.check_embedding_model", lambda *a, **k: None)
     settings = Settings(job_batch_size=2, fair_queues=False)
     assert submit(db_session, settings, "big", 6) == [None, None, None]
