@@ -173,6 +173,19 @@ def known_models(settings: Settings) -> list[str]:
     return sorted(name for name in names if _is_valid(name))
 
 
+def local_known_models(settings: Settings) -> list[tuple[str, ResolvedModel]]:
+    """Return each known name (``known_models``) that resolves to a folder on this host, with its resolution."""
+    found = []
+    for name in known_models(settings):
+        try:
+            resolved = resolve_model(name, settings)
+        except (LookupError, ValueError):
+            continue
+        if resolved.path is not None:
+            found.append((name, resolved))
+    return found
+
+
 def _is_model_folder(path: Path) -> bool:
     return path.is_dir() and any((path / marker).is_file() for marker in _MODEL_MARKERS)
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from app.catalog.access import MODEL_API_ERRORS, check_model
 from app.catalog.families import M3_COLBERT_HEAD, M3_SPARSE_HEAD, detect_family, has_m3_heads
-from app.catalog.resolver import known_models, resolve_model
+from app.catalog.resolver import local_known_models
 from app.core.config import Settings
 from app.core.errors import EmbedqError
 from app.core.security import Principal
@@ -36,15 +36,11 @@ def check_hybrid_model(name: str | None, settings: Settings, principal: Principa
 
 def hybrid_models(settings: Settings) -> list[str]:
     """Return the names a request may use for hybrid vectors and rerank."""
-    names = []
-    for name in known_models(settings):
-        try:
-            resolved = resolve_model(name, settings)
-        except (LookupError, ValueError):
-            continue
-        if resolved.path is not None and detect_family(resolved.name, resolved.path, resolved.family).hybrid:
-            names.append(name)
-    return names
+    return [
+        name
+        for name, resolved in local_known_models(settings)
+        if resolved.path is not None and detect_family(resolved.name, resolved.path, resolved.family).hybrid
+    ]
 
 
 async def hybrid(model: str, texts: list[str], *, return_colbert: bool) -> list[dict[str, Any]]:

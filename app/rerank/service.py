@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.catalog.access import ModelErrors, check_model
 from app.catalog.families import detect_family
-from app.catalog.resolver import known_models, resolve_model
+from app.catalog.resolver import local_known_models
 from app.catalog.tasks import is_cross_encoder, model_tasks
 from app.core.config import Settings
 from app.core.errors import EmbedqError
@@ -70,15 +70,11 @@ def check_reranker(name: str | None, settings: Settings, principal: Principal, e
 def reranker_models(settings: Settings) -> list[str]:
     """Return the names a request may use to rerank: cross-encoders and BGE-M3 models with their heads."""
     names = []
-    for name in known_models(settings):
-        try:
-            resolved = resolve_model(name, settings)
-        except (LookupError, ValueError):
-            continue
-        if resolved.path is not None:
-            family = detect_family(resolved.name, resolved.path, resolved.family)
-            if "rerank" in model_tasks(resolved.name, resolved.path, family):
-                names.append(name)
+    for name, resolved in local_known_models(settings):
+        assert resolved.path is not None
+        family = detect_family(resolved.name, resolved.path, resolved.family)
+        if "rerank" in model_tasks(resolved.name, resolved.path, family):
+            names.append(name)
     return names
 
 
