@@ -131,7 +131,8 @@ class EncoderModel:
             output = encode_hybrid(self.encoder, texts, return_sparse=True)
             return Vectors(output.dense, output.sparse, len(self.encoder.tokenizer))
         # Documents get the family's passage prompt (E5 "passage: "), as the chunker counted them.
-        return Vectors(self.encoder.encode(texts, is_query=False))
+        encoded = self.encoder.encode_counted(texts, is_query=False)
+        return Vectors(encoded.vectors, tokens=int(sum(encoded.token_counts)))
 
 
 def load_model(name: str) -> EncoderModel:

@@ -33,6 +33,8 @@ class Vectors:
     dense: np.ndarray
     sparse: Sequence[dict[int, float]] | None = None
     sparse_dimension: int | None = None
+    # Tokens the model encoded for these rows (usage per tenant), where the model counted them; else None.
+    tokens: int | None = None
 
     def __len__(self) -> int:
         return len(self.dense)

@@ -263,7 +263,7 @@ def _store_vectors(
 ) -> _Stored:
     if error is None:
         VectorStore(session).write_vectors(work.version_id, [c for c, _ in chunks], embedded.vectors)
-        return _Stored(len(work.document_ids), 0, len(chunks), len(chunks))
+        return _Stored(len(work.document_ids), 0, len(chunks), len(chunks), embedded.vectors.tokens or 0)
     names = CollectionRepository(session).external_ids(work.document_ids)
     record_errors(session, job_id, [(names.get(i), None, error) for i in work.document_ids], settings)
     return _Stored(0, len(work.document_ids), len(chunks), 0)

@@ -280,8 +280,10 @@ def test_reembed_builds_a_new_version_and_switches_search_to_it(db_session: Sess
     assert not VectorStore(db_session).vector_table_exists(old.id)
     chunks = db_session.scalars(select(Chunk).order_by(Chunk.id)).all()
     stored = chunk_vectors(db_session, new.id)
-    want = load_model(OTHER_MODEL).encoder.encode([c.text for c in chunks], is_query=False)
-    np.testing.assert_allclose(np.stack([stored[c.id] for c in chunks]), want, atol=1e-6)
+    encoded = load_model(OTHER_MODEL).encoder.encode_counted([c.text for c in chunks], is_query=False)
+    np.testing.assert_allclose(np.stack([stored[c.id] for c in chunks]), encoded.vectors, atol=1e-6)
+    # Usage per tenant counts the tokens the new model encoded.
+    assert job.tokens == sum(encoded.token_counts) > 0
     view = service.get_collection(db_session, "docs", ADMIN)
     assert view.model == OTHER_MODEL and [v.status for v in view.versions] == ["retired", "active"]
     assert view.counts.vectors == len(chunks) and view.size_bytes > 0
