@@ -10,6 +10,7 @@ from app.collections.settling import settle
 from app.core.config import get_settings
 from app.core.db import enqueue
 from app.core.queues import TaskName
+from app.jobs.fairness import batch_priorities
 from app.jobs.repository import JobRepository
 from app.models.job import Job
 from app.sources.repository import SourceRepository
@@ -30,8 +31,9 @@ def requeue_ingest_job(session: Session, job: Job) -> int:
     batches = CollectionRepository(session).pending_batches(job.id)
     for seq in shards:
         enqueue(session, TaskName.INGEST_SHARD, str(job.id), seq)
-    for seq in batches:
-        enqueue(session, TaskName.INGEST_BATCH, str(job.id), seq)
+    priorities = batch_priorities(session, job.tenant, get_settings(), len(batches), counted=True)
+    for seq, priority in zip(batches, priorities, strict=True):
+        enqueue(session, TaskName.INGEST_BATCH, str(job.id), seq, priority=priority)
     if not shards:  # every shard is in but the input was left open: close it
         JobRepository(session).close_input(job.id, None)
         session.refresh(job)

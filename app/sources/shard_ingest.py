@@ -10,6 +10,7 @@ when this was its last shard. Embedding is the batches' work, so it spreads over
 from __future__ import annotations
 
 import logging
+import math
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from app.core.config import Settings
 from app.core.db import Scope, enqueue
 from app.core.queues import TaskName
 from app.core.redaction import without_secrets
+from app.jobs.fairness import batch_priorities
 from app.jobs.repository import JobRepository
 from app.models.job import JobStatus
 from app.models.source import IngestShard, ShardKind, ShardState
@@ -163,24 +165,32 @@ def _write(
         key=lambda d: d.external_id,
     )
     pending_total = 0
+    job = JobRepository(session).get(job_id)
+    assert job is not None  # locked running by the caller
     for piece in _batches(inputs, settings):
         pending = repo.upsert_documents(shard.collection_id, piece)
         if pending:
             seq = repo.next_batch_seq(job_id)
             repo.add_batch(job_id, seq, [d.id for d in pending], [d.content_hash for d in pending])
-            enqueue(session, TaskName.INGEST_BATCH, str(job_id), seq)
+            # Fair queues: a source's batches wait behind other tenants' small work as an upload's do.
+            [priority] = batch_priorities(session, job.tenant, settings, 1)
+            enqueue(session, TaskName.INGEST_BATCH, str(job_id), seq, priority=priority)
             pending_total += len(pending)
     return pending_total
 
 
 def _batches(inputs: list[DocumentInput], settings: Settings) -> Iterator[list[DocumentInput]]:
-    """Return runs of at most EMBEDQ_INGEST_BATCH_DOCUMENTS documents and EMBEDQ_INGEST_BATCH_CHARS characters."""
+    """Return runs of at most EMBEDQ_INGEST_BATCH_DOCUMENTS documents and EMBEDQ_INGEST_BATCH_CHARS characters.
+
+    The runs are even: 300 documents with a limit of 256 make two batches of 150, not 256 and 44, so the
+    workers that take a shard's batches finish them together.
+    """
+    runs = max(1, math.ceil(len(inputs) / settings.ingest_batch_documents))
+    per_run = max(1, math.ceil(len(inputs) / runs))
     piece: list[DocumentInput] = []
     chars = 0
     for doc in inputs:
-        if piece and (
-            len(piece) >= settings.ingest_batch_documents or chars + len(doc.text) > settings.ingest_batch_chars
-        ):
+        if piece and (len(piece) >= per_run or chars + len(doc.text) > settings.ingest_batch_chars):
             yield piece
             piece, chars = [], 0
         piece.append(doc)

@@ -21,6 +21,7 @@ from support.source_corpus import csv_bytes, documents, jsonl_bytes, parquet_byt
 from support.tiny_models import in_models_dir
 
 from app.collections import service as collections
+from app.collections.repository import DocumentInput
 from app.collections.schemas import ChunkingSpec, CollectionCreate
 from app.collections.upload_items import UploadOptions
 from app.collections.upload_writer import UploadWriter
@@ -35,7 +36,7 @@ from app.sources.planning import plan_source
 from app.sources.recovery import requeue_ingest_job
 from app.sources.schemas import SourceRequest
 from app.sources.service import start_source
-from app.sources.shard_ingest import run_shard
+from app.sources.shard_ingest import _batches, run_shard
 
 MODEL = "tiny-sources"
 
@@ -322,3 +323,12 @@ def test_the_reaper_resends_a_lost_plan_then_only_the_pending_shards(
         run_shard(scope, job.id, seq, settings)
     job = drain(db_session, scope, settings, job.id)
     assert (job.status, job.done) == ("succeeded", 90)
+
+
+def test_a_shards_documents_go_in_even_batches_within_both_limits() -> None:
+    docs = [DocumentInput(f"d{i}", "x" * 10, {}, f"h{i}") for i in range(300)]
+    assert [len(b) for b in _batches(docs, Settings(ingest_batch_documents=256))] == [150, 150]
+    assert [len(b) for b in _batches(docs[:256], Settings(ingest_batch_documents=256))] == [256]
+    # The character limit still cuts a run short.
+    sizes = [len(b) for b in _batches(docs, Settings(ingest_batch_documents=256, ingest_batch_chars=1000))]
+    assert sizes == [100, 100, 100]
