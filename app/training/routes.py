@@ -122,10 +122,21 @@ async def lora_request(request: Request, settings: SettingsDep) -> TrainingReque
     return await _read_request(request, LoraFineTuneRequest, settings)
 
 
+def _inline_refs(node: Any, defs: dict[str, Any]) -> Any:
+    """Return ``node`` with each ``$ref`` to ``defs`` replaced by its schema (these bodies add no components)."""
+    if isinstance(node, dict):
+        if "$ref" in node:
+            return _inline_refs(defs[node["$ref"].rsplit("/", 1)[1]], defs)
+        return {key: _inline_refs(value, defs) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_inline_refs(item, defs) for item in node]
+    return node
+
+
 def _body_doc(schema: type[BaseModel]) -> dict[str, Any]:
     """Document both ways to send a fine-tuning request (the body is read by a dependency, not by FastAPI)."""
-    json_schema = schema.model_json_schema(ref_template="#/components/schemas/{model}")
-    json_schema.pop("$defs", None)
+    json_schema = schema.model_json_schema()
+    json_schema = _inline_refs(json_schema, json_schema.pop("$defs", {}))
     form_schema = {
         "type": "object",
         "required": ["file", "model_name"],

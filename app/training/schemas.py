@@ -107,10 +107,13 @@ class FineTuneRequest(BaseModel):
     progress_milestones: ProgressMilestones | None = None
     hard_negatives: HardNegatives | None = None
     eval_every_steps: int | None = Field(
-        default=None, ge=1, description="evaluate the held-out pairs every this many steps; default: 10 times a run"
+        default=None,
+        ge=1,
+        le=10_000_000,
+        description="evaluate the held-out pairs every this many steps; default: 10 times a run",
     )
     early_stopping_patience: int | None = Field(
-        default=None, ge=0, description="stop after this many evaluations without a better MRR@10; 0: never"
+        default=None, ge=0, le=10_000, description="stop after this many evaluations without a better MRR@10; 0: never"
     )
     dry_run: bool = Field(
         default=False, description="report the base's held-out metrics and the mined negatives; train nothing"
