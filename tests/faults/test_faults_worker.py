@@ -66,7 +66,10 @@ def test_killed_pool_child_loses_and_duplicates_nothing(clean: FaultStack, fault
         counts = clean.wait_terminal(job_id)
         assert exactly_once(counts, INPUTS), (counts, worker.log_tail())
         assert worker.alive(), worker.log_tail()
-        assert "WorkerLostError" in worker.log_text(), worker.log_tail()
+        # Usually the child dies inside a batch (WorkerLostError); with batches of ~0.2 s it can die just as the
+        # next one is handed over, which the new child then runs. Either way it was killed and nothing was lost.
+        log = worker.log_text()
+        assert "WorkerLostError" in log or "exited with 'signal 9 (SIGKILL)'" in log, worker.log_tail()
     finally:
         worker.stop()
     print(f"\n[fault] pool child killed at {before}/{INPUTS} holding {in_flight}: redone {redone_after:.1f}s later")
