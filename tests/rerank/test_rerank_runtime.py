@@ -152,3 +152,16 @@ def test_ranking_and_search_units() -> None:
     assert ranking([0.1, 0.9, 0.5, 0.9]) == [1, 3, 2, 0]
     assert ranking([0.1, 0.9, 0.5], top_n=2) == [1, 2]
     assert [search_units(n) for n in (1, 100, 101, 1000)] == [1, 1, 2, 10]
+
+
+def test_auto_precision_with_measuring_on_loads_a_reranker_unmeasured(
+    tmp_path: Path, settings_env: SettingsEnv
+) -> None:
+    # `auto` measures by embedding calibration texts; a reranker embeds nothing, so it keeps the default.
+    settings_env.set(EMBEDQ_PRECISION_AUTO_MEASURE="true", EMBEDQ_PRECISION_CACHE_DIR=str(tmp_path / "cache"))
+    folder = make_tiny_reranker(tmp_path / "ce")
+    encoder = load_encoder(ResolvedModel(name="acme/ce", path=folder, source="models_dir"))
+    assert isinstance(encoder, CrossEncoderModel) and encoder.precision == "fp32"
+    exact = predict(folder, [(QUERY, t) for t in TEXTS[:3]], raw=True)
+    assert np.abs(encoder.score_pairs([(QUERY, t) for t in TEXTS[:3]]).logits - exact).max() <= 1e-5
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())

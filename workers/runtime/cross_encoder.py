@@ -17,9 +17,10 @@ import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification
 
+from app.core.config import PrecisionSetting, Settings
 from workers.runtime.encoder import Encoder, Tokens
 from workers.runtime.pooling import PoolingConfig, UnsupportedModelError
-from workers.runtime.precision import bitsandbytes_kwargs, load_dtype, quantize_dynamic_int8
+from workers.runtime.precision import Precision, bitsandbytes_kwargs, load_dtype, quantize_dynamic_int8
 
 Pair = tuple[str, str]
 
@@ -63,6 +64,11 @@ class CrossEncoderModel(Encoder):
                 "relevance logit)"
             )
         return model.to(self.device).eval()
+
+    def _auto_options(self, requested: PrecisionSetting, settings: Settings) -> list[Precision]:
+        # `auto` decides by embedding calibration texts, which a reranker does not do: it keeps the device's
+        # default precision (fp32 on a CPU, fp16 on CUDA); ask for bf16 explicitly to use it.
+        return []
 
     def _quantize_int8(self, model: torch.nn.Module, alpha: float) -> torch.nn.Module:
         # SmoothQuant calibrates by embedding texts, which a reranker does not do: plain dynamic int8.
