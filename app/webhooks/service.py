@@ -220,16 +220,7 @@ def notify_job_progress(session: Session, job_id: uuid.UUID, reached: list[int],
         if not endpoint.enabled:
             continue
         for milestone, body in bodies.items():
-            event = WebhookEvent(
-                id=uuid.uuid5(job.id, f"{PROGRESS_EVENT}:{milestone}:{endpoint.id}"),
-                job_id=job.id,
-                endpoint_id=endpoint.id,
-                type=PROGRESS_EVENT,
-                body=body,
-            )
-            if repo.add_event_once(event):
-                enqueue(session, TaskName.WEBHOOK_DELIVER, str(job.id), str(event.id), 0)
-                added += 1
+            added += _record_once(session, repo, job, endpoint, PROGRESS_EVENT, body, f"{PROGRESS_EVENT}:{milestone}")
     return added
 
 
@@ -249,17 +240,26 @@ def notify_job_event(
     for endpoint in _endpoints_for(repo, job):
         if not endpoint.enabled:
             continue
-        event = WebhookEvent(
-            id=uuid.uuid5(job.id, f"{event_type}:{endpoint.id}"),
-            job_id=job.id,
-            endpoint_id=endpoint.id,
-            type=event_type,
-            body=body,
-        )
-        if repo.add_event_once(event):
-            enqueue(session, TaskName.WEBHOOK_DELIVER, str(job.id), str(event.id), 0)
-            added += 1
+        added += _record_once(session, repo, job, endpoint, event_type, body, event_type)
     return added
+
+
+def _record_once(
+    session: Session,
+    repo: WebhookRepository,
+    job: Job,
+    endpoint: WebhookEndpoint,
+    event_type: str,
+    body: Any,
+    key: str,
+) -> bool:
+    """Return whether an event was recorded (and its delivery queued); its id comes from (job, key, endpoint)."""
+    event_id = uuid.uuid5(job.id, f"{key}:{endpoint.id}")
+    event = WebhookEvent(id=event_id, job_id=job.id, endpoint_id=endpoint.id, type=event_type, body=body)
+    if not repo.add_event_once(event):
+        return False
+    enqueue(session, TaskName.WEBHOOK_DELIVER, str(job.id), str(event.id), 0)
+    return True
 
 
 def _require_job(repo: WebhookRepository, job_id: uuid.UUID, principal: Principal) -> Job:
