@@ -100,8 +100,11 @@ class CollectionRepository:
         self.session.flush()
 
     def version(self, version_id: int, *, lock: bool = False) -> CollectionVersion | None:
+        """Return a version; with ``lock``, its row locked and its attributes read afresh (not the session's copy)."""
         query = select(CollectionVersion).where(CollectionVersion.id == version_id)
-        return self.session.scalar(query.with_for_update() if lock else query)
+        if lock:
+            query = query.with_for_update().execution_options(populate_existing=True)
+        return self.session.scalar(query)
 
     def versions(self, collection_id: int) -> list[CollectionVersion]:
         return list(

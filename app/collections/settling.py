@@ -60,7 +60,10 @@ def settle(session: Session, job_id: uuid.UUID, settings: Settings) -> JobStatus
         return None
     if not job.input_complete or job.done + job.failed < job.total:
         return None
-    version = repo.version(int(job.params["version_id"]))
+    # Locked: the index build holds this row while it builds and marks the index ready. A status read
+    # before that commit and written after it would mark a built index as building again, and the job
+    # whose build had just finished would wait for a build that never comes.
+    version = repo.version(int(job.params["version_id"]), lock=True)
     if version is None:
         return None
     if job.kind == JobKind.REEMBED.value and job.failed > 0:
