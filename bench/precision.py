@@ -21,11 +21,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from app.catalog.resolver import resolve_model
 from app.core.config import get_settings
 from bench.corpus import realistic_texts
 from workers.runtime.encoder import Encoder
+from workers.runtime.smoothing import _FIRST_LAYER, calibration_texts, input_absmax, smoothing_scale
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -45,7 +47,53 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
-def _encoder(model: str, precision: str, backend: str, onnx_dir: Path, *, smoothing: float | None = None) -> Encoder:
+class _Smoothed(torch.nn.Module):
+    """``linear`` fed ``x / s`` (SmoothQuant's inverse scale; None: ``x``)."""
+
+    def __init__(self, linear: torch.nn.Module, inverse_scale: torch.Tensor | None) -> None:
+        super().__init__()
+        self.linear, self.inverse_scale = linear, inverse_scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x if self.inverse_scale is None else x * self.inverse_scale)
+
+
+class TorchAoInt8Encoder(Encoder):
+    """The path ``Int8Linear`` replaced, for reference: the same recipe (per-channel int8 weights, smoothing,
+    first layer float32 when smoothed) through ``torch.ao.quantization.quantize_dynamic``, deprecated in torch 2.13."""
+
+    def _quantize_int8(self, model: torch.nn.Module, alpha: float) -> torch.nn.Module:
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+        linears = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
+        inverse: dict[str, torch.Tensor | None] = dict.fromkeys(linears)
+        if alpha > 0:
+            absmax = input_absmax(model, lambda: self.encode(calibration_texts()))
+            inverse = {}
+            with torch.no_grad():
+                for name, seen in absmax.items():
+                    if not _FIRST_LAYER.search(name):
+                        linear = model.get_submodule(name)
+                        scale = smoothing_scale(seen, linear.weight, alpha)
+                        linear.weight.mul_(scale[None, :])
+                        inverse[name] = 1.0 / scale
+        for name, inverse_scale in inverse.items():
+            parent_name, _, attribute = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, attribute, _Smoothed(getattr(parent, attribute), inverse_scale))
+        spec = {f"{name}.linear": per_channel_dynamic_qconfig for name in inverse}
+        return quantize_dynamic(model, spec, dtype=torch.qint8)
+
+
+def _encoder(
+    model: str,
+    precision: str,
+    backend: str,
+    onnx_dir: Path,
+    *,
+    smoothing: float | None = None,
+    kind: type[Encoder] = Encoder,
+) -> Encoder:
     os.environ["EMBEDQ_ONNX_DIR"] = str(onnx_dir)
     # auto measures afresh here (its decision cached in the bench's temporary folder, not the state dir).
     os.environ["EMBEDQ_PRECISION_CACHE_DIR"] = str(onnx_dir / "precision")
@@ -55,7 +103,7 @@ def _encoder(model: str, precision: str, backend: str, onnx_dir: Path, *, smooth
         os.environ["EMBEDQ_INT8_SMOOTHING"] = str(smoothing)
     get_settings.cache_clear()
     resolved = resolve_model(model, get_settings())
-    return Encoder(replace(resolved, precision=precision, backend=backend))
+    return kind(replace(resolved, precision=precision, backend=backend))
 
 
 def _onnx_recipe(encoder: Encoder, work: Path, *, per_channel: bool) -> Callable[[list[str]], np.ndarray]:
@@ -91,6 +139,8 @@ def build_variants(model: str, work: Path) -> tuple[Variant, list[Variant]]:
     )
     torch_int8 = _encoder(model, "int8", "torch", work)
     torch_int8_plain = _encoder(model, "int8", "torch", work, smoothing=0)
+    ao_int8 = _encoder(model, "int8", "torch", work, kind=TorchAoInt8Encoder)
+    ao_int8_plain = _encoder(model, "int8", "torch", work, smoothing=0, kind=TorchAoInt8Encoder)
     torch_bf16 = _encoder(model, "bf16", "torch", work)
     torch_auto = _encoder(model, "auto", "torch", work)
     onnx_fp32 = _encoder(model, "fp32", "onnx", work)
@@ -101,6 +151,8 @@ def build_variants(model: str, work: Path) -> tuple[Variant, list[Variant]]:
         Variant(f"embedq torch auto [default; measured here: {torch_auto.precision}]", torch_auto.encode),
         Variant("embedq torch int8 [default: per-channel, SmoothQuant alpha 0.8, first layer fp32]", torch_int8.encode),
         Variant("embedq torch int8, no smoothing (EMBEDQ_INT8_SMOOTHING=0)", torch_int8_plain.encode),
+        Variant("reference: torch.ao dynamic int8 (deprecated), same recipe as the default int8", ao_int8.encode),
+        Variant("reference: torch.ao dynamic int8 (deprecated), no smoothing", ao_int8_plain.encode),
         Variant("embedq onnx fp32 (fused)", onnx_fp32.encode),
         Variant("embedq onnx int8 [default: per-channel, first layer fp32]", onnx_int8.encode),
         Variant("onnx int8, per-channel, every layer", _onnx_recipe(onnx_fp32, work, per_channel=True)),
