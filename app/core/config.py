@@ -594,6 +594,13 @@ class Settings(BaseSettings):
     # OpenMP threads spin before they sleep. libgomp's default (300,000) kept a core busy ~15 ms after each
     # small forward pass, the core the API, Redis and the next request needed; 0 leaves libgomp's default.
     sync_omp_spin_count: int = Field(default=10_000, ge=0)
+    # Search at a million vectors (docs: guide/collections, "Vectors and versions").
+    hnsw_build_workers: int | None = Field(
+        default=None,
+        ge=0,
+        le=64,
+        description="max_parallel_maintenance_workers of an HNSW build (unset: the Postgres server's, 2 by default)",
+    )
 
     @field_validator("database_url")
     @classmethod
