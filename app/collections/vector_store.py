@@ -102,9 +102,7 @@ class VectorStore:
     def vector_table_exists(self, version_id: int) -> bool:
         return bool(self.session.scalar(text("SELECT to_regclass(:t) IS NOT NULL"), {"t": vector_table(version_id)}))
 
-    def create_vector_table(
-        self, version_id: int, dimension: int, storage: str, *, fresh: bool = False
-    ) -> None:
+    def create_vector_table(self, version_id: int, dimension: int, storage: str, *, fresh: bool = False) -> None:
         """Create a version's vector table; ``fresh`` first drops a leftover of the same name (a reused id)."""
         table = vector_table(version_id)
         if fresh:
