@@ -570,7 +570,9 @@ class Settings(BaseSettings):
         default=64, ge=4, le=1000, description="HNSW ef_construction of a collection's vector index"
     )
     hnsw_build_memory: str = Field(default="1GB", pattern=r"^\d+(kB|MB|GB)$", description="maintenance_work_mem")
-    search_ef_search: int = Field(default=100, ge=1, le=1000, description="HNSW candidates a search considers")
+    search_ef_search: int = Field(
+        default=200, ge=1, le=1000, description="HNSW candidates a search considers (recall against latency)"
+    )
     search_max_top_k: int = Field(default=100, ge=1, le=1000, description="most results of one collection search")
     # The OpenAI Batch API (docs: guide/batch-api): files live in the artifact store, batches run on the bulk queue.
     batch_max_upload_bytes: int = Field(
