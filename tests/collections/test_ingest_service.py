@@ -340,6 +340,14 @@ def test_float16_storage_is_halfvec_and_finds_what_float32_finds(db_session: Ses
 
     view = service.get_collection(db_session, "half", ADMIN)
     assert view.storage == "float16" and [v.storage for v in view.versions] == ["float16"]
+    # Export reads halfvec as it reads vector: JSONL through its text form, Parquet through real[].
+    collection_id, version_id, dimension = export.export_target(db_session, "half", ADMIN)
+    lines = [json.loads(line) for line in b"".join(export.export_jsonl(collection_id, version_id, scope)).splitlines()]
+    table = pq.read_table(io.BytesIO(b"".join(export.export_parquet(collection_id, version_id, dimension, scope))))
+    assert len(lines) == table.num_rows == len(stored_half)
+    exported = np.asarray(table.column("embedding").to_pylist(), dtype=np.float32)
+    np.testing.assert_array_equal(exported, np.asarray([line["embedding"] for line in lines], dtype=np.float32))
+    assert {v.tobytes() for v in exported} == {v.tobytes() for v in stored_half.values()}
 
 
 def test_reembed_keeps_float16_storage_unless_asked_otherwise(db_session: Session, scope, settings) -> None:
