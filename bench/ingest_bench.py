@@ -1,6 +1,7 @@
 """Bulk ingestion: end to end against raw encode, vectors written per second, search latency and recall.
 
     python -m bench.ingest_bench [--chunks 20000] [--max-tokens 64] [--workers 1,2] [--search-vectors 100000]
+        [--storage float32,float16] [--ef-search 40,100,200] [--build-memory 1GB] [--shared-buffers 4GB]
 
 1. End to end. Real prose (``bench/corpus.py``) as JSONL documents, streamed into a fresh `embedq up` stack
    per worker count (``--workers 1,2``: pool processes of the one worker), timed from the first byte of
@@ -12,10 +13,11 @@
    SentenceTransformer.encode in fp32.
 2. Writes. Chunks with their text and 384-d vectors through the ingest path's binary COPY (staging table,
    then INSERT ... ON CONFLICT), batches of ``--write-batch``, into a standalone embedded Postgres.
-3. Search. ``--search-vectors`` vectors in one collection (the real chunk vectors, each repeated with small
-   Gaussian noise, so they cluster like embeddings do); the HNSW build time; then for each ef_search the
-   p50/p95 of the collection's search SQL and recall@10 against exact (numpy) cosine search, over
-   ``--queries`` held-out noisy copies of real vectors.
+3. Search (``bench/vector_search.py``). ``--search-vectors`` vectors in one collection, one version per
+   ``--storage`` (the real chunk vectors, or ``--base-texts`` real texts' vectors without ``--workers``,
+   each repeated with small Gaussian noise, so they cluster like embeddings do); each HNSW build's time and
+   size; then for each storage and ``--ef-search`` the p50/p95 of the collection's search SQL and recall@10
+   against exact (numpy) cosine search, over ``--queries`` further noisy copies of real vectors.
 """
 
 from __future__ import annotations
@@ -23,21 +25,18 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import numpy as np
 
+from app.core.config import get_settings
+from bench import vector_search
 from bench.baselines import MODEL, encoder_encode, sentence_transformers_encode, worker_precision
 from bench.corpus import realistic_texts
 from bench.stack import embedq_stack
-
-DIMENSION = 384
 
 
 @dataclass
@@ -128,103 +127,6 @@ def ingest_run(corpus: Corpus, workers: int, max_tokens: int, overlap: int, api:
     return Run(workers, precision, seconds, vectors_in, job["ingest"]["chunks"]["done"], texts, vectors)
 
 
-@contextmanager
-def scratch_database() -> Iterator[str]:
-    from app.cli.embedded import EmbeddedPostgres, find_free_port
-    from app.cli.migrations import upgrade_head
-
-    workdir = Path(tempfile.mkdtemp(prefix="embedq-bench-pg-"))
-    postgres = EmbeddedPostgres(workdir / "postgres", find_free_port())
-    postgres.start()
-    try:
-        url = postgres.ensure_database("bench")
-        upgrade_head(url)
-        yield url
-    finally:
-        postgres.stop()
-
-
-def clustered_vectors(base: np.ndarray, count: int, seed: int, noise: float = 0.02) -> np.ndarray:
-    """Return ``count`` unit vectors: rows of ``base`` in turn, each plus Gaussian noise (std ``noise``)."""
-    rng = np.random.default_rng(seed)
-    out = base[np.arange(count) % len(base)] + rng.normal(0, noise, (count, base.shape[1])).astype(np.float32)
-    return out / np.linalg.norm(out, axis=1, keepdims=True)
-
-
-def write_and_search(url: str, base: np.ndarray, args: argparse.Namespace) -> None:
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.orm import Session
-
-    from app.collections.contracts import Vectors
-    from app.collections.copy_format import ChunkRow
-    from app.collections.repository import CollectionRepository, DocumentInput
-    from app.collections.vector_store import VectorStore
-    from app.models.collection import Collection, CollectionVersion
-
-    vectors = clustered_vectors(base, args.search_vectors, seed=1)
-    engine = create_engine(url)
-    with Session(engine) as session:
-        repo = CollectionRepository(session)
-        store = VectorStore(session)
-        collection = Collection(name="bench", max_tokens=64, overlap_tokens=0, meta={})
-        repo.add(collection)
-        version = CollectionVersion(
-            collection_id=collection.id,
-            number=1,
-            model=MODEL,
-            dimension=DIMENSION,
-            status="active",
-            index_status="none",
-        )
-        repo.add_version(version)
-        store.create_vector_table(version.id, DIMENSION)
-        session.commit()
-        written, write_seconds = 0, 0.0
-        for start in range(0, len(vectors), args.write_batch):
-            stop = min(start + args.write_batch, len(vectors))
-            inputs = [
-                DocumentInput(f"d{i}", f"chunk text number {i}", {"shard": i % 8}, f"{i:064x}")
-                for i in range(start, stop)
-            ]
-            ids = [d.id for d in repo.upsert_documents(collection.id, inputs)]
-            session.commit()
-            rows = [
-                ChunkRow(doc_id, 0, f"chunk text number {i}", 8, 0, 20)
-                for i, doc_id in zip(range(start, stop), ids, strict=True)
-            ]
-            began = time.perf_counter()
-            written += store.write_chunks(version.id, rows, Vectors(vectors[start:stop]))
-            session.commit()
-            write_seconds += time.perf_counter() - began
-        print(f"writes: {written} chunks with {DIMENSION}-d vectors in {write_seconds:.1f}s = "
-              f"{written / write_seconds:,.0f} vectors/s (binary COPY, batches of {args.write_batch})")  # fmt: skip
-
-        began = time.perf_counter()
-        store.build_index(version.id, m=16, ef_construction=64, memory="1GB")
-        session.commit()
-        print(f"hnsw build over {written} vectors: {time.perf_counter() - began:.1f}s (m=16, ef_construction=64)")
-        session.execute(text("ANALYZE"))
-        session.commit()
-
-        queries = clustered_vectors(
-            base[np.random.default_rng(7).permutation(len(base))[: args.queries]], args.queries, seed=2
-        )
-        exact = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
-        for ef in (40, 100, 200):
-            latencies, recalls = [], []
-            for query, truth in zip(queries, exact, strict=True):
-                began = time.perf_counter()
-                hits = store.search(version, query, top_k=10, metadata_filter=None, ef_search=ef)
-                session.rollback()
-                latencies.append((time.perf_counter() - began) * 1000)
-                found = {int(h.document_id[1:]) for h in hits}
-                recalls.append(len(found & set(truth.tolist())) / 10)
-            latencies.sort()
-            print(f"search ef_search={ef:<4} p50 {statistics.median(latencies):6.2f} ms  "
-                  f"p95 {latencies[int(len(latencies) * 0.95)]:6.2f} ms  recall@10 {np.mean(recalls):.3f}")  # fmt: skip
-    engine.dispose()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--chunks", type=int, default=20_000, help="chunks in the end-to-end corpus (at least)")
@@ -235,11 +137,17 @@ def main() -> None:
     parser.add_argument("--search-vectors", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--write-batch", type=int, default=5000)
+    parser.add_argument("--storage", default="float32,float16", help="collection storages to search, comma-separated")
+    parser.add_argument("--ef-search", default="40,100,200", help="hnsw.ef_search values, comma-separated")
+    parser.add_argument("--base-texts", type=int, default=1000, help="without --workers: real texts to cluster around")
+    parser.add_argument("--build-memory", default=get_settings().hnsw_build_memory, help="maintenance_work_mem")
+    parser.add_argument("--build-workers", type=int, default=None, help="max_parallel_maintenance_workers")
+    parser.add_argument("--shared-buffers", default=None, help="the bench Postgres's shared_buffers (default 128MB)")
     args = parser.parse_args()
 
     runs: list[Run] = []
     raw_rates: list[float] = []
-    raw_vectors = np.empty((0, DIMENSION), dtype=np.float32)
+    raw_vectors = np.empty((0, 384), dtype=np.float32)
     workers = [int(w) for w in args.workers.split(",") if w.strip()]
     if workers:
         corpus = build_corpus(args.chunks, args.max_tokens, args.overlap_tokens)
@@ -268,11 +176,23 @@ def main() -> None:
                   f"the Encoder, {run.chunks / run.vectors_in_seconds / raw:.2f}x sentence-transformers)")  # fmt: skip
         print(f"stored vs raw vectors: mean cosine {cosine.mean():.6f}, min {cosine.min():.6f}")
         base = first.vectors
-    else:
-        base = sentence_transformers_encode(realistic_texts(1000))[1]
+    elif args.search_vectors:
+        # The Encoder at bf16 (cosine 0.9999 to fp32 here) makes 10,000 cluster centres in half a minute.
+        base = encoder_encode(realistic_texts(args.base_texts), "bf16", is_query=False)[1]
+        print(f"cluster centres: {len(base):,} real texts' vectors, {args.search_vectors / len(base):,.0f} per centre")
     if args.search_vectors:
-        with scratch_database() as url:
-            write_and_search(url, base, args)
+        bench = vector_search.SearchBench(
+            count=args.search_vectors,
+            queries=args.queries,
+            write_batch=args.write_batch,
+            storages=[s.strip() for s in args.storage.split(",") if s.strip()],
+            ef_search=[int(e) for e in args.ef_search.split(",") if e.strip()],
+            build_memory=args.build_memory,
+            build_workers=args.build_workers,
+            shared_buffers=args.shared_buffers,
+        )
+        with vector_search.scratch_database(args.shared_buffers) as url:
+            vector_search.run(url, base, bench)
 
 
 if __name__ == "__main__":

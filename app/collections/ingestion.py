@@ -287,7 +287,7 @@ def _ensure_vector_table(session: Session, version_id: int, model: str, dimensio
     assert version is not None
     if version.dimension is None:
         repo.set_dimension(version_id, dimension)
-        VectorStore(session).create_vector_table(version_id, dimension, fresh=True)
+        VectorStore(session).create_vector_table(version_id, dimension, version.storage, fresh=True)
     elif version.dimension != dimension:
         return (
             f"model {model} now gives {dimension}-dimensional vectors but this collection version holds "
@@ -304,13 +304,14 @@ def build_index(scope: Scope, job_id: uuid.UUID, version_id: int, settings: Sett
             return None
         # The version's row before its table, as batches lock them (``_ensure_vector_table``, then their
         # writes): the index build's SHARE lock on the table, taken first, would deadlock with a batch.
-        if CollectionRepository(session).version(version_id, lock=True) is None:
+        version = CollectionRepository(session).version(version_id, lock=True)
+        if version is None:
             return None
         store = VectorStore(session)
         if store.vector_table_exists(version_id):
             store.build_index(
-                version_id, m=settings.hnsw_m, ef_construction=settings.hnsw_ef_construction,
-                memory=settings.hnsw_build_memory,
+                version_id, version.storage, m=settings.hnsw_m, ef_construction=settings.hnsw_ef_construction,
+                memory=settings.hnsw_build_memory, workers=settings.hnsw_build_workers,
             )  # fmt: skip
         CollectionRepository(session).set_index_status(version_id, IndexStatus.READY)
     with scope() as session:

@@ -9,12 +9,19 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, model_validator
 
 from app.jobs.schemas import ProgressMilestones
+from app.models.collection import VectorStorage
 from app.webhooks.schemas import WebhookUrl
 
 COLLECTION_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 CollectionName = Annotated[str, Field(pattern=COLLECTION_NAME, description="letters, digits, '.', '_', '-'")]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 FilterValue = StrictStr | int | FiniteFloat | bool | None
+
+
+STORAGE_DOC = (
+    "how vectors are stored: float32 (pgvector vector) or float16 (pgvector halfvec: half the table and "
+    "index, cosine scores within ~0.001)"
+)
 
 
 class ChunkingSpec(BaseModel):
@@ -46,6 +53,7 @@ class CollectionCreate(BaseModel):
     model: Annotated[str | None, Field(min_length=1, max_length=200)] = None
     chunking: ChunkingSpec | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
+    storage: VectorStorage = Field(default=VectorStorage.FLOAT32, description=STORAGE_DOC)
 
 
 class CollectionCounts(BaseModel):
@@ -61,6 +69,7 @@ class VersionOut(BaseModel):
     number: int
     model: str
     dimension: int | None
+    storage: VectorStorage
     status: str
     index_status: str
     created_at: datetime
@@ -79,6 +88,7 @@ class CollectionOut(BaseModel):
     name: str
     model: str = Field(description="the model of the active vector version")
     dimension: int | None = Field(description="null until the model has been loaded once")
+    storage: VectorStorage = Field(description="the active version's: " + STORAGE_DOC)
     chunking: ChunkingSpec
     metadata: dict[str, Any]
     counts: CollectionCounts | None = Field(description="present on GET /collections/{name}")
@@ -198,6 +208,7 @@ class JobNotifications(BaseModel):
 
 class ReembedRequest(JobNotifications):
     model: Annotated[str, Field(min_length=1, max_length=200)]
+    storage: VectorStorage | None = Field(default=None, description="default: the active version's storage")
 
 
 class IngestErrorOut(BaseModel):

@@ -36,7 +36,7 @@ from app.jobs import lifecycle
 from app.jobs.fairness import batch_priorities
 from app.jobs.repository import JobRepository
 from app.keys.service import admit_job
-from app.models.collection import Collection, CollectionVersion, IndexStatus, VersionStatus
+from app.models.collection import Collection, CollectionVersion, IndexStatus, VectorStorage, VersionStatus
 from app.models.job import Job, JobKind
 
 _BUSY_KINDS = (JobKind.INGEST.value, JobKind.REEMBED.value)
@@ -72,13 +72,14 @@ def create_collection(
         number=1,
         model=model,
         dimension=dimension,
+        storage=payload.storage.value,
         status=VersionStatus.ACTIVE.value,
         index_status=IndexStatus.NONE.value,
         activated_at=datetime.now(UTC),
     )
     repo.add_version(version)
     if dimension is not None:
-        VectorStore(session).create_vector_table(version.id, dimension, fresh=True)
+        VectorStore(session).create_vector_table(version.id, dimension, version.storage, fresh=True)
     return _view(collection, [version], None, None)
 
 
@@ -148,6 +149,7 @@ def _view(
         name=collection.name,
         model=active.model,
         dimension=active.dimension,
+        storage=VectorStorage(active.storage),
         chunking=ChunkingSpec(max_tokens=collection.max_tokens, overlap_tokens=collection.overlap_tokens),
         metadata=collection.meta,
         counts=counts,
@@ -157,6 +159,7 @@ def _view(
                 number=v.number,
                 model=v.model,
                 dimension=v.dimension,
+                storage=VectorStorage(v.storage),
                 status=v.status,
                 index_status=v.index_status,
                 created_at=v.created_at,
@@ -198,17 +201,20 @@ def start_reembed(
             repo.set_version_status(old.id, VersionStatus.FAILED)
             VectorStore(session).drop_vector_table(old.id)
     dimension = model_dimension(model, settings, session)
+    # The new version keeps the active one's storage unless the request names another.
+    storage = payload.storage.value if payload.storage else repo.active_version(collection.id).storage
     version = CollectionVersion(
         collection_id=collection.id,
         number=repo.next_version_number(collection.id),
         model=model,
         dimension=dimension,
+        storage=storage,
         status=VersionStatus.BUILDING.value,
         index_status=IndexStatus.NONE.value,
     )
     repo.add_version(version)
     if dimension is not None:
-        VectorStore(session).create_vector_table(version.id, dimension, fresh=True)
+        VectorStore(session).create_vector_table(version.id, dimension, storage, fresh=True)
     job = lifecycle.create(
         session,
         principal,

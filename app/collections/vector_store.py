@@ -21,6 +21,12 @@ token weights (vocabulary-sized, 0-based token ids), NULL for every other model.
 search score it exactly (inner product over the rows with weights): pgvector's HNSW would need a typed
 dimension and at most 1,000 non-zero entries per row, and lexical weights are a re-scoring signal here.
 
+A version's ``storage`` picks the dense column's type: ``vector`` (float32) or pgvector's ``halfvec``
+(float16: half the table and index, cosine within ~1e-3 of float32's for unit vectors), with the matching
+HNSW operator class. Writes stage float32 ``vector`` values either way (one binary COPY format) and the
+INSERT into a ``halfvec`` column rounds them through pgvector's implicit cast; queries are cast to the
+column's type so the index applies.
+
 The cost: DDL at run time, outside Alembic (``migrations/env.py`` ignores these tables).
 """
 
@@ -37,9 +43,13 @@ from sqlalchemy.orm import Session
 
 from app.collections.contracts import Vectors
 from app.collections.copy_format import ChunkRow, chunk_copy_payload, vector_copy_payload
-from app.models.collection import CollectionVersion
+from app.models.collection import CollectionVersion, VectorStorage
 
 VECTOR_TABLE_PREFIX = "collection_vectors_"
+
+# Per storage: the dense column's pgvector type and its HNSW cosine operator class.
+_COLUMN_TYPE = {VectorStorage.FLOAT32: "vector", VectorStorage.FLOAT16: "halfvec"}
+_COSINE_OPS = {VectorStorage.FLOAT32: "vector_cosine_ops", VectorStorage.FLOAT16: "halfvec_cosine_ops"}
 
 
 def vector_table(version_id: int) -> str:
@@ -92,29 +102,41 @@ class VectorStore:
     def vector_table_exists(self, version_id: int) -> bool:
         return bool(self.session.scalar(text("SELECT to_regclass(:t) IS NOT NULL"), {"t": vector_table(version_id)}))
 
-    def create_vector_table(self, version_id: int, dimension: int, *, fresh: bool = False) -> None:
+    def create_vector_table(self, version_id: int, dimension: int, storage: str, *, fresh: bool = False) -> None:
         """Create a version's vector table; ``fresh`` first drops a leftover of the same name (a reused id)."""
         table = vector_table(version_id)
         if fresh:
             self.drop_vector_table(version_id)
+        column = _COLUMN_TYPE[VectorStorage(storage)]
         self.session.execute(
             text(
                 f"CREATE TABLE IF NOT EXISTS {table} ("
-                f"chunk_id bigint PRIMARY KEY, embedding vector({int(dimension)}) NOT NULL, sparse sparsevec)"
+                f"chunk_id bigint PRIMARY KEY, embedding {column}({int(dimension)}) NOT NULL, sparse sparsevec)"
             )
         )
 
     def drop_vector_table(self, version_id: int) -> None:
         self.session.execute(text(f"DROP TABLE IF EXISTS {vector_table(version_id)}"))
 
-    def build_index(self, version_id: int, *, m: int, ef_construction: int, memory: str) -> None:
-        """Build the version's HNSW cosine index if it is missing (one builder at a time per version)."""
+    def build_index(
+        self, version_id: int, storage: str, *, m: int, ef_construction: int, memory: str, workers: int | None
+    ) -> None:
+        """Build the version's HNSW cosine index if it is missing (one builder at a time per version).
+
+        ``memory`` is the build's ``maintenance_work_mem``: a graph that outgrows it is finished on disk, far
+        slower. ``workers`` sets ``max_parallel_maintenance_workers`` (None: the server's).
+        """
         table = vector_table(version_id)
         self.session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _index_lock_key(version_id)})
         self.session.execute(text("SELECT set_config('maintenance_work_mem', :mem, true)"), {"mem": memory})
+        if workers is not None:
+            self.session.execute(
+                text("SELECT set_config('max_parallel_maintenance_workers', :n, true)"), {"n": str(int(workers))}
+            )
         self.session.execute(
             text(
-                f"CREATE INDEX IF NOT EXISTS {table}_hnsw ON {table} USING hnsw (embedding vector_cosine_ops) "
+                f"CREATE INDEX IF NOT EXISTS {table}_hnsw ON {table} USING hnsw "
+                f"(embedding {_COSINE_OPS[VectorStorage(storage)]}) "
                 f"WITH (m = {int(m)}, ef_construction = {int(ef_construction)})"
             )
         )
@@ -204,9 +226,9 @@ class VectorStore:
         """Return the ``top_k`` chunks nearest to ``vector`` by cosine, best first (HNSW when indexed)."""
         assert version.dimension is not None
         table = vector_table(version.id)
-        query_vector = f"CAST(:q AS vector({int(version.dimension)}))"
+        query_vector = _query_cast(version)
         self.session.execute(text("SELECT set_config('hnsw.ef_search', :ef, true)"), {"ef": str(ef_search)})
-        params: dict[str, Any] = {"q": _vector_text(vector), "k": top_k}
+        params: dict[str, Any] = {"q": _query_text(version, vector), "k": top_k}
         where = ""
         if metadata_filter:
             # Filtered: let the index scan go on past ef_search candidates until top_k rows pass the filter.
@@ -248,10 +270,10 @@ class VectorStore:
         """
         assert version.dimension is not None
         table = vector_table(version.id)
-        query_vector = f"CAST(:q AS vector({int(version.dimension)}))"
+        query_vector = _query_cast(version)
         self.session.execute(text("SELECT set_config('hnsw.ef_search', :ef, true)"), {"ef": str(ef_search)})
         params: dict[str, Any] = {
-            "q": _vector_text(vector),
+            "q": _query_text(version, vector),
             "s": _sparse_text(sparse, sparse_dimension),
             "k": top_k,
             "n": max(top_k, ef_search),
@@ -315,6 +337,20 @@ class VectorStore:
 def _index_lock_key(version_id: int) -> int:
     # pg_advisory_xact_lock key space shared with other features: tag ours in the high bits.
     return (0x69647178 << 32) | int(version_id)
+
+
+def _query_cast(version: CollectionVersion) -> str:
+    """The SQL of the query vector ``:q`` as the version's column type, so its HNSW index applies."""
+    return f"CAST(:q AS {_COLUMN_TYPE[VectorStorage(version.storage)]}({int(version.dimension or 0)}))"
+
+
+def _query_text(version: CollectionVersion, vector: np.ndarray) -> str:
+    """The query vector's text; for float16 storage scaled to unit length (cosine ignores length), so that no
+    value of a caller's vector overflows or underflows half precision."""
+    if version.storage == VectorStorage.FLOAT16.value:
+        vector = np.asarray(vector, dtype=np.float64)
+        vector = vector / np.linalg.norm(vector)
+    return _vector_text(vector)
 
 
 def _vector_text(vector: np.ndarray) -> str:

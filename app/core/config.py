@@ -570,7 +570,9 @@ class Settings(BaseSettings):
         default=64, ge=4, le=1000, description="HNSW ef_construction of a collection's vector index"
     )
     hnsw_build_memory: str = Field(default="1GB", pattern=r"^\d+(kB|MB|GB)$", description="maintenance_work_mem")
-    search_ef_search: int = Field(default=100, ge=1, le=1000, description="HNSW candidates a search considers")
+    search_ef_search: int = Field(
+        default=200, ge=1, le=1000, description="HNSW candidates a search considers (recall against latency)"
+    )
     search_max_top_k: int = Field(default=100, ge=1, le=1000, description="most results of one collection search")
     # The OpenAI Batch API (docs: guide/batch-api): files live in the artifact store, batches run on the bulk queue.
     batch_max_upload_bytes: int = Field(
@@ -594,6 +596,13 @@ class Settings(BaseSettings):
     # OpenMP threads spin before they sleep. libgomp's default (300,000) kept a core busy ~15 ms after each
     # small forward pass, the core the API, Redis and the next request needed; 0 leaves libgomp's default.
     sync_omp_spin_count: int = Field(default=10_000, ge=0)
+    # Search at a million vectors (docs: guide/collections, "Vectors and versions").
+    hnsw_build_workers: int | None = Field(
+        default=None,
+        ge=0,
+        le=64,
+        description="max_parallel_maintenance_workers of an HNSW build (unset: the Postgres server's, 2 by default)",
+    )
 
     @field_validator("database_url")
     @classmethod

@@ -45,6 +45,13 @@ class IndexStatus(StrEnum):
     READY = "ready"
 
 
+class VectorStorage(StrEnum):
+    """How a version's vectors are stored: pgvector's ``vector`` (float32) or ``halfvec`` (float16, half the bytes)."""
+
+    FLOAT32 = "float32"
+    FLOAT16 = "float16"
+
+
 class DocumentStatus(StrEnum):
     PENDING = "pending"  # stored, waiting for chunking and embedding
     READY = "ready"  # its chunks and vectors are in the active version
@@ -87,6 +94,10 @@ class CollectionVersion(Base):
     model: Mapped[str] = mapped_column(String(512))
     # None until known: read from the model folder by the API, or set by the first worker that loads it.
     dimension: Mapped[int | None] = mapped_column(Integer)
+    # The type of its table's vector column (``VectorStorage``): fixed when the table is made.
+    storage: Mapped[str] = mapped_column(
+        String(16), default=VectorStorage.FLOAT32.value, server_default=VectorStorage.FLOAT32.value
+    )
     status: Mapped[str] = mapped_column(String(16))
     index_status: Mapped[str] = mapped_column(String(16), default=IndexStatus.NONE.value)
     job_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True), ForeignKey("jobs.id", ondelete="SET NULL"))

@@ -64,6 +64,16 @@ def test_collections_are_created_listed_read_and_deleted(client: TestClient) -> 
     assert client.delete("/collections/docs").status_code == 404
 
 
+def test_storage_is_float32_by_default_float16_on_request_and_anything_else_is_a_422(client: TestClient) -> None:
+    assert create(client)["storage"] == "float32"
+    half = create(client, "half", storage="float16")
+    assert half["storage"] == "float16" and half["versions"][0]["storage"] == "float16"
+    assert client.get("/collections/half").json()["storage"] == "float16"
+    bad = client.post("/collections", json={"name": "bad", "model": MODEL, "storage": "int8"})
+    assert bad.status_code == 422 and "'float32' or 'float16'" in bad.text, bad.text
+    assert client.get("/collections/bad").status_code == 404
+
+
 def test_a_streamed_jsonl_upload_returns_an_ingest_job_and_queues_batches(client: TestClient, redis_client) -> None:
     create(client)
     rows = [{"id": f"d{i}", "text": f"document number {i}", "metadata": {"i": i}} for i in range(7)]

@@ -32,7 +32,7 @@ from app.collections.vector_store import VectorStore, vector_table
 from app.core.config import Settings, get_settings
 from app.core.errors import ConflictError, InvalidRequestError
 from app.jobs.schemas import JobOut
-from app.models.collection import Chunk, Document, IngestBatch
+from app.models.collection import Chunk, Document, IngestBatch, VectorStorage
 from app.models.job import Job
 from app.models.webhook import WebhookEvent
 from workers.chunking import load_model
@@ -287,6 +287,88 @@ def test_reembed_builds_a_new_version_and_switches_search_to_it(db_session: Sess
     view = service.get_collection(db_session, "docs", ADMIN)
     assert view.model == OTHER_MODEL and [v.status for v in view.versions] == ["retired", "active"]
     assert view.counts.vectors == len(chunks) and view.size_bytes > 0
+
+
+def column_and_index(session: Session, version_id: int) -> tuple[str, str]:
+    table = vector_table(version_id)
+    column = session.scalar(
+        text("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = CAST(:t AS regclass) "
+             "AND attname = 'embedding'"), {"t": table}
+    )  # fmt: skip
+    index = session.scalar(text("SELECT string_agg(indexdef, ' ') FROM pg_indexes WHERE tablename = :t"), {"t": table})
+    return column, index
+
+
+def test_float16_storage_is_halfvec_and_finds_what_float32_finds(db_session: Session, scope, settings) -> None:
+    rows = corpus(40)
+    for name, storage in (("docs", VectorStorage.FLOAT32), ("half", VectorStorage.FLOAT16)):
+        payload = CollectionCreate(
+            name=name, model=MODEL, chunking=ChunkingSpec(max_tokens=24, overlap_tokens=6), storage=storage
+        )
+        service.create_collection(db_session, payload, settings, ADMIN)
+        job = drain(db_session, scope, settings, upload(db_session, settings, jsonl(rows), name=name).id)
+        assert (job.status, job.done) == ("succeeded", 40), job.error
+    full, half = active_version(db_session, "docs"), active_version(db_session, "half")
+    assert (full.storage, half.storage) == ("float32", "float16")
+    column, index = column_and_index(db_session, half.id)
+    assert column == "halfvec(32)" and "halfvec_cosine_ops" in index and "hnsw" in index
+    assert column_and_index(db_session, full.id)[0] == "vector(32)"
+    # Stored float16 values are the float32 vectors rounded to half precision.
+    stored_full, stored_half = chunk_vectors(db_session, full.id), chunk_vectors(db_session, half.id)
+    assert len(stored_full) == len(stored_half) > 40
+    np.testing.assert_array_equal(
+        np.stack(list(stored_half.values())),
+        np.stack([v.astype(np.float16).astype(np.float32) for v in stored_full.values()]),
+    )
+
+    encoder = load_model(MODEL).encoder
+    queries = encoder.encode([long_text(i) + " and more" for i in range(0, 40, 4)], is_query=True)
+    for query in queries:
+        want = asyncio.run(search_collection(db_session, "docs", SearchRequest(vector=query.tolist()), settings, ADMIN))
+        got = asyncio.run(search_collection(db_session, "half", SearchRequest(vector=query.tolist()), settings, ADMIN))
+        assert [(h.document_id, h.chunk_index) for h in got.data[:5]] == [
+            (h.document_id, h.chunk_index) for h in want.data[:5]
+        ]
+        np.testing.assert_allclose([h.score for h in got.data], [h.score for h in want.data], atol=2e-3)
+    # A query vector's length does not matter: huge or tiny values still fit half precision.
+    unscaled = asyncio.run(search_collection(db_session, "half", SearchRequest(vector=query.tolist()), settings, ADMIN))
+    for scale in (1e6, 1e-9):
+        scaled = SearchRequest(vector=(query * scale).tolist())
+        hits = asyncio.run(search_collection(db_session, "half", scaled, settings, ADMIN)).data
+        assert [h.document_id for h in hits] == [h.document_id for h in unscaled.data]
+        np.testing.assert_allclose([h.score for h in hits], [h.score for h in unscaled.data], atol=1e-6)
+
+    view = service.get_collection(db_session, "half", ADMIN)
+    assert view.storage == "float16" and [v.storage for v in view.versions] == ["float16"]
+    # Export reads halfvec as it reads vector: JSONL through its text form, Parquet through real[].
+    collection_id, version_id, dimension = export.export_target(db_session, "half", ADMIN)
+    lines = [json.loads(line) for line in b"".join(export.export_jsonl(collection_id, version_id, scope)).splitlines()]
+    table = pq.read_table(io.BytesIO(b"".join(export.export_parquet(collection_id, version_id, dimension, scope))))
+    assert len(lines) == table.num_rows == len(stored_half)
+    exported = np.asarray(table.column("embedding").to_pylist(), dtype=np.float32)
+    np.testing.assert_array_equal(exported, np.asarray([line["embedding"] for line in lines], dtype=np.float32))
+    assert {v.tobytes() for v in exported} == {v.tobytes() for v in stored_half.values()}
+
+
+def test_reembed_keeps_float16_storage_unless_asked_otherwise(db_session: Session, scope, settings) -> None:
+    payload = CollectionCreate(name="docs", model=MODEL, storage=VectorStorage.FLOAT16)
+    service.create_collection(db_session, payload, settings, ADMIN)
+    drain(db_session, scope, settings, upload(db_session, settings, jsonl(corpus(6))).id)
+    job = service.start_reembed(db_session, "docs", ReembedRequest(model=OTHER_MODEL), settings, ADMIN)
+    assert drain(db_session, scope, settings, job.id).status == "succeeded"
+    kept = active_version(db_session)
+    assert (kept.number, kept.storage) == (2, "float16")
+    assert column_and_index(db_session, kept.id)[0] == "halfvec(32)"
+    encoder = load_model(OTHER_MODEL).encoder
+    query = encoder.encode([long_text(3)], is_query=True)[0]
+    assert search(db_session, settings, vector=query.tolist(), top_k=1)[0].document_id == "doc-3"
+
+    job = service.start_reembed(
+        db_session, "docs", ReembedRequest(model=MODEL, storage=VectorStorage.FLOAT32), settings, ADMIN
+    )
+    assert drain(db_session, scope, settings, job.id).status == "succeeded"
+    switched = active_version(db_session)
+    assert switched.storage == "float32" and column_and_index(db_session, switched.id)[0] == "vector(32)"
 
 
 def test_export_round_trips_ids_text_metadata_and_vectors(db_session: Session, scope, settings) -> None:
