@@ -594,6 +594,10 @@ class Settings(BaseSettings):
     # OpenMP threads spin before they sleep. libgomp's default (300,000) kept a core busy ~15 ms after each
     # small forward pass, the core the API, Redis and the next request needed; 0 leaves libgomp's default.
     sync_omp_spin_count: int = Field(default=10_000, ge=0)
+    # Source planning (docs/guide/sources.md "Shards"): a plan reads its objects' Parquet footers this many at once.
+    source_plan_threads: int = Field(
+        default=16, ge=1, description="objects an ingest.plan task reads the Parquet footers of at once"
+    )
 
     @field_validator("database_url")
     @classmethod
