@@ -603,6 +603,10 @@ class Settings(BaseSettings):
         le=64,
         description="max_parallel_maintenance_workers of an HNSW build (unset: the Postgres server's, 2 by default)",
     )
+    # Source planning (docs/guide/sources.md "Shards"): a plan reads its objects' Parquet footers this many at once.
+    source_plan_threads: int = Field(
+        default=16, ge=1, description="objects an ingest.plan task reads the Parquet footers of at once"
+    )
 
     @field_validator("database_url")
     @classmethod

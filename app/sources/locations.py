@@ -14,6 +14,7 @@ from typing import Any
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
+from s3fs import S3FileSystem  # imported with the module: the API and the worker parent load it at start
 
 from app.core.config import Settings
 from app.core.errors import EmbedqError, InvalidRequestError
@@ -113,7 +114,12 @@ def check_allowed(location: SourceLocation, settings: Settings) -> None:
 
 
 def filesystem(location: SourceLocation, credentials: str | None, settings: Settings) -> fsspec.AbstractFileSystem:
-    """Return a fresh filesystem that reads ``location`` with the named credential set (None: the default one)."""
+    """Return the filesystem that reads ``location`` with the named credential set (None: the default one).
+
+    One per process and set: fsspec keeps the instance (and clears its cache in a forked child), so the
+    API's checks, a plan and every shard a worker reads share one S3 client and its open connections
+    instead of paying for a new client (0.1-0.3 s) each.
+    """
     if location.scheme == "file":
         return LocalFileSystem()
     endpoint, region, key, secret = settings.source_s3_endpoint_url, settings.source_s3_region, None, None
@@ -130,8 +136,7 @@ def filesystem(location: SourceLocation, credentials: str | None, settings: Sett
         key = found.access_key_id.get_secret_value() if found.access_key_id else None
         secret = found.secret_access_key.get_secret_value() if found.secret_access_key else None
     client_kwargs: dict[str, Any] = {"region_name": region} if region else {}
-    return fsspec.filesystem(
-        "s3",
+    return S3FileSystem(
         key=key,
         secret=secret,
         endpoint_url=endpoint,
@@ -141,6 +146,5 @@ def filesystem(location: SourceLocation, credentials: str | None, settings: Sett
             "read_timeout": settings.source_timeout_s,
             "retries": {"max_attempts": 3, "mode": "standard"},
         },
-        use_listings_cache=False,
-        skip_instance_cache=True,  # each process, and each worker child after fork, gets its own client
+        use_listings_cache=False,  # a re-sync must see what changed since the last listing
     )

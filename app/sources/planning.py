@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +27,7 @@ from app.jobs.repository import JobRepository
 from app.models.job import Job, JobStatus
 from app.sources.listing import ListedObject, list_objects
 from app.sources.locations import SourceError, filesystem, parse_location
-from app.sources.reading import plan_object
+from app.sources.reading import ShardPlan, plan_object
 from app.sources.repository import NewShard, SourceRepository
 from app.sources.spec import SourceSpec
 
@@ -75,20 +76,26 @@ def plan_source(scope: Scope, job_id: uuid.UUID, settings: Settings) -> int:
 def _plan(
     fs: fsspec.AbstractFileSystem, listed: list[ListedObject], synced: dict[str, dict[str, Any]], settings: Settings
 ) -> _Plan:
+    changed = [obj for obj in listed if synced.get(obj.uri) != obj.signature()]
+    # A Parquet object's shards need its footer: a round trip to the store each, so they are read together.
+    with ThreadPoolExecutor(max_workers=settings.source_plan_threads, thread_name_prefix="source-plan") as pool:
+        planned = list(pool.map(lambda obj: _plan_object(fs, obj, settings), changed))
     shards: list[NewShard] = []
     broken: list[str] = []
-    unchanged = 0
-    for obj in listed:
-        if synced.get(obj.uri) == obj.signature():
-            unchanged += 1
-            continue
-        try:
-            pieces = plan_object(fs, obj, settings)
-        except Exception as exc:  # an unreadable object fails its own documents, not the job
-            broken.append(without_secrets(f"{obj.uri} cannot be read ({type(exc).__name__}: {exc})", settings))
+    for obj, pieces in zip(changed, planned, strict=True):
+        if isinstance(pieces, str):
+            broken.append(pieces)
             continue
         shards += [NewShard(obj.uri, obj.format.value, p.kind.value, p.start, p.stop, obj.signature()) for p in pieces]
-    return _Plan(listed, shards, unchanged, broken)
+    return _Plan(listed, shards, len(listed) - len(changed), broken)
+
+
+def _plan_object(fs: fsspec.AbstractFileSystem, obj: ListedObject, settings: Settings) -> list[ShardPlan] | str:
+    """Return an object's shards, or why it cannot be read: an unreadable object fails its documents, not the job."""
+    try:
+        return plan_object(fs, obj, settings)
+    except Exception as exc:  # the store's or pyarrow's error, shown masked
+        return without_secrets(f"{obj.uri} cannot be read ({type(exc).__name__}: {exc})", settings)
 
 
 def _write_plan(

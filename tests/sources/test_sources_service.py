@@ -32,6 +32,7 @@ from app.jobs.schemas import JobOut
 from app.models.collection import Chunk, Document
 from app.models.job import Job
 from app.models.source import IngestShard
+from app.sources.locations import filesystem, parse_location
 from app.sources.planning import plan_source
 from app.sources.recovery import requeue_ingest_job
 from app.sources.schemas import SourceRequest
@@ -332,3 +333,11 @@ def test_a_shards_documents_go_in_even_batches_within_both_limits() -> None:
     # The character limit still cuts a run short.
     sizes = [len(b) for b in _batches(docs, Settings(ingest_batch_documents=256, ingest_batch_chars=1000))]
     assert sizes == [100, 100, 100]
+
+
+def test_a_process_reads_each_credential_set_through_one_s3_client(settings: Settings, s3_server: S3Server) -> None:
+    location = parse_location(f"s3://{s3_server.bucket}/anything/")
+    client = filesystem(location, "corpus", settings)
+    assert filesystem(location, "corpus", settings) is client  # a plan and its shards share its connections
+    assert filesystem(location, None, settings) is not client  # the default AWS chain is another client
+    assert filesystem(location, "corpus", settings).ls(s3_server.bucket) is not None
