@@ -602,6 +602,14 @@ class Settings(BaseSettings):
     cuda_batch_tokens: int = Field(
         default=16384, ge=1, description="most padded tokens in one forward pass on a CUDA device"
     )
+    # A bf16 model on a CPU (what auto becomes on AVX512-BF16 and AMX) is fastest on larger passes than fp32's:
+    # its passes take these two instead of max_batch_size / encode_batch_size and max_batch_tokens.
+    cpu_bf16_batch_size: int = Field(
+        default=128, ge=1, description="most inputs in one forward pass of a bf16 model on a CPU"
+    )
+    cpu_bf16_batch_tokens: int = Field(
+        default=4096, ge=1, description="most padded tokens in one forward pass of a bf16 model on a CPU"
+    )
 
     @field_validator("database_url")
     @classmethod

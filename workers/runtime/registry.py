@@ -29,7 +29,6 @@ from workers.runtime.capabilities import load_encoder
 from workers.runtime.device import pick_device
 from workers.runtime.encoder import Encoder
 from workers.runtime.m3 import m3_heads_of
-from workers.runtime.pass_sizes import pass_size
 
 logger = logging.getLogger(__name__)
 
@@ -62,13 +61,10 @@ def get_encoder(name: str) -> Encoder:
         # Evict before loading, so resident weights stay within the budget even while the new model loads.
         while len(_resident) >= capacity:
             _evict_oldest(capacity)
-        device = pick_device(settings.device)
-        size = pass_size(device.type, settings, cpu_rows=settings.encode_batch_size)
         encoder = load_encoder(
             resolved,
-            device=device,
-            batch_size=size.rows,
-            batch_tokens=size.tokens,
+            device=pick_device(settings.device),
+            batch_size=settings.encode_batch_size,
             max_seq_length=settings.max_seq_length,
         )
         _resident[resolved] = encoder
