@@ -594,10 +594,10 @@ class Settings(BaseSettings):
     # OpenMP threads spin before they sleep. libgomp's default (300,000) kept a core busy ~15 ms after each
     # small forward pass, the core the API, Redis and the next request needed; 0 leaves libgomp's default.
     sync_omp_spin_count: int = Field(default=10_000, ge=0)
-    # Forward passes on a GPU (docs: guide/models "GPU"): on a CUDA device every pass (jobs, ingestion, sync
-    # requests, reranking) takes these two bounds instead of the CPU's max_batch_size / encode_batch_size and
-    # max_batch_tokens. `python -m bench.gpu` measures each precision at token budgets sized for the card and
-    # prints the pair to set; see the guide for the run these defaults come from.
+    # Forward-pass sizes per device and precision (docs: guide/models; workers/runtime/pass_sizes.py). On a CUDA
+    # device every pass (jobs, ingestion, sync requests, reranking) takes these two bounds instead of the CPU's
+    # max_batch_size / encode_batch_size and max_batch_tokens. `python -m bench.gpu` measures each precision at
+    # token budgets sized for the card and prints the pair to set; the guide says where these defaults stand.
     cuda_batch_size: int = Field(default=512, ge=1, description="most inputs in one forward pass on a CUDA device")
     cuda_batch_tokens: int = Field(
         default=16384, ge=1, description="most padded tokens in one forward pass on a CUDA device"
