@@ -594,21 +594,13 @@ class Settings(BaseSettings):
     # OpenMP threads spin before they sleep. libgomp's default (300,000) kept a core busy ~15 ms after each
     # small forward pass, the core the API, Redis and the next request needed; 0 leaves libgomp's default.
     sync_omp_spin_count: int = Field(default=10_000, ge=0)
-    # Forward-pass sizes per device and precision (docs: guide/models; workers/runtime/pass_sizes.py). On a CUDA
+    # Forward-pass sizes on a GPU (docs: guide/models; workers/runtime/pass_sizes.py). On a CUDA
     # device every pass (jobs, ingestion, sync requests, reranking) takes these two bounds instead of the CPU's
     # max_batch_size / encode_batch_size and max_batch_tokens. `python -m bench.gpu` measures each precision at
     # token budgets sized for the card and prints the pair to set; the guide says where these defaults stand.
     cuda_batch_size: int = Field(default=512, ge=1, description="most inputs in one forward pass on a CUDA device")
     cuda_batch_tokens: int = Field(
         default=16384, ge=1, description="most padded tokens in one forward pass on a CUDA device"
-    )
-    # A bf16 model on a CPU (what auto becomes on AVX512-BF16 and AMX) is fastest on larger passes than fp32's:
-    # its passes take these two instead of max_batch_size / encode_batch_size and max_batch_tokens.
-    cpu_bf16_batch_size: int = Field(
-        default=128, ge=1, description="most inputs in one forward pass of a bf16 model on a CPU"
-    )
-    cpu_bf16_batch_tokens: int = Field(
-        default=4096, ge=1, description="most padded tokens in one forward pass of a bf16 model on a CPU"
     )
 
     @field_validator("database_url")

@@ -93,14 +93,14 @@ def _plan(encoder: Encoder, payload: Payload) -> _Plan:
 def _encode_plans(encoder: Encoder, plans: list[_Plan]) -> list[np.ndarray]:
     """Return each plan's vectors, computed in shared, length-sorted forward passes."""
     settings = get_settings()
-    rows = pass_size(encoder.device.type, encoder.precision, settings, cpu_rows=settings.max_batch_size).rows
+    rows = pass_size(encoder.device.type, settings, cpu_rows=settings.max_batch_size).rows
     out = [np.empty((len(plan.inputs), encoder.dimension), dtype=np.float32) for plan in plans]
     pools: dict[tuple[bool, bool | None], list[tuple[int, int]]] = {}
     for p, plan in enumerate(plans):
         pools.setdefault((plan.by_ids, plan.is_query), []).extend((p, j) for j in range(len(plan.inputs)))
     for (by_ids, is_query), units in pools.items():
         # The encoder plans the passes: longest first, at most ``rows`` rows and its token budget
-        # (workers/runtime/pass_sizes.py: EMBEDQ_MAX_BATCH_SIZE and EMBEDQ_MAX_BATCH_TOKENS for fp32 on a CPU).
+        # (workers/runtime/pass_sizes.py: EMBEDQ_MAX_BATCH_SIZE and EMBEDQ_MAX_BATCH_TOKENS on a CPU).
         inputs = [plans[p].inputs[j] for p, j in units]
         if by_ids:
             vectors = encoder.encode_tokens(id_inputs(encoder, inputs), batch_size=rows)

@@ -82,7 +82,7 @@ def score_pairs(encoder: Encoder, payloads: list[Payload]) -> list[Result | OpEr
     checked = [_checked(encoder, payload) for payload in payloads]
     plans = [c for c in checked if isinstance(c, _Plan)]
     settings = get_settings()
-    rows = pass_size(encoder.device.type, encoder.precision, settings, cpu_rows=settings.max_batch_size).rows
+    rows = pass_size(encoder.device.type, settings, cpu_rows=settings.max_batch_size).rows
     # Payloads that cut pairs at different lengths do not share a pass; the common case is one length for all.
     by_limit: dict[int | None, list[int]] = {}
     for p, plan in enumerate(plans):

@@ -142,8 +142,8 @@ class Encoder:
         if self.precision == "int8" and self.backend == "torch":
             # Calibrated by running the float32 model, so only now that it can encode (workers/runtime/smoothing.py).
             self.model = self._quantize_int8(self.model, settings.int8_smoothing)  # type: ignore[arg-type]
-        if batch_tokens is None:  # the bounds of the precision this ended at (workers/runtime/pass_sizes.py)
-            size = pass_size(self.device.type, self.precision, settings, cpu_rows=batch_size)
+        if batch_tokens is None:  # the bounds of this device (workers/runtime/pass_sizes.py)
+            size = pass_size(self.device.type, settings, cpu_rows=batch_size)
             self.batch_size, self.batch_tokens = size.rows, size.tokens
         # The first forward pass allocates and picks kernels; pay for it here, not in the first job.
         self._warm_up()

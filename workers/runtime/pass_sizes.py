@@ -1,11 +1,10 @@
-"""How large one forward pass may be on a device at a precision: rows and padded tokens (no torch here).
+"""How large one forward pass may be on a device: rows and padded tokens (no torch here).
 
-On a CPU small passes of length-sorted inputs are fastest for fp32 (``workers/runtime/batching.py`` says why):
+On a CPU small passes of length-sorted inputs are fastest (``workers/runtime/batching.py`` says why):
 EMBEDQ_MAX_BATCH_TOKENS padded tokens, and EMBEDQ_ENCODE_BATCH_SIZE rows for jobs or EMBEDQ_MAX_BATCH_SIZE
-for sync requests. bf16 on a CPU (AMX, AVX512-BF16) keeps its matrix units busier with larger passes:
-EMBEDQ_CPU_BF16_BATCH_SIZE and EMBEDQ_CPU_BF16_BATCH_TOKENS. A GPU is fastest with passes many times larger,
-so on CUDA every pass takes EMBEDQ_CUDA_BATCH_SIZE and EMBEDQ_CUDA_BATCH_TOKENS. Both replace the caller's
-CPU row count.
+for sync requests; bf16 as well as fp32 (larger bf16 passes were measured slower through the sync path, whose
+pools are small). A GPU is fastest with passes many times larger, so on CUDA every pass takes
+EMBEDQ_CUDA_BATCH_SIZE and EMBEDQ_CUDA_BATCH_TOKENS, whatever the caller's CPU row count.
 """
 
 from __future__ import annotations
@@ -23,11 +22,9 @@ class PassSize:
     tokens: int
 
 
-def pass_size(device_type: str, precision: str, settings: Settings, *, cpu_rows: int) -> PassSize:
-    """Return the pass bounds on ``device_type`` ("cpu", "cuda", "mps") at ``precision``: the CUDA settings on
-    CUDA, the CPU bf16 ones for bf16 on a CPU, else ``cpu_rows`` rows and EMBEDQ_MAX_BATCH_TOKENS tokens."""
+def pass_size(device_type: str, settings: Settings, *, cpu_rows: int) -> PassSize:
+    """Return the pass bounds on ``device_type`` ("cpu", "cuda", "mps"): the CUDA settings on CUDA, else
+    ``cpu_rows`` rows and EMBEDQ_MAX_BATCH_TOKENS tokens."""
     if device_type == "cuda":
         return PassSize(settings.cuda_batch_size, settings.cuda_batch_tokens)
-    if device_type == "cpu" and precision == "bf16":
-        return PassSize(settings.cpu_bf16_batch_size, settings.cpu_bf16_batch_tokens)
     return PassSize(cpu_rows, settings.max_batch_tokens)
