@@ -3,11 +3,12 @@
     python -m bench.gpu [--n 8192] [--rounds 3] [--model sentence-transformers/all-MiniLM-L6-v2] [--share 0.5]
 
 Prints the card (name, memory, torch and CUDA versions), then one row per variant: sentence-transformers at
-fp32 and fp16 (its own fixed batches of --st-batch rows), and embedq's Encoder at fp32, fp16 and bf16, each at
-padded-token budgets (EMBEDQ_CUDA_BATCH_TOKENS) from --smallest up to the largest whose estimated activations
-fit in --share of the card's free memory, doubling (``token_budgets``). Per row: texts/s, real tokens/s (the
-tokens the model read, no padding), peak GPU memory, × (sentence-transformers fp32's time / the row's, median
-over rounds), and the mean and minimum cosine to sentence-transformers' fp32 vectors. Rounds interleave every
+fp32 and fp16 (its own fixed batches of --st-batch rows), and embedq's Encoder at fp32, fp16 and bf16 (where
+the card has it), each at padded-token budgets (EMBEDQ_CUDA_BATCH_TOKENS) from --smallest up to the largest
+whose estimated activations fit in --share of the card's free memory, doubling (``token_budgets``). Per row:
+texts/s, real tokens/s (the tokens the model read, no padding), the GPU memory its passes took beyond the
+resident weights, × (sentence-transformers fp32's time / the row's, median over rounds), and the mean and
+minimum cosine to sentence-transformers' fp32 vectors. Rounds interleave every
 row, so a card that warms up or throttles moves all of them alike.
 
 Last it prints the pass bounds to run this card and model with: the fastest row that stays faithful to fp32
@@ -151,7 +152,9 @@ def build_variants(args: argparse.Namespace, texts: list[str]) -> tuple[list[Var
 
     device = torch.device("cuda", 0)
     resolved = resolve_model(args.model, get_settings())
-    encoders = {p: Encoder(replace(resolved, precision=p), device=device) for p in PRECISIONS}
+    # bf16 only where the card computes it natively (Ampere and later).
+    precisions = [p for p in PRECISIONS if p != "bf16" or torch.cuda.is_bf16_supported(including_emulation=False)]
+    encoders = {p: Encoder(replace(resolved, precision=p), device=device) for p in precisions}
     st_fp32 = SentenceTransformer(str(encoders["fp32"].path), device="cuda")
     st_fp16 = SentenceTransformer(str(encoders["fp32"].path), device="cuda").half()
 
