@@ -594,6 +594,9 @@ class Settings(BaseSettings):
     # OpenMP threads spin before they sleep. libgomp's default (300,000) kept a core busy ~15 ms after each
     # small forward pass, the core the API, Redis and the next request needed; 0 leaves libgomp's default.
     sync_omp_spin_count: int = Field(default=10_000, ge=0)
+    # torch threads of a worker that runs torch in its own process (the sync worker; docs: guide/sync-api "Where the
+    # time goes"); 0: the machine's cores minus one, so a core is left to the API, Redis and Celery's threads.
+    sync_torch_threads: int = Field(default=0, ge=0)
     # Forward-pass sizes on a GPU (docs: guide/models; workers/runtime/pass_sizes.py). On a CUDA
     # device every pass (jobs, ingestion, sync requests, reranking) takes these two bounds instead of the CPU's
     # max_batch_size / encode_batch_size and max_batch_tokens. `python -m bench.gpu` measures each precision at
