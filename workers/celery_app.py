@@ -72,6 +72,7 @@ def _remember_pool(instance: Any, **_: Any) -> None:
     _in_process_pool = issubclass(get_implementation(instance.pool_cls), (SoloPool, ThreadPool))
     if _in_process_pool:
         _shorten_openmp_spin()
+        _leave_a_core()
         # No pool child will start: this process runs the tasks (a thread pool sends no worker_process_init).
         observability.start_tracing()
 
@@ -91,6 +92,23 @@ def _shorten_openmp_spin() -> None:
         log.warning("torch is loaded already: GOMP_SPINCOUNT=%d would not take effect", spin)
         return
     os.environ["GOMP_SPINCOUNT"] = str(spin)
+
+
+def _leave_a_core() -> None:
+    """Give torch's OpenMP team of a worker that runs torch in its own process (the sync worker) one core fewer
+    than the machine has, EMBEDQ_SYNC_TORCH_THREADS if set; an operator's own OMP_NUM_THREADS wins.
+
+    The API, Redis and the worker's Celery threads run beside every forward pass; a team on every core
+    waits at each barrier for a thread the OS has lent them. Measured on 2 cores with MiniLM at bf16, 32
+    clients through /v1/embeddings: 249 texts/s with one thread against 221 with two, same stack otherwise.
+    """
+    threads = get_settings().sync_torch_threads or max(1, (os.cpu_count() or 1) - 1)
+    if "OMP_NUM_THREADS" in os.environ:
+        return
+    if "torch" in sys.modules:
+        log.warning("torch is loaded already: OMP_NUM_THREADS=%d would not take effect", threads)
+        return
+    os.environ["OMP_NUM_THREADS"] = str(threads)
 
 
 def pool_runs_in_process() -> bool:

@@ -607,6 +607,17 @@ class Settings(BaseSettings):
     source_plan_threads: int = Field(
         default=16, ge=1, description="objects an ingest.plan task reads the Parquet footers of at once"
     )
+    # torch threads of a worker that runs torch in its own process (the sync worker; docs: guide/sync-api "Where the
+    # time goes"); 0: the machine's cores minus one, so a core is left to the API, Redis and Celery's threads.
+    sync_torch_threads: int = Field(default=0, ge=0)
+    # Forward-pass sizes on a GPU (docs: guide/models; workers/runtime/pass_sizes.py). On a CUDA
+    # device every pass (jobs, ingestion, sync requests, reranking) takes these two bounds instead of the CPU's
+    # max_batch_size / encode_batch_size and max_batch_tokens. `python -m bench.gpu` measures each precision at
+    # token budgets sized for the card and prints the pair to set; the guide says where these defaults stand.
+    cuda_batch_size: int = Field(default=512, ge=1, description="most inputs in one forward pass on a CUDA device")
+    cuda_batch_tokens: int = Field(
+        default=16384, ge=1, description="most padded tokens in one forward pass on a CUDA device"
+    )
 
     @field_validator("database_url")
     @classmethod

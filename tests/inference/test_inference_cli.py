@@ -58,6 +58,30 @@ def test_a_worker_running_torch_in_its_own_process_shortens_openmps_spin(
     assert worker_app.pool_runs_in_process() == (pool != "prefork")
 
 
+@pytest.mark.parametrize(
+    ("pool", "preset", "expected"),
+    [
+        ("solo", {}, str(max(1, (os.cpu_count() or 1) - 1))),
+        ("solo", {"EMBEDQ_SYNC_TORCH_THREADS": "3"}, "3"),
+        ("prefork", {}, None),
+        ("solo", {"OMP_NUM_THREADS": "5"}, "5"),
+    ],
+)
+def test_a_worker_running_torch_in_its_own_process_leaves_a_core_to_the_rest(
+    pool: str, preset: dict[str, str], expected: str | None, monkeypatch: pytest.MonkeyPatch, settings_env: SettingsEnv
+) -> None:
+    import workers.celery_app as worker_app
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("EMBEDQ_SYNC_TORCH_THREADS", raising=False)
+    settings_env.set(**preset)
+    monkeypatch.delitem(sys.modules, "torch", raising=False)
+    monkeypatch.setattr(worker_app, "_in_process_pool", False)
+    monkeypatch.setenv("EMBEDQ_POOL_PROCESSES", "1")
+    worker_app._remember_pool(SimpleNamespace(concurrency=1, pool_cls=pool))
+    assert os.environ.get("OMP_NUM_THREADS") == expected
+
+
 @pytest.mark.parametrize("name", ["EMBEDQ_SYNC_WORKER_REQUESTS", "EMBEDQ_SYNC_WORKER_THREADS"])
 def test_the_requests_a_sync_worker_holds_are_a_setting_under_its_old_name_too(
     name: str, settings_env: SettingsEnv

@@ -21,6 +21,7 @@ import numpy as np
 from app.core.config import get_settings
 from workers.inference.ops import OpError, Payload, Result, register_op
 from workers.inference.token_ids import check_ids, content_ids, id_inputs, special_affixes
+from workers.runtime.pass_sizes import pass_size
 
 if TYPE_CHECKING:
     from workers.runtime.encoder import Encoder
@@ -92,17 +93,19 @@ def _plan(encoder: Encoder, payload: Payload) -> _Plan:
 def _encode_plans(encoder: Encoder, plans: list[_Plan]) -> list[np.ndarray]:
     """Return each plan's vectors, computed in shared, length-sorted forward passes."""
     settings = get_settings()
+    rows = pass_size(encoder.device.type, settings, cpu_rows=settings.max_batch_size).rows
     out = [np.empty((len(plan.inputs), encoder.dimension), dtype=np.float32) for plan in plans]
     pools: dict[tuple[bool, bool | None], list[tuple[int, int]]] = {}
     for p, plan in enumerate(plans):
         pools.setdefault((plan.by_ids, plan.is_query), []).extend((p, j) for j in range(len(plan.inputs)))
     for (by_ids, is_query), units in pools.items():
-        # The encoder plans the passes: longest first, EMBEDQ_MAX_BATCH_SIZE rows, EMBEDQ_MAX_BATCH_TOKENS tokens.
+        # The encoder plans the passes: longest first, at most ``rows`` rows and its token budget
+        # (workers/runtime/pass_sizes.py: EMBEDQ_MAX_BATCH_SIZE and EMBEDQ_MAX_BATCH_TOKENS on a CPU).
         inputs = [plans[p].inputs[j] for p, j in units]
         if by_ids:
-            vectors = encoder.encode_tokens(id_inputs(encoder, inputs), batch_size=settings.max_batch_size)
+            vectors = encoder.encode_tokens(id_inputs(encoder, inputs), batch_size=rows)
         else:
-            vectors = encoder.encode(inputs, is_query=is_query, batch_size=settings.max_batch_size)
+            vectors = encoder.encode(inputs, is_query=is_query, batch_size=rows)
         for row, (p, j) in enumerate(units):
             out[p][j] = vectors[row]
     return out

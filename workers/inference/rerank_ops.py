@@ -18,6 +18,7 @@ import numpy as np
 
 from app.core.config import get_settings
 from workers.inference.ops import OpError, Payload, Result, register_op
+from workers.runtime.pass_sizes import pass_size
 
 if TYPE_CHECKING:
     from workers.runtime.cross_encoder import CrossEncoderModel, Pair
@@ -80,6 +81,8 @@ def score_pairs(encoder: Encoder, payloads: list[Payload]) -> list[Result | OpEr
         return [not_a_reranker(encoder)] * len(payloads)
     checked = [_checked(encoder, payload) for payload in payloads]
     plans = [c for c in checked if isinstance(c, _Plan)]
+    settings = get_settings()
+    rows = pass_size(encoder.device.type, settings, cpu_rows=settings.max_batch_size).rows
     # Payloads that cut pairs at different lengths do not share a pass; the common case is one length for all.
     by_limit: dict[int | None, list[int]] = {}
     for p, plan in enumerate(plans):
@@ -88,7 +91,7 @@ def score_pairs(encoder: Encoder, payloads: list[Payload]) -> list[Result | OpEr
     counts: list[list[int]] = [[] for _ in plans]
     for limit, members in by_limit.items():
         pooled = [pair for p in members for pair in plans[p].pairs]
-        scored = encoder.score_pairs(pooled, max_tokens=limit, batch_size=get_settings().max_batch_size)
+        scored = encoder.score_pairs(pooled, max_tokens=limit, batch_size=rows)
         start = 0
         for p in members:
             end = start + len(plans[p].pairs)

@@ -28,6 +28,7 @@ from workers.runtime import auto_precision
 from workers.runtime.adapters import ModelView, load_transformer
 from workers.runtime.batching import budget_chunks
 from workers.runtime.onnx_backend import OnnxModel, check_onnx_precision, prepare_onnx
+from workers.runtime.pass_sizes import pass_size
 from workers.runtime.pooling import PoolingConfig, pool, read_pooling_config
 from workers.runtime.precision import (
     Precision,
@@ -141,6 +142,9 @@ class Encoder:
         if self.precision == "int8" and self.backend == "torch":
             # Calibrated by running the float32 model, so only now that it can encode (workers/runtime/smoothing.py).
             self.model = self._quantize_int8(self.model, settings.int8_smoothing)  # type: ignore[arg-type]
+        if batch_tokens is None:  # the bounds of this device (workers/runtime/pass_sizes.py)
+            size = pass_size(self.device.type, settings, cpu_rows=batch_size)
+            self.batch_size, self.batch_tokens = size.rows, size.tokens
         # The first forward pass allocates and picks kernels; pay for it here, not in the first job.
         self._warm_up()
         self.load_seconds = time.perf_counter() - started
