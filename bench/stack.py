@@ -36,9 +36,16 @@ def _wait_ready(base_url: str, timeout: float, proc: subprocess.Popen | None, lo
 
 @contextlib.contextmanager
 def embedq_stack(
-    api_url: str | None = None, *, workers: int = 1, extra_env: dict[str, str] | None = None, timeout: float = 300
+    api_url: str | None = None,
+    *,
+    workers: int | None = 1,
+    extra_env: dict[str, str] | None = None,
+    timeout: float = 300,
 ) -> Iterator[str]:
-    """Yield the base URL of a ready API: `api_url` as given, or a fresh `embedq up` stopped on exit."""
+    """Yield the base URL of a ready API: `api_url` as given, or a fresh `embedq up` stopped on exit.
+
+    ``workers``: the job worker's pool processes; None leaves them to `embedq up` (EMBEDQ_WORKER_CONCURRENCY).
+    """
     if api_url:
         _wait_ready(api_url, timeout, None, None)
         yield api_url
@@ -58,7 +65,9 @@ def embedq_stack(
         }
     )
     log = state / "up.log"
-    cmd = [str(Path(sys.executable).with_name("embedq")), "up", "--no-flower", "--workers", str(workers)]
+    cmd = [str(Path(sys.executable).with_name("embedq")), "up", "--no-flower"]
+    if workers is not None:
+        cmd += ["--workers", str(workers)]
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
     base_url = f"http://127.0.0.1:{port}"

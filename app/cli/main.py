@@ -14,6 +14,7 @@ from app.cli.devices import (
     default_nodename,
     detect_gpus,
     device_workers,
+    pool_processes,
     select_devices,
     worker_command,
 )
@@ -183,7 +184,9 @@ def worker(
         settings.require_services()
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from exc
-    concurrency = concurrency or settings.worker_concurrency
+    if concurrency is None:
+        gpus = detect_gpus(os.environ) if settings.worker_concurrency == 0 else []
+        concurrency = pool_processes(settings.worker_concurrency, settings.device, gpus)
     if devices is None and stop_timeout is not None:
         raise click.UsageError("--stop-timeout goes with --devices: a lone worker stops as Celery does")
     if devices is not None and name is not None:

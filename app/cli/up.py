@@ -16,7 +16,7 @@ from typing import NoReturn, TextIO
 
 import httpx
 
-from app.cli.devices import WORKER_APP, detect_gpus, up_job_workers
+from app.cli.devices import WORKER_APP, detect_gpus, pool_processes, up_job_workers
 from app.cli.embedded import LOCALHOST, EmbeddedPostgres, EmbeddedRedis
 from app.cli.migrations import upgrade_head
 from app.cli.supervisor import ProcessSupervisor, RestartPolicy
@@ -113,9 +113,12 @@ class Supervisor:
 
     def spawn_children(self) -> None:
         """Start the job workers (one per GPU when there are several), the sync worker, beat, Flower and the API."""
-        concurrency = self.options.concurrency or self.settings.worker_concurrency
+        gpus = detect_gpus(self.env)
+        concurrency = self.options.concurrency or pool_processes(
+            self.settings.worker_concurrency, self.settings.device, gpus
+        )
         celery = [sys.executable, "-m", "celery", "-A", WORKER_APP]
-        for child in up_job_workers(detect_gpus(self.env), concurrency, self.env):
+        for child in up_job_workers(gpus, concurrency, self.env):
             self.spawn(child.name, child.args, child.env)
         self.spawn("sync-worker", sync_worker_command(self.settings))
         # Celery beat schedules the reaper (docs "Reliability"); one beat per deployment, hence not `-B`.

@@ -287,9 +287,10 @@ class Settings(BaseSettings):
     )
     reaper_max_requeues: int = Field(default=3, ge=0, description="re-enqueues of one job before the reaper fails it")
     worker_concurrency: int = Field(
-        default=1,
-        ge=1,
-        description="pool processes of a worker (`embedq worker`, `embedq up`) unless --concurrency says",
+        default=0,
+        ge=0,
+        description="pool processes of a worker (`embedq worker`, `embedq up`) unless --concurrency says; "
+        "0: one per CPU core (at most 4) where models run on the CPU, 1 on a GPU",
     )
     worker_proc_alive_timeout_s: float = Field(
         default=120.0, gt=0, description="how long a worker waits for a new pool child to start"

@@ -128,13 +128,13 @@ class JobRepository:
         status = self.session.scalar(select(Job.status).where(Job.id == job_id).with_for_update())
         return status == JobStatus.RUNNING.value
 
-    def pending_inputs(self, job_id: uuid.UUID, start: int, stop: int) -> list[tuple[int, str]]:
+    def pending_inputs(self, job_id: uuid.UUID, idxs: Sequence[int]) -> list[tuple[int, str]]:
+        """Return (index, text) of the inputs at ``idxs`` that are neither embedded nor failed, in index order."""
         rows = self.session.execute(
             select(JobResult.idx, JobResult.input)
             .where(
                 JobResult.job_id == job_id,
-                JobResult.idx >= start,
-                JobResult.idx < stop,
+                JobResult.idx.in_(list(idxs)),
                 JobResult.embedding.is_(None),
                 JobResult.error.is_(None),
             )
@@ -285,16 +285,14 @@ class JobRepository:
         )
         return result.rowcount == 1
 
-    def pending_batch_starts(self, job_id: uuid.UUID, batch_size: int) -> list[int]:
-        """Return the first index of every batch that still has an input neither embedded nor failed."""
-        batch = JobResult.idx // batch_size
-        rows = self.session.scalars(
-            select(batch)
+    def pending_lengths(self, job_id: uuid.UUID) -> list[tuple[int, int]]:
+        """Return (index, characters) of every input neither embedded nor failed, in index order."""
+        rows = self.session.execute(
+            select(JobResult.idx, func.char_length(JobResult.input))
             .where(JobResult.job_id == job_id, JobResult.embedding.is_(None), JobResult.error.is_(None))
-            .group_by(batch)
-            .order_by(batch)
+            .order_by(JobResult.idx)
         )
-        return [int(b) * batch_size for b in rows]
+        return [(int(idx), int(length or 0)) for idx, length in rows]
 
     def cancel(self, job_id: uuid.UUID, message: str) -> bool:
         """Cancel an active job; False if it had already finished."""

@@ -7,7 +7,7 @@ import hashlib
 import json
 import logging
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
@@ -23,6 +23,7 @@ from app.core.errors import ConflictError, InvalidRequestError, NotFoundError
 from app.core.queues import TaskName
 from app.core.security import Principal
 from app.jobs import lifecycle
+from app.jobs.batching import length_batches
 from app.jobs.fairness import batch_priorities
 from app.jobs.lifecycle import NOTHING_DONE, BatchOutcome
 from app.jobs.repository import Counts, JobRepository
@@ -51,11 +52,6 @@ def _request_hash(payload: EmbeddingJobCreate, model: str) -> str:
     if payload.progress_milestones:
         body["progress_milestones"] = payload.progress_milestones
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-
-
-def _batches(total: int, size: int) -> Iterator[tuple[int, int]]:
-    for start in range(0, total, size):
-        yield start, min(start + size, total)
 
 
 def create_embedding_job(
@@ -87,7 +83,7 @@ def create_embedding_job(
         if existing is not None:
             return _same_request(existing, digest), False
     admit_job(session, principal, settings)
-    batches = list(_batches(len(payload.input), settings.job_batch_size))
+    batches = length_batches(range(len(payload.input)), [len(t) for t in payload.input], settings.job_batch_size)
     priorities = batch_priorities(session, principal.tenant, settings, len(batches))
     params = {
         "batch_size": settings.job_batch_size,
@@ -114,8 +110,8 @@ def create_embedding_job(
             raise
         return _same_request(existing, digest), False
     annotate(job_id=str(job.id), kind=job.kind, model=model, batch_size=job.total, tenant=job.tenant)
-    for (start, stop), priority in zip(batches, priorities, strict=True):
-        enqueue(session, TaskName.EMBED_BATCH, str(job.id), start, stop, priority=priority)
+    for idxs, priority in zip(batches, priorities, strict=True):
+        enqueue(session, TaskName.EMBED_BATCH, str(job.id), idxs, priority=priority)
     return job, True
 
 
@@ -158,7 +154,7 @@ def list_jobs(
 
 
 def requeue_embedding_batches(session: Session, job: Job) -> int:
-    """Re-enqueue every batch of an embedding job that still has unresolved inputs; return how many.
+    """Re-enqueue an embedding job's unresolved inputs in length-sorted batches; return how many batches.
 
     For the reaper, when the job's tasks were lost. Redelivery is harmless (see ``run_embedding_batch``), so
     a batch that was not lost after all only costs a forward pass. A job with nothing left to embed is
@@ -166,15 +162,16 @@ def requeue_embedding_batches(session: Session, job: Job) -> int:
     """
     repo = JobRepository(session)
     size = int(job.params.get("batch_size") or 1)
-    starts = repo.pending_batch_starts(job.id, size)
-    priorities = batch_priorities(session, job.tenant, get_settings(), len(starts), counted=True)
-    for start, priority in zip(starts, priorities, strict=True):
-        enqueue(session, TaskName.EMBED_BATCH, str(job.id), start, min(start + size, job.total), priority=priority)
-    if not starts and repo.claim(job.id) is not None:
+    pending = repo.pending_lengths(job.id)
+    batches = length_batches([i for i, _ in pending], [n for _, n in pending], size)
+    priorities = batch_priorities(session, job.tenant, get_settings(), len(batches), counted=True)
+    for idxs, priority in zip(batches, priorities, strict=True):
+        enqueue(session, TaskName.EMBED_BATCH, str(job.id), idxs, priority=priority)
+    if not batches and repo.claim(job.id) is not None:
         counts = repo.add_counts(job.id, done=0, failed=0)
         if counts.finished:
             _finalize(repo, job.id, counts)
-    return len(starts)
+    return len(batches)
 
 
 def cancel_job(session: Session, job_id: uuid.UUID, principal: Principal) -> Job:
@@ -224,11 +221,10 @@ def _encode_vector(vector: np.ndarray | None, fmt: EncodingFormat) -> list[float
 def run_embedding_batch(
     scope: Callable[[], AbstractContextManager[Session]],
     job_id: uuid.UUID,
-    start: int,
-    stop: int,
+    idxs: Sequence[int],
     encode: Encode,
 ) -> BatchOutcome:
-    """Embed inputs [start, stop) of a job and record them; a redelivered batch changes nothing.
+    """Embed the inputs of a job at ``idxs`` and record them; a redelivered batch changes nothing.
 
     Two short transactions around the forward pass, so no row lock is held while the model runs:
     the first claims the job and reads what is still pending, the second writes under the job's row
@@ -241,10 +237,10 @@ def run_embedding_batch(
             return NOTHING_DONE
         model, tenant = job.model, job.tenant
         milestones: list[int] = list(job.params.get("progress_milestones") or [])
-        pending = repo.pending_inputs(job_id, start, stop)
+        pending = repo.pending_inputs(job_id, idxs)
     if not pending:
         return NOTHING_DONE
-    idxs = [i for i, _ in pending]
+    todo = [i for i, _ in pending]
     vectors: np.ndarray | None = None
     tokens = 0
     error: str | None = None
@@ -252,13 +248,13 @@ def run_embedding_batch(
         encoded = encode(model, [t for _, t in pending])
         vectors, tokens = encoded.vectors, encoded.tokens
     except (UnknownModelError, InvalidModelNameError, OSError, RuntimeError, ValueError) as exc:
-        log.exception("job %s batch [%d, %d) failed", job_id, start, stop)
+        log.exception("job %s: a batch of %d inputs failed", job_id, len(todo))
         error = f"{type(exc).__name__}: {exc}"
     annotate(
         job_id=str(job_id),
         kind=JobKind.EMBEDDINGS.value,
         model=model,
-        batch_size=len(idxs),
+        batch_size=len(todo),
         tokens=tokens,
         tenant=tenant,
     )
@@ -266,8 +262,8 @@ def run_embedding_batch(
         repo = JobRepository(session)
         if not repo.lock_running(job_id):
             return NOTHING_DONE
-        written = repo.write_embeddings(job_id, idxs, vectors) if vectors is not None else 0
-        failed = repo.fail_inputs(job_id, idxs, error) if error is not None else 0
+        written = repo.write_embeddings(job_id, todo, vectors) if vectors is not None else 0
+        failed = repo.fail_inputs(job_id, todo, error) if error is not None else 0
         counts = repo.add_counts(job_id, done=written, failed=failed, tokens=tokens if written else 0)
         if milestones:
             lifecycle.report_progress(session, job_id, counts.progress, milestones)

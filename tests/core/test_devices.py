@@ -15,6 +15,7 @@ from app.cli.devices import (
     detect_gpus,
     device_workers,
     parse_nvidia_smi,
+    pool_processes,
     select_devices,
     up_job_workers,
     worker_command,
@@ -94,6 +95,15 @@ def test_up_runs_one_job_worker_per_gpu_only_when_it_finds_several() -> None:
 
 def _host_gpus() -> list[str]:
     return detect_gpus({k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"})
+
+
+def test_auto_pool_processes_are_one_per_core_on_a_cpu_and_one_on_a_gpu() -> None:
+    assert pool_processes(0, "auto", [], cpu_count=2) == 2
+    assert pool_processes(0, "cpu", ["0"], cpu_count=64) == 4  # at most 4: each holds its own models
+    assert pool_processes(0, "auto", ["0"], cpu_count=16) == 1
+    assert pool_processes(0, "cuda:1", [], cpu_count=16) == 1
+    assert pool_processes(0, "mps", [], cpu_count=8) == 1
+    assert pool_processes(3, "auto", [], cpu_count=2) == 3  # an explicit count wins
 
 
 def test_devices_are_refused_with_what_to_do_when_every_gpu_is_hidden() -> None:

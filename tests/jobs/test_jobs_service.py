@@ -45,24 +45,40 @@ def test_job_is_split_into_batches_sent_after_commit(db_session: Session, settin
     job = make_job(db_session, settings, n=10)
     sent = [(t.name.value, t.args) for t in outbox(db_session)]
     assert sent == [
-        ("embed.batch", (str(job.id), 0, 4)),
-        ("embed.batch", (str(job.id), 4, 8)),
-        ("embed.batch", (str(job.id), 8, 10)),
+        ("embed.batch", (str(job.id), [0, 1, 2, 3])),
+        ("embed.batch", (str(job.id), [4, 5, 6, 7])),
+        ("embed.batch", (str(job.id), [8, 9])),
     ]
     assert db_session.scalar(select(func.count()).where(JobResult.job_id == job.id)) == 10
     assert job.status == JobStatus.QUEUED
 
 
+def test_batches_group_inputs_of_about_one_length_and_results_keep_input_order(
+    db_session: Session, settings, scope
+) -> None:
+    texts = ["x" * n for n in (3, 40, 5, 38, 1, 42, 4, 39, 2)]
+    job, _ = service.create_embedding_job(db_session, EmbeddingJobCreate(input=texts), settings, ADMIN)
+    batches = [t.args[1] for t in outbox(db_session)]
+    assert batches == [[1, 3, 5, 7], [0, 2, 6, 8], [4]]
+    db_session.flush()
+    for idxs in batches:
+        service.run_embedding_batch(scope, job.id, idxs, fake_encode)
+    page = service.job_results(db_session, job.id, ADMIN, offset=0, limit=100, encoding_format=EncodingFormat.FLOAT)
+    assert [item.index for item in page.data] == list(range(len(texts)))
+    got = np.asarray([item.embedding for item in page.data], dtype=np.float32)
+    np.testing.assert_array_equal(got, fake_vectors("", texts))
+
+
 def test_batches_complete_the_job_once_and_redelivery_changes_nothing(db_session: Session, settings, scope) -> None:
     job = make_job(db_session, settings, n=10)
-    outcomes = [service.run_embedding_batch(scope, job.id, a, b, fake_encode) for a, b in [(8, 10), (0, 4)]]
+    outcomes = [service.run_embedding_batch(scope, job.id, range(a, b), fake_encode) for a, b in [(8, 10), (0, 4)]]
     assert [o.written for o in outcomes] == [2, 4]
     assert all(o.finished_status is None for o in outcomes)
 
-    last = service.run_embedding_batch(scope, job.id, 4, 8, fake_encode)
+    last = service.run_embedding_batch(scope, job.id, range(4, 8), fake_encode)
     assert last.written == 4 and last.finished_status is JobStatus.SUCCEEDED
 
-    again = service.run_embedding_batch(scope, job.id, 0, 4, fake_encode)
+    again = service.run_embedding_batch(scope, job.id, range(0, 4), fake_encode)
     assert again.written == 0 and again.finished_status is None
     db_session.refresh(job)
     assert (job.status, job.done, job.failed, job.progress) == ("succeeded", 10, 0, 100.0)
@@ -80,7 +96,7 @@ def test_results_page_in_base64_is_little_endian_float32(db_session: Session, se
 
     job = make_job(db_session, settings, n=6)
     for a, b in [(0, 4), (4, 6)]:
-        service.run_embedding_batch(scope, job.id, a, b, fake_encode)
+        service.run_embedding_batch(scope, job.id, range(a, b), fake_encode)
     page = service.job_results(db_session, job.id, ADMIN, offset=2, limit=3, encoding_format=EncodingFormat.BASE64)
     assert [i.index for i in page.data] == [2, 3, 4] and page.next_offset == 5
     decoded = np.frombuffer(base64.b64decode(page.data[0].embedding), dtype="<f4")
@@ -89,8 +105,8 @@ def test_results_page_in_base64_is_little_endian_float32(db_session: Session, se
 
 def test_encoder_failure_fails_inputs_and_then_the_job(db_session: Session, settings, scope) -> None:
     job = make_job(db_session, settings, n=6)
-    service.run_embedding_batch(scope, job.id, 0, 4, fake_encode)
-    outcome = service.run_embedding_batch(scope, job.id, 4, 6, failing_encoder)
+    service.run_embedding_batch(scope, job.id, range(0, 4), fake_encode)
+    outcome = service.run_embedding_batch(scope, job.id, range(4, 6), failing_encoder)
     assert outcome.failed == 2 and outcome.finished_status is JobStatus.FAILED
     db_session.refresh(job)
     assert (job.done, job.failed, job.status) == (4, 2, "failed")
@@ -99,15 +115,15 @@ def test_encoder_failure_fails_inputs_and_then_the_job(db_session: Session, sett
 
 def test_cancelled_job_runs_no_more_batches(db_session: Session, settings, scope) -> None:
     job = make_job(db_session, settings, n=10)
-    service.run_embedding_batch(scope, job.id, 0, 4, fake_encode)
+    service.run_embedding_batch(scope, job.id, range(0, 4), fake_encode)
     assert service.cancel_job(db_session, job.id, ADMIN).status == "cancelled"
-    outcome = service.run_embedding_batch(scope, job.id, 4, 8, fake_encode)
+    outcome = service.run_embedding_batch(scope, job.id, range(4, 8), fake_encode)
     assert outcome.written == 0
     db_session.refresh(job)
     assert (job.status, job.done) == ("cancelled", 4)
 
     finished = make_job(db_session, settings, n=4)
-    service.run_embedding_batch(scope, finished.id, 0, 4, fake_encode)
+    service.run_embedding_batch(scope, finished.id, range(0, 4), fake_encode)
     with pytest.raises(ConflictError, match="already ended with status succeeded"):
         service.cancel_job(db_session, finished.id, ADMIN)
 

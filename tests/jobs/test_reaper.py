@@ -57,14 +57,14 @@ def sent(session: Session) -> list[tuple[str, tuple]]:
 
 def test_a_lost_embedding_job_gets_its_unfinished_batches_again(db_session: Session, settings, scope) -> None:
     job = make_job(db_session, settings, n=10)
-    jobs.run_embedding_batch(scope, job.id, 0, 4, fake_encode)
+    jobs.run_embedding_batch(scope, job.id, range(0, 4), fake_encode)
     sent(db_session)
     backdate(db_session, job.id, settings.reaper_grace_s + 1)
 
     report = reap(scope, settings, lambda names: set())
 
     assert report.requeued == {str(job.id): 2} and report.failed == {}
-    assert sent(db_session) == [("embed.batch", (str(job.id), 4, 8)), ("embed.batch", (str(job.id), 8, 10))]
+    assert sent(db_session) == [("embed.batch", (str(job.id), [4, 5, 6, 7])), ("embed.batch", (str(job.id), [8, 9]))]
     (recovery,) = MaintenanceRepository(db_session).recoveries(job.id)
     assert (
         recovery.action == "requeued"
@@ -115,7 +115,7 @@ def test_a_job_lost_again_and_again_is_failed_with_the_reason(db_session: Sessio
 
 def test_a_kind_that_cannot_be_resumed_is_failed_not_left_running(db_session: Session, settings, scope) -> None:
     job = make_job(db_session, settings, n=4)
-    jobs.run_embedding_batch(scope, job.id, 0, 2, fake_encode)  # running now
+    jobs.run_embedding_batch(scope, job.id, range(0, 2), fake_encode)  # running now
     backdate(db_session, job.id, settings.reaper_grace_s + 1)
     unresumable = {JobKind.EMBEDDINGS.value: KindRecovery(frozenset({TaskName.EMBED_BATCH}), requeue=None)}
 
@@ -198,7 +198,7 @@ def test_heartbeat_restamps_held_messages_and_never_revives_acked_ones(redis_cli
 
 def test_a_stalled_job_with_nothing_left_to_embed_is_finalized(db_session: Session, settings, scope) -> None:
     job = make_job(db_session, settings, n=4)
-    jobs.run_embedding_batch(scope, job.id, 0, 4, fake_encode)
+    jobs.run_embedding_batch(scope, job.id, range(0, 4), fake_encode)
     # As if the finishing transaction's status change had been lost: every vector stored, job still running.
     db_session.execute(update(Job).where(Job.id == job.id).values(status="running", finished_at=None))
     backdate(db_session, job.id, settings.reaper_grace_s + 1)

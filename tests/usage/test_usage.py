@@ -46,7 +46,7 @@ def run_job(client: TestClient, headers: dict[str, str], texts: list[str]) -> st
     created = client.post("/jobs/embeddings", json={"input": texts, "model": MODEL}, headers=headers)
     assert created.status_code == 202, created.text
     job_id = created.json()["id"]
-    run_embedding_batch(session_scope, uuid.UUID(job_id), 0, len(texts), fake_encode)
+    run_embedding_batch(session_scope, uuid.UUID(job_id), range(0, len(texts)), fake_encode)
     return job_id
 
 

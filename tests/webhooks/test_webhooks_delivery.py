@@ -326,15 +326,15 @@ def test_progress_milestones_send_one_signed_event_each_even_when_batches_are_re
     def progress_events() -> list[WebhookEvent]:
         return [e for e in events_of(job.id) if e.type == "job.progress"]
 
-    jobs.run_embedding_batch(session_scope, job.id, 0, 1, fake_encode)
+    jobs.run_embedding_batch(session_scope, job.id, range(0, 1), fake_encode)
     assert len(progress_events()) == 1  # 25%
     # A redelivered batch (its input already embedded) and a repeated progress update add no event.
-    jobs.run_embedding_batch(session_scope, job.id, 0, 1, fake_encode)
+    jobs.run_embedding_batch(session_scope, job.id, range(0, 1), fake_encode)
     with session_scope() as session:
         lifecycle.report_progress(session, job.id, 25.0, [25, 50, 75])
     assert len(progress_events()) == 1
     for start in (1, 2, 3):
-        jobs.run_embedding_batch(session_scope, job.id, start, start + 1, fake_encode)
+        jobs.run_embedding_batch(session_scope, job.id, range(start, start + 1), fake_encode)
     assert sorted(e.type for e in events_of(job.id)) == ["job.progress"] * 3 + ["job.succeeded"]
 
     for event in events_of(job.id):

@@ -24,9 +24,11 @@ def _encode(model: str, texts: list[str]) -> Encoded:
 
 
 @retrying_task(TaskName.EMBED_BATCH)
-def embed_batch(job_id: str, start: int, stop: int) -> dict[str, object]:
-    """Embed inputs [start, stop) of job `job_id`; returns what this delivery wrote."""
-    outcome = run_embedding_batch(session_scope, uuid.UUID(job_id), start, stop, _encode)
+def embed_batch(job_id: str, idxs: list[int] | int, stop: int | None = None) -> dict[str, object]:
+    """Embed the inputs at `idxs` of job `job_id`; returns what this delivery wrote."""
+    # A message sent before batches were cut by length names a range, (start, stop), not indices.
+    batch = list(range(idxs, stop or idxs)) if isinstance(idxs, int) else idxs
+    outcome = run_embedding_batch(session_scope, uuid.UUID(job_id), batch, _encode)
     return {
         "job_id": job_id,
         "written": outcome.written,
