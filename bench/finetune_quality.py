@@ -110,7 +110,8 @@ def main() -> None:
         print(
             f"{name:<28}{cell(metrics, 'recall@10'):>24}{cell(metrics, 'mrr@10'):>24}{cell(test, 'mrr@10'):>24}"
             f"{job['steps']:>7}{selection.get('best_step', '-')!s:>6}{job['wall_s']:>7.0f}"
-            f"   {100 * (metrics['mrr@10'] - base_mrr):+.1f}, {100 * (test['mrr@10'] - base_test['mrr@10']):+.1f} points"
+            f"   {100 * (metrics['mrr@10'] - base_mrr):+.1f}, "
+            f"{100 * (test['mrr@10'] - base_test['mrr@10']):+.1f} points"
         )
 
 
