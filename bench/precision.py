@@ -27,7 +27,7 @@ from app.catalog.resolver import resolve_model
 from app.core.config import get_settings
 from bench.corpus import realistic_texts
 from workers.runtime.encoder import Encoder
-from workers.runtime.smoothing import _FIRST_LAYER, calibration_texts, input_absmax, smoothing_scale
+from workers.runtime.smoothing import calibration_texts, input_absmax, smooth_weights
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -68,15 +68,7 @@ class TorchAoInt8Encoder(Encoder):
         linears = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
         inverse: dict[str, torch.Tensor | None] = dict.fromkeys(linears)
         if alpha > 0:
-            absmax = input_absmax(model, lambda: self.encode(calibration_texts()))
-            inverse = {}
-            with torch.no_grad():
-                for name, seen in absmax.items():
-                    if not _FIRST_LAYER.search(name):
-                        linear = model.get_submodule(name)
-                        scale = smoothing_scale(seen, linear.weight, alpha)
-                        linear.weight.mul_(scale[None, :])
-                        inverse[name] = 1.0 / scale
+            inverse = dict(smooth_weights(model, input_absmax(model, lambda: self.encode(calibration_texts())), alpha))
         for name, inverse_scale in inverse.items():
             parent_name, _, attribute = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model

@@ -116,13 +116,9 @@ def smoothing_scale(absmax: torch.Tensor, weight: torch.Tensor, alpha: float) ->
     return (absmax.clamp(min=1e-5) ** alpha) / (weight_max ** (1 - alpha))
 
 
-def quantize_smoothed(model: torch.nn.Module, absmax: dict[str, torch.Tensor], alpha: float) -> torch.nn.Module:
-    """Replace each Linear that ``absmax`` measured, but the first layer's, by an Int8Linear of ``W * s`` fed ``x / s``.
-
-    In place (``model`` is an Encoder's private float32 copy); returns ``model``.
-    """
-    from workers.runtime.int8_linear import quantize_linears
-
+def smooth_weights(model: torch.nn.Module, absmax: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
+    """Multiply each Linear that ``absmax`` measured, but the first layer's, by ``s`` per input channel, in place;
+    return each one's ``1 / s``, by module name, which its input must be multiplied by from now on."""
     inverse_scales: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for name, seen in absmax.items():
@@ -131,4 +127,15 @@ def quantize_smoothed(model: torch.nn.Module, absmax: dict[str, torch.Tensor], a
                 scale = smoothing_scale(seen, linear.weight, alpha)
                 linear.weight.mul_(scale[None, :])
                 inverse_scales[name] = 1.0 / scale
+    return inverse_scales
+
+
+def quantize_smoothed(model: torch.nn.Module, absmax: dict[str, torch.Tensor], alpha: float) -> torch.nn.Module:
+    """Replace each Linear that ``absmax`` measured, but the first layer's, by an Int8Linear of ``W * s`` fed ``x / s``.
+
+    In place (``model`` is an Encoder's private float32 copy); returns ``model``.
+    """
+    from workers.runtime.int8_linear import quantize_linears
+
+    inverse_scales = smooth_weights(model, absmax, alpha)
     return quantize_linears(model, inverse_scales, inverse_scales)
