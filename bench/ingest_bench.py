@@ -47,9 +47,12 @@ class Corpus:
 
 def build_corpus(target_chunks: int, max_tokens: int, overlap: int) -> Corpus:
     """Return enough real-prose documents to make ``target_chunks`` chunks with the worker's own chunker."""
-    from workers.chunking import load_model
+    from app.catalog.resolver import resolve_model
+    from workers.chunking import EncoderModel
+    from workers.runtime.encoder import Encoder
 
-    model = load_model(MODEL)
+    # The chunker of the worker's model, loaded here without the worker's registry (which reads Postgres).
+    model = EncoderModel(Encoder(resolve_model(MODEL, get_settings())))
     texts = realistic_texts(40_000)
     documents: list[dict] = []
     chunks = 0
