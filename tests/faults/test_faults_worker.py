@@ -72,7 +72,10 @@ def test_killed_pool_child_loses_and_duplicates_nothing(clean: FaultStack, fault
         assert "WorkerLostError" in log or "exited with 'signal 9 (SIGKILL)'" in log, worker.log_tail()
     finally:
         worker.stop()
-    print(f"\n[fault] pool child killed at {before}/{INPUTS} holding {in_flight}: redone {redone_after:.1f}s later")
+    print(
+        f"\n[fault] pool child killed at {before}/{INPUTS} holding {len(in_flight)} batches: "
+        f"redone {redone_after:.1f}s later"
+    )
 
 
 def test_killed_worker_batches_are_picked_up_after_restart(clean: FaultStack, fault_api: ManagedProcess) -> None:
@@ -103,7 +106,7 @@ def test_killed_worker_batches_are_picked_up_after_restart(clean: FaultStack, fa
     finally:
         worker.stop()
     print(
-        f"\n[fault] worker killed at {before}/{INPUTS} holding {orphaned}: "
+        f"\n[fault] worker killed at {before}/{INPUTS} holding {len(orphaned)} batches: "
         f"picked up and embedded {picked_up_after:.1f}s after the restart"
     )
 

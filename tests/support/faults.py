@@ -100,34 +100,33 @@ class FaultStack:
         """Return how many messages wait in Redis for an ack (delivered to a worker, not finished)."""
         return len(self.held_batches())
 
-    def held_batches(self) -> list[tuple[int, int]]:
-        """Return the input ranges of the ``embed.batch`` messages delivered to a worker and not acked yet."""
+    def held_batches(self) -> list[list[int]]:
+        """Return the input indices of the ``embed.batch`` messages delivered to a worker and not acked yet."""
         client = self.redis_client()
         try:
             raw = client.hvals("unacked")
         finally:
             client.close()
         calls = [task_call(json.loads(value)[0]) for value in raw]
-        return sorted((args[1], args[2]) for name, args in filter(None, calls) if name == "embed.batch")
+        return sorted(sorted(args[1]) for name, args in filter(None, calls) if name == "embed.batch")
 
-    def embedded(self, job_id: str, start: int, stop: int) -> bool:
-        """Return whether every input in [start, stop) of the job has its vector."""
+    def embedded(self, job_id: str, idxs: list[int]) -> bool:
+        """Return whether every input at ``idxs`` of the job has its vector."""
         with self.engine.connect() as conn:
             missing = conn.execute(
                 select(func.count()).where(
                     JobResult.job_id == uuid.UUID(job_id),
-                    JobResult.idx >= start,
-                    JobResult.idx < stop,
+                    JobResult.idx.in_(idxs),
                     JobResult.embedding.is_(None),
                 )
             ).scalar_one()
         return missing == 0
 
-    def wait_embedded(self, job_id: str, batches: list[tuple[int, int]], timeout: float) -> float:
+    def wait_embedded(self, job_id: str, batches: list[list[int]], timeout: float) -> float:
         """Return the seconds until every batch in ``batches`` has its vectors; fail after ``timeout``."""
         started = time.monotonic()
         wait_until(
-            lambda: all(self.embedded(job_id, a, b) for a, b in batches),
+            lambda: all(self.embedded(job_id, idxs) for idxs in batches),
             timeout,
             f"batches {batches} not embedded within {timeout:.0f}s",
         )
