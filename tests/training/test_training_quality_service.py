@@ -6,14 +6,13 @@ from __future__ import annotations
 import json
 import shutil
 import uuid
-from collections.abc import Iterator
 
 import pytest
 from sentence_transformers import SentenceTransformer
 from sqlalchemy.orm import Session
 from support.ingestion import drain
 from support.principals import ADMIN
-from support.tiny_models import in_models_dir, make_tiny_bert
+from support.tiny_models import in_models_dir
 from test_training_service import TSV, alias_dir, create, registered, request, state, work_dir
 
 from app.collections import service as collections
@@ -30,20 +29,6 @@ from app.training.schemas import FineTuneRequest, HardNegatives, LoraFineTuneReq
 from app.training.service import create_training_job, train_status
 from workers.training.evaluation import retrieval_metrics
 from workers.training.trainer import train
-
-
-@pytest.fixture
-def settings(clean_state) -> Settings:
-    return get_settings().model_copy(update={"training_eval_min_pairs": 4, "training_progress_every_steps": 1})
-
-
-@pytest.fixture
-def tiny_base(settings: Settings) -> Iterator[str]:
-    assert settings.models_dir is not None
-    name = f"tiny-base-{uuid.uuid4().hex[:6]}"
-    folder = make_tiny_bert(settings.models_dir / name)
-    yield name
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_the_best_step_is_registered_not_the_last(settings: Settings, tiny_base: str) -> None:

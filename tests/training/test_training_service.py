@@ -5,15 +5,12 @@ from __future__ import annotations
 import json
 import shutil
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from sqlalchemy import select
 from support.principals import ADMIN
-from support.tiny_models import make_tiny_bert
 
-from app.core.config import Settings, get_settings
+from app.core.config import Settings
 from app.core.db import session_scope
 from app.jobs.service import cancel_job
 from app.maintenance.kinds import RECOVERIES
@@ -31,20 +28,6 @@ from app.webhooks.service import create_endpoint
 from workers.training.trainer import train
 
 TSV = "\n".join(f"the {w} number {i}\ta short text on {w} and item {i}" for i, w in enumerate(["cat", "dog"] * 12))
-
-
-@pytest.fixture
-def settings(clean_state) -> Settings:
-    return get_settings().model_copy(update={"training_eval_min_pairs": 4, "training_progress_every_steps": 1})
-
-
-@pytest.fixture
-def tiny_base(settings: Settings) -> Iterator[str]:
-    assert settings.models_dir is not None
-    name = f"tiny-base-{uuid.uuid4().hex[:6]}"
-    folder = make_tiny_bert(settings.models_dir / name)
-    yield name
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 def create(settings: Settings, request: FineTuneRequest) -> uuid.UUID:
