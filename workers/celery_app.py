@@ -86,12 +86,8 @@ def _shorten_openmp_spin() -> None:
     the requests' p50 dropped by ~2 ms; OMP_WAIT_POLICY=PASSIVE (no spinning at all) was slower than both.
     """
     spin = get_settings().sync_omp_spin_count
-    if spin == 0 or "GOMP_SPINCOUNT" in os.environ or "OMP_WAIT_POLICY" in os.environ:
-        return
-    if "torch" in sys.modules:
-        log.warning("torch is loaded already: GOMP_SPINCOUNT=%d would not take effect", spin)
-        return
-    os.environ["GOMP_SPINCOUNT"] = str(spin)
+    if spin:
+        _set_before_torch("GOMP_SPINCOUNT", spin, unless="OMP_WAIT_POLICY")
 
 
 def _leave_a_core() -> None:
@@ -103,12 +99,18 @@ def _leave_a_core() -> None:
     clients through /v1/embeddings: 249 texts/s with one thread against 221 with two, same stack otherwise.
     """
     threads = get_settings().sync_torch_threads or max(1, (os.cpu_count() or 1) - 1)
-    if "OMP_NUM_THREADS" in os.environ:
+    _set_before_torch("OMP_NUM_THREADS", threads)
+
+
+def _set_before_torch(name: str, value: int, unless: str | None = None) -> None:
+    """Set the OpenMP variable ``name`` for torch, which reads it when first imported; an operator's own
+    ``name`` (or ``unless``) wins."""
+    if name in os.environ or (unless is not None and unless in os.environ):
         return
     if "torch" in sys.modules:
-        log.warning("torch is loaded already: OMP_NUM_THREADS=%d would not take effect", threads)
+        log.warning("torch is loaded already: %s=%d would not take effect", name, value)
         return
-    os.environ["OMP_NUM_THREADS"] = str(threads)
+    os.environ[name] = str(value)
 
 
 def pool_runs_in_process() -> bool:
