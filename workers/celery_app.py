@@ -64,15 +64,27 @@ def retrying_task(name: TaskName) -> Callable[[Callable[..., Any]], Task]:
 _in_process_pool = False
 
 
-@signals.celeryd_after_setup.connect
-def _remember_pool(instance: Any, **_: Any) -> None:
+@signals.celeryd_init.connect
+def _before_the_pool(conf: Any, options: dict[str, Any], **_: Any) -> None:
+    """Note the pool kind and, for one that runs torch in this process, set torch's OpenMP variables.
+
+    Sent before the pool is made: the solo pool sends ``worker_process_init`` as it is made, in this process,
+    and ``celeryd_after_setup`` comes after that, too late for variables torch reads when first imported.
+    """
     global _in_process_pool
-    # Read by each prefork child (inherited environment) to take its share of the CPU cores.
-    os.environ["EMBEDQ_POOL_PROCESSES"] = str(instance.concurrency)
-    _in_process_pool = issubclass(get_implementation(instance.pool_cls), (SoloPool, ThreadPool))
+    # `celery worker --pool` arrives as "pool"; a Worker made in code may be given pool_cls.
+    pool = options.get("pool_cls") or options.get("pool") or conf.worker_pool
+    _in_process_pool = issubclass(get_implementation(pool), (SoloPool, ThreadPool))
     if _in_process_pool:
         _shorten_openmp_spin()
-        _leave_a_core()
+        _share_cores_among_sync_processes()
+
+
+@signals.celeryd_after_setup.connect
+def _remember_pool(instance: Any, **_: Any) -> None:
+    # Read by each prefork child (inherited environment) to take its share of the CPU cores.
+    os.environ["EMBEDQ_POOL_PROCESSES"] = str(instance.concurrency)
+    if _in_process_pool:
         # No pool child will start: this process runs the tasks (a thread pool sends no worker_process_init).
         observability.start_tracing()
 
@@ -90,15 +102,18 @@ def _shorten_openmp_spin() -> None:
         _set_before_torch("GOMP_SPINCOUNT", spin, unless="OMP_WAIT_POLICY")
 
 
-def _leave_a_core() -> None:
-    """Give torch's OpenMP team of a worker that runs torch in its own process (the sync worker) one core fewer
-    than the machine has, EMBEDQ_SYNC_TORCH_THREADS if set; an operator's own OMP_NUM_THREADS wins.
+def _share_cores_among_sync_processes() -> None:
+    """Give torch's OpenMP team of a worker that runs torch in its own process (a sync worker) its share of the
+    cores: the machine's cores divided among the sync workers `embedq up` started on it (EMBEDQ_SYNC_PROCESSES,
+    one per core by default), EMBEDQ_SYNC_TORCH_THREADS if set; an operator's own OMP_NUM_THREADS wins.
 
-    The API, Redis and the worker's Celery threads run beside every forward pass; a team on every core
-    waits at each barrier for a thread the OS has lent them. Measured on 2 cores with MiniLM at bf16, 32
-    clients through /v1/embeddings: 249 texts/s with one thread against 221 with two, same stack otherwise.
+    A team of several threads waits at each barrier for whichever thread the OS has lent to the API, Redis
+    or the client; processes of one thread each wait for nothing. Measured on 2 cores (AMD EPYC, MiniLM at
+    bf16, 32 clients through /v1/embeddings, 3 rounds each): two sync workers of one thread 166-175 texts/s,
+    one of two threads 153-185, one of one thread 111-120 (docs: guide/sync-api "Where the time goes").
     """
-    threads = get_settings().sync_torch_threads or max(1, (os.cpu_count() or 1) - 1)
+    processes = max(1, int(os.environ.get("EMBEDQ_SYNC_PROCESSES") or 1))
+    threads = get_settings().sync_torch_threads or max(1, (os.cpu_count() or 1) // processes)
     _set_before_torch("OMP_NUM_THREADS", threads)
 
 

@@ -16,7 +16,7 @@ from typing import NoReturn, TextIO
 
 import httpx
 
-from app.cli.devices import WORKER_APP, detect_gpus, pool_processes, up_job_workers
+from app.cli.devices import WORKER_APP, detect_gpus, pool_processes, sync_processes, up_job_workers
 from app.cli.embedded import LOCALHOST, EmbeddedPostgres, EmbeddedRedis
 from app.cli.migrations import upgrade_head
 from app.cli.supervisor import ProcessSupervisor, RestartPolicy
@@ -120,7 +120,11 @@ class Supervisor:
         celery = [sys.executable, "-m", "celery", "-A", WORKER_APP]
         for child in up_job_workers(gpus, concurrency, self.env):
             self.spawn(child.name, child.args, child.env)
-        self.spawn("sync-worker", sync_worker_command(self.settings))
+        sync_workers = sync_processes(self.settings.sync_worker_processes, self.settings.device, gpus)
+        for i in range(sync_workers):
+            name = "sync-worker" if sync_workers == 1 else f"sync-worker-{i + 1}"
+            # Each takes its share of the cores (workers/celery_app.py).
+            self.spawn(name, sync_worker_command(self.settings, i), {"EMBEDQ_SYNC_PROCESSES": str(sync_workers)})
         # Celery beat schedules the reaper (docs "Reliability"); one beat per deployment, hence not `-B`.
         self.spawn(
             "beat",
@@ -153,16 +157,17 @@ class Supervisor:
         log.info("everything stopped")
 
 
-def sync_worker_command(settings: Settings) -> list[str]:
+def sync_worker_command(settings: Settings, index: int = 0) -> list[str]:
     """Return the command of the worker for synchronous requests (README "Synchronous API").
 
     The solo pool, not prefork: the sync task only queues its request on the process's batcher and returns
     (workers/tasks/infer.py), so the consumer hands each message over with no thread in between, and requests
-    that wait together run in one forward pass. A queue of its own, so no job batch holds them up.
+    that wait together run in one forward pass. A queue of its own, so no job batch holds them up. ``index``
+    tells the node names of several sync workers apart: sync@host, sync2@host, ...
     """
     return [
         sys.executable, "-m", "celery", "-A", WORKER_APP, "worker", "-Q", settings.sync_queue,
-        "--pool", "solo", "--loglevel", "INFO", "-n", "sync@%h",
+        "--pool", "solo", "--loglevel", "INFO", "-n", "sync@%h" if index == 0 else f"sync{index + 1}@%h",
     ]  # fmt: skip
 
 

@@ -608,9 +608,14 @@ class Settings(BaseSettings):
     source_plan_threads: int = Field(
         default=16, ge=1, description="objects an ingest.plan task reads the Parquet footers of at once"
     )
-    # torch threads of a worker that runs torch in its own process (the sync worker; docs: guide/sync-api "Where the
-    # time goes"); 0: the machine's cores minus one, so a core is left to the API, Redis and Celery's threads.
+    # torch threads of a worker that runs torch in its own process (a sync worker; docs: guide/sync-api "Where the
+    # time goes"); 0: the machine's cores divided among the sync workers `embedq up` starts on it.
     sync_torch_threads: int = Field(default=0, ge=0)
+    sync_worker_processes: int = Field(
+        default=0,
+        ge=0,
+        description="sync workers `embedq up` starts; 0: one per core on a CPU (at most 4), one on a GPU",
+    )
     # Forward-pass sizes on a GPU (docs: guide/models; workers/runtime/pass_sizes.py). On a CUDA
     # device every pass (jobs, ingestion, sync requests, reranking) takes these two bounds instead of the CPU's
     # max_batch_size / encode_batch_size and max_batch_tokens. `python -m bench.gpu` measures each precision at

@@ -40,7 +40,8 @@ WORKER_BACK_WITHIN_S = 10.0
 
 @pytest.fixture
 def up(state_dir, ports: Ports) -> Iterator[UpRun]:
-    run = start_up(state_dir, ports, run=1, extra_args=("--no-flower",))
+    # One sync worker, so killing it leaves none to answer until `up` restarts it.
+    run = start_up(state_dir, ports, run=1, extra_args=("--no-flower",), env={"EMBEDQ_SYNC_WORKER_PROCESSES": "1"})
     try:
         wait_for_200(run, f"http://127.0.0.1:{ports.api}/healthz")
         wait_for_banner(run)
