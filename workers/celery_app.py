@@ -15,6 +15,7 @@ from celery.concurrency.thread import TaskPool as ThreadPool
 
 from app.core.celery import celery_config
 from app.core.config import get_settings
+from app.core.cpus import usable_cpus
 from app.core.db import db
 from app.core.outages import TRANSIENT_ERRORS
 from app.core.queues import TaskName
@@ -104,8 +105,9 @@ def _shorten_openmp_spin() -> None:
 
 def _share_cores_among_sync_processes() -> None:
     """Give torch's OpenMP team of a worker that runs torch in its own process (a sync worker) its share of the
-    cores: the machine's cores divided among the sync workers `embedq up` started on it (EMBEDQ_SYNC_PROCESSES,
-    one per core by default), EMBEDQ_SYNC_TORCH_THREADS if set; an operator's own OMP_NUM_THREADS wins.
+    cores: the cores it may use (app/core/cpus.py) divided among the sync workers `embedq up` started on it
+    (EMBEDQ_SYNC_PROCESSES, one per core by default), EMBEDQ_SYNC_TORCH_THREADS if set; an operator's own
+    OMP_NUM_THREADS wins.
 
     A team of several threads waits at each barrier for whichever thread the OS has lent to the API, Redis
     or the client; processes of one thread each wait for nothing. Measured on 2 cores (AMD EPYC, MiniLM at
@@ -113,7 +115,7 @@ def _share_cores_among_sync_processes() -> None:
     one of two threads 153-185, one of one thread 111-120 (docs: guide/sync-api "Where the time goes").
     """
     processes = max(1, int(os.environ.get("EMBEDQ_SYNC_PROCESSES") or 1))
-    threads = get_settings().sync_torch_threads or max(1, (os.cpu_count() or 1) // processes)
+    threads = get_settings().sync_torch_threads or max(1, usable_cpus() // processes)
     _set_before_torch("OMP_NUM_THREADS", threads)
 
 
@@ -138,7 +140,7 @@ def _share_cpu_threads() -> None:
     threads = get_settings().worker_torch_threads
     if threads == 0:
         processes = max(1, int(os.environ.get("EMBEDQ_POOL_PROCESSES") or 1))
-        threads = max(1, (os.cpu_count() or 1) // processes)
+        threads = max(1, usable_cpus() // processes)
     import torch
 
     torch.set_num_threads(threads)

@@ -9,7 +9,6 @@ is the GPU that ``nvidia-smi`` calls 2.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -18,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from app.core.cpus import usable_cpus
 from app.core.queues import Queue
 
 WORKER_APP = "workers.celery_app:celery_app"
@@ -105,7 +105,7 @@ def pool_processes(requested: int, device: str, gpus: Sequence[str], cpu_count: 
     on_cpu = device == "cpu" or (device == "auto" and not gpus)
     if not on_cpu:
         return 1
-    cores = cpu_count if cpu_count is not None else os.cpu_count()
+    cores = cpu_count if cpu_count is not None else usable_cpus()
     return max(1, min(cores or 1, MAX_AUTO_CPU_PROCESSES))
 
 

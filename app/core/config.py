@@ -591,7 +591,8 @@ class Settings(BaseSettings):
         description="estimated tokens (4 characters each) of the requests one bulk task embeds",
     )
     batch_list_max: int = Field(default=100, ge=1, description="most files or batches in one page of a list")
-    # torch threads per prefork worker child; 0: the machine's cores divided among the pool's processes.
+    # torch threads per prefork worker child; 0: the cores the process may use (its affinity and cgroup quota, so a
+    # container's --cpus) divided among the pool's processes.
     worker_torch_threads: int = Field(default=0, ge=0)
     # GOMP_SPINCOUNT of a worker that runs torch in its own process (the sync worker): how long torch's idle
     # OpenMP threads spin before they sleep. libgomp's default (300,000) kept a core busy ~15 ms after each
@@ -609,7 +610,7 @@ class Settings(BaseSettings):
         default=16, ge=1, description="objects an ingest.plan task reads the Parquet footers of at once"
     )
     # torch threads of a worker that runs torch in its own process (a sync worker; docs: guide/sync-api "Where the
-    # time goes"); 0: the machine's cores divided among the sync workers `embedq up` starts on it.
+    # time goes"); 0: the cores the process may use divided among the sync workers `embedq up` starts on it.
     sync_torch_threads: int = Field(default=0, ge=0)
     sync_worker_processes: int = Field(
         default=0,

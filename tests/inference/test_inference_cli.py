@@ -13,6 +13,7 @@ from support.settings import SettingsEnv
 
 from app.cli.up import Supervisor, UpOptions
 from app.core.config import get_settings
+from app.core.cpus import usable_cpus
 from app.core.queues import Queue
 
 
@@ -82,7 +83,7 @@ def test_a_worker_running_torch_in_its_own_process_shortens_openmps_spin(
     assert worker_app.pool_runs_in_process() == (pool != "prefork")
 
 
-CORES = os.cpu_count() or 1
+CORES = usable_cpus()
 
 
 @pytest.mark.parametrize(
