@@ -111,11 +111,10 @@ def _share_cores_among_sync_processes() -> None:
 
     A team of several threads waits at each barrier for whichever thread the OS has lent to the API, Redis
     or the client; processes of one thread each wait for nothing. Measured on 2 cores (AMD EPYC, MiniLM at
-    bf16, 32 clients through /v1/embeddings, 3 rounds each): two sync workers of one thread 166-175 texts/s,
+    bf16, 32 clients through /v1/embeddings, 3 rounds each): two sync workers of one thread 166-179 texts/s,
     one of two threads 153-185, one of one thread 111-120 (docs: guide/sync-api "Where the time goes").
     """
-    processes = max(1, int(os.environ.get("EMBEDQ_SYNC_PROCESSES") or 1))
-    threads = get_settings().sync_torch_threads or max(1, usable_cpus() // processes)
+    threads = get_settings().sync_torch_threads or _cores_per_process("EMBEDQ_SYNC_PROCESSES")
     _set_before_torch("OMP_NUM_THREADS", threads)
 
 
@@ -130,6 +129,13 @@ def _set_before_torch(name: str, value: int, unless: str | None = None) -> None:
     os.environ[name] = str(value)
 
 
+def _cores_per_process(processes_variable: str) -> int:
+    """Return the cores this process may use (app/core/cpus.py) divided among the processes that share them,
+    as many as the environment variable ``processes_variable`` says (1 if unset); at least 1."""
+    processes = max(1, int(os.environ.get(processes_variable) or 1))
+    return max(1, usable_cpus() // processes)
+
+
 def pool_runs_in_process() -> bool:
     """Return whether this worker runs tasks in its own process (a solo or thread pool), not in forked children."""
     return _in_process_pool
@@ -137,10 +143,7 @@ def pool_runs_in_process() -> bool:
 
 def _share_cpu_threads() -> None:
     """Give each prefork child its share of the cores: N children with torch's default threads oversubscribe."""
-    threads = get_settings().worker_torch_threads
-    if threads == 0:
-        processes = max(1, int(os.environ.get("EMBEDQ_POOL_PROCESSES") or 1))
-        threads = max(1, usable_cpus() // processes)
+    threads = get_settings().worker_torch_threads or _cores_per_process("EMBEDQ_POOL_PROCESSES")
     import torch
 
     torch.set_num_threads(threads)

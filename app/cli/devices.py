@@ -109,18 +109,6 @@ def pool_processes(requested: int, device: str, gpus: Sequence[str], cpu_count: 
     return max(1, min(cores or 1, MAX_AUTO_CPU_PROCESSES))
 
 
-def sync_processes(requested: int, device: str, gpus: Sequence[str], cpu_count: int | None = None) -> int:
-    """Return how many sync workers `embedq up` starts: ``requested``, or for 0 (auto) as many as a job worker's
-    pool processes (``pool_processes``): one on a GPU, one per core on a CPU, at most ``MAX_AUTO_CPU_PROCESSES``.
-
-    Each runs its own batcher and takes its share of the cores (``workers/celery_app.py``); Redis hands each
-    request to whichever is free.
-    """
-    if requested > 0:
-        return requested
-    return pool_processes(0, device, gpus, cpu_count)
-
-
 def select_devices(spec: str, available: Sequence[str]) -> list[str]:
     """Return the GPUs ``--devices`` names: ``all`` or a comma-separated list of ids from ``available``."""
     if not available:

@@ -16,7 +16,7 @@ from typing import NoReturn, TextIO
 
 import httpx
 
-from app.cli.devices import WORKER_APP, detect_gpus, pool_processes, sync_processes, up_job_workers
+from app.cli.devices import WORKER_APP, detect_gpus, pool_processes, up_job_workers
 from app.cli.embedded import LOCALHOST, EmbeddedPostgres, EmbeddedRedis
 from app.cli.migrations import upgrade_head
 from app.cli.supervisor import ProcessSupervisor, RestartPolicy
@@ -120,10 +120,11 @@ class Supervisor:
         celery = [sys.executable, "-m", "celery", "-A", WORKER_APP]
         for child in up_job_workers(gpus, concurrency, self.env):
             self.spawn(child.name, child.args, child.env)
-        sync_workers = sync_processes(self.settings.sync_worker_processes, self.settings.device, gpus)
+        # As many sync workers as a job worker has pool processes, by the same rule (one per core on a CPU, one
+        # on a GPU); each runs its own batcher and takes its share of the cores (workers/celery_app.py).
+        sync_workers = pool_processes(self.settings.sync_worker_processes, self.settings.device, gpus)
         for i in range(sync_workers):
             name = "sync-worker" if sync_workers == 1 else f"sync-worker-{i + 1}"
-            # Each takes its share of the cores (workers/celery_app.py).
             self.spawn(name, sync_worker_command(self.settings, i), {"EMBEDQ_SYNC_PROCESSES": str(sync_workers)})
         # Celery beat schedules the reaper (docs "Reliability"); one beat per deployment, hence not `-B`.
         self.spawn(
