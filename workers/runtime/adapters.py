@@ -24,8 +24,9 @@ import logging
 import threading
 import warnings
 import weakref
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from transformers import AutoModel, PretrainedConfig, PreTrainedModel
@@ -35,6 +36,8 @@ from app.catalog.resolver import ResolvedModel, folder_revision, resolve_model
 from app.core.config import get_settings
 
 logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 
 class AdapterBaseError(RuntimeError):
@@ -132,10 +135,14 @@ class SharedBase:
 
     def run(self, adapter: str | None, inputs: dict[str, torch.Tensor]) -> Any:
         """Return the base's output for ``inputs`` with ``adapter`` (None: no adapter) in effect."""
+        return self.apply(adapter, lambda model: model(**inputs))
+
+    def apply(self, adapter: str | None, run: Callable[[PreTrainedModel], _T]) -> _T:
+        """Return ``run(model)`` for the base model with ``adapter`` (None: no adapter) in effect."""
         with self._lock:
             self._detach_retired()
             self._select(adapter)
-            return self.model(**inputs)
+            return run(self.model)
 
     def _detach_retired(self) -> None:
         while self._retired:
@@ -179,6 +186,10 @@ class ModelView:
 
     def __call__(self, **inputs: torch.Tensor) -> Any:
         return self.base.run(self.adapter, inputs)
+
+    def apply(self, run: Callable[[PreTrainedModel], _T]) -> _T:
+        """Return ``run(model)`` for the shared base model with this view's adapter (or none) in effect."""
+        return self.base.apply(self.adapter, run)
 
     def to(self, device: torch.device) -> ModelView:
         """Return self: the shared base was put on its device when it was loaded."""

@@ -29,3 +29,26 @@ def budget_chunks(lengths: Sequence[int], max_rows: int, max_tokens: int) -> lis
     if current:
         chunks.append(current)
     return chunks
+
+
+def packed_passes(
+    lengths: Sequence[int], group_rows: int, group_tokens: int, pass_tokens: int
+) -> list[list[list[int]]]:
+    """Return packed passes (``workers/runtime/packed.py``): each a list of attention groups of input indices.
+
+    Groups are ``budget_chunks`` of ``group_rows`` rows and ``group_tokens`` padded tokens, longest first; a
+    pass takes consecutive groups up to ``pass_tokens`` real tokens (at least one group).
+    """
+    passes: list[list[list[int]]] = []
+    current: list[list[int]] = []
+    held = 0
+    for group in budget_chunks(lengths, group_rows, group_tokens):
+        size = sum(lengths[i] for i in group)
+        if current and held + size > pass_tokens:
+            passes.append(current)
+            current, held = [], 0
+        current.append(group)
+        held += size
+    if current:
+        passes.append(current)
+    return passes

@@ -11,8 +11,9 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -26,9 +27,10 @@ from app.catalog.sources import HubCandidate, fetch
 from app.core.config import PrecisionSetting, Settings, get_settings
 from workers.runtime import auto_precision
 from workers.runtime.adapters import ModelView, load_transformer
-from workers.runtime.batching import budget_chunks
+from workers.runtime.batching import budget_chunks, packed_passes
 from workers.runtime.onnx_backend import OnnxModel, check_onnx_precision, prepare_onnx
-from workers.runtime.pass_sizes import pass_size
+from workers.runtime.packed import forward_packed, supports_packed
+from workers.runtime.pass_sizes import PackedSize, packed_size, pass_size
 from workers.runtime.pooling import PoolingConfig, pool, read_pooling_config
 from workers.runtime.precision import (
     Precision,
@@ -44,6 +46,8 @@ logger = logging.getLogger(__name__)
 
 Tokens = dict[str, list[list[int]]]
 """Unpadded token ids per model input name (input_ids, attention_mask, ...), one list per text."""
+
+_T = TypeVar("_T")
 
 BatchHandler = Callable[[list[int], dict[str, torch.Tensor], torch.Tensor], None]
 """Called per forward pass with the input indices of its rows, the collated batch and its last hidden states."""
@@ -105,6 +109,8 @@ class Encoder:
             self.precision = "fp32"  # the reference every option is compared with; the choice is loaded after
         self.batch_size = batch_size
         self.batch_tokens = settings.max_batch_tokens if batch_tokens is None else batch_tokens
+        # Packed passes where the model and device allow (workers/runtime/packed.py), else padded ones.
+        self.packing: PackedSize | None = packed_size(self.device.type, settings)
         self.family: Family = detect_family(model.name, self.path, model.family)
         pooling = self._read_pooling()
         self.pooling_mode = pooling.mode
@@ -300,10 +306,34 @@ class Encoder:
         return size
 
     def _run_passes(self, tokens: Tokens, handle: BatchHandler, rows_per_pass: int) -> None:
+        lengths = [len(ids) for ids in tokens["input_ids"]]
+        size = self.packed_size()
+        if size is not None:
+            # Passes without padding, attention per small group (workers/runtime/packed.py); the handler gets
+            # each group's states padded, as from a padded pass.
+            rows = min(rows_per_pass, size.group_rows)
+            for groups in packed_passes(lengths, rows, size.group_tokens, size.pass_tokens):
+                states = self._run_model(partial(forward_packed, tokens=tokens, groups=groups, device=self.device))
+                for group, hidden in zip(groups, states, strict=True):
+                    handle(group, self.collate(tokens, group), hidden)
+            return
         # Passes of at most rows_per_pass inputs and batch_tokens padded tokens (workers/runtime/batching.py).
-        for rows in budget_chunks([len(ids) for ids in tokens["input_ids"]], rows_per_pass, self.batch_tokens):
+        for rows in budget_chunks(lengths, rows_per_pass, self.batch_tokens):
             batch = self.collate(tokens, rows)
             handle(rows, batch, self.forward(batch))
+
+    def packed_size(self) -> PackedSize | None:
+        """Return the bounds passes run packed with, or None for padded passes (model, backend or device)."""
+        if self.packing is None or self.onnx is not None:
+            return None
+        module = self.model.base.model if isinstance(self.model, ModelView) else self.model
+        return self.packing if supports_packed(module) else None
+
+    def _run_model(self, run: Callable[[torch.nn.Module], _T]) -> _T:
+        # A shared base runs under its lock with this encoder's adapter selected (workers/runtime/adapters.py).
+        if isinstance(self.model, ModelView):
+            return self.model.apply(run)
+        return run(self.model)
 
     def _storing(self, out: np.ndarray, normalize: bool | None) -> BatchHandler:
         """Return a handler writing each pass's pooled (normalized unless told not to) vectors into ``out``."""

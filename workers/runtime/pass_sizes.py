@@ -28,3 +28,20 @@ def pass_size(device_type: str, settings: Settings, *, cpu_rows: int) -> PassSiz
     if device_type == "cuda":
         return PassSize(settings.cuda_batch_size, settings.cuda_batch_tokens)
     return PassSize(cpu_rows, settings.max_batch_tokens)
+
+
+@dataclass(frozen=True)
+class PackedSize:
+    """The bounds of a packed pass (``workers/runtime/packed.py``): attention groups and real tokens per pass."""
+
+    group_rows: int
+    group_tokens: int
+    pass_tokens: int
+
+
+def packed_size(device_type: str, settings: Settings) -> PackedSize | None:
+    """Return the packed-pass bounds on ``device_type``, or None where passes stay padded (not a CPU, or
+    EMBEDQ_PACKED_PASSES off): a GPU runs large padded passes faster than many small attention calls."""
+    if device_type != "cpu" or not settings.packed_passes:
+        return None
+    return PackedSize(settings.attention_group_rows, settings.attention_group_tokens, settings.packed_pass_tokens)
