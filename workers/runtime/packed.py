@@ -4,13 +4,14 @@ A padded pass spends its matrix products on pad tokens: a sync pool of 72 realis
 32 rows and 1,024 padded tokens, multiplies 1.39 tokens for every real one. Here every token of a pass is one
 row of a [tokens, hidden] matrix, so the Linear layers (three quarters of the time) run once over real tokens
 only, in products as large as the pass; only attention, which mixes tokens of one text, runs per group of
-length-sorted texts padded to the group's longest (a few rows, so little padding). Measured on MiniLM bf16 on
-2 EPYC cores, a pool of 72 texts: 1.45-1.5x the padded passes, at cosine 0.9999998 to their vectors.
+length-sorted texts padded to the group's longest (a few rows, so little padding). Measured on MiniLM bf16,
+one thread of a 2-core EPYC, pools of 72 texts: 1.45x the padded passes, at cosine 0.99994 (min) to their
+vectors (``bench/packed_passes.py``).
 
 The layers' own modules run the projections, LayerNorms and activations, so LoRA adapters injected by peft,
 int8 Linear layers and the model's own epsilon and activation work unchanged; only the self-attention
-arithmetic (scaled dot product over the group's keys) is written here. ``supports_packed`` says which models qualify;
-any other model runs the padded path.
+arithmetic (scaled dot product over the group's keys) is written here. ``supports_packed`` says which models
+qualify; any other model runs the padded path.
 """
 
 from __future__ import annotations
@@ -44,11 +45,12 @@ class _Group:
 
     start: int  # first token row of the group in the pass
     end: int  # one past its last token row
-    gather: torch.Tensor  # [rows * width] token row per padded slot (pads point at the group's first row)
-    real: torch.Tensor  # [rows * width] bool, True where the slot holds a token
-    key_mask: torch.Tensor  # [rows, 1, 1, width] bool, True where a key may be attended to
     rows: int
     width: int
+    # For a group of unequal lengths (None where all are equal: its rows are the padded layout already):
+    gather: torch.Tensor | None  # [rows * width] token row per padded slot (pads point at the group's first row)
+    real: torch.Tensor | None  # [end - start] the padded slot of each token row
+    key_mask: torch.Tensor | None  # [rows, 1, 1, width] bool, True where a key may be attended to
 
 
 def forward_packed(
@@ -85,21 +87,32 @@ def _layer(layer: torch.nn.Module, hidden: torch.Tensor, layout: list[_Group], h
 
 
 def _self_attention(module: torch.nn.Module, hidden: torch.Tensor, layout: list[_Group], heads: int) -> torch.Tensor:
-    query, key, value = module.query(hidden), module.key(hidden), module.value(hidden)
-    context = torch.empty_like(query)
-    size = query.shape[-1]
+    # Each projection runs as its own module, so hooks (int8 calibration), LoRA and quantized layers see it.
+    projections = (module.query(hidden), module.key(hidden), module.value(hidden))
+    size = hidden.shape[-1]
+    context = hidden.new_empty(hidden.shape)
     for group in layout:
         shape = (group.rows, group.width, heads, size // heads)
-        q, k, v = (t.index_select(0, group.gather).view(shape).transpose(1, 2) for t in (query, key, value))
+        q, k, v = (_slots(t, group).view(shape).transpose(1, 2) for t in projections)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=group.key_mask)
         out = out.transpose(1, 2).reshape(group.rows * group.width, size)
-        context[group.start : group.end] = out[group.real]
+        context[group.start : group.end] = out if group.real is None else out.index_select(0, group.real)
     return context
 
 
+def _slots(states: torch.Tensor, group: _Group) -> torch.Tensor:
+    """Return ``group``'s token rows of ``states`` in its padded layout, [rows * width, hidden]."""
+    if group.gather is None:
+        return states[group.start : group.end]
+    return states.index_select(0, group.gather)
+
+
 def _padded(hidden: torch.Tensor, group: _Group) -> torch.Tensor:
+    states = hidden[group.start : group.end]
+    if group.real is None:
+        return states.reshape(group.rows, group.width, -1)
     out = hidden.new_zeros(group.rows * group.width, hidden.shape[-1])
-    out[group.real] = hidden[group.start : group.end]
+    out.index_copy_(0, group.real, states)
     return out.view(group.rows, group.width, -1)
 
 
@@ -111,21 +124,24 @@ def _layout(groups: Sequence[Sequence[int]], lengths: list[int], device: torch.d
         sizes = np.asarray(lengths[at : at + len(group)], dtype=np.int64)
         at += len(group)
         width = int(sizes.max())
-        real = np.arange(width)[None, :] < sizes[:, None]
-        offsets = np.concatenate(([0], np.cumsum(sizes)[:-1]))
-        gather = np.where(real, offsets[:, None] + np.arange(width)[None, :], 0) + start
         end = start + int(sizes.sum())
-        layout.append(
-            _Group(
-                start=start,
-                end=end,
-                gather=torch.from_numpy(gather.reshape(-1)).to(device),
-                real=torch.from_numpy(real.reshape(-1)).to(device),
-                key_mask=torch.from_numpy(real[:, None, None, :]).to(device),
-                rows=len(group),
-                width=width,
+        if int(sizes.min()) == width:
+            layout.append(_Group(start, end, len(group), width, gather=None, real=None, key_mask=None))
+        else:
+            real = np.arange(width)[None, :] < sizes[:, None]
+            offsets = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+            gather = np.where(real, offsets[:, None] + np.arange(width)[None, :], 0) + start
+            layout.append(
+                _Group(
+                    start,
+                    end,
+                    len(group),
+                    width,
+                    gather=torch.from_numpy(gather.reshape(-1)).to(device),
+                    real=torch.from_numpy(np.flatnonzero(real)).to(device),
+                    key_mask=torch.from_numpy(real[:, None, None, :]).to(device),
+                )
             )
-        )
         start = end
     return layout
 
