@@ -242,6 +242,12 @@ class Settings(BaseSettings):
     max_inputs_per_job: int = Field(default=2048, ge=1, description="inputs in one embedding job: more is a 422")
     max_input_chars: int = Field(default=200_000, ge=1, description="characters in one input of a job or sync request")
     job_batch_size: int = Field(default=256, ge=1, description="inputs per Celery task")
+    job_batch_chars: int = Field(
+        default=32_768,
+        ge=1,
+        description="most input characters in one Celery task of an embedding job (an input longer alone gets a "
+        "task): tasks of long texts hold fewer inputs, so no task is many times the work of another",
+    )
     encode_batch_size: int = Field(default=32, ge=1, description="inputs per forward pass")
     results_page_max: int = Field(default=1000, ge=1, description="most vectors in one page of GET /jobs/{id}/results")
     jobs_page_max: int = Field(default=200, ge=1, description="most jobs in one page of GET /jobs")

@@ -83,10 +83,12 @@ def create_embedding_job(
         if existing is not None:
             return _same_request(existing, digest), False
     admit_job(session, principal, settings)
-    batches = length_batches(range(len(payload.input)), [len(t) for t in payload.input], settings.job_batch_size)
+    lengths = [len(t) for t in payload.input]
+    batches = length_batches(range(len(payload.input)), lengths, settings.job_batch_size, settings.job_batch_chars)
     priorities = batch_priorities(session, principal.tenant, settings, len(batches))
     params = {
         "batch_size": settings.job_batch_size,
+        "batch_chars": settings.job_batch_chars,
         **({"progress_milestones": payload.progress_milestones} if payload.progress_milestones else {}),
     }
     try:
@@ -162,8 +164,9 @@ def requeue_embedding_batches(session: Session, job: Job) -> int:
     """
     repo = JobRepository(session)
     size = int(job.params.get("batch_size") or 1)
+    chars = job.params.get("batch_chars")  # None for a job queued before tasks had a character bound
     pending = repo.pending_lengths(job.id)
-    batches = length_batches([i for i, _ in pending], [n for _, n in pending], size)
+    batches = length_batches([i for i, _ in pending], [n for _, n in pending], size, chars)
     priorities = batch_priorities(session, job.tenant, get_settings(), len(batches), counted=True)
     for idxs, priority in zip(batches, priorities, strict=True):
         enqueue(session, TaskName.EMBED_BATCH, str(job.id), idxs, priority=priority)
