@@ -5,7 +5,7 @@ A padded pass spends its matrix products on pad tokens: a sync pool of 72 realis
 row of a [tokens, hidden] matrix, so the Linear layers (three quarters of the time) run once over real tokens
 only, in products as large as the pass; only attention, which mixes tokens of one text, runs per group of
 length-sorted texts padded to the group's longest (a few rows, so little padding). Measured on MiniLM bf16,
-one thread of a 2-core EPYC, pools of 72 texts: 1.45x the padded passes, at cosine 0.99994 (min) to their
+one thread of a 2-core EPYC, pools of 72 texts: 1.40x the padded passes, at cosine 0.99994 (min) to their
 vectors (``bench/packed_passes.py``).
 
 The layers' own modules run the projections, LayerNorms and activations, so LoRA adapters injected by peft,
