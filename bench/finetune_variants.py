@@ -38,7 +38,7 @@ from sentence_transformers.sentence_transformer import losses
 from app.training.defaults import default_epochs, default_learning_rate
 from app.training.pairs import Pair, eval_count, parse_pairs, planned_steps, split_pairs
 from app.training.spec import TrainingQuality, TrainingSpec
-from bench.finetune_wordnet import _GLOSS_EXAMPLE, WORDNET_DIR, wordnet_pairs
+from bench.finetune_wordnet import wordnet_nouns, wordnet_pairs
 from workers.training import trainer
 from workers.training.evaluation import retrieval_metrics
 
@@ -123,14 +123,7 @@ def _with_ema(loop_cls: type) -> None:
 
 
 def _other_definitions(n: int, exclude: set[str]) -> list[str]:
-    definitions = set()
-    for line in (WORDNET_DIR / "data.noun").read_text(encoding="latin-1").splitlines():
-        if line.startswith("  ") or "|" not in line:
-            continue
-        definition = _GLOSS_EXAMPLE.split(line.split("|", 1)[1].strip(), maxsplit=1)[0].strip()
-        if len(definition) >= 10 and definition not in exclude:
-            definitions.add(definition)
-    return random.Random(0).sample(sorted(definitions), n)
+    return random.Random(0).sample(sorted(set(wordnet_nouns().values()) - exclude), n)
 
 
 def run_variant(

@@ -26,8 +26,8 @@ WORDNET_DIR = Path("/usr/share/wordnet")
 _GLOSS_EXAMPLE = re.compile(r';\s*"')
 
 
-def wordnet_pairs(n: int, seed: int, wordnet_dir: Path = WORDNET_DIR) -> list[tuple[str, str]]:
-    """Return ``n`` (lemma, definition) noun pairs, one per lemma and per definition, sampled with ``seed``."""
+def wordnet_nouns(wordnet_dir: Path = WORDNET_DIR) -> dict[str, str]:
+    """Return WordNet's noun lemmas, lower-cased, each with its first definition; no definition twice."""
     data = wordnet_dir / "data.noun"
     if not data.is_file():
         raise SystemExit(f"{data} not found: install Debian's WordNet database with `apt-get install -y wordnet-base`")
@@ -45,8 +45,12 @@ def wordnet_pairs(n: int, seed: int, wordnet_dir: Path = WORDNET_DIR) -> list[tu
             continue
         pairs[lemma.lower()] = definition
         seen_definitions.add(definition)
-    sampled = random.Random(seed).sample(sorted(pairs.items()), n)
-    return sampled
+    return pairs
+
+
+def wordnet_pairs(n: int, seed: int, wordnet_dir: Path = WORDNET_DIR) -> list[tuple[str, str]]:
+    """Return ``n`` (lemma, definition) noun pairs, one per lemma and per definition, sampled with ``seed``."""
+    return random.Random(seed).sample(sorted(wordnet_nouns(wordnet_dir).items()), n)
 
 
 def run_job(client: httpx.Client, path: str, body: dict[str, object]) -> dict:
