@@ -12,7 +12,10 @@ defaults ("old": true starts from the old defaults instead), plus these bench-on
 - ``ema``: evaluate (and keep) an exponential moving average of the weights with this decay;
 - ``mine_from``: mine the negatives from this many other WordNet definitions (none of the sample's) plus
   the training passages, as ``"from": "collection:..."`` would;
-- ``interpolate``: also print held-out and test MRR@10 of the base and trained weights interpolated (WiSE-FT).
+- ``interpolate``: also print held-out and test MRR@10 of the base and trained weights interpolated (WiSE-FT);
+- ``dropout``: the dropout probability of every dropout layer while training (MiniLM's own is 0.1);
+- ``llrd``: layer-wise learning-rate decay, each layer down from the top trained at this factor times the
+  learning rate of the layer above (the embeddings lowest).
 
     python -m bench.finetune_variants --seed 7 --variant '{"old": true}' --variant '{}' \\
         --variant '{"loss": {"scale": 40}}'
@@ -123,6 +126,47 @@ def _with_ema(loop_cls: type) -> None:
                     v.copy_(raw[k])
 
     loop_cls._train_step, loop_cls._evaluate = train_step, swapped_evaluate
+
+
+def _with_model_knobs(loop_cls: type) -> None:
+    """Apply hp "dropout" to the model and hp "llrd" to the optimizer's parameter groups before the first step."""
+    run = loop_cls.run
+
+    def knobbed_run(self: Any) -> Any:
+        hp = self.spec.hyperparams
+        if "dropout" in hp:
+            for module in self.model.modules():
+                if isinstance(module, torch.nn.Dropout):
+                    module.p = float(hp["dropout"])
+        if hp.get("llrd") and self.start == 0:
+            _layerwise_rates(self.model, self.optimizer, self.scheduler, float(hp["llrd"]))
+        return run(self)
+
+    loop_cls.run = knobbed_run
+
+
+def _layerwise_rates(model: SentenceTransformer, optimizer: Any, scheduler: Any, decay: float) -> None:
+    """Split the optimizer's one group by layer depth: the top layer (and pooler) at the full rate, each lower
+    layer ``decay`` times the one above, the embeddings lowest."""
+    names = [name for name, p in model.named_parameters() if p.requires_grad]
+    layers = 1 + max(int(n.split("encoder.layer.")[1].split(".")[0]) for n in names if "encoder.layer." in n)
+
+    def depth(name: str) -> int:
+        if "encoder.layer." in name:
+            return 1 + int(name.split("encoder.layer.")[1].split(".")[0])
+        return 0 if "embeddings" in name else layers
+
+    lr = optimizer.param_groups[0]["initial_lr"]
+    groups: dict[int, list[torch.nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            groups.setdefault(depth(name), []).append(param)
+    optimizer.param_groups.clear()
+    for d, params in sorted(groups.items()):
+        rate = lr * decay ** (layers - d)
+        optimizer.add_param_group({"params": params, "lr": rate * scheduler.lr_lambdas[0](0), "initial_lr": rate})
+    scheduler.base_lrs = [g["initial_lr"] for g in optimizer.param_groups]
+    scheduler.lr_lambdas = [scheduler.lr_lambdas[0]] * len(optimizer.param_groups)
 
 
 def _other_definitions(n: int, exclude: set[str]) -> list[str]:
@@ -241,6 +285,7 @@ def main() -> None:
     args = parser.parse_args()
     trainer.contrastive_loss = _variant_loss(trainer.contrastive_loss)
     _with_ema(trainer._Loop)
+    _with_model_knobs(trainer._Loop)
     sample = Sample.drawn(args.seed, args.pairs, args.test)
     base_test = test_mrr(base_model(), sample.test)
     print(f"base test MRR@10 {base_test}", flush=True)
