@@ -21,11 +21,12 @@ from app.catalog.service import describe
 from app.core.config import Settings, get_settings
 from workers.runtime import auto_precision
 from workers.runtime.auto_precision import Measurement, candidates, choose, decide, read_decision
+from workers.runtime.device import cpu_flags
 from workers.runtime.encoder import Encoder
 from workers.runtime.smoothing import calibration_texts
 
 CPU = torch.device("cpu")
-BF16_CPU = "avx512_bf16" in auto_precision.cpu_flags() or "amx_bf16" in auto_precision.cpu_flags()
+BF16_CPU = "avx512_bf16" in cpu_flags() or "amx_bf16" in cpu_flags()
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -19,6 +19,7 @@ from support.tiny_models import make_tiny_bert
 
 from app.catalog.resolver import ResolvedModel, resolve_model
 from app.core.config import DEFAULT_MODEL, get_settings
+from workers.runtime import int8_linear
 from workers.runtime.encoder import Encoder
 from workers.runtime.int8_linear import Int8Linear
 from workers.runtime.onnx_backend import OnnxUnavailableError, require_onnxruntime
@@ -246,3 +247,19 @@ def test_int8_linear_matches_float_within_its_rounding_and_keeps_zero_exact() ->
         smoothed = Int8Linear(scaled, inverse_scale=1 / scale)
         similarity = torch.nn.functional.cosine_similarity(smoothed(x).reshape(-1, 48), want.reshape(-1, 48))
         assert similarity.min() > 0.999
+
+
+def test_int8_weights_take_7_bits_where_the_cpu_has_no_vnni(monkeypatch: pytest.MonkeyPatch) -> None:
+    # vpmaddubsw (AVX2, AVX512 without VNNI) saturates pairs of u8 x s8 products in int16: 255 x 127 x 2 overflows.
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(8, 4)
+    try:
+        for flags, levels in (({"avx2", "avx512f"}, 63), ({"avx2", "avx_vnni"}, 127), ({"amx_int8"}, 127)):
+            int8_linear.weight_levels.cache_clear()
+            monkeypatch.setattr(int8_linear, "cpu_flags", lambda flags=flags: flags)
+            quantized = Int8Linear(linear)
+            assert quantized.levels == levels
+            # Each output channel's largest weight maps to the largest level.
+            assert torch.allclose(quantized.weight_scale * levels, linear.weight.detach().abs().amax(dim=1))
+    finally:
+        int8_linear.weight_levels.cache_clear()  # the next call reads this machine's flags again

@@ -18,16 +18,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import platform
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from functools import cache
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from workers.runtime.device import cpu_flags, cpu_name
 from workers.runtime.precision import Precision
 
 logger = logging.getLogger(__name__)
@@ -60,29 +59,6 @@ class Decision:
     decided_at: str
 
 
-def cpu_flags() -> set[str]:
-    """Return this CPU's feature flags from /proc/cpuinfo (empty where there is none, e.g. macOS)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.partition(":")[2].split())
-    return set()
-
-
-@cache
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def candidates(device: torch.device, flags: set[str] | None = None) -> list[Precision]:
     """Return the precisions ``auto`` chooses between on ``device``, the default first."""
     if device.type == "cuda":
@@ -99,7 +75,7 @@ def hardware(device: torch.device) -> str:
         chip = torch.cuda.get_device_name(device)
     else:
         bf16 = [flag for flag in _BF16_CPU_FLAGS if flag in cpu_flags()]
-        chip = f"{_cpu_name()} [{' '.join(bf16) or 'no bf16'}] x{torch.get_num_threads()} threads"
+        chip = f"{cpu_name()} [{' '.join(bf16) or 'no bf16'}] x{torch.get_num_threads()} threads"
     return f"{device.type}: {chip}, torch {torch.__version__}"
 
 

@@ -1,8 +1,11 @@
-"""The torch device a worker runs models on, chosen from the EMBEDQ_DEVICE setting."""
+"""The torch device a worker runs models on, chosen from the EMBEDQ_DEVICE setting, and what its CPU can do."""
 
 from __future__ import annotations
 
+import platform
 import re
+from functools import cache
+from pathlib import Path
 
 import torch
 
@@ -54,3 +57,27 @@ def _cuda_device(index: int) -> torch.device:
             f"(cuda:0..cuda:{count - 1}): pick one of those or check CUDA_VISIBLE_DEVICES"
         )
     return torch.device("cuda", index)
+
+
+def cpu_flags() -> set[str]:
+    """Return this CPU's feature flags from /proc/cpuinfo (empty where there is none, e.g. macOS)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.partition(":")[2].split())
+    return set()
+
+
+@cache
+def cpu_name() -> str:
+    """Return the CPU's model name (/proc/cpuinfo where there is one, else what the platform says)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
