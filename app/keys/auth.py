@@ -117,7 +117,7 @@ JOB_LIMIT_ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 async def rate_limited(principal: PrincipalDep, settings: SettingsDep) -> Principal:
-    """Return the caller once their key has a request left this minute; else 429 with ``Retry-After``."""
+    """Return the caller once their key has a request left in the last minute; else 429 with ``Retry-After``."""
     await charge_rate_limit(principal, settings)
     return principal
 
@@ -133,7 +133,7 @@ async def charge_rate_limit(principal: Principal, settings: Settings) -> None:
         retry_after = await run_in_threadpool(hit_rate_limit, redis_url, principal.key_id or "anonymous", limit)
         if retry_after is not None:
             raise TooManyRequestsError(
-                f"this API key made {limit} requests this minute, its limit on the synchronous endpoints: retry "
+                f"this API key made {limit} requests in the last minute, its limit on the synchronous endpoints: retry "
                 f"in {retry_after} s, or ask for a higher limit (`embedq keys create --rpm N`)",
                 retry_after_s=retry_after,
             )

@@ -112,7 +112,7 @@ def _charge_requests_per_minute(principal: Principal, settings: Settings) -> Non
     retry_after = hit_rate_limit(redis_url, principal.key_id or "anonymous", limit)
     if retry_after is not None:
         raise TooManyRequestsError(
-            f"this API key made {limit} requests this minute, its limit on jobs and synchronous requests: retry "
+            f"this API key made {limit} requests in the last minute, its limit on jobs and synchronous requests: retry "
             f"in {retry_after} s, or ask for a higher limit (`embedq keys create --rpm N`)",
             retry_after_s=retry_after,
         )

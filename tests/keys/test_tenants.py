@@ -296,7 +296,9 @@ def test_requests_per_minute_answer_429_with_retry_after(client: TestClient, red
     assert [limited.post("/tokenize", json={}).status_code for _ in range(2)] == [422, 422]
     refused = limited.post("/tokenize", json={"input": "a"})
     assert refused.status_code == 429 and refused.json()["code"] == "rate_limited"
-    assert 1 <= int(refused.headers["retry-after"]) <= 60 and "2 requests this minute" in refused.json()["detail"]
+    assert (
+        1 <= int(refused.headers["retry-after"]) <= 60 and "2 requests in the last minute" in refused.json()["detail"]
+    )
     openai = limited.post("/v1/embeddings", json={"input": "a"})
     assert (
         openai.status_code == 429 and openai.json()["error"]["code"] == "rate_limited" and openai.headers["retry-after"]
@@ -387,14 +389,21 @@ def test_an_unknown_job_id_and_another_tenants_look_the_same(acme: Caller, globe
     assert theirs.json()["code"] == nobody.json()["code"] == "not_found"
 
 
-def test_the_rpm_window_is_one_minute_shared_through_redis(session_services, redis_client) -> None:
-    from app.keys.rate_limit import hit_rate_limit
+def test_the_rpm_window_is_the_last_minute_shared_through_redis(session_services, redis_client) -> None:
+    from app.keys.rate_limit import hit_rate_limit, rate_limit_key
 
     url = get_settings().redis_url
     assert url is not None
     key = f"window-{uuid.uuid4().hex}"
     assert hit_rate_limit(url, key, 2, now=6000.0) is None
     assert hit_rate_limit(url, key, 2, now=6030.2) is None
-    assert hit_rate_limit(url, key, 2, now=6059.5) == 1  # the minute [6000, 6060) is used up
-    assert hit_rate_limit(url, key, 2, now=6060.0) is None  # a new window
-    assert 0 < redis_client.ttl(f"embedq:rpm:{key}:101") <= 61
+    assert hit_rate_limit(url, key, 2, now=6059.5) == 1  # two in the last minute; the first leaves at 6060
+    assert hit_rate_limit(url, key, 2, now=6060.0) is None  # the one of 6000 is a minute old
+    # No fresh window at a minute boundary: 6030.2 and 6060.0 are both within the minute before 6070.
+    assert hit_rate_limit(url, key, 2, now=6070.0) == 21
+    assert hit_rate_limit(url, key, 2, now=6090.3) is None  # refused requests were not counted
+    assert 0 < redis_client.pttl(rate_limit_key(key)) <= 60_000
+    # Without a time of its own the log runs on Redis's clock: a fresh key takes 2, then refuses.
+    fresh = f"clock-{uuid.uuid4().hex}"
+    assert [hit_rate_limit(url, fresh, 2) for _ in range(2)] == [None, None]
+    assert hit_rate_limit(url, fresh, 2) in range(1, 61)

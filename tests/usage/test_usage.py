@@ -114,4 +114,4 @@ def test_a_key_s_requests_per_minute_count_its_jobs_too(client: TestClient) -> N
     assert client.post("/jobs/embeddings", json={"input": ["x"], "model": MODEL}, headers=limited).status_code == 202
     refused = client.post("/jobs/embeddings", json={"input": ["y"], "model": MODEL}, headers=limited)
     assert refused.status_code == 429 and int(refused.headers["Retry-After"]) >= 1
-    assert "requests this minute" in refused.json()["detail"]
+    assert "requests in the last minute" in refused.json()["detail"]
