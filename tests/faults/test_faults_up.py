@@ -35,7 +35,9 @@ pytestmark = [pytest.mark.faults, pytest.mark.e2e]
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 DOCUMENTS = 600
-WORKER_BACK_WITHIN_S = 10.0
+# `up` restarts a dead child after 1 s; the worker then imports torch and answers a ping: 1.2 to 5.4 s on an
+# idle 2-core machine, 13.5 s once with the rest of the suite running beside (`make test`).
+WORKER_BACK_WITHIN_S = 30.0
 
 
 @pytest.fixture
