@@ -14,6 +14,8 @@ defaults ("old": true starts from the old defaults instead), plus these bench-on
   the training passages, as ``"from": "collection:..."`` would;
 - ``interpolate``: also print held-out and test MRR@10 of the base and trained weights interpolated (WiSE-FT);
 - ``dropout``: the dropout probability of every dropout layer while training (MiniLM's own is 0.1);
+- ``prefixes``: "query: " before every query and "passage: " before every passage, in training and in
+  every search scored (E5's convention, which MiniLM was not trained with);
 - ``llrd``: layer-wise learning-rate decay, each layer down from the top trained at this factor times the
   learning rate of the layer above (the embeddings lowest).
 
@@ -190,6 +192,17 @@ class Sample:
         tests = parse_pairs("\n".join(f"{a}\t{b}" for a, b in sampled[pairs:]), "tsv").pairs
         return cls(train, held_out, tests, {b for _, b in sampled})
 
+    def prefixed(self) -> Sample:
+        """The same sample with "query: " before each query and "passage: " before each passage."""
+
+        def roles(pairs: list[Pair]) -> list[Pair]:
+            return [
+                Pair(f"query: {p.query}", f"passage: {p.positive}", p.negative and f"passage: {p.negative}")
+                for p in pairs
+            ]
+
+        return Sample(roles(self.train), roles(self.held_out), roles(self.test), self.definitions)
+
 
 @cache
 def base_model() -> SentenceTransformer:
@@ -199,6 +212,8 @@ def base_model() -> SentenceTransformer:
 
 def run_variant(variant: dict[str, Any], seed: int, batch_size: int, method: str, sample: Sample) -> dict[str, Any]:
     variant = dict(variant)
+    if variant.pop("prefixes", False):
+        sample = sample.prefixed()
     train = sample.train
     settings = get_settings()
     hp: dict[str, Any] = {"batch_size": batch_size, "warmup_ratio": 0.1, "seed": seed}
