@@ -150,19 +150,19 @@ def _with_model_knobs(loop_cls: type) -> None:
 def _layerwise_rates(model: SentenceTransformer, optimizer: Any, scheduler: Any, decay: float) -> None:
     """Split the optimizer's one group by layer depth: the top layer (and pooler) at the full rate, each lower
     layer ``decay`` times the one above, the embeddings lowest."""
-    names = [name for name, p in model.named_parameters() if p.requires_grad]
-    layers = 1 + max(int(n.split("encoder.layer.")[1].split(".")[0]) for n in names if "encoder.layer." in n)
+    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
 
-    def depth(name: str) -> int:
-        if "encoder.layer." in name:
-            return 1 + int(name.split("encoder.layer.")[1].split(".")[0])
-        return 0 if "embeddings" in name else layers
+    def layer(name: str) -> int | None:
+        _, found, rest = name.partition("encoder.layer.")
+        return int(rest.split(".")[0]) if found else None
 
+    layers = 1 + max(i for i in map(layer, (name for name, _ in trainable)) if i is not None)
     lr = optimizer.param_groups[0]["initial_lr"]
     groups: dict[int, list[torch.nn.Parameter]] = {}
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            groups.setdefault(depth(name), []).append(param)
+    for name, param in trainable:
+        index = layer(name)
+        depth = 1 + index if index is not None else 0 if "embeddings" in name else layers
+        groups.setdefault(depth, []).append(param)
     optimizer.param_groups.clear()
     for d, params in sorted(groups.items()):
         rate = lr * decay ** (layers - d)
