@@ -17,7 +17,10 @@ defaults ("old": true starts from the old defaults instead), plus these bench-on
 - ``prefixes``: "query: " before every query and "passage: " before every passage, in training and in
   every search scored (E5's convention, which MiniLM was not trained with);
 - ``llrd``: layer-wise learning-rate decay, each layer down from the top trained at this factor times the
-  learning rate of the layer above (the embeddings lowest).
+  learning rate of the layer above (the embeddings lowest);
+- ``remine``: at the start of every epoch after the first, mine each triple's negative again from the training
+  passages with the weights as they are then (ANCE-style: negatives hard for the model being trained, not for
+  the base); a triple with no candidate left under the false-negative filters keeps its negative.
 
     python -m bench.finetune_variants --seed 7 --variant '{"old": true}' --variant '{}' \\
         --variant '{"loss": {"scale": 40}}'
@@ -48,7 +51,9 @@ from app.training.pairs import Pair, eval_count, parse_pairs, planned_steps, spl
 from app.training.spec import TrainingQuality, TrainingSpec
 from bench.finetune_wordnet import wordnet_nouns, wordnet_pairs
 from workers.training import trainer
+from workers.training.data import EpochPlan, plan_batches
 from workers.training.evaluation import retrieval_metrics
+from workers.training.mining import MiningRule, mine_negatives
 
 BASE = Path(get_model_path())
 OLD = {"epochs": 1, "eval_every_steps": 1_000_000, "early_stopping_patience": 0}
@@ -145,6 +150,48 @@ def _with_model_knobs(loop_cls: type) -> None:
         return run(self)
 
     loop_cls.run = knobbed_run
+
+
+def _with_remining(loop_cls: type) -> None:
+    """With hp "remine", mine the triples' negatives again with the current weights as each new epoch starts."""
+    step = loop_cls._train_step
+
+    def train_step(self: Any, indices: list[int]) -> float:
+        epoch, _ = self.plan.batches[self.step]
+        if self.spec.hyperparams.get("remine") and epoch > getattr(self, "mined_epoch", 0):
+            self.mined_epoch = epoch
+            changed = _remine(self.model, self.plan.pairs, self.spec.quality)
+            # The new negatives may be other pairs' positives in the planned batches: plan the rest again.
+            hp = self.spec.hyperparams
+            total = len(self.plan.batches)
+            fresh = plan_batches(self.plan.pairs, int(hp["batch_size"]), int(hp["epochs"]), int(hp["seed"]))
+            self.plan = EpochPlan(
+                self.plan.pairs,
+                self.plan.batches[: self.step] + [b for b in fresh.batches if b[0] >= epoch],
+                self.plan.steps_per_epoch[:epoch] + fresh.steps_per_epoch[epoch:],
+            )
+            # The loop counted its steps at the start; the no-duplicates sampler may cut an epoch differently.
+            assert len(self.plan.batches) == total, "re-planned epochs changed the step count"
+            _, indices = self.plan.batches[self.step]
+            print(f"epoch {epoch}: {changed} of {len(self.plan.pairs)} negatives re-mined", flush=True)
+        return step(self, indices)
+
+    loop_cls._train_step = train_step
+
+
+def _remine(model: SentenceTransformer, pairs: list[Pair], quality: TrainingQuality) -> int:
+    """Replace, in place, each triple's negative by one mined with ``model``; return how many changed."""
+    rule = MiningRule(1, quality.mining_candidates, quality.mining_relative_margin, quality.mining_max_similarity)
+    triples = [i for i, p in enumerate(pairs) if p.negative is not None]
+    fresh, _ = mine_negatives(model, [Pair(p.query, p.positive) for p in pairs], rule)
+    found = {(p.query, p.positive): p.negative for p in fresh if p.negative is not None}
+    changed = 0
+    for i in triples:
+        negative = found.get((pairs[i].query, pairs[i].positive))
+        if negative is not None and negative != pairs[i].negative:
+            pairs[i] = Pair(pairs[i].query, pairs[i].positive, negative)
+            changed += 1
+    return changed
 
 
 def _layerwise_rates(model: SentenceTransformer, optimizer: Any, scheduler: Any, decay: float) -> None:
@@ -301,6 +348,7 @@ def main() -> None:
     trainer.contrastive_loss = _variant_loss(trainer.contrastive_loss)
     _with_ema(trainer._Loop)
     _with_model_knobs(trainer._Loop)
+    _with_remining(trainer._Loop)
     sample = Sample.drawn(args.seed, args.pairs, args.test)
     base_test = test_mrr(base_model(), sample.test)
     print(f"base test MRR@10 {base_test}", flush=True)
