@@ -90,6 +90,38 @@ def test_an_upload_that_is_not_multipart_is_a_400(client: TestClient) -> None:
     assert r.status_code == 400 and "multipart/form-data" in r.json()["error"]["message"]
 
 
+def test_an_upload_cut_off_before_its_closing_boundary_is_a_400_and_keeps_nothing(client: TestClient) -> None:
+    whole = (
+        b'--cut\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+        b'--cut\r\nContent-Disposition: form-data; name="file"; filename="in.jsonl"\r\n\r\n'
+        + REQUESTS
+        + b"\r\n--cut--\r\n"
+    )
+    headers = {"content-type": "multipart/form-data; boundary=cut"}
+    # Cut at a line end, inside the file part: every line it holds is valid, so only the envelope tells.
+    cut = whole[: whole.index(REQUESTS) + REQUESTS.index(b"\n") + 1]
+    r = client.post("/v1/files", content=cut, headers=headers)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert "without its closing boundary '--cut--'" in error["message"] and error["param"] == "file"
+    assert client.get("/v1/files").json()["data"] == []
+    r = client.post("/v1/files", content=whole, headers=headers)
+    assert r.status_code == 200 and r.json()["bytes"] == len(REQUESTS), r.text
+
+
+def test_part_headers_in_any_bytes_are_read_and_names_as_utf8(client: TestClient) -> None:
+    body = (
+        b'--b\r\nContent-Disposition: form-data; name="\xd47\xff\xc2"\r\n\r\nignored\r\n'
+        + '--b\r\nContent-Disposition: form-data; name="file"; filename="données ✓.jsonl"\r\n'.encode()
+        + "Content-Type: application/jsonl; x=ި\r\n\r\n".encode()
+        + REQUESTS
+        + b'\r\n--b\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n--b--\r\n'
+    )
+    r = client.post("/v1/files", content=body, headers={"content-type": "multipart/form-data; boundary=b"})
+    assert r.status_code == 200, r.text
+    assert (r.json()["filename"], r.json()["bytes"]) == ("données ✓.jsonl", len(REQUESTS))
+
+
 def test_an_upload_over_the_limit_is_a_413_and_keeps_nothing(client: TestClient, settings_env: SettingsEnv) -> None:
     settings_env.set(EMBEDQ_BATCH_MAX_UPLOAD_BYTES="4096")
     with TestClient(create_app()) as small:

@@ -141,6 +141,21 @@ def test_a_json_array_broken_midway_keeps_what_arrived_and_says_why(client: Test
     assert any("malformed at item 5" in e["error"] for e in job["ingest"]["errors"])
 
 
+def test_a_multipart_upload_cut_off_keeps_the_documents_that_ended_and_says_why(client: TestClient) -> None:
+    create(client)
+    lines = b"".join(json.dumps({"id": f"d{i}", "text": f"text {i}"}).encode() + b"\n" for i in range(3))
+    head = b'--cut\r\nContent-Disposition: form-data; name="file"; filename="a.jsonl"\r\n\r\n'
+    # The last line has no newline: only the end of its part ends it, and the cut body has none.
+    body = head + lines + b'{"id": "last", "text": "cut off"}'
+    headers = {"Content-Type": "multipart/form-data; boundary=cut"}
+    job = client.post("/collections/docs/documents", content=streamed(body, 40), headers=headers).json()
+    assert job["counts"]["total"] == 3 and job["ingest"]["input_complete"] is True
+    assert any("without its closing boundary '--cut--'" in e["error"] for e in job["ingest"]["errors"])
+    whole = client.post("/collections/docs/documents", content=body + b"\r\n--cut--\r\n", headers=headers).json()
+    assert whole["counts"]["total"] == 4 and whole["ingest"]["errors"] == []
+    assert client.get("/collections/docs").json()["counts"]["documents"] == 4  # d0-d2, then "last"
+
+
 def test_search_refuses_a_vector_of_another_dimension_and_exports_stream(client: TestClient) -> None:
     create(client)
     wrong = client.post("/collections/docs/search", json={"vector": [0.5] * 8})

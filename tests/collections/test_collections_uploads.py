@@ -199,3 +199,24 @@ def test_unknown_formats_and_broken_envelopes_are_refused() -> None:
     body, content_type = multipart([("data.bin", b"??", "application/octet-stream")])
     with pytest.raises(UploadFormatError, match=r"cannot tell the format of data\.bin"):
         read(body, content_type)
+
+
+@pytest.mark.parametrize("piece", [1, 7, 65_536])
+def test_a_multipart_body_cut_off_before_its_closing_boundary_is_refused(piece: int) -> None:
+    body, content_type = multipart(
+        [("a.jsonl", b'{"id": "1", "text": "one"}\n{"id": "2", "text": "two"}', "text/plain")]
+    )
+    # Whole, the last line (held back until its part ends) is a document; cut, the part never ends, and a
+    # silent success would lose it.
+    assert [d[0] for d in docs(read(body, content_type, piece))] == ["1", "2"]
+    cut = body[: body.rindex(b"\r\n--XyZ123--")]
+    with pytest.raises(UploadFormatError, match=r"ended inside part 2, without its closing boundary '--XyZ123--'"):
+        read(cut, content_type, piece)
+    with pytest.raises(UploadFormatError, match="ended before its first part"):
+        read(b"", content_type, piece)
+
+
+def test_part_headers_in_any_bytes_are_read() -> None:
+    body, content_type = multipart([("données ✓.txt", "texte ✓".encode(), "text/plain; x=ި")])
+    body = body.replace(b'name="note"', b'name="\xd4\xff"')
+    assert docs(read(body, content_type)) == [("données ✓.txt", "texte ✓", {})]
