@@ -14,11 +14,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
+from starlette.types import Message
 
 from app.core.config import Settings
 from app.core.deps import SessionDep, SettingsDep
 from app.core.errors import EmbedqError, InvalidRequestError
+from app.core.multipart import MultipartEnvelopeError, MultipartStream, media_type
 from app.keys.auth import JOB_LIMIT_ERRORS, PrincipalDep
 from app.training import service
 from app.training.pairs import PairFormat, format_for_filename
@@ -76,7 +78,7 @@ async def _read_request(request: Request, schema: type[FineTuneRequest], setting
 
 
 async def _read_form(request: Request, limit: int) -> tuple[dict[str, Any], str | None, PairFormat]:
-    form = await request.form(max_files=1)
+    form = await _complete_form(request)
     fields: dict[str, Any] = {k: v for k, v in form.multi_items() if not isinstance(v, UploadFile)}
     modules = [m for value in form.getlist("target_modules") if isinstance(value, str) for m in _split_list(value)]
     if modules:
@@ -102,6 +104,32 @@ async def _read_form(request: Request, limit: int) -> tuple[dict[str, Any], str 
     except UnicodeDecodeError as exc:
         raise InvalidRequestError(f"{upload.filename} is not UTF-8 text: {exc}", param="file") from exc
     return fields, text, format_for_filename(upload.filename)
+
+
+async def _complete_form(request: Request) -> FormData:
+    """Return the form, refusing a body cut off before its closing boundary (Starlette would return the parts
+    that ended, silently without the one the body was cut in: the pairs file, or a field such as epochs)."""
+    _, params = media_type(request.headers.get("content-type"))
+    boundary = params.get(b"boundary")
+    if not boundary:
+        return await request.form(max_files=1)  # Starlette's 400 says the boundary is missing
+    try:
+        envelope = MultipartStream(boundary, lambda _headers: None)
+    except MultipartEnvelopeError as exc:
+        raise EmbedqError(str(exc), param="file") from exc
+
+    async def receive() -> Message:
+        message = await request.receive()
+        if message["type"] == "http.request":
+            envelope.write(message.get("body", b""))
+        return message
+
+    try:
+        form = await Request(request.scope, receive).form(max_files=1)
+        envelope.close()
+    except MultipartEnvelopeError as exc:
+        raise EmbedqError(str(exc), param="file") from exc
+    return form
 
 
 def _split_list(value: str) -> list[str]:

@@ -146,6 +146,28 @@ def test_upload_and_text_content_together_is_refused(client: TestClient) -> None
     assert r.status_code == 422 and "not both" in r.json()["detail"]
 
 
+def test_a_form_cut_off_before_its_closing_boundary_is_a_400_and_queues_nothing(
+    client: TestClient, redis_client
+) -> None:
+    def part(name: str, value: str, filename: str = "") -> bytes:
+        file = f'; filename="{filename}"' if filename else ""
+        return f'--cb\r\nContent-Disposition: form-data; name="{name}"{file}\r\n\r\n{value}\r\n'.encode()
+
+    whole = part("model_name", "m") + part("file", TSV, "pairs.tsv") + part("epochs", "7") + b"--cb--\r\n"
+    headers = {"content-type": "multipart/form-data; boundary=cb"}
+    # Cut inside the epochs field: the pairs are whole, and without the check the job trains with default epochs.
+    cut = whole[: whole.index(b"\r\n\r\n7") + 4]
+    r = client.post("/fine-tune", content=cut, headers=headers)
+    assert r.status_code == 400, r.text
+    assert "ended inside part 3, without its closing boundary '--cb--'" in r.json()["detail"]
+    assert queued_tasks(redis_client) == []
+    r = client.post("/fine-tune", content=whole, headers=headers)
+    assert r.status_code == 200, r.text
+    with session_scope() as session:
+        job = session.get(Job, uuid.UUID(r.json()["job_id"]))
+        assert job is not None and job.params["epochs"] == 7
+
+
 def test_train_status_of_unknown_or_non_training_jobs_is_404(client: TestClient) -> None:
     assert client.get(f"/train-status/{uuid.uuid4()}").status_code == 404
     job = client.post("/jobs/embeddings", json={"input": ["a"]}).json()
