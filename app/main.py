@@ -12,6 +12,7 @@ from app.collections.routes import router as collections_router
 from app.core.config import get_settings
 from app.core.error_rendering import SafeJSONResponse, install_safe_error_rendering
 from app.core.errors import EmbedqError
+from app.core.http_protocol import DeadlineHttpToolsProtocol
 from app.core.limits import RequestLimits
 from app.core.openapi import document_common_errors
 from app.core.outages import answer_outages_with_503
@@ -28,6 +29,13 @@ from app.usage.routes import router as usage_router
 from app.v1 import routes as sync_api
 from app.v1.errors import error_body, install_openai_errors
 from app.webhooks.routes import router as webhooks_router
+
+
+class HttpProtocol(DeadlineHttpToolsProtocol):
+    """The API server's HTTP protocol (``embedq api`` runs uvicorn with it): unparsable requests answered in
+    the path's error shape."""
+
+    error_body = staticmethod(error_body)
 
 
 def _render_error(_: Request, exc: Exception) -> Response:

@@ -177,7 +177,7 @@ def api_command(settings: Settings) -> list[str]:
     return [
         sys.executable, "-m", "uvicorn", "app.main:app",
         "--host", settings.api_host, "--port", str(settings.api_port),
-        "--http", "app.core.http_protocol:DeadlineHttpToolsProtocol",
+        "--http", "app.main:HttpProtocol",
         "--timeout-keep-alive", f"{settings.api_keep_alive_timeout_s:g}",
         "--limit-concurrency", str(settings.api_limit_concurrency),
     ]  # fmt: skip

@@ -6,6 +6,7 @@ deadlines so the tests are quick; each test also checks the connection is NOT cl
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from collections.abc import Iterator
@@ -117,3 +118,38 @@ def test_connections_past_the_limit_get_503(slow_client_api: ManagedProcess) -> 
         5,
         "the API did not recover once the idle connections closed",
     )
+
+
+def _raw_response(api: ManagedProcess, request: bytes) -> tuple[bytes, bytes]:
+    """Send ``request`` as bytes and return the answer's head and body (the server closes after a 400)."""
+    sock = _connect(api)
+    sock.settimeout(10)
+    try:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    finally:
+        sock.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return head, body
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "reason"),
+    [
+        (b"GET /jobs HTTP/1.1\r\nHost: x\r\ncontent-length;\r\n\r\n", "header"),  # an empty header name
+        (b"GET /jobs HTTP/1.1\r\nHost: x\r\nX-A: b\x01c\r\n\r\n", "header"),  # a control character
+        (b"GET /v1/models HTTP/1.1\r\nHost: x\r\n: v\r\n\r\n", "header"),  # OpenAI's shape under /v1
+    ],
+)
+def test_an_unparsable_request_is_a_json_400_that_says_why(
+    slow_client_api: ManagedProcess, request_bytes: bytes, reason: str
+) -> None:
+    head, body = _raw_response(slow_client_api, request_bytes)
+    assert head.startswith(b"HTTP/1.1 400 ") and b"content-type: application/json" in head.lower(), head
+    parsed = json.loads(body)
+    error = parsed["error"] if request_bytes.startswith(b"GET /v1/") else parsed
+    message = error["message"] if "error" in parsed else error["detail"]
+    assert error["code"] == "invalid_http" and "could not be parsed: " in message and reason in message.lower()
+    assert httpx.get(f"{slow_client_api.base_url}/healthz", timeout=5).status_code == 200
