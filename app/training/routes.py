@@ -79,6 +79,13 @@ async def _read_request(request: Request, schema: type[FineTuneRequest], setting
 
 async def _read_form(request: Request, limit: int) -> tuple[dict[str, Any], str | None, PairFormat]:
     form = await _complete_form(request)
+    try:
+        return await _form_fields(form, limit)
+    finally:
+        await form.close()  # the uploaded file's spooled copy (on disk past 1 MB)
+
+
+async def _form_fields(form: FormData, limit: int) -> tuple[dict[str, Any], str | None, PairFormat]:
     fields: dict[str, Any] = {k: v for k, v in form.multi_items() if not isinstance(v, UploadFile)}
     modules = [m for value in form.getlist("target_modules") if isinstance(value, str) for m in _split_list(value)]
     if modules:
@@ -126,8 +133,12 @@ async def _complete_form(request: Request) -> FormData:
 
     try:
         form = await Request(request.scope, receive).form(max_files=1)
+    except MultipartEnvelopeError as exc:
+        raise EmbedqError(str(exc), param="file") from exc
+    try:
         envelope.close()
     except MultipartEnvelopeError as exc:
+        await form.close()
         raise EmbedqError(str(exc), param="file") from exc
     return form
 
