@@ -18,6 +18,9 @@ defaults ("old": true starts from the old defaults instead), plus these bench-on
   every search scored (E5's convention, which MiniLM was not trained with);
 - ``llrd``: layer-wise learning-rate decay, each layer down from the top trained at this factor times the
   learning rate of the layer above (the embeddings lowest);
+- ``negative_columns``: mine this many negatives per pair and train on (query, positive, negative 1, ...,
+  negative k) rows, each query scored against all its own negatives in one softmax (sentence-transformers'
+  n-tuple format), rather than on k separate triples; a pair with fewer repeats its last;
 - ``remine``: at the start of every epoch after the first, mine each triple's negative again from the training
   passages with the weights as they are then (ANCE-style: negatives hard for the model being trained, not for
   the base); a triple with no candidate left under the false-negative filters keeps its negative.
@@ -51,7 +54,7 @@ from app.training.pairs import Pair, eval_count, parse_pairs, planned_steps, spl
 from app.training.spec import TrainingQuality, TrainingSpec
 from bench.finetune_wordnet import wordnet_nouns, wordnet_pairs
 from workers.training import trainer
-from workers.training.data import EpochPlan, plan_batches
+from workers.training.data import EpochPlan, PairColumns, plan_batches
 from workers.training.evaluation import retrieval_metrics
 from workers.training.mining import MiningRule, mine_negatives
 
@@ -179,6 +182,46 @@ def _with_remining(loop_cls: type) -> None:
     loop_cls._train_step = train_step
 
 
+SEPARATOR = "\x1f"  # joins a row's negatives in the one negative field a Pair has
+
+
+def _with_negative_columns() -> None:
+    """With hp "negative_columns": k, train on rows of k negatives (see the module docstring)."""
+    mined = trainer.training_pairs
+
+    def training_pairs(spec: TrainingSpec, hooks: Any, model: SentenceTransformer) -> Any:
+        pairs, stats = mined(spec, hooks, model)
+        k = int(spec.hyperparams.get("negative_columns") or 0)
+        if not k:
+            return pairs, stats
+        rows: dict[tuple[str, str], list[str]] = {}
+        for pair in pairs:
+            rows.setdefault((pair.query, pair.positive), []).extend([pair.negative] if pair.negative else [])
+        joined = [
+            Pair(q, p, SEPARATOR.join((negs + [negs[-1]] * k)[:k]) if negs else None) for (q, p), negs in rows.items()
+        ]
+        return joined, stats
+
+    def columns(pairs: list[Pair], indices: list[int]) -> list[list[str]]:
+        batch = [pairs[i] for i in indices]
+        out = [[p.query for p in batch], [p.positive for p in batch]]
+        if all(p.negative is not None for p in batch):
+            split = [str(p.negative).split(SEPARATOR) for p in batch]
+            out += [[negs[j] for negs in split] for j in range(len(split[0]))]
+        return out
+
+    def row(self: Any, index: int) -> dict[str, str]:
+        pair = self.pairs[index]
+        values = {"anchor": pair.query, "positive": pair.positive}
+        if pair.negative is not None and "negative" in self.column_names:
+            values.update({f"negative_{j}": n for j, n in enumerate(pair.negative.split(SEPARATOR))})
+        return values
+
+    trainer.training_pairs = training_pairs
+    trainer.batch_columns = columns
+    PairColumns.__getitem__ = row
+
+
 def _remine(model: SentenceTransformer, pairs: list[Pair], quality: TrainingQuality) -> int:
     """Replace, in place, each triple's negative by one mined with ``model``; return how many changed."""
     rule = MiningRule(1, quality.mining_candidates, quality.mining_relative_margin, quality.mining_max_similarity)
@@ -275,6 +318,8 @@ def run_variant(variant: dict[str, Any], seed: int, batch_size: int, method: str
         hp.update(epochs=epochs, learning_rate=default_learning_rate(method, len(train)))
         hp.update(early_stopping_patience=settings.training_early_stopping_patience)
         hp.update(hard_negatives={"mine": True, "per_pair": 1, "from": "training passages"})
+        if variant.get("negative_columns"):
+            hp["hard_negatives"] = {**hp["hard_negatives"], "per_pair": int(variant["negative_columns"])}
         extra = int(variant.pop("mine_from", 0))
         if extra:
             texts = _other_definitions(extra, sample.definitions) + [p.positive for p in train]
@@ -349,6 +394,7 @@ def main() -> None:
     _with_ema(trainer._Loop)
     _with_model_knobs(trainer._Loop)
     _with_remining(trainer._Loop)
+    _with_negative_columns()
     sample = Sample.drawn(args.seed, args.pairs, args.test)
     base_test = test_mrr(base_model(), sample.test)
     print(f"base test MRR@10 {base_test}", flush=True)
