@@ -1,10 +1,11 @@
 """A multipart/form-data body read as it streams: each part's headers, then its bytes, piece by piece.
 
 The envelope (boundaries, part headers) is read here, once, for every route that streams a multipart body
-(POST /v1/files, document uploads); what a part's bytes mean is the route's. Nothing is buffered beyond one
-piece of the body. A body that ends before its closing boundary was cut off, and is refused rather than read
-as complete: the part it ended in never ended, so its last bytes (held back in case they began a boundary)
-would be lost without a word.
+(POST /v1/files, document uploads); what a part's bytes mean is the route's. The fine-tuning routes, which
+take Starlette's parsed form, run it beside Starlette's parser only to check the envelope's end. Nothing is
+buffered beyond one piece of the body. A body that ends before its closing boundary was cut off, and is
+refused rather than read as complete: the part it ended in never ended, so its last bytes (held back in
+case they began a boundary) would be lost without a word.
 """
 
 from __future__ import annotations
