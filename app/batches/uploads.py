@@ -6,8 +6,10 @@ as they arrive, and the fields (``purpose``) may come before or after the file, 
 
 from __future__ import annotations
 
+from functools import partial
+
 from app.core.errors import EmbedqError
-from app.core.multipart import MULTIPART, MultipartEnvelopeError, MultipartStream, disposition, media_type
+from app.core.multipart import MULTIPART, MultipartStream, disposition, media_type
 
 # A form field other than the file is a short string (purpose); a longer one is refused, never accumulated.
 MAX_FIELD_BYTES = 1024
@@ -34,17 +36,11 @@ class MultipartFile:
         self.filename: str | None = None
         self.file_parts = 0
         self._data: list[bytes] = []
-        try:
-            self._stream = MultipartStream(boundary, self._open)
-        except MultipartEnvelopeError as exc:
-            raise UploadError(str(exc), param="file") from exc
+        self._stream = MultipartStream(boundary, self._open, error=partial(UploadError, param="file"))
 
     def feed(self, data: bytes) -> list[bytes]:
         """Return the pieces of the file part that ``data`` completed."""
-        try:
-            self._stream.write(data)
-        except MultipartEnvelopeError as exc:
-            raise UploadError(str(exc), param="file") from exc
+        self._stream.write(data)
         pieces = self._data.copy()
         self._data.clear()  # the file part's reader holds this list
         return pieces
@@ -52,10 +48,7 @@ class MultipartFile:
     def close(self) -> list[bytes]:
         """Return what the end of the body completed; raises UploadError if the body was cut off or held no
         file part."""
-        try:
-            self._stream.close()
-        except MultipartEnvelopeError as exc:
-            raise UploadError(str(exc), param="file") from exc
+        self._stream.close()
         if self.file_parts != 1:
             raise UploadError(
                 f"the body holds {self.file_parts} file parts: send exactly one, named 'file'", param="file"

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 from app.collections.upload_items import Item, UploadFormatError, UploadOptions
 from app.collections.upload_parsers import Parser, format_of, parser_for
-from app.core.multipart import MULTIPART, MultipartEnvelopeError, MultipartStream, disposition, media_type
+from app.core.multipart import MULTIPART, MultipartStream, disposition, media_type
 
 
 class _Multipart:
@@ -22,23 +22,14 @@ class _Multipart:
         self.options = options
         self.items: list[Item] = []
         self.files = 0
-        try:
-            self.stream = MultipartStream(boundary, self._open)
-        except MultipartEnvelopeError as exc:
-            raise UploadFormatError(str(exc)) from exc
+        self.stream = MultipartStream(boundary, self._open, error=UploadFormatError)
 
     def feed(self, data: bytes) -> list[Item]:
-        try:
-            self.stream.write(data)
-        except MultipartEnvelopeError as exc:
-            raise UploadFormatError(str(exc)) from exc
+        self.stream.write(data)
         return self._take()
 
     def close(self) -> list[Item]:
-        try:
-            self.stream.close()
-        except MultipartEnvelopeError as exc:
-            raise UploadFormatError(str(exc)) from exc
+        self.stream.close()
         if self.files == 0:
             raise UploadFormatError("the multipart body has no file part: send the documents as a file field")
         return self._take()

@@ -57,11 +57,15 @@ def disposition(headers: dict[str, str]) -> tuple[str | None, str | None]:
 class MultipartStream:
     """A multipart body fed as it arrives; each part goes to the reader ``open_part`` returns for it.
 
-    Errors a part reader raises pass through unchanged; a broken envelope raises MultipartEnvelopeError.
+    Errors a part reader raises pass through unchanged; a broken envelope raises ``error(message)``, the
+    route's own 4xx (MultipartEnvelopeError by default).
     """
 
-    def __init__(self, boundary: bytes, open_part: PartOpener) -> None:
+    def __init__(
+        self, boundary: bytes, open_part: PartOpener, error: Callable[[str], Exception] = MultipartEnvelopeError
+    ) -> None:
         self._open_part = open_part
+        self._error = error
         self._boundary = boundary.decode("latin-1")
         self._headers: dict[str, str] = {}
         self._field = bytearray()
@@ -82,19 +86,19 @@ class MultipartStream:
                 },
             )
         except ValueError as exc:  # a boundary over 256 bytes
-            raise MultipartEnvelopeError(f"the multipart boundary is invalid ({exc})") from exc
+            raise error(f"the multipart boundary is invalid ({exc})") from exc
 
     def write(self, data: bytes) -> None:
         try:
             self._parser.write(data)
         except FormParserError as exc:
-            raise MultipartEnvelopeError(f"the multipart body is malformed ({exc})") from exc
+            raise self._error(f"the multipart body is malformed ({exc})") from exc
 
     def close(self) -> None:
         """Check that the body ended with its closing boundary (``--<boundary>--``)."""
         if self._parser.state != MultipartState.END:
             where = f"inside part {self.parts}" if self.parts else "before its first part"
-            raise MultipartEnvelopeError(
+            raise self._error(
                 f"the multipart body ended {where}, without its closing boundary '--{self._boundary}--': "
                 "the upload was cut off or built wrong; send the whole body again"
             )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
+from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -20,7 +21,7 @@ from starlette.types import Message
 from app.core.config import Settings
 from app.core.deps import SessionDep, SettingsDep
 from app.core.errors import EmbedqError, InvalidRequestError
-from app.core.multipart import MultipartEnvelopeError, MultipartStream, media_type
+from app.core.multipart import MultipartStream, media_type
 from app.keys.auth import JOB_LIMIT_ERRORS, PrincipalDep
 from app.training import service
 from app.training.pairs import PairFormat, format_for_filename
@@ -120,10 +121,7 @@ async def _complete_form(request: Request) -> FormData:
     boundary = params.get(b"boundary")
     if not boundary:
         return await request.form(max_files=1)  # Starlette's 400 says the boundary is missing
-    try:
-        envelope = MultipartStream(boundary, lambda _headers: None)
-    except MultipartEnvelopeError as exc:
-        raise EmbedqError(str(exc), param="file") from exc
+    envelope = MultipartStream(boundary, lambda _headers: None, error=partial(EmbedqError, param="file"))
 
     async def receive() -> Message:
         message = await request.receive()
@@ -131,15 +129,12 @@ async def _complete_form(request: Request) -> FormData:
             envelope.write(message.get("body", b""))
         return message
 
-    try:
-        form = await Request(request.scope, receive).form(max_files=1)
-    except MultipartEnvelopeError as exc:
-        raise EmbedqError(str(exc), param="file") from exc
+    form = await Request(request.scope, receive).form(max_files=1)
     try:
         envelope.close()
-    except MultipartEnvelopeError as exc:
+    except EmbedqError:
         await form.close()
-        raise EmbedqError(str(exc), param="file") from exc
+        raise
     return form
 
 
