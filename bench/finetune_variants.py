@@ -202,29 +202,29 @@ def _with_negative_columns() -> None:
         ]
         return joined, stats
 
-    def columns(pairs: list[Pair], indices: list[int]) -> list[list[str]]:
-        batch = [pairs[i] for i in indices]
-        out = [[p.query for p in batch], [p.positive for p in batch]]
-        if all(p.negative is not None for p in batch):
-            split = [str(p.negative).split(SEPARATOR) for p in batch]
-            out += [[negs[j] for negs in split] for j in range(len(split[0]))]
+    columns, row = trainer.batch_columns, PairColumns.__getitem__
+
+    def split_columns(pairs: list[Pair], indices: list[int]) -> list[list[str]]:
+        out = columns(pairs, indices)
+        if len(out) == 3:  # the joined negatives, one column per negative
+            out[2:] = [list(column) for column in zip(*(n.split(SEPARATOR) for n in out[2]), strict=True)]
         return out
 
-    def row(self: Any, index: int) -> dict[str, str]:
-        pair = self.pairs[index]
-        values = {"anchor": pair.query, "positive": pair.positive}
-        if pair.negative is not None and "negative" in self.column_names:
-            values.update({f"negative_{j}": n for j, n in enumerate(pair.negative.split(SEPARATOR))})
+    def split_row(self: PairColumns, index: int) -> dict[str, str]:
+        values = row(self, index)  # the no-duplicates sampler compares each negative on its own
+        negative = values.pop("negative", None)
+        if negative is not None:
+            values.update({f"negative_{j}": n for j, n in enumerate(negative.split(SEPARATOR))})
         return values
 
     trainer.training_pairs = training_pairs
-    trainer.batch_columns = columns
-    PairColumns.__getitem__ = row
+    trainer.batch_columns = split_columns
+    PairColumns.__getitem__ = split_row
 
 
 def _remine(model: SentenceTransformer, pairs: list[Pair], quality: TrainingQuality) -> int:
     """Replace, in place, each triple's negative by one mined with ``model``; return how many changed."""
-    rule = MiningRule(1, quality.mining_candidates, quality.mining_relative_margin, quality.mining_max_similarity)
+    rule = MiningRule.of(quality, per_pair=1)
     triples = [i for i, p in enumerate(pairs) if p.negative is not None]
     fresh, _ = mine_negatives(model, [Pair(p.query, p.positive) for p in pairs], rule)
     found = {(p.query, p.positive): p.negative for p in fresh if p.negative is not None}

@@ -19,6 +19,7 @@ import torch
 from sentence_transformers import SentenceTransformer
 
 from app.training.pairs import Pair
+from app.training.spec import TrainingQuality
 
 CandidateSource = Callable[[np.ndarray, int], list[list[str]]]
 """Returns, for each query vector (normalized rows), the texts of up to ``k`` nearest passages."""
@@ -30,6 +31,11 @@ class MiningRule:
     candidates: int
     relative_margin: float
     max_similarity: float
+
+    @classmethod
+    def of(cls, quality: TrainingQuality, per_pair: int) -> MiningRule:
+        """Return the rule the operator's settings give, keeping ``per_pair`` negatives."""
+        return cls(per_pair, quality.mining_candidates, quality.mining_relative_margin, quality.mining_max_similarity)
 
 
 def mine_negatives(

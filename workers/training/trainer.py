@@ -113,13 +113,7 @@ def training_pairs(
     earlier = checkpoints.load_mined(spec.checkpoint_dir)
     if earlier is not None:
         return earlier
-    quality = spec.quality
-    rule = MiningRule(
-        per_pair=int(wanted.get("per_pair", 1)),
-        candidates=quality.mining_candidates,
-        relative_margin=quality.mining_relative_margin,
-        max_similarity=quality.mining_max_similarity,
-    )
+    rule = MiningRule.of(spec.quality, per_pair=int(wanted.get("per_pair", 1)))
     source = hooks.nearest_chunks if str(wanted.get("from", "")).startswith(COLLECTION_PREFIX) else None
     pairs, stats = mine_negatives(model, spec.train_pairs, rule, source)
     stats = {"from": wanted.get("from"), **stats}
