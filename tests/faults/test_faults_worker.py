@@ -78,15 +78,31 @@ def test_killed_pool_child_loses_and_duplicates_nothing(clean: FaultStack, fault
     )
 
 
+def kill_while_holding(clean: FaultStack, job_id: str, at_least: int, tries: int = 3) -> tuple[int, list[list[int]]]:
+    """SIGKILL a worker (parent and pool children at once) once ``at_least`` inputs are done and it holds a batch;
+    return the done count and the batches it held.
+
+    Between acking one batch and taking the next a worker holds none (on a fast CPU a good part of its time): a
+    kill that lands there orphans nothing, and a new worker is started and killed a few batches later.
+    """
+    done, held = 0, []
+    for _ in range(tries):
+        worker = start_worker(clean.env, queues=["inference"])
+        try:
+            done = clean.wait_done_at_least(job_id, at_least)
+            wait_until(clean.held_batches, 60, "the worker never held a batch", interval=0.01)
+            worker.kill()
+        finally:
+            worker.stop()
+        if held := clean.held_batches():
+            break
+        at_least = done + 32
+    return done, held
+
+
 def test_killed_worker_batches_are_picked_up_after_restart(clean: FaultStack, fault_api: ManagedProcess) -> None:
-    worker = start_worker(clean.env, queues=["inference"])
-    try:
-        job_id = submit(fault_api.base_url, short_texts(INPUTS, seed=2))
-        before = clean.wait_done_at_least(job_id, 64)
-        worker.kill()  # SIGKILL to the parent and its pool children at once
-    finally:
-        worker.stop()
-    orphaned = clean.held_batches()
+    job_id = submit(fault_api.base_url, short_texts(INPUTS, seed=2))
+    before, orphaned = kill_while_holding(clean, job_id, 64)
     assert orphaned, "the killed worker held no message: nothing to recover"
     assert clean.counts(job_id)["status"] == "running"
 
