@@ -75,10 +75,11 @@ class _Lines:
             end = self.buffer.find(b"\n", start)
             if end < 0:
                 break
-            line = bytes(self.buffer[start:end])
+            too_long = end - start > self.max  # fed in one piece, as a source's shard is, a line is whole here
+            line = b"" if too_long else bytes(self.buffer[start:end])
             start = end + 1
             self.number += 1
-            if self.skipping:
+            if self.skipping or too_long:
                 self.skipping = False
                 yield self.number, None
             else:

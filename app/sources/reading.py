@@ -27,6 +27,7 @@ from app.collections.upload_items import (
     TextMode,
     UploadFormat,
     UploadOptions,
+    shown_id,
 )
 from app.collections.upload_parquet import columns_to_read, missing_columns, row_items
 from app.collections.upload_parsers import parser_for
@@ -130,13 +131,18 @@ def _read_lines(
         id_field=spec.id_field,
         text_field=spec.text_field,
         max_line_bytes=settings.ingest_max_line_bytes,
+        document_id=relative_name,  # a plain-text object's id: its whole path under the base, not its file name
     )
+    if fmt is SourceFormat.TEXT and shard.stop > settings.ingest_max_line_bytes:  # one document: never read it all
+        limit = settings.ingest_max_line_bytes
+        too_big = f"the text document is larger than {limit} bytes (EMBEDQ_INGEST_MAX_LINE_BYTES): split it"
+        return ShardRead([RejectedLine(1, shown_id(relative_name), f"{uri}: {too_big}")])
     label = uri if shard.start == 0 else f"{uri} (from byte {shard.start})"
-    parser = parser_for(options.format, options, label if fmt is not SourceFormat.TEXT else relative_name)
+    parser = parser_for(options.format, options, label if fmt is not SourceFormat.TEXT else None)
     with fs.open(path, "rb", block_size=min(settings.source_shard_target_bytes, 8 * 1024 * 1024)) as handle:
         header = handle.readline() if fmt is SourceFormat.CSV and shard.start > 0 else b""
         try:
-            data = _range_lines(handle, shard)
+            data = _range_lines(handle, shard, settings.ingest_max_line_bytes)
         except OSError as exc:
             return ShardRead([], f"{uri}: {_where(shard)} cannot be read ({_reason(exc)})")
     items = [*parser.feed(header + data), *parser.close()] if header or data else [*parser.close()]
@@ -145,8 +151,12 @@ def _read_lines(
     return ShardRead(_selected(items, spec.metadata_fields))
 
 
-def _range_lines(handle: IO[bytes], shard: ShardPlan) -> bytes:
-    """Return the bytes of the lines that begin in the shard's range."""
+def _range_lines(handle: IO[bytes], shard: ShardPlan, max_line_bytes: int) -> bytes:
+    """Return the bytes of the lines that begin in the shard's range.
+
+    The last line is read on past the range's end to its newline, but no further than ``max_line_bytes``: a
+    longer line is refused by the parser anyway, and an object with no newline is not read whole.
+    """
     if shard.kind is ShardKind.WHOLE:
         handle.seek(0)
         return handle.read()
@@ -159,8 +169,10 @@ def _range_lines(handle: IO[bytes], shard: ShardPlan) -> bytes:
         if cut < 0:
             return b""  # one line covers the whole range: it belongs to an earlier shard
         data = data[cut + 1 :]
-    while data and not data.endswith(b"\n"):
+    tail = 0
+    while data and not data.endswith(b"\n") and tail <= max_line_bytes:
         more = handle.read(_TAIL_READ_BYTES)
+        tail += len(more)
         if not more:
             break
         cut = more.find(b"\n")

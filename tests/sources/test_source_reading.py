@@ -94,3 +94,68 @@ def test_a_truncated_parquet_file_fails_its_shard_with_the_reason(tmp_path: Path
     path.write_bytes(body[:100] + b"\0" * (len(body) - 100))  # the footer survives, the first pages do not
     read = read_shard(fs, str(path), obj.uri, SourceFormat.PARQUET, shards[0], ANY_SPEC, "b", settings)
     assert read.error is not None and "file://broken" in read.error and "cannot be read" in read.error
+
+
+def test_plain_text_objects_are_documents_named_by_their_path_under_the_base(tmp_path: Path, settings_env) -> None:
+    fs, settings = LocalFileSystem(), get_settings()
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "readme.md").write_text(f"the readme of {folder}")
+    ids = []
+    for folder in ("a", "b"):
+        path = tmp_path / folder / "readme.md"
+        shard = ShardPlan(ShardKind.WHOLE, 0, path.stat().st_size)
+        read = read_shard(
+            fs, str(path), f"file://{path}", SourceFormat.TEXT, shard, ANY_SPEC, f"{folder}/readme.md", settings
+        )
+        ids += [(i.external_id, i.text) for i in read.items]
+    assert ids == [("a/readme.md", "the readme of a"), ("b/readme.md", "the readme of b")]
+
+
+def test_a_text_object_over_the_document_limit_is_refused_without_reading_it(tmp_path: Path, settings_env) -> None:
+    settings_env.set(EMBEDQ_INGEST_MAX_LINE_BYTES="4096")
+    path = tmp_path / "big.txt"
+    path.write_bytes(b"word " * 2000)  # 10,000 bytes
+    read, errors = read_all(path, SourceFormat.TEXT)
+    assert read == [] and len(errors) == 1
+    assert "larger than 4096 bytes" in errors[0].error and "EMBEDQ_INGEST_MAX_LINE_BYTES" in errors[0].error
+
+
+@pytest.mark.parametrize("target", [2048, 10**9])
+def test_a_jsonl_line_over_the_limit_is_refused_when_a_shard_is_fed_whole(tmp_path: Path, settings_env, target) -> None:
+    settings_env.set(EMBEDQ_INGEST_MAX_LINE_BYTES="4096", EMBEDQ_SOURCE_SHARD_TARGET_BYTES=str(target))
+    rows = documents("j", 20, sentences=2)
+    long = '{"id": "long", "text": "' + "x" * 10_000 + '"}'
+    lines = jsonl_bytes(rows).decode().splitlines()
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("\n".join([*lines[:10], long, *lines[10:]]) + "\n")
+    read, errors = read_all(path, SourceFormat.JSONL)
+    assert [d.external_id for d in read] == [r["id"] for r in rows]  # every other line, once
+    assert len(errors) == 1 and "longer than 4096 bytes" in errors[0].error
+
+
+def test_a_jsonl_object_with_no_newline_is_not_read_past_the_line_limit(tmp_path: Path, settings_env) -> None:
+    settings_env.set(EMBEDQ_INGEST_MAX_LINE_BYTES="4096", EMBEDQ_SOURCE_SHARD_TARGET_BYTES="2048")
+    path = tmp_path / "one-line.jsonl"
+    path.write_bytes(b'{"id": "x", "text": "' + b"y" * 1_000_000 + b'"}')
+    reads = []
+
+    class Counting(LocalFileSystem):
+        def open(self, *args, **kwargs):  # counts the bytes each shard reads
+            handle = super().open(*args, **kwargs)
+            read = handle.read
+
+            def counted(n=-1):
+                data = read(n)
+                reads.append(len(data))
+                return data
+
+            handle.read = counted
+            return handle
+
+    fs, settings = Counting(), get_settings()
+    obj = ListedObject(str(path), f"file://{path}", path.stat().st_size, SourceFormat.JSONL, None, None)
+    shard = plan_object(fs, obj, settings)[0]
+    read = read_shard(fs, str(path), obj.uri, SourceFormat.JSONL, shard, ANY_SPEC, path.name, settings)
+    assert [i.error for i in read.items if isinstance(i, RejectedLine)] and not read.error
+    assert sum(reads) < 2048 + 4096 + 2 * 64 * 1024  # the range, the line limit, and at most two tail reads
