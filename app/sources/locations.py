@@ -2,8 +2,9 @@
 
 ``s3://bucket/prefix/`` lists every object under the prefix, ``s3://bucket/corpus/*.parquet`` a glob, and
 ``file:///path`` the same on the server's disk, only under EMBEDQ_SOURCE_FILE_ROOTS (none by default: a
-tenant must never read the server's files). S3 endpoints and keys come from the settings, by credential
-set name; an error the store gives back is shown without them (``app.core.redaction.without_secrets``).
+tenant must never read the server's files). Nothing inside or above the artifact store is a source: it holds
+every tenant's files. S3 endpoints and keys come from the settings, by credential set name; an error the store
+gives back is shown without them (``app.core.redaction.without_secrets``).
 """
 
 from __future__ import annotations
@@ -97,7 +98,13 @@ def allowed_local_path(path: str, settings: Settings) -> bool:
 
 
 def check_allowed(location: SourceLocation, settings: Settings) -> None:
-    """Refuse (403) a file:// source whose folder is outside the allowed roots; s3:// passes."""
+    """Refuse (403) a source inside or above the artifact store, and a file:// source outside the allowed roots."""
+    if _overlaps_artifact_store(location, settings):
+        raise SourceForbiddenError(
+            f"{location.uri} reads the artifact store (EMBEDQ_ARTIFACT_STORE), which keeps every tenant's files "
+            "and models: no source may read it; name a prefix or glob outside it",
+            param="uri",
+        )
     if location.scheme != "file":
         return
     if not settings.source_file_roots:
@@ -111,6 +118,22 @@ def check_allowed(location: SourceLocation, settings: Settings) -> None:
             "whose EMBEDQ_SOURCE_FILE_ROOTS names them",
             param="uri",
         )
+
+
+def _overlaps_artifact_store(location: SourceLocation, settings: Settings) -> bool:
+    """Return whether the source's base lies inside the artifact store or holds it (a listing would reach it).
+
+    Compared by bucket and key, whatever the endpoint: a source with no credential set reads with the
+    standard AWS chain, which on a fleet's pods is the artifact store's own keys.
+    """
+    scheme, _, rest = (settings.artifact_store or "").partition("://")
+    if scheme.lower() != location.scheme or not rest:
+        return False
+    if location.scheme == "file":
+        store, base = os.path.realpath(rest), os.path.realpath(location.base or "/")
+    else:
+        store, base = rest.strip("/"), location.base.strip("/")
+    return store == base or store.startswith(base.rstrip("/") + "/") or base.startswith(store + "/")
 
 
 def filesystem(location: SourceLocation, credentials: str | None, settings: Settings) -> fsspec.AbstractFileSystem:

@@ -255,6 +255,53 @@ def test_bad_sources_are_refused_before_any_job(
     assert job.status == "running"  # the symlink out of the root is not listed (see the planning test below)
 
 
+@pytest.mark.parametrize("credentials", ["corpus", None])
+def test_no_source_reads_the_artifact_store_where_every_tenant_s_files_are(
+    db_session: Session,
+    settings_env: SettingsEnv,
+    settings: Settings,
+    s3_server: S3Server,
+    prefix: str,
+    tmp_path,
+    credentials,
+) -> None:
+    """The artifact store on the sources' S3, and the default AWS chain holding its keys, as on a fleet's pods."""
+    settings_env.set(
+        EMBEDQ_ARTIFACT_STORE=f"s3://{prefix}/artifacts",
+        AWS_ACCESS_KEY_ID=s3_server.access_key,
+        AWS_SECRET_ACCESS_KEY=s3_server.secret_key,
+        EMBEDQ_SOURCE_S3_ENDPOINT_URL=s3_server.endpoint_url,
+        EMBEDQ_SOURCE_S3_REGION=REGION,
+    )
+    settings = get_settings()
+    make_collection(db_session, settings)
+    put(s3_server, f"{prefix}/artifacts/files/other-tenant/file-abc", jsonl_bytes(documents("secret", 3)))
+    put(s3_server, f"{prefix}/corpus/a.jsonl", jsonl_bytes(documents("a", 3)))
+    bucket, under = prefix.split("/", 1)
+    for uri in (
+        f"s3://{prefix}/artifacts/files/",  # inside
+        f"s3://{prefix}/artifacts/files/other-tenant/file-abc",  # one of its objects
+        f"s3://{prefix}/",  # a prefix that holds it
+        f"s3://{bucket}/",  # the whole bucket
+        f"s3://{bucket}/{under}/*/files/**",  # a glob reaching into it
+    ):
+        answer = refused(db_session, settings, uri=uri, format="jsonl", credentials=credentials)
+        assert answer.status_code == 403 and "EMBEDQ_ARTIFACT_STORE" in answer.message, (uri, answer.message)
+    beside = start_source(
+        db_session, "docs", SourceRequest(uri=f"s3://{prefix}/corpus/", credentials=credentials), settings, ADMIN
+    )
+    assert beside.status == "running"  # the same bucket, outside the store: read as any source
+
+    store = tmp_path / "state" / "artifacts"
+    (store / "files").mkdir(parents=True)
+    (store / "files" / "f.jsonl").write_bytes(jsonl_bytes(documents("secret", 3)))
+    (tmp_path / "link").symlink_to(store)
+    settings_env.set(EMBEDQ_ARTIFACT_STORE=store.as_uri(), EMBEDQ_SOURCE_FILE_ROOTS=str(tmp_path))
+    for uri in (f"file://{store}/files/", f"file://{tmp_path}/", f"file://{tmp_path}/link/files/"):
+        answer = refused(db_session, get_settings(), uri=uri, format="jsonl")
+        assert answer.status_code == 403 and "EMBEDQ_ARTIFACT_STORE" in answer.message, (uri, answer.message)
+
+
 def test_a_file_source_under_an_allowed_root_is_read_without_its_symlinks_out(
     db_session: Session, scope, settings_env: SettingsEnv, settings: Settings, tmp_path
 ) -> None:
