@@ -8,6 +8,7 @@ ScaledObjects with jsonschema against the KEDA CRD schema kept in deploy/k8s/sch
 from __future__ import annotations
 
 import copy
+import re
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,13 @@ def test_every_queue_has_a_worker_deployment_that_scales_on_it() -> None:
         sublists = {f"{q}{Channel.sep}{step}" for q in queues & FAIR_QUEUES for step in PRIORITY_STEPS if step}
         assert {t["metadata"]["listName"] for t in spec["triggers"]} == queues | sublists, name
         assert all(t["type"] == "redis" and int(t["metadata"]["listLength"]) >= 1 for t in spec["triggers"])
+        if len(spec["triggers"]) > 1:  # KEDA alone scales to the busiest trigger: the lists' sum is the backlog
+            names = [t["name"] for t in spec["triggers"]]
+            modifiers = spec["advanced"]["scalingModifiers"]
+            assert all(re.fullmatch(r"[a-z_][a-z0-9_]*", n) for n in names), names  # the formula's variables
+            assert sorted(modifiers["formula"].replace(" ", "").split("+")) == sorted(names), name
+            assert {modifiers["target"]} == {t["metadata"]["listLength"] for t in spec["triggers"]}, name
+            assert modifiers["metricType"] == "AverageValue"
         # /readyz wants a consumer on every queue: no worker Deployment may scale to zero.
         assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"], name
         hpa = hpas[name]["spec"]
