@@ -23,7 +23,13 @@ defaults ("old": true starts from the old defaults instead), plus these bench-on
   n-tuple format), rather than on k separate triples; a pair with fewer repeats its last;
 - ``remine``: at the start of every epoch after the first, mine each triple's negative again from the training
   passages with the weights as they are then (ANCE-style: negatives hard for the model being trained, not for
-  the base); a triple with no candidate left under the false-negative filters keeps its negative.
+  the base); a triple with no candidate left under the false-negative filters keeps its negative;
+- ``clustered``: topic-aware batches (TAS-B): each batch starts from a random pair and fills with the pairs
+  whose queries the base model puts nearest it, skipping any that would repeat a text in the batch, so the
+  in-batch negatives are hard too; with a number in (0, 1), only that share of each epoch's batches is built so,
+  the rest drawn as usual;
+- ``soup``: train this many times, the training seed (batch order, initialisation of the random state) the
+  bench's plus 0, 1, ..., and score the uniform average of the kept weights (a model soup) beside the first run.
 
     python -m bench.finetune_variants --seed 7 --variant '{"old": true}' --variant '{}' \\
         --variant '{"loss": {"scale": 40}}'
@@ -32,6 +38,7 @@ defaults ("old": true starts from the old defaults instead), plus these bench-on
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import tempfile
@@ -222,6 +229,56 @@ def _with_negative_columns() -> None:
     PairColumns.__getitem__ = split_row
 
 
+def _with_clustered_batches() -> None:
+    """With hp "clustered", plan topic-aware batches (see the module docstring)."""
+    planned = trainer.plan_batches
+
+    def plan(pairs: list[Pair], batch_size: int, epochs: int, seed: int) -> EpochPlan:
+        share = float(_CLUSTERED.get("share") or 0)
+        usual = planned(pairs, batch_size, epochs, seed)
+        if not share:
+            return usual
+        ordered = usual.pairs
+        vectors = base_model().encode([p.query for p in ordered], batch_size=64, normalize_embeddings=True)
+        similar = vectors @ vectors.T
+        batches: list[tuple[int, list[int]]] = []
+        steps: list[int] = []
+        for epoch in range(epochs):
+            rng = random.Random(seed * 1000 + epoch)
+            usual_epoch = [b for e, b in usual.batches if e == epoch]
+            clustered = round(share * len(usual_epoch))
+            left = list(range(len(ordered)))
+            rng.shuffle(left)
+            epoch_batches = []
+            while left and len(epoch_batches) < clustered:
+                start = left[0]
+                with_negative = ordered[start].negative is not None
+                batch, texts = [], set()
+                for i in sorted(left, key=lambda j: -similar[start, j]):
+                    pair = ordered[i]
+                    own = {pair.query, pair.positive} | ({pair.negative} if pair.negative else set())
+                    if (pair.negative is not None) != with_negative or own & texts:
+                        continue
+                    batch.append(i)
+                    texts |= own
+                    if len(batch) == batch_size:
+                        break
+                left = [i for i in left if i not in set(batch)]
+                epoch_batches.append(batch)
+            if left:  # the rest of the epoch as the usual sampler would batch it
+                rest = planned([ordered[i] for i in left], batch_size, 1, seed + epoch)
+                index = {id(p): i for i, p in zip(left, [ordered[i] for i in left], strict=True)}
+                epoch_batches += [[index[id(rest.pairs[j])] for j in b] for _, b in rest.batches]
+            batches += [(epoch, b) for b in epoch_batches]
+            steps.append(len(epoch_batches))
+        return EpochPlan(ordered, batches, steps)
+
+    trainer.plan_batches = plan
+
+
+_CLUSTERED: dict[str, float] = {}
+
+
 def _remine(model: SentenceTransformer, pairs: list[Pair], quality: TrainingQuality) -> int:
     """Replace, in place, each triple's negative by one mined with ``model``; return how many changed."""
     rule = MiningRule.of(quality, per_pair=1)
@@ -326,6 +383,9 @@ def run_variant(variant: dict[str, Any], seed: int, batch_size: int, method: str
             corpus = (texts, base_model().encode(texts, batch_size=64, normalize_embeddings=True))
             hp["hard_negatives"] = {"mine": True, "per_pair": 1, "from": "collection:wordnet"}
     interpolate = variant.pop("interpolate", False)
+    soup = int(variant.pop("soup", 0))
+    clustered = variant.pop("clustered", False)
+    _CLUSTERED["share"] = 0.0 if not clustered else 1.0 if clustered is True else float(clustered)
     hp.update(variant)
     folder = Path(tempfile.mkdtemp(prefix="embedq-variant-"))
     spec = TrainingSpec(
@@ -359,7 +419,29 @@ def run_variant(variant: dict[str, Any], seed: int, batch_size: int, method: str
         row["test"] = test_mrr(tuned, sample.test)
         if interpolate:
             row["interpolated"] = _interpolations(tuned, sample.held_out, sample.test)
+        if soup > 1:
+            row["soup"] = _soup(tuned, soup, spec, sample)
     return row
+
+
+def _soup(first: SentenceTransformer, n: int, spec: TrainingSpec, sample: Sample) -> dict[str, Any]:
+    """Train ``n - 1`` more times from ``spec`` with the next training seeds; score the average of all ``n``."""
+    states = [{k: v.clone() for k, v in first.state_dict().items()}]
+    runs = []
+    for i in range(1, n):
+        folder = Path(tempfile.mkdtemp(prefix="embedq-soup-"))
+        hp = {**spec.hyperparams, "seed": int(spec.hyperparams["seed"]) + i}
+        again = dataclasses.replace(
+            spec, job_id=uuid.uuid4(), hyperparams=hp, checkpoint_dir=folder / "checkpoint", output_dir=folder / "model"
+        )
+        result = trainer.train(again, _Hooks(None))
+        model = SentenceTransformer(str(again.output_dir), device="cpu")
+        runs.append([round(100 * result.eval["trained"]["mrr@10"], 1), test_mrr(model, sample.test)])
+        states.append(model.state_dict())
+    averaged = {k: sum(s[k] for s in states) / n if v.is_floating_point() else v for k, v in states[0].items()}
+    first.load_state_dict(averaged)
+    held_out = round(100 * retrieval_metrics(first, sample.held_out)["mrr@10"], 1)
+    return {"runs": runs, "held_out": held_out, "test": test_mrr(first, sample.test)}
 
 
 def test_mrr(model: SentenceTransformer, test: list[Pair]) -> float:
@@ -395,6 +477,7 @@ def main() -> None:
     _with_model_knobs(trainer._Loop)
     _with_remining(trainer._Loop)
     _with_negative_columns()
+    _with_clustered_batches()
     sample = Sample.drawn(args.seed, args.pairs, args.test)
     base_test = test_mrr(base_model(), sample.test)
     print(f"base test MRR@10 {base_test}", flush=True)
