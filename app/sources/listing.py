@@ -76,7 +76,8 @@ def _find(fs: fsspec.AbstractFileSystem, location: SourceLocation) -> dict[str, 
     return fs.find(path, detail=True)
 
 
-def _listed(location: SourceLocation, path: str, info: dict[str, Any], fmt: SourceFormat) -> ListedObject:
+def object_signature(info: dict[str, Any]) -> dict[str, Any]:
+    """Return the signature (ETag, size, mtime) of an object from what the filesystem says of it."""
     etag = info.get("ETag") or info.get("etag")
     modified = info.get("LastModified") or info.get("mtime") or info.get("created")
     if isinstance(modified, datetime):
@@ -85,12 +86,28 @@ def _listed(location: SourceLocation, path: str, info: dict[str, Any], fmt: Sour
         mtime = repr(float(modified))
     else:
         mtime = None
+    return {"etag": str(etag).strip('"') if etag else None, "size": int(info.get("size") or 0), "mtime": mtime}
+
+
+def same_version(planned: dict[str, Any], current: dict[str, Any]) -> bool:
+    """Return whether two signatures name the same version of an object.
+
+    By ETag and size where both have an ETag (S3: a listing and a HEAD give the modification time at different
+    precisions), else by size and modification time (a local file).
+    """
+    if planned.get("etag") and current.get("etag"):
+        return (planned["etag"], planned["size"]) == (current["etag"], current["size"])
+    return (planned.get("size"), planned.get("mtime")) == (current.get("size"), current.get("mtime"))
+
+
+def _listed(location: SourceLocation, path: str, info: dict[str, Any], fmt: SourceFormat) -> ListedObject:
+    signature = object_signature(info)
     uri_path = path if location.scheme == "s3" else os.path.normpath(path)
     return ListedObject(
         path=path,
         uri=location.object_uri(uri_path),
-        size=int(info.get("size") or 0),
+        size=signature["size"],
         format=fmt,
-        etag=str(etag).strip('"') if etag else None,
-        mtime=mtime,
+        etag=signature["etag"],
+        mtime=signature["mtime"],
     )

@@ -12,7 +12,8 @@ the break; ``ShardRead.error`` says where and why, for the job's errors file.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import IO
 
@@ -33,7 +34,7 @@ from app.collections.upload_parquet import columns_to_read, missing_columns, row
 from app.collections.upload_parsers import parser_for
 from app.core.config import Settings
 from app.models.source import ShardKind
-from app.sources.listing import ListedObject
+from app.sources.listing import ListedObject, object_signature, same_version
 from app.sources.spec import SourceFormat, SourceSpec
 
 # Bytes read past a range's end per request while looking for the end of its last line.
@@ -84,24 +85,49 @@ def _group_row_groups(sizes: list[int], target: int) -> list[ShardPlan]:
     return shards
 
 
+class _Changed(Exception):
+    """The object is no longer the version the job listed."""
+
+
+@contextmanager
+def _opened(fs: fsspec.AbstractFileSystem, path: str, planned: dict | None, **kwargs: int) -> Iterator[IO[bytes]]:
+    """Open ``path`` for reading; raise _Changed unless it is still the version whose signature is ``planned``.
+
+    s3fs pins every range read of a handle to the ETag it saw at open (a later change fails the read), so
+    checking that ETag here makes the whole shard one version: the planned one.
+    """
+    with fs.open(path, "rb", **kwargs) as handle:
+        if planned is not None:
+            current = object_signature(getattr(handle, "details", None) or fs.info(path))
+            if not same_version(planned, current):
+                raise _Changed
+        yield handle
+
+
 def read_shard(
     fs: fsspec.AbstractFileSystem, path: str, uri: str, fmt: SourceFormat, shard: ShardPlan, spec: SourceSpec,
-    relative_name: str, settings: Settings,
+    relative_name: str, settings: Settings, planned: dict | None = None,
 ) -> ShardRead:  # fmt: skip
-    """Return the documents of one shard of the object at ``path`` (its ``uri`` names it in errors)."""
+    """Return the documents of one shard of the object at ``path`` (its ``uri`` names it in errors).
+
+    With ``planned``, the signature the object was listed with, a shard of an object changed since then reads
+    nothing and says so: its byte ranges or row groups were cut from the old version.
+    """
     try:
         if fmt is SourceFormat.PARQUET:
-            return _read_row_groups(fs, path, uri, shard, spec)
-        return _read_lines(fs, path, uri, fmt, shard, spec, relative_name, settings)
+            return _read_row_groups(fs, path, uri, shard, spec, planned)
+        return _read_lines(fs, path, uri, fmt, shard, spec, relative_name, settings, planned)
+    except _Changed:
+        return ShardRead([], f"{uri}: changed since the job listed it; sync the source again to read it as it is now")
     except Exception as exc:  # OSError, pyarrow's, a CSV without its columns, the store's own (botocore, aiohttp)
         return ShardRead([], f"{uri}: {_where(shard)} cannot be read ({_reason(exc)})")
 
 
 def _read_row_groups(
-    fs: fsspec.AbstractFileSystem, path: str, uri: str, shard: ShardPlan, spec: SourceSpec
+    fs: fsspec.AbstractFileSystem, path: str, uri: str, shard: ShardPlan, spec: SourceSpec, planned: dict | None
 ) -> ShardRead:
     items: list[Item] = []
-    with fs.open(path, "rb") as handle:
+    with _opened(fs, path, planned) as handle:
         parquet = pq.ParquetFile(handle)
         schema = parquet.schema_arrow
         missing = missing_columns(schema, spec.id_field, spec.text_field, spec.metadata_fields)
@@ -123,7 +149,7 @@ def _read_row_groups(
 
 def _read_lines(
     fs: fsspec.AbstractFileSystem, path: str, uri: str, fmt: SourceFormat, shard: ShardPlan, spec: SourceSpec,
-    relative_name: str, settings: Settings,
+    relative_name: str, settings: Settings, planned: dict | None,
 ) -> ShardRead:  # fmt: skip
     options = UploadOptions(
         format=UploadFormat(fmt.value),
@@ -139,7 +165,7 @@ def _read_lines(
         return ShardRead([RejectedLine(1, shown_id(relative_name), f"{uri}: {too_big}")])
     label = uri if shard.start == 0 else f"{uri} (from byte {shard.start})"
     parser = parser_for(options.format, options, label if fmt is not SourceFormat.TEXT else None)
-    with fs.open(path, "rb", block_size=min(settings.source_shard_target_bytes, 8 * 1024 * 1024)) as handle:
+    with _opened(fs, path, planned, block_size=min(settings.source_shard_target_bytes, 8 * 1024 * 1024)) as handle:
         header = handle.readline() if fmt is SourceFormat.CSV and shard.start > 0 else b""
         try:
             data = _range_lines(handle, shard, settings.ingest_max_line_bytes)

@@ -125,8 +125,9 @@ def _read(shard: _Shard, settings: Settings) -> ShardRead:
         return ShardRead([], f"{shard.object_uri}: {exc.message}")
     path = _path(location, shard.object_uri)
     read = read_shard(
-        fs, path, shard.object_uri, shard.format, shard.plan, shard.spec, location.relative(path), settings
-    )
+        fs, path, shard.object_uri, shard.format, shard.plan, shard.spec, location.relative(path), settings,
+        planned=shard.signature,
+    )  # fmt: skip
     if read.error:
         log.warning("shard of %s broke off: %s", shard.object_uri, without_secrets(read.error, settings))
     return read

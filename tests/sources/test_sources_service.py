@@ -204,6 +204,35 @@ def test_a_shard_of_a_file_broken_since_planning_fails_its_documents_not_the_job
     assert len(errors) == 1 and f"s3://{prefix}/gone.parquet" in errors[0].error and "cannot be read" in errors[0].error
 
 
+def test_an_object_overwritten_since_planning_fails_its_shards_and_is_read_again_by_a_resync(
+    db_session: Session, scope, settings_env: SettingsEnv, settings: Settings, s3_server: S3Server, prefix: str
+) -> None:
+    settings_env.set(EMBEDQ_SOURCE_SHARD_TARGET_BYTES="4096")  # several byte-range shards of one object
+    settings = get_settings()
+    make_collection(db_session, settings)
+    old, new = documents("v1", 60, sentences=4), documents("v2", 60, sentences=4)
+    put(s3_server, f"{prefix}/corpus.jsonl", jsonl_bytes(old))
+    job = start_source(db_session, "docs", SourceRequest(uri=f"s3://{prefix}/", credentials="corpus"), settings, ADMIN)
+    db_session.flush()
+    plan_source(scope, job.id, settings)
+    shards = list(db_session.scalars(select(IngestShard).where(IngestShard.job_id == job.id)))
+    assert len(shards) > 2
+    run_shard(scope, job.id, shards[0].seq, settings)  # read as planned
+    put(s3_server, f"{prefix}/corpus.jsonl", jsonl_bytes(new))  # overwritten while the job runs
+    for shard in shards[1:]:
+        run_shard(scope, job.id, shard.seq, settings)
+    job = drain(db_session, scope, settings, job.id)
+    assert job.shards_failed == len(shards) - 1
+    errors = JobOut.of(job).ingest.errors
+    assert errors and all("changed since the job listed it" in e.error for e in errors), errors
+    ids = set(db_session.scalars(select(Document.external_id)))
+    assert not any(i.startswith("v2-") for i in ids), "a shard read the new version into a job planned on the old"
+
+    again = sync(db_session, scope, settings, f"s3://{prefix}/")  # the object was not recorded as synced
+    assert again.status == "succeeded"
+    assert {d["id"] for d in new} <= set(db_session.scalars(select(Document.external_id)))
+
+
 def refused(session: Session, settings: Settings, **body) -> EmbedqError:
     jobs_before = session.scalar(select(func.count()).select_from(Job))
     with pytest.raises(EmbedqError) as caught:
