@@ -11,11 +11,17 @@ This consumer bootstep removes the choice: every ``EMBEDQ_BROKER_HEARTBEAT_S`` t
 re-stamps the index entries of the messages it holds (reserved or running), the way SQS consumers extend a
 message's visibility. A message stops being re-stamped only when its worker is gone, so the visibility
 timeout becomes "time since the worker was last seen alive" and can be short.
+
+The beat runs on the consumer's timer, and a warm shutdown (a scale-down's SIGTERM) stops the consumer before
+the pool drains what runs: from then on a thread re-stamps instead, until the worker exits or the consumer
+starts again. Without it, a task that outlives the visibility timeout while its worker drains (an index build,
+a training step and its checkpoint) went back to the queue and ran on a second worker beside the first.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Any
 
@@ -56,20 +62,42 @@ class UnackedHeartbeat(bootsteps.StartStopStep):
     def __init__(self, c: Any, **kwargs: Any) -> None:
         super().__init__(c, **kwargs)
         self.tref: Any = None
+        self.draining: threading.Event | None = None  # set to end the thread that beats while the consumer is stopped
 
     def start(self, c: Any) -> None:
+        self._end_draining()
         channel = c.task_consumer.channel
         if not hasattr(channel.qos, "unacked_index_key"):
             return  # not the Redis transport: nothing to re-stamp
         self.tref = c.timer.call_repeatedly(get_settings().broker_heartbeat_s, self._beat, (channel.qos,))
+        self.qos = channel.qos
 
     def stop(self, c: Any) -> None:
-        if self.tref is not None:
-            self.tref.cancel()
-            self.tref = None
+        if self.tref is None:
+            return
+        self.tref.cancel()
+        self.tref = None
+        # The timer stops with the consumer; the pool may run on for minutes (a warm shutdown drains it).
+        self.draining = threading.Event()
+        threading.Thread(
+            target=self._drain, args=(self.qos, self.draining), name="unacked-heartbeat", daemon=True
+        ).start()
 
     def shutdown(self, c: Any) -> None:
         self.stop(c)
+
+    def _end_draining(self) -> None:
+        if self.draining is not None:
+            self.draining.set()
+            self.draining = None
+
+    def _drain(self, qos: Any, ended: threading.Event) -> None:
+        while not ended.wait(get_settings().broker_heartbeat_s):
+            try:
+                self._beat(qos)
+            except Exception as exc:  # the channel is closed: the pool has drained, what it still held is restored
+                log.debug("stopped re-stamping held messages: %r", exc)
+                return
 
     def _beat(self, qos: Any) -> None:
         try:

@@ -38,6 +38,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "accept_content": ["json"],
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
+        # A lost broker connection puts back every message the consumer held, running tasks' too, and their
+        # acks can no longer be sent: stop those tasks (SIGTERM to the pool child; training checkpoints first)
+        # rather than let a second worker run the same batch, index build or training job beside them.
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
         "worker_prefetch_multiplier": 1,
         "task_send_sent_event": True,
         # Job workers turn task events on with -E (Flower's task views); the sync worker leaves them off:

@@ -8,11 +8,13 @@ from the checkpoint it had saved.
 from __future__ import annotations
 
 import random
+import signal
 import time
 import uuid
 from collections.abc import Iterator
 
 import httpx
+import kombu.pools
 import psutil
 import pytest
 from celery import Celery
@@ -149,6 +151,62 @@ def test_a_message_held_past_the_visibility_timeout_is_not_redelivered(clean: Fa
             interval=0.5,
         )
         assert worker.log_text().count(f"Task embed.batch[{task_id}] received") == 1, worker.log_tail()
+    finally:
+        control.close()
+        worker.stop()
+
+
+SLEEPY = "support.sleepy_app:app"
+HEARTBEAT_ENV = {
+    "EMBEDQ_REDIS_VISIBILITY_TIMEOUT_S": "5",
+    "EMBEDQ_BROKER_HEARTBEAT_S": "1",
+    "EMBEDQ_BROKER_RESTORE_INTERVAL_S": "1",
+}
+
+
+def test_a_task_running_through_a_warm_shutdown_is_not_handed_to_another_worker(clean: FaultStack) -> None:
+    # A scale-down's SIGTERM: the consumer stops at once, the pool drains what runs (an index build, a training
+    # step and its checkpoint). The drain outlasts the visibility timeout four times over; only the worker's
+    # heartbeat keeps the running task's message from going back to the queue, where B would take it.
+    env = {**clean.env, **HEARTBEAT_ENV}
+    stopping = start_worker(env, queues=["inference"], app=SLEEPY)
+    other: ManagedProcess | None = None
+    control = Celery("embedq-tests", broker=clean.redis.url())
+    try:
+        task_id = control.send_task("tests.sleep", args=[20], queue="inference", ignore_result=True).id
+        wait_until(lambda: f"tests.sleep[{task_id}] received" in stopping.log_text(), 60, lambda _: stopping.log_tail())
+        other = start_worker(env, queues=["inference"], app=SLEEPY)
+        stopping.popen.send_signal(signal.SIGTERM)
+        wait_until(lambda: not stopping.alive(), 60, lambda _: stopping.log_tail())
+        assert f"Task tests.sleep[{task_id}] succeeded" in stopping.log_text(), stopping.log_tail()
+        time.sleep(3)  # a restored message would reach the other worker within a sweep or two
+        assert f"tests.sleep[{task_id}] received" not in other.log_text(), other.log_tail()
+    finally:
+        control.close()
+        stopping.stop()
+        if other is not None:
+            other.stop()
+
+
+def test_a_task_running_when_the_broker_connection_drops_runs_once_more_not_twice(clean: FaultStack) -> None:
+    # A Redis failover or a network blip: the consumer's channel closes and kombu puts back every message it
+    # held, the running task's too. The worker stops that task (Celery's
+    # worker_cancel_long_running_tasks_on_connection_loss) so only the redelivered copy completes.
+    env = {**clean.env, **HEARTBEAT_ENV}
+    worker = start_worker(env, queues=["inference"], app=SLEEPY, concurrency=2)
+    control = Celery("embedq-tests", broker=clean.redis.url())
+    try:
+        task_id = control.send_task("tests.sleep", args=[12], queue="inference", ignore_result=True).id
+        received = f"Task tests.sleep[{task_id}] received"
+        wait_until(lambda: received in worker.log_text(), 60, lambda _: worker.log_tail())
+        time.sleep(1)
+        clean.redis_client().client_kill_filter(_type="normal")  # every client's connection, the worker's too
+        kombu.pools.reset()  # this process's pooled connections were among them: the next test starts afresh
+        succeeded = f"Task tests.sleep[{task_id}] succeeded"
+        wait_until(lambda: succeeded in worker.log_text(), 90, lambda _: worker.log_tail())
+        time.sleep(14)  # a copy left running would finish within its 12 s
+        log = worker.log_text()
+        assert log.count(received) == 2 and log.count(succeeded) == 1, worker.log_tail()
     finally:
         control.close()
         worker.stop()

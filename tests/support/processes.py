@@ -105,11 +105,17 @@ def start_worker(
     concurrency: int = 1,
     timeout: float = WORKER_START_TIMEOUT_S,
     pool: str | None = None,
+    app: str = WORKER_APP,
 ) -> ManagedProcess:
-    """Return a running Celery worker consuming ``queues`` (``pool``: Celery's -P, e.g. "threads"), once it answers."""
+    """Return a running Celery worker consuming ``queues`` (``pool``: Celery's -P, e.g. "threads"), once it answers.
+
+    ``app``: another Celery app to run, e.g. "support.sleepy_app:app" (``tests`` is put on its PYTHONPATH).
+    """
     nodename = f"test-{secrets.token_hex(4)}@{socket.gethostname()}"
+    if app != WORKER_APP:
+        env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT / "tests"), env.get("PYTHONPATH")]))}
     args = [
-        sys.executable, "-m", "celery", "-A", WORKER_APP, "worker",
+        sys.executable, "-m", "celery", "-A", app, "worker",
         "-Q", ",".join(str(q) for q in queues), "--concurrency", str(concurrency),
         "-E", "--loglevel", "INFO", "-n", nodename,
         # Neither is needed by one worker, and mingle alone adds a second to every start.
