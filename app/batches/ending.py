@@ -14,8 +14,9 @@ from sqlalchemy.orm import Session
 from app.batches.repository import BatchRepository
 from app.core.db import enqueue
 from app.core.queues import TaskName
+from app.jobs import lifecycle
 from app.models.batch import BatchStatus
-from app.models.job import Job, JobStatus
+from app.models.job import Job, JobKind, JobStatus
 
 
 def decide(
@@ -43,3 +44,7 @@ def job_ended(session: Session, job: Job, status: JobStatus) -> None:
         "line": None,
     }
     decide(session, batch.id, job.id, BatchStatus.FAILED, [error])
+
+
+# Registered where the hook lives; app/batches/__init__.py imports this module with any part of the package.
+lifecycle.on_end(JobKind.BATCH, job_ended)

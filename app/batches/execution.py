@@ -26,7 +26,7 @@ from app.batches.files import storage_key
 from app.batches.repository import BatchRepository, FileRepository, RequestRepository, ResultRepository
 from app.batches.request_checks import Prepared, RequestChecker
 from app.batches.schemas import BatchObject
-from app.batches.validation import chunk_starts, validate_lines
+from app.batches.validation import LineLimits, chunk_starts, validate_lines
 from app.catalog.resolver import InvalidModelNameError, UnknownModelError
 from app.core.config import Settings
 from app.core.db import Scope, enqueue
@@ -71,7 +71,8 @@ def validate(scope: Scope, job_id: uuid.UUID, store: ArtifactStore, settings: Se
         if key is None:
             raise ArtifactNotFoundError(store, batch_id)
         with store.open_read(key) as source:
-            checked = validate_lines(source, settings.batch_max_lines)
+            limits = LineLimits(settings.batch_max_lines, settings.max_json_depth, settings.max_json_string_chars)
+            checked = validate_lines(source, limits)
     except ArtifactNotFoundError:
         message = "the input file was deleted before the batch read it: upload it again and create a new batch"
         errors = [{"code": "file_not_found", "message": message, "param": "input_file_id", "line": None}]

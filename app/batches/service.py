@@ -12,7 +12,6 @@ from datetime import timedelta
 from sqlalchemy import func
 from sqlalchemy.orm import Session
 
-from app.batches import ending
 from app.batches.repository import BatchRepository, FileRepository
 from app.batches.schemas import MAX_METADATA_PAIRS, BatchCreate, BatchList, BatchObject
 from app.batches.validation import ENDPOINT
@@ -134,9 +133,13 @@ def cancel_batch(session: Session, batch_id: str, principal: Principal) -> Batch
             param="batch_id",
         )
     # The job's cancel runs ``ending.job_ended`` (a lifecycle hook), as a cancel through /jobs does.
-    lifecycle.cancel(session, batch.job_id, "cancelled by request")
+    # A second cancel finds the job cancelled and the batch cancelling: the same answer again. A job that ended
+    # some other way without its batch has nothing left to cancel.
+    if not lifecycle.cancel(session, batch.job_id, "cancelled by request") and batch.ending is None:
+        raise ConflictError(
+            f"batch {batch_id}'s job {batch.job_id} has already ended: GET /jobs/{batch.job_id} says how",
+            param="batch_id",
+        )
     session.refresh(batch)
     return batch
 
-
-lifecycle.on_end(JobKind.BATCH, ending.job_ended)

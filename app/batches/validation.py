@@ -2,7 +2,10 @@
 
 Each line must be a JSON object ``{"custom_id": str, "method": "POST", "url": "/v1/embeddings", "body": {...}}``;
 custom_ids are unique within the file and the file holds at most EMBEDQ_BATCH_MAX_LINES requests. A line that
-breaks one of these rules fails the whole batch, named by its line number (1-based). What the body asks for
+breaks one of these rules fails the whole batch, named by its line number (1-based), as does a line the JSON
+checks of every request body refuse (NUL or a lone surrogate in a string, NaN or Infinity, nesting deeper than
+EMBEDQ_MAX_JSON_DEPTH, a string longer than EMBEDQ_MAX_JSON_STRING_CHARS: Postgres could not store it, or the
+parser would not return). What the body asks for
 (empty input, an unknown model, too many tokens) is checked later, per request: a bad body fails only its own
 request, in the error file. Blank lines are skipped, as OpenAI skips them.
 """
@@ -13,6 +16,8 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+from app.core.limits import check_json_values
 
 ENDPOINT = "/v1/embeddings"
 # Errors kept on a failed batch (its errors.data): enough to fix a file, bounded for a file of garbage.
@@ -58,8 +63,18 @@ class Validation:
             self.errors.append(error)
 
 
-def validate_lines(lines: Iterable[bytes], max_lines: int) -> Validation:
+@dataclass(frozen=True)
+class LineLimits:
+    """What a file and each of its lines may hold (EMBEDQ_BATCH_MAX_LINES, the JSON limits of a request body)."""
+
+    max_lines: int
+    max_json_depth: int
+    max_json_string_chars: int
+
+
+def validate_lines(lines: Iterable[bytes], limits: LineLimits) -> Validation:
     """Return the requests of a JSONL file given as raw lines, or every error that fails it."""
+    max_lines = limits.max_lines
     result = Validation()
     seen: dict[str, int] = {}
     count = 0
@@ -77,7 +92,7 @@ def validate_lines(lines: Iterable[bytes], max_lines: int) -> Validation:
                 )
             )
             break
-        parsed = _parse_line(raw, number)
+        parsed = _parse_line(raw, number, limits)
         if isinstance(parsed, LineError):
             result.fail(parsed)
             continue
@@ -99,7 +114,10 @@ def validate_lines(lines: Iterable[bytes], max_lines: int) -> Validation:
     return result
 
 
-def _parse_line(raw: bytes, number: int) -> ParsedRequest | LineError:
+def _parse_line(raw: bytes, number: int, limits: LineLimits) -> ParsedRequest | LineError:
+    refused = check_json_values(raw, limits.max_json_depth, limits.max_json_string_chars, what="the line")
+    if refused is not None:
+        return LineError(refused.code, refused.message, number)
     try:
         obj = json.loads(raw)
     except UnicodeDecodeError as exc:

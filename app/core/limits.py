@@ -191,6 +191,15 @@ def check_json(body: bytes, max_depth: int, max_string_chars: int) -> _Rejection
     rejection = check_encoding(body)
     if rejection is not None:
         return rejection
+    return check_json_values(body, max_depth, max_string_chars)
+
+
+def check_json_values(
+    body: bytes, max_depth: int, max_string_chars: int, what: str = "the JSON body"
+) -> _Rejection | None:
+    """Return why the JSON text ``body`` (``what``, in the message) is refused, its encoding aside, or None:
+    nested deeper than ``max_depth``, a string longer than ``max_string_chars`` or holding NUL or a lone
+    surrogate, a number that is not finite."""
     if _strings_need_decoding(body, max_string_chars):
         for match in _STRING.finditer(body):
             rejection = _check_string(match.group(), max_string_chars)
@@ -200,7 +209,7 @@ def check_json(body: bytes, max_depth: int, max_string_chars: int) -> _Rejection
     if body.count(b"[") + body.count(b"{") > max_depth:
         structure = _STRING.sub(b"", body)
         if _depth(structure) > max_depth:
-            message = f"the JSON body nests deeper than {max_depth} levels (EMBEDQ_MAX_JSON_DEPTH): flatten it"
+            message = f"{what} nests deeper than {max_depth} levels (EMBEDQ_MAX_JSON_DEPTH): flatten it"
             return _Rejection(400, "json_too_deep", message)
     if _MAYBE_NOT_FINITE.search(body):
         # Found somewhere; only a number outside every string counts.
@@ -208,7 +217,7 @@ def check_json(body: bytes, max_depth: int, max_string_chars: int) -> _Rejection
         for found in _NOT_FINITE_CANDIDATE.finditer(structure):
             if not _finite_number(found.group()):
                 message = (
-                    f"the JSON body holds {found.group()[:40].decode(errors='replace')!r}: numbers must be finite "
+                    f"{what} holds {found.group()[:40].decode(errors='replace')!r}: numbers must be finite "
                     "JSON numbers (no NaN, Infinity, or values beyond ±1.8e308)"
                 )
                 return _Rejection(400, "invalid_number", message)

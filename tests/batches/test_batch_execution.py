@@ -7,6 +7,8 @@ test's rolled-back session; the artifact store is a folder of the test's own.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -185,6 +187,38 @@ def test_a_file_with_broken_lines_fails_validation_with_each_line_named(
     db_session.refresh(job)
     assert job.status == "failed" and "not valid JSON" in job.error
     assert batch_events(db_session, batch) == [("batch.failed", batch.id)]
+
+
+def test_a_line_postgres_could_not_store_fails_validation_instead_of_the_task(
+    db_session: Session, scope, store: ArtifactStore
+) -> None:
+    # NUL and lone surrogates reached Postgres and raised in the task: redelivered until the reaper gave up,
+    # the batch left validating.
+    settings = settings_with()
+    lines = [
+        request_line("a", {"input": "x"}),
+        request_line("b", {"input": "a\x00b"}),
+        request_line("c\udfff", {"input": "y"}),
+        request_line("d", {"input": "z", "dimensions": float("nan")}),
+    ]
+    batch = submit(db_session, store, lines, settings)
+    assert execution.validate(scope, batch.job_id, store, settings).value == "failed"
+    assert execution.finalize(scope, batch.job_id, store, settings).value == "failed"
+    db_session.refresh(batch)
+    assert batch.status == "failed"
+    codes = [(e["line"], e["code"]) for e in batch.errors]
+    assert codes == [(2, "nul_character"), (3, "invalid_unicode"), (4, "invalid_number")]
+
+
+def test_a_worker_process_ends_a_batch_with_its_job(tmp_path: Path) -> None:
+    """The reaper runs in a worker, which imports no API module: the hook ending a batch with its job must be
+    registered there too (it was only in the API's process, so a batch failed by the reaper stayed validating)."""
+    code = (
+        "import workers.celery_app as w; w.celery_app.loader.import_default_modules(); "
+        "from app.jobs import lifecycle; print(sorted(lifecycle._END_HOOKS))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.split("\n")[-2] == "['batch']", done.stdout + done.stderr
 
 
 def test_a_batch_past_its_window_ends_expired_with_its_partial_output(

@@ -6,7 +6,11 @@ import json
 
 import pytest
 
-from app.batches.validation import ParsedRequest, chunk_starts, estimated_tokens, validate_lines
+from app.batches.validation import LineLimits, ParsedRequest, chunk_starts, estimated_tokens, validate_lines
+
+
+def limits(max_lines: int) -> LineLimits:
+    return LineLimits(max_lines, max_json_depth=32, max_json_string_chars=1000)
 
 
 def line(custom_id: object = "a", **overrides: object) -> bytes:
@@ -16,7 +20,7 @@ def line(custom_id: object = "a", **overrides: object) -> bytes:
 
 
 def test_a_valid_file_gives_every_request_with_its_line_number() -> None:
-    checked = validate_lines([line("a"), b"\n", line("b", body={"input": ["x", "y"], "model": "m"})], 10)
+    checked = validate_lines([line("a"), b"\n", line("b", body={"input": ["x", "y"], "model": "m"})], limits(10))
     assert checked.errors == []
     assert checked.requests == [
         ParsedRequest(1, "a", {"input": "hi"}),
@@ -43,12 +47,21 @@ def test_a_valid_file_gives_every_request_with_its_line_number() -> None:
         (line(method="GET"), "invalid_method", "method", "'GET'"),
         (line(url="/v1/chat/completions"), "invalid_url", "url", "'/v1/chat/completions'"),
         (line(body=["hi"]), "invalid_body", "body", "JSON object"),
+        # What every request body is refused for: Postgres cannot store it, or the parser would not return.
+        (line(body={"input": "a\x00b"}), "nul_character", None, "NUL"),
+        (line("a\x00"), "nul_character", None, "NUL"),
+        (line(body={"input": "\ud800"}), "invalid_unicode", None, "lone surrogate"),
+        (line("\udfff"), "invalid_unicode", None, "lone surrogate"),
+        (line(body={"input": "hi", "dimensions": float("nan")}), "invalid_number", None, "'NaN'"),
+        (line(body={"input": "x" * 1001}), "string_too_long", None, "at most 1000"),
+        (b'{"custom_id": "a", "body": {"input": ' + b"[" * 100_000 + b"]" * 100_000 + b"}}", "json_too_deep", None,
+         "the line nests deeper than 32 levels"),
     ],
 )  # fmt: skip
 def test_each_broken_line_fails_the_batch_with_its_number_code_and_fix(
     raw: bytes, code: str, param: str | None, needle: str
 ) -> None:
-    checked = validate_lines([line("ok"), raw], 10)
+    checked = validate_lines([line("ok"), raw], limits(10))
     assert len(checked.errors) == 1, checked.errors
     error = checked.errors[0]
     assert (error.line, error.code, error.param) == (2, code, param)
@@ -56,27 +69,27 @@ def test_each_broken_line_fails_the_batch_with_its_number_code_and_fix(
 
 
 def test_a_repeated_custom_id_names_the_line_that_used_it_first() -> None:
-    checked = validate_lines([line("a"), line("b"), line("a")], 10)
+    checked = validate_lines([line("a"), line("b"), line("a")], limits(10))
     [error] = checked.errors
     assert (error.line, error.code) == (3, "duplicate_custom_id")
     assert "also the custom_id of line 1" in error.message
 
 
 def test_more_lines_than_the_limit_fail_at_the_first_line_over_it() -> None:
-    checked = validate_lines([line(str(i)) for i in range(5)], 3)
+    checked = validate_lines([line(str(i)) for i in range(5)], limits(3))
     [error] = checked.errors
     assert (error.line, error.code) == (4, "too_many_requests")
     assert "EMBEDQ_BATCH_MAX_LINES" in error.message
 
 
 def test_an_empty_file_fails() -> None:
-    checked = validate_lines([b"\n", b"  \n"], 10)
+    checked = validate_lines([b"\n", b"  \n"], limits(10))
     [error] = checked.errors
     assert (error.line, error.code) == (None, "empty_file")
 
 
 def test_every_error_is_reported_not_only_the_first() -> None:
-    checked = validate_lines([b"x\n", line("a"), b"y\n", line("a")], 10)
+    checked = validate_lines([b"x\n", line("a"), b"y\n", line("a")], limits(10))
     assert [(e.line, e.code) for e in checked.errors] == [
         (1, "invalid_json_line"),
         (3, "invalid_json_line"),
