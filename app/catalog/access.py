@@ -36,8 +36,14 @@ class ModelErrors:
 JOB_API_ERRORS = ModelErrors(invalid=InvalidRequestError, unknown=InvalidRequestError, list_known=True)
 """Jobs, collections and fine-tuning: 422 ``invalid_request`` for either, naming the known models."""
 
-MODEL_API_ERRORS = ModelErrors(invalid=EmbedqError, unknown=NotFoundError)
-"""``/v1/models`` and the hybrid endpoints: 400 for a malformed name, 404 for an unknown one."""
+class ModelNotFoundError(NotFoundError):
+    """A model name no one serves: 404 ``model_not_found``, OpenAI's code on /v1/models and /v1/embeddings."""
+
+    code = "model_not_found"
+
+
+MODEL_API_ERRORS = ModelErrors(invalid=EmbedqError, unknown=ModelNotFoundError)
+"""``/v1/models``, reranking and the hybrid endpoints: 400 for a malformed name, 404 for an unknown one."""
 
 
 def check_model(

@@ -93,11 +93,19 @@ def _for_openai_paths(handler: Handler) -> Handler:
     return handle
 
 
+_REQUEST_PARTS = frozenset({"body", "query", "path", "header", "cookie"})
+
+
 def _validation_error(exc: RequestValidationError) -> Response:
     problems = []
     param = None
     for error in exc.errors()[:3]:
-        where = [str(part) for part in error.get("loc", ()) if part != "body"]
+        if error.get("type") == "json_invalid":  # its loc is ("body", byte offset): no parameter to name
+            at, reason = error.get("loc", ("body", "?"))[-1], (error.get("ctx") or {}).get("error", "")
+            problems.append(f"the body is not valid JSON (byte {at}{': ' + reason if reason else ''}): send one object")
+            continue
+        loc = [str(part) for part in error.get("loc", ())]
+        where = loc[1:] if loc and loc[0] in _REQUEST_PARTS else loc
         param = param or (where[0] if where else None)
         message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
         problems.append(f"{'.'.join(where) or 'body'}: {message}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
 
 # Token ids are vocabulary indexes within int32; a negative one is refused by the service, naming the input.
 TokenId = Annotated[StrictInt, Field(ge=-(2**31), le=2**31 - 1)]
@@ -43,11 +43,12 @@ class EmbeddingsRequest(BaseModel):
     input: EmbeddingInput
     model: Annotated[str | None, Field(min_length=1, max_length=200, description="name or alias")] = None
     encoding_format: EncodingFormat = EncodingFormat.FLOAT
+    # Strict, as OpenAI's are: true is not 1 dimension, "128" is not a number, "yes" is not a boolean.
     dimensions: Annotated[
-        int | None, Field(ge=1, le=65_536, description="keep the first N dimensions (Matryoshka models)")
+        StrictInt | None, Field(ge=1, le=65_536, description="keep the first N dimensions (Matryoshka models)")
     ] = None
     user: str | None = Field(default=None, description="accepted and ignored")
-    is_query: bool | None = Field(
+    is_query: StrictBool | None = Field(
         default=None,
         description="embedq extension: true applies the family's query prompt, false its passage prompt",
     )

@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
-from app.catalog.access import ModelErrors, check_model
+from app.catalog.access import ModelErrors, ModelNotFoundError, check_model
 from app.core.config import Settings
-from app.core.errors import EmbedqError, NotFoundError
+from app.core.errors import EmbedqError
 from app.core.security import Principal
 from app.inference.dispatch import request
 from app.observability.tracing import annotate
@@ -25,10 +25,6 @@ TOKENIZE_OP = "tokenize"
 class InvalidInputError(EmbedqError):
     status_code = 400
     code = "invalid_input"
-
-
-class ModelNotFoundError(NotFoundError):
-    code = "model_not_found"
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,10 @@ def openai_error(response) -> dict:
         ({"input": "a", "encoding_format": "int8"}, "encoding_format", "'float' or 'base64'"),
         ({"input": "a", "dimensions": 0}, "dimensions", "greater than or equal to 1"),
         ({"input": "a", "dimensions": 8}, "dimensions", "does not support dimensions"),
+        # Strict types, as OpenAI's: not coerced into 1 dimension, 128 or true.
+        ({"input": "a", "dimensions": True}, "dimensions", "valid integer"),
+        ({"input": "a", "dimensions": "128"}, "dimensions", "valid integer"),
+        ({"input": "a", "is_query": "yes"}, "is_query", "valid boolean"),
         ({"input": "a", "model": "../../etc/passwd"}, "model", "invalid model name"),
         ({}, "input", "Field required"),
     ],
@@ -74,6 +78,20 @@ def test_unknown_model_is_an_openai_404_model_not_found(client: TestClient) -> N
 def test_a_body_that_is_not_json_is_a_400(client: TestClient) -> None:
     r = client.post("/v1/embeddings", content=b"{nope", headers={"content-type": "application/json"})
     assert r.status_code == 400 and openai_error(r)["type"] == "invalid_request_error"
+    cut = openai_error(
+        client.post("/v1/embeddings", content=b'{"input":', headers={"content-type": "application/json"})
+    )
+    assert cut["param"] is None and "not valid JSON (byte 9" in cut["message"], cut  # a byte offset is no parameter
+
+
+def test_a_bad_query_parameter_is_named_by_its_name(client: TestClient) -> None:
+    error = openai_error(client.get("/v1/files", params={"limit": 0}))
+    assert error["param"] == "limit" and error["message"].startswith("limit: "), error
+
+
+def test_an_unknown_model_is_model_not_found_on_v1_models_too(client: TestClient) -> None:
+    r = client.get("/v1/models/no-such-model")
+    assert r.status_code == 404 and (openai_error(r)["code"], openai_error(r)["param"]) == ("model_not_found", "model")
 
 
 def test_limits_are_settings(env: SettingsEnv) -> None:
