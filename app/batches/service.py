@@ -142,4 +142,3 @@ def cancel_batch(session: Session, batch_id: str, principal: Principal) -> Batch
         )
     session.refresh(batch)
     return batch
-

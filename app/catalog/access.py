@@ -36,6 +36,7 @@ class ModelErrors:
 JOB_API_ERRORS = ModelErrors(invalid=InvalidRequestError, unknown=InvalidRequestError, list_known=True)
 """Jobs, collections and fine-tuning: 422 ``invalid_request`` for either, naming the known models."""
 
+
 class ModelNotFoundError(NotFoundError):
     """A model name no one serves: 404 ``model_not_found``, OpenAI's code on /v1/models and /v1/embeddings."""
 

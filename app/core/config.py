@@ -585,6 +585,11 @@ class Settings(BaseSettings):
         description="bytes of one shard: a JSONL/CSV byte range, or Parquet row groups; smaller files are one shard",
     )
     source_max_objects: int = Field(default=10_000, ge=1, description="most objects one source may list: else 422")
+    source_shard_max_attempts: int = Field(
+        default=3,
+        ge=1,
+        description="deliveries of a shard that never finish (its worker died reading it) before it fails, unread",
+    )
     source_timeout_s: float = Field(
         default=20.0, gt=0, description="a source's store must answer the API's checks (list, schema) within this"
     )

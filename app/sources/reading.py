@@ -49,6 +49,14 @@ class ShardPlan:
     start: int
     stop: int
 
+    def describe(self) -> str:
+        """Return the part of its object the shard is, for an error: its row groups, its bytes, or the file."""
+        if self.kind is ShardKind.ROW_GROUPS:
+            return f"row groups {self.start}-{self.stop - 1}"
+        if self.kind is ShardKind.BYTES:
+            return f"bytes {self.start}-{self.stop}"
+        return "the file"
+
 
 @dataclass(frozen=True)
 class ShardRead:
@@ -120,7 +128,7 @@ def read_shard(
     except _Changed:
         return ShardRead([], f"{uri}: changed since the job listed it; sync the source again to read it as it is now")
     except Exception as exc:  # OSError, pyarrow's, a CSV without its columns, the store's own (botocore, aiohttp)
-        return ShardRead([], f"{uri}: {_where(shard)} cannot be read ({_reason(exc)})")
+        return ShardRead([], f"{uri}: {shard.describe()} cannot be read ({_reason(exc)})")
 
 
 def _read_row_groups(
@@ -170,7 +178,7 @@ def _read_lines(
         try:
             data = _range_lines(handle, shard, settings.ingest_max_line_bytes)
         except OSError as exc:
-            return ShardRead([], f"{uri}: {_where(shard)} cannot be read ({_reason(exc)})")
+            return ShardRead([], f"{uri}: {shard.describe()} cannot be read ({_reason(exc)})")
     items = [*parser.feed(header + data), *parser.close()] if header or data else [*parser.close()]
     if shard.start > 0:  # line numbers count from the range's start, not the file's: the label says so
         items = [_without_line(item) for item in items]
@@ -221,14 +229,6 @@ def _selected(items: Iterable[Item], fields: tuple[str, ...] | None) -> list[Ite
 
 def _without_line(item: Item) -> Item:
     return replace(item, line=None) if isinstance(item, RejectedLine) else item
-
-
-def _where(shard: ShardPlan) -> str:
-    if shard.kind is ShardKind.ROW_GROUPS:
-        return f"row groups {shard.start}-{shard.stop - 1}"
-    if shard.kind is ShardKind.BYTES:
-        return f"bytes {shard.start}-{shard.stop}"
-    return "the file"
 
 
 def _reason(exc: BaseException) -> str:

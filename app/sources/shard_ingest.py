@@ -59,6 +59,7 @@ class _Shard:
     format: SourceFormat
     plan: ShardPlan
     signature: dict[str, Any]
+    attempts: int  # deliveries started, this one included
 
 
 def run_shard(scope: Scope, job_id: uuid.UUID, seq: int, settings: Settings) -> ShardOutcome:
@@ -67,7 +68,7 @@ def run_shard(scope: Scope, job_id: uuid.UUID, seq: int, settings: Settings) -> 
         shard = _start(session, job_id, seq)
     if shard is None:
         return NOTHING_READ
-    read = _read(shard, settings)
+    read = _given_up(shard, settings) or _read(shard, settings)
     with scope() as session:
         jobs = JobRepository(session)
         job = jobs.lock(job_id)
@@ -114,6 +115,23 @@ def _start(session: Session, job_id: uuid.UUID, seq: int) -> _Shard | None:
         format=SourceFormat(row.format),
         plan=ShardPlan(ShardKind(row.kind), row.start, row.stop),
         signature=dict(row.signature),
+        attempts=row.attempts,
+    )
+
+
+def _given_up(shard: _Shard, settings: Settings) -> ShardRead | None:
+    """Fail, unread, a shard whose earlier deliveries all died mid-read (the worker killed, out of memory, ...).
+
+    A lost worker's message comes back to the queue (task_reject_on_worker_lost), and the broker counts nothing:
+    without this, a shard that kills every worker reading it would be delivered, and kill, forever.
+    """
+    limit = settings.source_shard_max_attempts
+    if shard.attempts <= limit:
+        return None
+    return ShardRead(
+        [],
+        f"{shard.object_uri}: {shard.plan.describe()} was started {limit} times and never finished: the worker reading "
+        "it died each time (out of memory? EMBEDQ_SOURCE_SHARD_TARGET_BYTES cuts smaller shards); it was not read",
     )
 
 

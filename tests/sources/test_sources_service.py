@@ -233,6 +233,30 @@ def test_an_object_overwritten_since_planning_fails_its_shards_and_is_read_again
     assert {d["id"] for d in new} <= set(db_session.scalars(select(Document.external_id)))
 
 
+def test_a_shard_whose_workers_keep_dying_fails_unread_after_its_attempts(
+    db_session: Session, scope, settings_env: SettingsEnv, settings: Settings, s3_server: S3Server, prefix: str
+) -> None:
+    settings_env.set(EMBEDQ_SOURCE_SHARD_MAX_ATTEMPTS="2")
+    settings = get_settings()
+    make_collection(db_session, settings)
+    put(s3_server, f"{prefix}/good.jsonl", jsonl_bytes(documents("g", 20)))
+    put(s3_server, f"{prefix}/deadly.jsonl", jsonl_bytes(documents("d", 20)))
+    job = start_source(db_session, "docs", SourceRequest(uri=f"s3://{prefix}/", credentials="corpus"), settings, ADMIN)
+    db_session.flush()
+    plan_source(scope, job.id, settings)
+    deadly = db_session.scalar(select(IngestShard).where(IngestShard.object_uri.endswith("deadly.jsonl")))
+    # Two deliveries started and never finished: their worker was killed while it read.
+    db_session.execute(update(IngestShard).where(IngestShard.seq == deadly.seq).values(attempts=2))
+    db_session.commit()
+    for shard in db_session.scalars(select(IngestShard).where(IngestShard.job_id == job.id)):
+        run_shard(scope, job.id, shard.seq, settings)
+    job = drain(db_session, scope, settings, job.id)
+    assert (job.status, job.done, job.failed, job.shards_failed) == ("succeeded", 20, 1, 1)
+    [error] = JobOut.of(job).ingest.errors
+    assert "deadly.jsonl: the file was started 2 times and never finished" in error.error, error.error
+    assert not any(i.startswith("d-") for i in db_session.scalars(select(Document.external_id)))
+
+
 def refused(session: Session, settings: Settings, **body) -> EmbedqError:
     jobs_before = session.scalar(select(func.count()).select_from(Job))
     with pytest.raises(EmbedqError) as caught:
