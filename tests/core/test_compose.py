@@ -131,6 +131,7 @@ def test_workers_cover_every_queue_and_gpus_are_reserved(config: dict) -> None:
         assert device["device_ids"] == ["0"] and "count" not in device, name
     assert "deploy" not in services["worker-webhooks"]
     assert services["worker-training"]["stop_grace_period"] == "30m0s"
+    assert services["worker-inference"]["stop_grace_period"] == "15m0s"  # an index build on bulk
 
 
 def test_flower_gets_basic_auth_and_ports_come_from_the_environment(compose_command) -> None:
