@@ -390,7 +390,12 @@ class Settings(BaseSettings):
 
     # Synchronous inference (README "Synchronous API"): /v1/embeddings, /vectorize, /tokenize wait for a
     # sync worker. Names users bring from the provider they migrate from (EMB_PROVIDER_*) are read too.
-    sync_queue: str = Field(default="sync", min_length=1, description="give a group of API and workers their own")
+    sync_queue: str = Field(
+        default="sync",
+        min_length=1,
+        description="give a group of API and workers their own: `embedq up` follows it; deploy/'s manifests "
+        "consume 'sync', so change their -Q and KEDA listName with it",
+    )
     sync_timeout_s: float = Field(default=30.0, gt=0, description="a sync request gets a 504 after this")
     sync_worker_requests: int = Field(
         default=64,
