@@ -25,6 +25,7 @@ from app.core.config import Settings
 from app.core.db import Scope
 from app.core.queues import TASK_QUEUES, TaskName
 from app.models.webhook import WebhookDelivery, WebhookEndpoint, WebhookEventStatus
+from app.webhooks.deadline import DeadlineTransport
 from app.webhooks.repository import WebhookRepository
 from app.webhooks.signing import signed_headers
 from app.webhooks.ssrf import CheckedTarget, Resolver, UnsafeWebhookUrlError, WebhookHostUnresolvedError, check_url
@@ -289,6 +290,8 @@ def deliver_event(
         if claimed.outcome is Outcome.WAITING and claimed.next_delay_s is not None:
             dispatch(job_id, str(event_id), token, claimed.next_delay_s, settings)
         return claimed
+    # The attempt's whole time, not only each read's: a receiver dripping header lines kept a worker for ever.
+    transport = transport or DeadlineTransport(time.monotonic() + settings.webhook_timeout_s)
     with httpx.Client(timeout=settings.webhook_timeout_s, follow_redirects=False, transport=transport) as client:
         result = send_attempt(claimed, settings, client, resolve)
     outcome = _record(scope, event_id, token, claimed, result, settings, rng or random.Random())

@@ -7,8 +7,11 @@ plays the worker's part by calling ``deliver_event`` itself, following the retri
 from __future__ import annotations
 
 import json
+import socket
+import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -263,6 +266,56 @@ def test_a_slow_receiver_times_out_and_is_retried(clean_state, receiver: HTTPSer
         [row] = service.delivery_log(session, job_id, ADMIN).data
     assert row.status_code is None and "Timeout" in (row.error or "")
     assert Settings().webhook_timeout_s == 10
+
+
+@pytest.fixture
+def dripping_receiver() -> Iterator[str]:
+    """A receiver that answers its status line, then one header line every 0.2 s for 20 s: no read ever waits
+    long enough to time out."""
+    server = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\n")
+                for n in range(100):
+                    if stop.wait(0.2):
+                        break
+                    try:
+                        conn.sendall(f"x-drip-{n}: {n}\r\n".encode())
+                    except OSError:
+                        break
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}/drip"
+    stop.set()
+    thread.join(5)
+    server.close()
+
+
+def test_an_attempt_ends_by_its_timeout_however_slowly_the_receiver_answers(
+    clean_state, dripping_receiver: str, settings
+) -> None:
+    register(dripping_receiver, settings)
+    job_id = finish_job(dripping_receiver)
+    [event] = events_of(job_id)
+    quick = settings.model_copy(update={"webhook_timeout_s": 1.0})
+    started = time.monotonic()
+    outcome = deliver_event(session_scope, str(job_id), event.id, 0, quick, dispatch=lambda *a: None)
+    took = time.monotonic() - started
+    assert outcome.outcome is Outcome.RETRYING
+    with session_scope() as session:
+        [row] = service.delivery_log(session, job_id, ADMIN).data
+    assert row.status_code is None and "Timeout" in (row.error or ""), row.error
+    assert row.duration_ms < 3000 and took < 10, (row.duration_ms, took)  # the receiver would have gone on 20 s
 
 
 def test_the_guard_runs_again_at_send_time(clean_state, receiver: HTTPServer, settings) -> None:
