@@ -336,6 +336,7 @@ def _register_revision(
         target = storage.alias_dir(settings.models_dir, run.alias)
         conflict = _late_conflict(repo, run, target, job)
         if conflict is not None:
+            conflict = without_server_paths(conflict, settings)  # the tenant reads it: no server path
             lifecycle.finish(session, job_id, JobStatus.FAILED, message="trained, but not registered", error=conflict)
             session.commit()
             return conflict

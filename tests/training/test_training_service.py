@@ -160,6 +160,26 @@ def test_an_alias_taken_while_training_fails_the_job_instead_of_replacing(settin
     assert model is not None and model.base == "other" and not alias_dir(settings, alias).exists()
 
 
+def test_a_folder_that_appeared_while_training_fails_the_job_without_naming_the_server_s_path(
+    settings: Settings, tiny_base: str
+) -> None:
+    alias = f"folder-{uuid.uuid4().hex[:6]}"
+    job_id = create(settings, request(tiny_base, alias))
+
+    def train_then_a_folder_appears(spec: TrainingSpec, hooks: TrainingHooks) -> TrainingResult:
+        result = train(spec, hooks)
+        alias_dir(settings, alias).mkdir(parents=True)
+        (alias_dir(settings, alias) / "not-a-model.txt").write_text("someone else's")
+        return result
+
+    assert run_training(session_scope, job_id, train_then_a_folder_appears, settings) is RunOutcome.FAILED
+    job, _ = state(job_id)
+    assert job.status == "failed" and "that fine-tuning did not create appeared" in (job.error or ""), job.error
+    assert settings.models_dir is not None and str(settings.models_dir) not in job.error
+    assert "$EMBEDQ_MODELS_DIR" in job.error
+    assert (alias_dir(settings, alias) / "not-a-model.txt").exists()  # left alone
+
+
 def test_the_reaper_requeues_lost_training_jobs_to_resume(settings: Settings, tiny_base: str, redis_client) -> None:
     for kind, task in ((JobKind.FINE_TUNE, "train.full"), (JobKind.FINE_TUNE_LORA, "train.lora")):
         recovery = RECOVERIES[kind.value]
