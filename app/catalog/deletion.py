@@ -45,10 +45,30 @@ def unregister(session: Session, name: str, settings: Settings, principal: Princ
                 param="model",
             )
         raise NotFoundError(f"no registered model {name!r}: GET /fine-tuned-models lists them", param="model")
+    _refuse_if_used(models, name, principal)
     removed = models.delete(name)
     assert removed is not None
     session.expunge(removed)
     return removed
+
+
+def _refuse_if_used(models: RegisteredModelRepository, name: str, principal: Principal) -> None:
+    """409 while a collection embeds with the model or a job waits for it: its searches and uploads would fail,
+    and the freed name could be registered by another tenant, whose model the collection would then use."""
+    collections, jobs = models.users(name)
+    if not collections and not jobs:
+        return
+    shown = [c if t == principal.tenant else f"{t}/{c}" for t, c in collections if principal.sees(t)]
+    others = len(collections) - len(shown)
+    parts = []
+    if shown:
+        parts.append(f"collections {', '.join(repr(c) for c in shown)} embed with it: re-embed them with another "
+                     "model (POST /collections/{name}/reembed) or delete them first")  # fmt: skip
+    if others:
+        parts.append(f"{others} collection(s) of other tenants embed with it")
+    if jobs:
+        parts.append(f"{jobs} queued or running job(s) use it: wait for them or cancel them")
+    raise ConflictError(f"model {name!r} is in use: " + "; ".join(parts), param="model")
 
 
 def remove_files(model: RegisteredModel, settings: Settings) -> None:

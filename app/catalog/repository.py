@@ -7,6 +7,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from app.core.security import Principal, visible_to
+from app.models.collection import Collection, CollectionVersion, VersionStatus
+from app.models.job import Job, JobStatus
 from app.models.registered_model import RegisteredModel
 
 
@@ -37,6 +39,23 @@ class RegisteredModelRepository:
     def list_all(self) -> list[RegisteredModel]:
         """Return every registered alias, by name (for the operator's tools)."""
         return list(self.session.scalars(select(RegisteredModel).order_by(RegisteredModel.name)))
+
+    def users(self, name: str) -> tuple[list[tuple[str, str]], int]:
+        """Return (tenant, collection) of each collection whose active or building version embeds with ``name``,
+        and how many queued or running jobs name it."""
+        collections = self.session.execute(
+            select(Collection.tenant, Collection.name)
+            .join(CollectionVersion, CollectionVersion.collection_id == Collection.id)
+            .where(
+                CollectionVersion.model == name,
+                CollectionVersion.status.in_((VersionStatus.ACTIVE.value, VersionStatus.BUILDING.value)),
+            )
+            .distinct()
+            .order_by(Collection.tenant, Collection.name)
+        ).all()
+        active = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
+        jobs = self.session.scalar(select(func.count()).where(Job.model == name, Job.status.in_(active)))
+        return [(tenant, collection) for tenant, collection in collections], int(jobs or 0)
 
     def delete(self, name: str) -> RegisteredModel | None:
         """Remove the alias ``name`` and return what it was, or None if nothing registered it."""

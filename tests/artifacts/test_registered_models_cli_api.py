@@ -125,3 +125,16 @@ def test_delete_removes_the_row_the_files_and_each_hosts_copy(hosts: Hosts) -> N
     model_cache.ensure_installed("pushed", worker_settings, fresh=True)  # the worker's next look
     assert not (hosts.worker_models / "pushed").exists()
     assert (hosts.api_models / "local-only").is_dir()
+
+
+def test_a_model_a_collection_embeds_with_is_not_deleted_and_its_name_not_freed(hosts: Hosts) -> None:
+    # Deleted, its name could be registered again by another tenant, whose model the collection would then use.
+    run("models", "push", str(make_tiny_bert(hosts.made / "tiny")), "--name", "pushed")
+    with TestClient(create_app()) as client:
+        assert client.post("/collections", json={"name": "uses-it", "model": "pushed"}).status_code == 201
+        refused = client.delete("/v1/models/pushed")
+        assert refused.status_code == 409, refused.text
+        assert "'uses-it'" in refused.text and "reembed" in refused.text
+        assert client.get("/v1/models/pushed").status_code == 200 and revision_of("pushed") is not None
+        assert client.delete("/collections/uses-it").status_code in (200, 204)
+        assert client.delete("/v1/models/pushed").status_code == 200
