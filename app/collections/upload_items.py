@@ -89,6 +89,8 @@ def check_document(external_id: Any, text: Any, metadata: Any, line: int, where:
         problem = "has a NUL character (\\u0000) in its text: strip it"
     elif not isinstance(metadata, dict):
         problem = '"metadata" is not a JSON object'
+    elif (unstorable := _unstorable(metadata)) is not None:
+        problem = unstorable
     elif "\\u0000" in json.dumps(metadata):
         problem = "has a NUL character (\\u0000) in its metadata"
     elif not _valid_unicode(external_id, text, json.dumps(metadata, ensure_ascii=False)):
@@ -96,6 +98,20 @@ def check_document(external_id: Any, text: Any, metadata: Any, line: int, where:
     if problem is not None:
         return RejectedLine(line, shown_id(document_id), f"{where} {problem}")
     return ParsedDocument(external_id, text, metadata, line)
+
+
+def _unstorable(metadata: dict[str, Any]) -> str | None:
+    """Return why Postgres's JSON cannot hold ``metadata`` (NaN, Infinity, a value JSON has no form for), or None.
+
+    Python's JSON parser reads NaN, Infinity and 1e400; Postgres refuses them, for the whole batch they came in.
+    """
+    try:
+        json.dumps(metadata, allow_nan=False)
+    except ValueError:
+        return "has NaN or Infinity (or a number beyond ±1.8e308) in its metadata: JSON numbers must be finite"
+    except TypeError as exc:
+        return f"has a metadata value JSON cannot hold ({exc}): convert it to a string or number"
+    return None
 
 
 def _valid_unicode(*texts: str) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
-from datetime import date, datetime, time
+from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import IO, Any
 
@@ -46,7 +46,8 @@ def row_items(table: pa.Table, id_field: str, text_field: str, first_row: int, l
 
 
 def _jsonable(value: Any) -> Any:
-    """Return a Parquet value as JSON that Postgres stores: dates as ISO text, NaN as null, bytes as hex."""
+    """Return a Parquet value as JSON that Postgres stores: dates as ISO text, durations as seconds, NaN as null,
+    bytes as hex (anything else JSON has no form for fails its row, in ``check_document``)."""
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -55,6 +56,8 @@ def _jsonable(value: Any) -> Any:
         return None
     if isinstance(value, (datetime, date, time)):
         return value.isoformat()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
     if isinstance(value, Decimal):
         return str(value)
     if isinstance(value, bytes):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from app.collections.upload_items import (
@@ -23,7 +26,7 @@ def read(body: bytes, content_type: str | None, piece: int = 7, **options) -> li
     items = []
     for start in range(0, len(body), piece):
         items += reader.feed(body[start : start + piece])
-    return items + reader.close()
+    return items + list(reader.close())
 
 
 def docs(items: list) -> list[tuple[str, str, dict]]:
@@ -76,6 +79,29 @@ def test_one_bad_jsonl_line_fails_only_its_document() -> None:
     assert 'no "id"' in errors[3][2]
     assert "JSON list" in errors[4][2]
     assert "empty text" in errors[5][2] and "NUL" in errors[6][2] and "metadata" in errors[7][2]
+
+
+@pytest.mark.parametrize("value", [b"NaN", b"Infinity", b"-Infinity", b"1e400"])
+def test_a_non_finite_number_in_metadata_fails_its_document_not_the_batch(value: bytes) -> None:
+    # Python's parser reads these; Postgres's JSON refuses them, and did so for the whole batch: a 500.
+    body = (
+        b'{"id": "ok1", "text": "fine"}\n{"id": "n", "text": "x", "score": ' + value + b'}\n{"id": "ok2", "text": "y"}'
+    )
+    items = read(body, None, format=UploadFormat.JSONL)
+    assert docs(items) == [("ok1", "fine", {}), ("ok2", "y", {})]
+    [(line, document_id, error)] = rejects(items)
+    assert (line, document_id) == (2, "n") and "JSON numbers must be finite" in error
+    array = b'[{"id": "a", "text": "t", "metadata": {"w": ' + value + b'}}, {"id": "b", "text": "u"}]'
+    items = read(array, "application/json")
+    assert docs(items) == [("b", "u", {})] and "must be finite" in rejects(items)[0][2]
+
+
+def test_a_parquet_duration_column_is_metadata_in_seconds() -> None:
+    buffer = io.BytesIO()
+    table = pa.table({"id": ["x"], "text": ["t"], "took": pa.array([5_500], pa.duration("ms"))})
+    pq.write_table(table, buffer)
+    items = read(buffer.getvalue(), "application/vnd.apache.parquet")
+    assert docs(items) == [("x", "t", {"took": 5.5})]
 
 
 def test_a_line_over_the_limit_is_rejected_and_the_next_one_read() -> None:
