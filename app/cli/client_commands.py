@@ -203,7 +203,7 @@ def _print_errors(job: dict[str, Any]) -> None:
     type=click.Choice(["file", "line"]),
     default="file",
     show_default=True,
-    help="Plain text: the file is one document, or each line is one.",
+    help="Plain text: the file is one document (its name the id), or each line is one (<name>:<line>).",
 )
 @click.option("--max-tokens", type=click.IntRange(min=8), default=None, help="Chunk size of a new collection.")
 @click.option("--overlap-tokens", type=click.IntRange(min=0), default=None, help="Chunk overlap of a new collection.")
@@ -261,7 +261,7 @@ def _upload(
     if fmt is None:
         raise click.ClickException(f"cannot tell the format of {file.name}: pass --format jsonl|json|csv|text|parquet")
     params: dict[str, str] = {"format": fmt, "text_mode": text_mode, "id_field": id_field, "text_field": text_field}
-    if fmt == "text" and text_mode == "file":
+    if fmt == "text":  # the document's id, or by line the ids' prefix (<name>:<line>)
         params["document_id"] = file.name
     progress = ProgressLine()
     pieces = _file_pieces(file, progress, file.stat().st_size)

@@ -362,7 +362,7 @@ class _TextParser:
             return _too_long(number, where, self.options.max_line_bytes)
         if not raw.strip():
             return None
-        document_id = f"{self.name or 'line'}:{number}"
+        document_id = f"{self.name}:{number}"
         text = _decode(raw, where)
         if isinstance(text, RejectedLine):
             return RejectedLine(number, shown_id(document_id), text.error)
@@ -401,7 +401,15 @@ def parser_for(fmt: UploadFormat, options: UploadOptions, filename: str | None) 
     if options.text_mode is TextMode.FILE and not name:
         raise UploadFormatError(
             "a raw plain-text upload is one document and needs an id: pass ?document_id=..., upload it as a "
-            "multipart file (its file name becomes the id), or pass ?text_mode=line for one document per line",
+            "multipart file (its file name becomes the id), or pass ?text_mode=line&document_id=... for one "
+            "document per line",
+            param="document_id",
+        )
+    if not name:  # ids <name>:<line>: without a name two uploads' lines would overwrite each other's documents
+        raise UploadFormatError(
+            "a raw plain-text upload by line needs ?document_id=...: its lines become the documents "
+            "<document_id>:<line number>, so one file's lines never replace another's (a multipart file part "
+            "uses its file name)",
             param="document_id",
         )
     return _TextParser(options, label, name)

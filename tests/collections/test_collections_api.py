@@ -108,12 +108,19 @@ def test_multipart_csv_and_text_files_and_text_lines(client: TestClient) -> None
     assert job["counts"] == {"total": 3, "done": 0, "failed": 0}
     lines = client.post(
         "/collections/docs/documents",
-        params={"text_mode": "line"},
+        params={"text_mode": "line", "document_id": "lines.txt"},
         content=b"line one\n\nline two\n",
         headers={"Content-Type": "text/plain"},
     ).json()
     assert lines["counts"] == {"total": 2, "done": 0, "failed": 0}
     assert client.get("/collections/docs").json()["counts"]["documents"] == 5
+    unnamed = client.post(
+        "/collections/docs/documents",
+        params={"text_mode": "line"},
+        content=b"would be line:1\n",
+        headers={"Content-Type": "text/plain"},
+    )
+    assert unnamed.status_code == 422 and "document_id" in unnamed.json()["detail"]
 
 
 def test_uploads_that_cannot_be_read_are_refused_before_a_job_exists(client: TestClient) -> None:

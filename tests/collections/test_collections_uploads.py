@@ -174,10 +174,13 @@ def test_a_malformed_json_array_stops_with_a_clear_error() -> None:
 def test_plain_text_is_one_document_per_file_or_per_line() -> None:
     body = "first line\n\nsecond line ✓\n".encode()
     assert docs(read(body, "text/plain", document_id="notes")) == [("notes", "first line\n\nsecond line ✓\n", {})]
-    by_line = read(body, "text/plain", text_mode=TextMode.LINE)
-    assert docs(by_line) == [("line:1", "first line", {}), ("line:3", "second line ✓", {})]
+    by_line = read(body, "text/plain", text_mode=TextMode.LINE, document_id="notes.txt")
+    assert docs(by_line) == [("notes.txt:1", "first line", {}), ("notes.txt:3", "second line ✓", {})]
     with pytest.raises(UploadFormatError, match="needs an id"):
         UploadReader("text/plain", UploadOptions())
+    # Without a name, two files' line 1 were both "line:1": the second replaced the first.
+    with pytest.raises(UploadFormatError, match="by line needs \\?document_id"):
+        UploadReader("text/plain", UploadOptions(text_mode=TextMode.LINE))
 
 
 def multipart(files: list[tuple[str, bytes, str]], boundary: str = "XyZ123") -> tuple[bytes, str]:

@@ -266,7 +266,7 @@ def test_non_utf8_and_nul_fail_their_line_not_the_upload(http: httpx.Client, col
 def test_text_lines_and_csv_report_bad_bytes_per_line(http: httpx.Client, collection: str) -> None:
     text = b"first line\nsecond \xc3\x28 broken\nthird line\n"
     r = http.post(
-        f"/collections/{collection}/documents?text_mode=line",
+        f"/collections/{collection}/documents?text_mode=line&document_id=lines.txt",
         content=text,
         headers={"content-type": "text/plain"},
     )
