@@ -184,7 +184,7 @@ def _store_documents(
         written, failures = _store_chunks(session, work, pending, chunked, ours)
     else:
         written, failures = {}, dict.fromkeys(ours, error)
-    _record_failures(session, job_id, failures, settings)
+    _record_failures(session, job_id, work.collection_id, failures, settings)
     chunks_written = sum(written.values())
     chunks_failed = sum(len(p) for d, p in zip(pending, chunked.pieces, strict=False) if d.id in failures)
     tokens = sum(p.token_count for d, ps in zip(pending, chunked.pieces, strict=False) if d.id in written for p in ps)
@@ -216,10 +216,15 @@ def _store_chunks(
     return written, failures
 
 
-def _record_failures(session: Session, job_id: uuid.UUID, failures: dict[int, str], settings: Settings) -> None:
+def _record_failures(
+    session: Session, job_id: uuid.UUID, collection_id: int, failures: dict[int, str], settings: Settings
+) -> None:
+    """Mark the documents failed and drop their chunks: the chunks of a text a document no longer holds (its
+    update failed) were found by search, old text beside new metadata, while export left the document out."""
     if not failures:
         return
     repo = CollectionRepository(session)
+    VectorStore(session).delete_chunks([v.id for v in repo.versions(collection_id)], sorted(failures))
     for error in set(failures.values()):
         repo.mark_failed([i for i, e in failures.items() if e == error], error)
     names = repo.external_ids(list(failures))

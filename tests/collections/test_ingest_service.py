@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 from support.ingestion import drain
 from support.principals import ADMIN
@@ -163,6 +163,31 @@ def test_reingest_skips_unchanged_documents_and_replaces_changed_ones(db_session
     assert set(stored) == (set(before.values()) - old_doc0) | {c.id for c in new_chunks}
     doc1 = db_session.scalar(select(Document).where(Document.external_id == "doc-1"))
     assert doc1.meta == {"lang": "de"}
+
+
+def test_a_failed_update_leaves_no_chunk_of_the_text_the_document_no_longer_holds(
+    db_session: Session, scope, settings
+) -> None:
+    make_collection(db_session, settings)
+    rows = corpus(3)
+    drain(db_session, scope, settings, upload(db_session, settings, jsonl(rows)).id)
+    doc0 = db_session.scalar(select(Document).where(Document.external_id == "doc-0"))
+    assert db_session.scalars(select(Chunk).where(Chunk.document_id == doc0.id)).all()
+
+    # Text the model reads no token of: the update fails. Its old chunks were still found by search, with the
+    # new metadata beside the old text, while export left the document out.
+    update = [{"id": "doc-0", "text": "\u200b\u200b", "metadata": {"v": 2}}]
+    failed = drain(db_session, scope, settings, upload(db_session, settings, jsonl(update)).id)
+    assert (failed.status, failed.failed) == ("failed", 1) and "no tokens" in (failed.error or "")
+    db_session.refresh(doc0)
+    assert doc0.status == "failed"
+    assert db_session.scalars(select(Chunk).where(Chunk.document_id == doc0.id)).all() == []
+    query = load_model(MODEL).encoder.encode([rows[0]["text"]], is_query=True)[0]
+    hits = search(db_session, settings, vector=query.tolist(), top_k=10)
+    assert hits and "doc-0" not in {hit.document_id for hit in hits}, hits
+    assert len(chunk_vectors(db_session, active_version(db_session).id)) == db_session.scalar(
+        select(func.count()).select_from(Chunk)
+    )
 
 
 def test_a_redelivered_batch_changes_nothing(db_session: Session, scope, settings) -> None:
