@@ -76,6 +76,8 @@ def configure_logging(settings: Settings, level: str | int | None = None) -> Non
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level or settings.log_level.upper())
+    # httpx logs each request's whole URL at INFO: a webhook's with the user:password and token it may carry.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     if settings.log_format == "json":
         for name in _SERVER_LOGGERS:
             server_logger = logging.getLogger(name)

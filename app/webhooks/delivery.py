@@ -28,7 +28,14 @@ from app.models.webhook import WebhookDelivery, WebhookEndpoint, WebhookEventSta
 from app.webhooks.deadline import DeadlineTransport
 from app.webhooks.repository import WebhookRepository
 from app.webhooks.signing import signed_headers
-from app.webhooks.ssrf import CheckedTarget, Resolver, UnsafeWebhookUrlError, WebhookHostUnresolvedError, check_url
+from app.webhooks.ssrf import (
+    CheckedTarget,
+    Resolver,
+    UnsafeWebhookUrlError,
+    WebhookHostUnresolvedError,
+    check_url,
+    loggable_url,
+)
 from app.webhooks.ssrf import resolve_host as default_resolver
 
 log = logging.getLogger(__name__)
@@ -299,7 +306,7 @@ def deliver_event(
         "webhook %s attempt %d to %s: %s%s",
         claimed.message_id,
         claimed.attempt,
-        claimed.url,
+        loggable_url(claimed.url),
         outcome.outcome.value,
         f" ({result.error})" if result.error else "",
     )

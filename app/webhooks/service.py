@@ -41,7 +41,7 @@ from app.webhooks.schemas import (
     Redelivery,
 )
 from app.webhooks.signing import new_secret
-from app.webhooks.ssrf import check_url
+from app.webhooks.ssrf import check_url, loggable_url
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ def _endpoints_for(repo: WebhookRepository, job: Job) -> list[WebhookEndpoint]:
                     id=uuid.uuid4(), tenant=job.tenant, url=job.webhook_url, secret=new_secret(), auto_created=True
                 )
             )
-            log.info("created webhook endpoint %s for %s (job %s)", endpoint.id, job.webhook_url, job.id)
+            log.info("created webhook endpoint %s for %s (job %s)", endpoint.id, loggable_url(job.webhook_url), job.id)
         endpoints.append(endpoint)
     seen = {e.id for e in endpoints}
     endpoints += [e for e in repo.default_endpoints(job.tenant) if e.id not in seen]

@@ -30,6 +30,17 @@ Resolver = Callable[[str, int], list[str]]
 _SCHEMES = {"http": 80, "https": 443}
 
 
+def loggable_url(url: str) -> str:
+    """Return ``url`` fit for a log line: without its user:password and with its query's values hidden (a
+    receiver's URL often carries a token there); the tenant's own views show it whole."""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL:
+        return "<an invalid URL>"
+    query = "&".join(f"{key}=***" for key in dict.fromkeys(parsed.params.keys()))
+    return str(parsed.copy_with(username=None, password=None, query=query.encode() or None))
+
+
 class UnsafeWebhookUrlError(InvalidRequestError):
     """The URL is not http(s), or its host resolves to an address webhooks may not reach."""
 
@@ -134,7 +145,7 @@ def check_url(
         if reason is None:
             continue
         if not (literal or reveal_addresses):
-            log.info("refused webhook URL %r: its host resolves to a %s", url, reason)
+            log.info("refused webhook URL %r: its host resolves to a %s", loggable_url(url), reason)
             reason = "address that is not public (loopback, private or another special-purpose range)"
         raise UnsafeWebhookUrlError(
             f"webhook URL {url!r} resolves to a {reason}, which webhooks may not reach: use a public "

@@ -29,6 +29,7 @@ from app.jobs import lifecycle
 from app.jobs import service as jobs
 from app.jobs.schemas import EmbeddingJobCreate
 from app.models.webhook import WebhookEndpoint, WebhookEvent
+from app.observability.logging import configure_logging
 from app.webhooks import service
 from app.webhooks.delivery import DeliveryOutcome, Outcome, deliver_event
 from app.webhooks.schemas import EndpointCreate, EndpointUpdate
@@ -316,6 +317,24 @@ def test_an_attempt_ends_by_its_timeout_however_slowly_the_receiver_answers(
         [row] = service.delivery_log(session, job_id, ADMIN).data
     assert row.status_code is None and "Timeout" in (row.error or ""), row.error
     assert row.duration_ms < 3000 and took < 10, (row.duration_ms, took)  # the receiver would have gone on 20 s
+
+
+def test_no_log_line_shows_a_webhook_url_s_password_or_token(
+    clean_state, receiver: HTTPServer, settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    base = receiver.url_for("/secret-path")
+    url = base.replace("http://", "http://hookuser:s3cretpw@") + "?token=abc123tok"
+    receiver.expect_request("/secret-path").respond_with_data("ok")
+    configure_logging(settings, "INFO")  # as every embedq process does: httpx's request lines included
+    caplog.set_level("INFO")
+    job_id = finish_job(url)
+    [event] = events_of(job_id)
+    assert deliver_event(session_scope, str(job_id), event.id, 0, settings).outcome is Outcome.SUCCEEDED
+    [request] = requests_to(receiver, "/secret-path")
+    assert request.args["token"] == "abc123tok" and request.authorization is not None  # the receiver got them
+    logged = "\n".join(f"{r.name}: {r.getMessage()}" for r in caplog.records if r.name != "werkzeug")
+    assert "/secret-path" in logged and "token=***" in logged, logged
+    assert "s3cretpw" not in logged and "abc123tok" not in logged and "hookuser" not in logged, logged
 
 
 def test_the_guard_runs_again_at_send_time(clean_state, receiver: HTTPServer, settings) -> None:
