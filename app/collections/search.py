@@ -112,7 +112,9 @@ def _nearest(
     store = VectorStore(session)
     if version.dimension is None or not store.vector_table_exists(version.id):
         return []
-    common = {"top_k": top_k, "metadata_filter": payload.filter, "ef_search": settings.search_ef_search}
+    limit = settings.search_exact_max_vectors
+    exact = limit > 0 and store.holds_at_most(version.id, limit)
+    common = {"top_k": top_k, "metadata_filter": payload.filter, "ef_search": settings.search_ef_search, "exact": exact}
     if sparse is None:
         return store.search(version, vector, **common)
     dense_weight, sparse_weight = (0.0, 1.0) if payload.mode == "sparse" else _hybrid_weights(payload)

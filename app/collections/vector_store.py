@@ -214,6 +214,12 @@ class VectorStore:
 
     # Search and export.
 
+    def holds_at_most(self, version_id: int, limit: int) -> bool:
+        """Return whether a version's table holds at most ``limit`` vectors (reads at most ``limit`` + 1 rows)."""
+        table = vector_table(version_id)
+        found = self.session.scalar(text(f"SELECT count(*) FROM (SELECT 1 FROM {table} LIMIT :n) s"), {"n": limit + 1})
+        return int(found or 0) <= limit
+
     def search(
         self,
         version: CollectionVersion,
@@ -222,8 +228,10 @@ class VectorStore:
         top_k: int,
         metadata_filter: dict[str, Any] | None,
         ef_search: int,
+        exact: bool = False,
     ) -> list[SearchRow]:
-        """Return the ``top_k`` chunks nearest to ``vector`` by cosine, best first (HNSW when indexed)."""
+        """Return the ``top_k`` chunks nearest to ``vector`` by cosine, best first (HNSW when indexed, unless
+        ``exact``: every vector of the version is scored)."""
         assert version.dimension is not None
         table = vector_table(version.id)
         query_vector = _query_cast(version)
@@ -240,7 +248,7 @@ class VectorStore:
                 "WITH nearest AS MATERIALIZED ("
                 f"  SELECT v.chunk_id, v.embedding <=> {query_vector} AS distance "
                 f"  FROM {table} v JOIN chunks c ON c.id = v.chunk_id JOIN documents d ON d.id = c.document_id "
-                f"  {where}ORDER BY v.embedding <=> {query_vector} LIMIT :k) "
+                f"  {where}ORDER BY {_dense_order(query_vector, exact)} LIMIT :k) "
                 "SELECT d.external_id, c.idx, c.text, d.metadata, 1 - n.distance AS score "
                 "FROM nearest n JOIN chunks c ON c.id = n.chunk_id JOIN documents d ON d.id = c.document_id "
                 "ORDER BY n.distance, d.external_id, c.idx"
@@ -261,6 +269,7 @@ class VectorStore:
         ef_search: int,
         dense_weight: float,
         sparse_weight: float,
+        exact: bool = False,
     ) -> list[SearchRow]:
         """Return the ``top_k`` chunks by (dense_weight * cosine + sparse_weight * sparse dot) / (sum of weights).
 
@@ -296,7 +305,7 @@ class VectorStore:
         if dense_weight > 0:
             candidates.append(
                 f"dense AS MATERIALIZED (SELECT v.chunk_id {joins}WHERE true {where}"
-                f"ORDER BY v.embedding <=> {query_vector} LIMIT :n)"
+                f"ORDER BY {_dense_order(query_vector, exact)} LIMIT :n)"
             )
             union += " UNION SELECT chunk_id FROM dense"
         rows = self.session.execute(
@@ -360,3 +369,10 @@ def _vector_text(vector: np.ndarray) -> str:
 def _sparse_text(weights: dict[int, float], dimension: int) -> str:
     # pgvector's text form numbers dimensions from 1.
     return "{" + ",".join(f"{int(i) + 1}:{float(w)!r}" for i, w in sorted(weights.items())) + f"}}/{int(dimension)}"
+
+
+def _dense_order(query_vector: str, exact: bool) -> str:
+    """Return the ORDER BY of a dense search: the HNSW index's operator, or (exact) an expression it cannot
+    serve, so the version's table is scanned and sorted while the joins keep their indexes."""
+    distance = f"v.embedding <=> {query_vector}"
+    return f"({distance}) + 0" if exact else distance

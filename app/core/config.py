@@ -606,6 +606,12 @@ class Settings(BaseSettings):
     search_ef_search: int = Field(
         default=200, ge=1, le=1000, description="HNSW candidates a search considers (recall against latency)"
     )
+    search_exact_max_vectors: int = Field(
+        default=10_000,
+        ge=0,
+        description="a collection version of at most this many vectors is searched exactly, not through HNSW "
+        "(whose graph strands chunks among many identical vectors); 0: always HNSW",
+    )
     search_max_top_k: int = Field(default=100, ge=1, le=1000, description="most results of one collection search")
     # The OpenAI Batch API (docs: guide/batch-api): files live in the artifact store, batches run on the bulk queue.
     batch_max_upload_bytes: int = Field(

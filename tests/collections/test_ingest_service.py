@@ -252,6 +252,23 @@ def search(session: Session, settings, **request) -> list:
     return asyncio.run(search_collection(session, "docs", SearchRequest(**request), settings, ADMIN)).data
 
 
+def test_search_finds_a_chunk_among_many_identical_ones(db_session: Session, scope, settings) -> None:
+    # A document that repeats one paragraph gives many identical vectors; an HNSW graph over them strands the
+    # other chunks (pgvector/pgvector#837), so a small collection is searched exactly. MiniLM's real vectors.
+    real = "all-MiniLM-L6-v2"
+    service.create_collection(db_session, CollectionCreate(name="docs", model=real), settings, ADMIN)
+    rows = [{"id": "bm", "text": "doc with big metadata"}, {"id": "bt", "text": "lorem ipsum dolor sit amet " * 12000}]
+    drain(db_session, scope, settings, upload(db_session, settings, jsonl(rows)).id)
+    after = [{"id": "after", "text": "added after the index was built"}]
+    drain(db_session, scope, settings, upload(db_session, settings, jsonl(after)).id)
+    encoder = load_model(real).encoder
+    for doc in ("bm", "after"):
+        [chunk] = db_session.scalars(select(Chunk).join(Document).where(Document.external_id == doc))
+        query = encoder.encode([chunk.text], is_query=False)[0]  # its own vector
+        hits = search(db_session, settings, vector=query.tolist(), top_k=10)
+        assert hits[0].document_id == doc and hits[0].score > 0.999, [(h.document_id, h.score) for h in hits[:3]]
+
+
 def test_search_returns_the_planted_match_first_and_filters_by_metadata(db_session: Session, scope, settings) -> None:
     make_collection(db_session, settings, max_tokens=64)
     planted = {"id": "planted", "text": "the green river runs past the old mountain city", "metadata": {"lang": "fr"}}
