@@ -6,6 +6,7 @@ The API is EMBEDQ_API_URL (default http://EMBEDQ_API_HOST:EMBEDQ_API_PORT) and t
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Iterator
@@ -274,19 +275,26 @@ def _upload(
 @click.argument("collection")
 @click.argument("query")
 @click.option("--top-k", "-k", type=click.IntRange(min=1), default=5, show_default=True)
-@click.option("--filter", "filters", multiple=True, metavar="KEY=VALUE", help="Metadata that must be equal (repeat).")
+@click.option(
+    "--filter",
+    "filters",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Metadata that must be equal (repeat). VALUE is read as JSON when it is (3, true, null, [1,2]), "
+    "else as text; quote a number to match it as text: n='\"3\"'.",
+)
 @api_option
 @key_option
 def search(
     collection: str, query: str, top_k: int, filters: tuple[str, ...], api_url: str, api_key: str | None
 ) -> None:
     """Print the chunks of COLLECTION nearest to QUERY, best first."""
-    metadata: dict[str, str] = {}
+    metadata: dict[str, Any] = {}
     for item in filters:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--filter")
-        metadata[key] = value
+        metadata[key] = _filter_value(value)
     body: dict[str, Any] = {"query": query, "top_k": top_k}
     if metadata:
         body["filter"] = metadata
@@ -339,3 +347,13 @@ def job(job_id: str, wait: bool, api_url: str, api_key: str | None) -> None:
 
 
 COMMANDS = (ingest, search, jobs, job)
+
+
+def _filter_value(value: str) -> Any:
+    """Return a --filter VALUE as the metadata holds it: JSON where it parses (3, true), else the text itself.
+
+    Metadata equality is typed: {"n": 3} never matches "3", so `n=3` sent as text matched nothing."""
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value

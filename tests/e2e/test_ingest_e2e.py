@@ -120,6 +120,14 @@ def test_the_cli_ingests_with_progress_searches_and_shows_jobs(
     assert searched.returncode == 0 and searched.stdout.splitlines()[0].split()[1] == "planted#0", searched.stdout
     filtered = embedq("search", "cli", QUERY, "--filter", "group=even", env=env)
     assert "planted" not in filtered.stdout and "doc-" in filtered.stdout
+    # Metadata equality is typed: n=3 is the number 3 (sent as the text "3" it matched nothing).
+    numbers = tmp_path / "numbers.jsonl"
+    numbers.write_text(json.dumps({"id": "three", "text": QUERY, "metadata": {"n": 3, "on": True}}) + "\n")
+    assert embedq("ingest", str(numbers), "--collection", "cli", "--wait", env=env).returncode == 0
+    typed = embedq("search", "cli", QUERY, "--filter", "n=3", "--filter", "on=true", env=env)
+    assert typed.returncode == 0 and typed.stdout.split()[1] == "three#0", typed.stdout + typed.stderr
+    as_text = embedq("search", "cli", QUERY, "--filter", 'n="3"', env=env)
+    assert as_text.stdout.strip() == "no matches", as_text.stdout
 
     listed = embedq("jobs", "--kind", "ingest", env=env)
     assert listed.returncode == 0 and job_id in listed.stdout
