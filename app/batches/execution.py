@@ -14,7 +14,7 @@ import bisect
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -192,10 +192,10 @@ def finalize(scope: Scope, job_id: uuid.UUID, store: ArtifactStore, settings: Se
         if batch is None or batch.ending is None or BatchStatus(batch.status).terminal:
             return None
         status = BatchStatus(batch.ending)
-        batch_id, tenant = batch.id, batch.tenant
+        batch_id, tenant, expires_after_s = batch.id, batch.tenant, batch.output_expires_after_s
         if status is not BatchStatus.COMPLETED:
             _mark_not_run(session, batch_id, status)
-    written = _write_files(scope, store, batch_id, tenant)
+    written = _write_files(scope, store, batch_id, tenant, expires_after_s)
     with scope() as session:
         files = FileRepository(session)
         for file in written.values():
@@ -239,8 +239,11 @@ def _mark_not_run(session: Session, batch_id: str, status: BatchStatus) -> None:
         )
 
 
-def _write_files(scope: Scope, store: ArtifactStore, batch_id: str, tenant: str) -> dict[str, BatchFile]:
-    """Write the output and error files (each only if it has a line); return their rows, not yet inserted."""
+def _write_files(
+    scope: Scope, store: ArtifactStore, batch_id: str, tenant: str, expires_after_s: int | None
+) -> dict[str, BatchFile]:
+    """Write the output and error files (each only if it has a line); return their rows, not yet inserted, each
+    expiring ``expires_after_s`` after now (the batch's output_expires_after; None: never)."""
     ids = {kind: f"file-{uuid.uuid5(uuid.NAMESPACE_URL, f'embedq:{batch_id}:{kind}').hex[:24]}" for kind in _KINDS}
     keys = {kind: storage_key(tenant, file_id) for kind, file_id in ids.items()}
     sizes = dict.fromkeys(_KINDS, 0)
@@ -251,6 +254,7 @@ def _write_files(scope: Scope, store: ArtifactStore, batch_id: str, tenant: str)
             (out if kind == "output" else err).write(data)
             sizes[kind] += len(data)
     written = {}
+    expires_at = datetime.now(UTC) + timedelta(seconds=expires_after_s) if expires_after_s else None
     for kind in _KINDS:
         if sizes[kind] == 0:
             store.delete(keys[kind])
@@ -262,6 +266,7 @@ def _write_files(scope: Scope, store: ArtifactStore, batch_id: str, tenant: str)
             purpose=FilePurpose.BATCH_OUTPUT.value,
             bytes=sizes[kind],
             storage_key=keys[kind],
+            expires_at=expires_at,
         )
     return written
 

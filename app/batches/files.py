@@ -6,10 +6,12 @@ block, so the async parts run them in a worker thread.
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import IO
 
 from sqlalchemy.orm import Session
@@ -17,8 +19,9 @@ from starlette.concurrency import run_in_threadpool
 
 from app.artifacts.store import ArtifactNotFoundError, ArtifactStore
 from app.batches.repository import FileRepository
-from app.batches.schemas import FileList, FileObject
+from app.batches.schemas import ExpiresAfter, FileList, FileObject
 from app.batches.uploads import MultipartFile, UploadError
+from app.core.db import Scope
 from app.core.errors import NotFoundError
 from app.core.security import Principal
 from app.models.batch import BatchFile, FilePurpose
@@ -26,6 +29,8 @@ from app.models.batch import BatchFile, FilePurpose
 # Bytes gathered from the body before one write to the store (a thread hop each).
 WRITE_BYTES = 1024 * 1024
 READ_BYTES = 1024 * 1024
+
+log = logging.getLogger(__name__)
 
 
 def new_file_id() -> str:
@@ -42,6 +47,7 @@ class Received:
     filename: str
     purpose: str
     size: int
+    expires_after_s: int | None = None  # OpenAI's expires_after: the file expires this long after its upload
 
 
 async def receive_upload(
@@ -67,12 +73,30 @@ async def receive_upload(
                 f"purpose is {purpose!r}: embedq's Files API takes purpose='batch' only (batch input files)",
                 param="purpose",
             )
+        expires_after_s = _expires_after(reader.fields)
     except BaseException as exc:
         # Leaving the block with the exception discards the staged bytes: nothing half-written is published.
         await run_in_threadpool(stack.__exit__, type(exc), exc, exc.__traceback__)
         raise
     await run_in_threadpool(stack.close)
-    return Received(reader.filename or "upload.jsonl", purpose, size)
+    return Received(reader.filename or "upload.jsonl", purpose, size, expires_after_s)
+
+
+def _expires_after(fields: dict[str, str]) -> int | None:
+    """Return the seconds of the form's ``expires_after[anchor]``/``expires_after[seconds]`` fields (as the
+    openai client sends ``expires_after={"anchor": "created_at", "seconds": N}``), or None without them."""
+    anchor, seconds = fields.get("expires_after[anchor]"), fields.get("expires_after[seconds]")
+    if anchor is None and seconds is None:
+        return None
+    try:
+        policy = ExpiresAfter(anchor=anchor, seconds=int(seconds or ""))  # type: ignore[arg-type]
+    except ValueError as exc:  # int() of a non-number, or the policy's own checks
+        raise UploadError(
+            f"expires_after is anchor={anchor!r}, seconds={seconds!r}: give anchor 'created_at' and seconds from "
+            "3600 (1 hour) to 2592000 (30 days)",
+            param="expires_after",
+        ) from exc
+    return policy.seconds
 
 
 def _write(sink: IO[bytes], pieces: list[bytes]) -> int:
@@ -90,6 +114,9 @@ def record_file(session: Session, file_id: str, received: Received, key: str, pr
         purpose=received.purpose,
         bytes=received.size,
         storage_key=key,
+        expires_at=datetime.now(UTC) + timedelta(seconds=received.expires_after_s)
+        if received.expires_after_s
+        else None,
     )
     return FileRepository(session).add(file)
 
@@ -122,6 +149,21 @@ def delete_file(session: Session, file_id: str, principal: Principal, store: Art
     key = file.storage_key
     FileRepository(session).delete(file)
     store.delete(key)
+
+
+def delete_expired(scope: Scope, store: ArtifactStore, limit: int) -> int:
+    """Delete up to ``limit`` expired files, rows then bytes; return how many (run by the maintenance task).
+
+    The API stops showing a file at its ``expires_at`` whether or not this has run yet.
+    """
+    with scope() as session:
+        keys = [file.storage_key for file in FileRepository(session).take_expired(limit)]
+    for key in keys:  # after the commit: a failed one leaves the rows, and their bytes, for the next run
+        try:
+            store.delete(key)
+        except Exception:
+            log.warning("could not delete expired file %s from the artifact store", key, exc_info=True)
+    return len(keys)
 
 
 def open_content(store: ArtifactStore, key: str) -> IO[bytes]:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -19,6 +19,10 @@ from app.models.batch import Batch, BatchFile, BatchRequest, BatchResult, BatchS
 
 # Rows read at once while the output file is assembled.
 RESULTS_PAGE = 500
+
+
+# A file is gone to the API from its expires_at on, whether or not the sweep has deleted it yet.
+_LIVE = or_(BatchFile.expires_at.is_(None), BatchFile.expires_at > func.now())
 
 
 class FileRepository:
@@ -39,12 +43,14 @@ class FileRepository:
             "purpose": file.purpose,
             "bytes": file.bytes,
             "storage_key": file.storage_key,
+            "expires_at": file.expires_at,
         }
         self.session.execute(insert(BatchFile).values(**values).on_conflict_do_nothing(index_elements=["id"]))
 
     def get_visible(self, file_id: str, principal: Principal) -> BatchFile | None:
+        """Return the file if ``principal`` may see it and it has not expired."""
         return self.session.scalar(
-            select(BatchFile).where(BatchFile.id == file_id, visible_to(principal, BatchFile.tenant))
+            select(BatchFile).where(BatchFile.id == file_id, visible_to(principal, BatchFile.tenant), _LIVE)
         )
 
     def get(self, file_id: str) -> BatchFile | None:
@@ -52,7 +58,7 @@ class FileRepository:
 
     def page(self, principal: Principal, *, purpose: str | None, after: str | None, limit: int) -> list[BatchFile]:
         """Return up to ``limit`` files, newest first, starting after the file ``after``."""
-        query = select(BatchFile).where(visible_to(principal, BatchFile.tenant))
+        query = select(BatchFile).where(visible_to(principal, BatchFile.tenant), _LIVE)
         if purpose is not None:
             query = query.where(BatchFile.purpose == purpose)
         if after is not None:
@@ -67,6 +73,22 @@ class FileRepository:
     def delete(self, file: BatchFile) -> None:
         self.session.delete(file)
         self.session.flush()
+
+    def take_expired(self, limit: int) -> list[BatchFile]:
+        """Delete up to ``limit`` expired files' rows (locked, skipping rows another sweep holds); return them."""
+        rows = list(
+            self.session.scalars(
+                select(BatchFile)
+                .where(BatchFile.expires_at <= func.now())
+                .order_by(BatchFile.expires_at)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+        )
+        for row in rows:
+            self.session.delete(row)
+        self.session.flush()
+        return rows
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from app.batches.repository import when
 from app.models.batch import Batch, BatchFile
@@ -32,6 +32,7 @@ class FileObject(BaseModel):
             created_at=when(file.created_at) or 0,
             filename=file.filename,
             purpose=file.purpose,
+            expires_at=when(file.expires_at),
         )
 
 
@@ -49,6 +50,15 @@ class FileDeleted(BaseModel):
     deleted: bool = True
 
 
+class ExpiresAfter(BaseModel):
+    """OpenAI's expiration policy of a file: ``seconds`` after its creation (1 hour to 30 days)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    anchor: Literal["created_at"] = Field(description="created_at: the file's creation (the only anchor)")
+    seconds: StrictInt = Field(ge=3600, le=2_592_000, description="3600 (1 hour) to 2592000 (30 days)")
+
+
 class BatchCreate(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -61,6 +71,9 @@ class BatchCreate(BaseModel):
     endpoint: str = Field(description="/v1/embeddings (the only endpoint embedq batches)")
     completion_window: str = Field(description="24h (EMBEDQ_BATCH_COMPLETION_WINDOW_S long)")
     metadata: dict[str, str] | None = Field(default=None, description="up to 16 pairs, echoed back")
+    output_expires_after: ExpiresAfter | None = Field(
+        default=None, description="the output and error files expire this long after they are written"
+    )
 
 
 class BatchError(BaseModel):

@@ -80,6 +80,7 @@ def create_batch(session: Session, payload: BatchCreate, settings: Settings, pri
             completion_window=payload.completion_window,
             status=BatchStatus.VALIDATING.value,
             batch_metadata=payload.metadata,
+            output_expires_after_s=payload.output_expires_after.seconds if payload.output_expires_after else None,
             chunk_starts=[],
             total=0,
             completed=0,

@@ -25,6 +25,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column
@@ -67,8 +68,13 @@ class BatchFile(Base):
     bytes: Mapped[int] = mapped_column(BigInteger)
     storage_key: Mapped[str] = mapped_column(String(512))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # OpenAI's expires_after: from then on the file is gone to the API, and the maintenance sweep deletes it.
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
-    __table_args__ = (Index("ix_batch_files_tenant_created", "tenant", "created_at"),)
+    __table_args__ = (
+        Index("ix_batch_files_tenant_created", "tenant", "created_at"),
+        Index("ix_batch_files_expires_at", "expires_at", postgresql_where=text("expires_at IS NOT NULL")),
+    )
 
 
 class Batch(Base):
@@ -94,6 +100,8 @@ class Batch(Base):
     total: Mapped[int] = mapped_column(Integer, default=0)
     completed: Mapped[int] = mapped_column(Integer, default=0)
     failed: Mapped[int] = mapped_column(Integer, default=0)
+    # OpenAI's output_expires_after: the output and error files expire this long after they are made.
+    output_expires_after_s: Mapped[int | None] = mapped_column(Integer)
     output_file_id: Mapped[str | None] = mapped_column(String(64))
     error_file_id: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

@@ -71,14 +71,14 @@ def request_line(custom_id: str, body: dict[str, object]) -> dict[str, object]:
     return {"custom_id": custom_id, "method": "POST", "url": "/v1/embeddings", "body": body}
 
 
-def submit(session: Session, store: ArtifactStore, lines: list[object], settings: Settings) -> Batch:
+def submit(session: Session, store: ArtifactStore, lines: list[object], settings: Settings, **create) -> Batch:
     content = b"".join((line if isinstance(line, bytes) else json.dumps(line).encode()) + b"\n" for line in lines)
     file_id = files.new_file_id()
     key = files.storage_key(ADMIN.tenant, file_id)
     with store.open_write(key) as sink:
         sink.write(content)
     files.record_file(session, file_id, Received("in.jsonl", "batch", len(content)), key, ADMIN)
-    payload = BatchCreate(input_file_id=file_id, endpoint="/v1/embeddings", completion_window="24h")
+    payload = BatchCreate(input_file_id=file_id, endpoint="/v1/embeddings", completion_window="24h", **create)
     return service.create_batch(session, payload, settings, ADMIN)
 
 
@@ -187,6 +187,23 @@ def test_a_file_with_broken_lines_fails_validation_with_each_line_named(
     db_session.refresh(job)
     assert job.status == "failed" and "not valid JSON" in job.error
     assert batch_events(db_session, batch) == [("batch.failed", batch.id)]
+
+
+def test_output_files_expire_as_the_batch_asked(db_session: Session, scope, store: ArtifactStore) -> None:
+    settings = settings_with()
+    lines = [request_line("ok", {"input": "x"}), request_line("bad", {"input": ""})]
+    policy = {"anchor": "created_at", "seconds": 7200}
+    batch = submit(db_session, store, lines, settings, output_expires_after=policy)
+    execution.validate(scope, batch.job_id, store, settings)
+    db_session.refresh(batch)
+    run_all(scope, batch, settings)
+    assert execution.finalize(scope, batch.job_id, store, settings).value == "completed"
+    db_session.refresh(batch)
+    for file_id in (batch.output_file_id, batch.error_file_id):
+        file = files.get_file(db_session, file_id, ADMIN)
+        assert file.expires_at is not None
+        left = (file.expires_at - file.created_at).total_seconds()
+        assert 7190 < left < 7210, left
 
 
 def test_a_line_postgres_could_not_store_fails_validation_instead_of_the_task(

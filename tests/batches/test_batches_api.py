@@ -7,8 +7,12 @@ from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import text
 from support.settings import SettingsEnv
 
+from app.artifacts.store import ArtifactStore
+from app.batches.files import delete_expired, storage_key
+from app.core.config import get_settings
 from app.core.db import session_scope
 from app.main import create_app
 
@@ -274,3 +278,47 @@ def test_files_live_in_an_s3_artifact_store_too(clean_state, settings_env: Setti
         assert store.url.startswith("s3://") and store.exists(f"files/default/{file['id']}")
         assert client.delete(f"/v1/files/{file['id']}").status_code == 200
         assert not store.exists(f"files/default/{file['id']}")
+
+
+def test_a_file_expires_after_what_the_upload_asked_and_is_then_gone(client: TestClient) -> None:
+    # The openai client sends expires_after={"anchor": "created_at", "seconds": N} as these two form fields.
+    policy = {"expires_after[anchor]": "created_at", "expires_after[seconds]": "3600"}
+    file = client.post(
+        "/v1/files", files={"file": ("in.jsonl", REQUESTS, "application/jsonl")}, data={"purpose": "batch", **policy}
+    ).json()
+    assert file["expires_at"] - file["created_at"] in (3599, 3600, 3601), file
+    for bad in ({**policy, "expires_after[seconds]": "10"}, {**policy, "expires_after[anchor]": "last_used"}):
+        refused = client.post("/v1/files", files={"file": ("x.jsonl", REQUESTS)}, data={"purpose": "batch", **bad})
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "expires_after", refused.text
+    kept = upload(client).json()
+    assert kept["expires_at"] is None
+
+    # An hour on: the file is gone to the API at once, and the maintenance sweep deletes its row and bytes.
+    with session_scope() as session:
+        session.execute(
+            text("UPDATE batch_files SET expires_at = now() - interval '1 second' WHERE id = :id"), {"id": file["id"]}
+        )
+    assert client.get(f"/v1/files/{file['id']}").status_code == 404
+    assert client.get(f"/v1/files/{file['id']}/content").status_code == 404
+    assert file["id"] not in {f["id"] for f in client.get("/v1/files").json()["data"]}
+    assert create(client, file["id"]).status_code == 404
+    store = ArtifactStore.from_settings(get_settings())
+    assert store.exists(storage_key("default", file["id"]))
+    assert delete_expired(session_scope, store, 100) == 1
+    assert not store.exists(storage_key("default", file["id"]))
+    assert client.get(f"/v1/files/{kept['id']}").status_code == 200  # one without expiry stays
+
+
+def test_a_batch_s_output_expiry_is_kept_for_its_files(client: TestClient) -> None:
+    file_id = upload(client).json()["id"]
+    policy = {"anchor": "created_at", "seconds": 7200}
+    batch = create(client, file_id, output_expires_after=policy)
+    assert batch.status_code == 200, batch.text
+    with session_scope() as session:
+        kept = session.scalar(
+            text("SELECT output_expires_after_s FROM batches WHERE id = :id"), {"id": batch.json()["id"]}
+        )
+    assert kept == 7200
+    for bad in ({"anchor": "created_at", "seconds": 60}, {"anchor": "now", "seconds": 7200}):
+        refused = create(client, file_id, output_expires_after=bad)
+        assert refused.status_code == 400 and "output_expires_after" in refused.json()["error"]["param"], refused.text
