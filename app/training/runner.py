@@ -32,6 +32,7 @@ from app.models.job import Job, JobStatus
 from app.models.registered_model import RegisteredModel
 from app.models.training import TrainingRun
 from app.training import eval_history, loss_history, storage
+from app.training.lease import training_lease
 from app.training.pairs import split_pairs
 from app.training.repository import TrainingRepository
 from app.training.spec import Progress, StopReason, TrainFn, TrainingQuality, TrainingResult, TrainingSpec
@@ -152,6 +153,20 @@ def run_training(
 
     Database and broker outages propagate, so the task retries and resumes from the last checkpoint.
     """
+    with training_lease(scope, job_id) as held:
+        if not held:
+            log.warning("training job %s is being trained by another worker: this delivery is dropped", job_id)
+            return RunOutcome.SKIPPED
+        return _run_leased(scope, job_id, train, settings, shutdown_requested)
+
+
+def _run_leased(
+    scope: Scope,
+    job_id: uuid.UUID,
+    train: TrainFn,
+    settings: Settings,
+    shutdown_requested: Callable[[], bool],
+) -> RunOutcome:
     assert settings.models_dir is not None
     spec = _claim(scope, job_id, settings)
     if spec is None:

@@ -19,6 +19,7 @@ from app.models.registered_model import RegisteredModel
 from app.models.training import TrainingRun
 from app.models.webhook import WebhookEvent
 from app.training import storage
+from app.training.lease import training_lease
 from app.training.runner import RunOutcome, run_training
 from app.training.schemas import FineTuneRequest, LoraFineTuneRequest
 from app.training.service import create_training_job, requeue_training, train_status
@@ -134,6 +135,24 @@ def test_cancel_between_steps_leaves_no_model(settings: Settings, tiny_base: str
     assert job.status == "cancelled" and run.step == 2
     assert registered(alias) is None and not alias_dir(settings, alias).exists()
     assert not work_dir(settings, job_id).exists()
+
+
+def test_a_second_delivery_while_another_worker_trains_the_job_is_dropped(settings: Settings, tiny_base: str) -> None:
+    alias = f"lease-{uuid.uuid4().hex[:6]}"
+    job_id = create(settings, request(tiny_base, alias))
+    seen: list[RunOutcome] = []
+
+    def train_while_a_redelivery_arrives(spec: TrainingSpec, hooks: TrainingHooks) -> TrainingResult:
+        # The broker handed the message to a second worker while this one trains.
+        seen.append(run_training(session_scope, job_id, train, settings))
+        return train(spec, hooks)
+
+    assert run_training(session_scope, job_id, train_while_a_redelivery_arrives, settings) is RunOutcome.COMPLETED
+    assert seen == [RunOutcome.SKIPPED]
+    job, _ = state(job_id)
+    assert job.status == "succeeded" and registered(alias) is not None
+    with training_lease(session_scope, job_id) as held:  # released with the run
+        assert held
 
 
 def test_cancel_before_the_worker_starts_skips_the_job(settings: Settings, tiny_base: str) -> None:
