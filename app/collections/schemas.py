@@ -163,6 +163,8 @@ class SearchRequest(BaseModel):
     def _one_query(self) -> SearchRequest:
         if (self.query is None) == (self.vector is None):
             raise ValueError("give exactly one of `query` (a text) or `vector` (floats)")
+        if self.query is not None and not self.query.strip():
+            raise ValueError("`query` is only whitespace: a search needs some text (its hits would be arbitrary)")
         if self.mode != "dense" and self.vector is not None:
             raise ValueError(f"mode {self.mode!r} embeds the query text itself: send `query`, not `vector`")
         if self.weights is not None and self.mode != "hybrid":

@@ -140,6 +140,8 @@ class _JsonLinesParser:
         where = f"{self.label}line {number}"
         if raw is None:
             return _too_long(number, where, self.options.max_line_bytes)
+        if number == 1:
+            raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark, as editors save files (and CSV's)
         if not raw.strip():
             return None
         text = _decode(raw, where)

@@ -172,6 +172,8 @@ def test_search_refuses_a_vector_of_another_dimension_and_exports_stream(client:
         "embed the query with tiny-api"
     )
     assert client.post("/collections/docs/search", json={"top_k": 3}).status_code == 422
+    blank = client.post("/collections/docs/search", json={"query": "   \n"})
+    assert blank.status_code == 422 and "only whitespace" in blank.text, blank.text
     assert client.post("/collections/docs/search", json={"vector": [0.5] * 32}).json()["data"] == []
 
     exported = client.get("/collections/docs/export")

@@ -104,6 +104,11 @@ def test_a_parquet_duration_column_is_metadata_in_seconds() -> None:
     assert docs(items) == [("x", "t", {"took": 5.5})]
 
 
+def test_a_jsonl_file_saved_with_a_byte_order_mark_reads_its_first_line() -> None:
+    body = b'\xef\xbb\xbf{"id": "a", "text": "first"}\n{"id": "b", "text": "second"}\n'
+    assert docs(read(body, "application/x-ndjson", piece=2)) == [("a", "first", {}), ("b", "second", {})]
+
+
 def test_a_line_over_the_limit_is_rejected_and_the_next_one_read() -> None:
     long_line = json.dumps({"id": "huge", "text": "x" * 5000}).encode()
     body = b'{"id": "a", "text": "short"}\n' + long_line + b'\n{"id": "b", "text": "after"}'
