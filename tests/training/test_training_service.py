@@ -127,6 +127,16 @@ def cancelling(after_step: int):
     return run
 
 
+def test_a_run_without_held_out_pairs_trains_past_its_warmup(settings: Settings, tiny_base: str) -> None:
+    # eval_share 0: nothing to evaluate. The step after the warmup divided by the (zero) evaluation interval.
+    alias = f"noeval-{uuid.uuid4().hex[:6]}"
+    job_id = create(settings, request(tiny_base, alias, eval_share=0, batch_size=2))
+    assert run_training(session_scope, job_id, train, settings) is RunOutcome.COMPLETED
+    job, run = state(job_id)
+    assert job.status == "succeeded" and run.step == run.total_steps > 2, (job.error, run.step, run.total_steps)
+    assert registered(alias) is not None
+
+
 def test_cancel_between_steps_leaves_no_model(settings: Settings, tiny_base: str) -> None:
     alias = f"cx-{uuid.uuid4().hex[:6]}"
     job_id = create(settings, request(tiny_base, alias))

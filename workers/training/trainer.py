@@ -178,8 +178,10 @@ class _Loop:
             self.step += 1
             if self.step % self.spec.progress_every_steps == 0 or self.step == total:
                 self._report()
-            due = self.step == total or (self.step >= self.eval_from and self.step % self.eval_every == 0)
-            if self.eval_every and due:
+            # eval_every 0: no held-out pairs (eval_share 0), never evaluated; checked first, as it divides.
+            if self.eval_every and (
+                self.step == total or (self.step >= self.eval_from and self.step % self.eval_every == 0)
+            ):
                 self._evaluate()
             if self.step % self.spec.checkpoint_every_steps == 0 and self.step < total:
                 self._checkpoint()
