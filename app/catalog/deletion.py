@@ -53,10 +53,12 @@ def unregister(session: Session, name: str, settings: Settings, principal: Princ
 
 
 def _refuse_if_used(models: RegisteredModelRepository, name: str, principal: Principal) -> None:
-    """409 while a collection embeds with the model or a job waits for it: its searches and uploads would fail,
-    and the freed name could be registered by another tenant, whose model the collection would then use."""
+    """409 while a collection embeds with the model, a job waits for it or a LoRA adapter stands on it: their
+    searches, uploads and embeddings would fail, and the freed name could be registered by another tenant,
+    whose model they would then use."""
     collections, jobs = models.users(name)
-    if not collections and not jobs:
+    adapters = models.adapters_over(name)
+    if not collections and not jobs and not adapters:
         return
     shown = [c if t == principal.tenant else f"{t}/{c}" for t, c in collections if principal.sees(t)]
     others = len(collections) - len(shown)
@@ -68,6 +70,8 @@ def _refuse_if_used(models: RegisteredModelRepository, name: str, principal: Pri
         parts.append(f"{others} collection(s) of other tenants embed with it")
     if jobs:
         parts.append(f"{jobs} queued or running job(s) use it: wait for them or cancel them")
+    if adapters:  # their weights are deltas over this model's: without it they load nothing
+        parts.append(f"LoRA adapter(s) {', '.join(map(repr, adapters))} were trained over it: delete them first")
     raise ConflictError(f"model {name!r} is in use: " + "; ".join(parts), param="model")
 
 

@@ -40,6 +40,16 @@ class RegisteredModelRepository:
         """Return every registered alias, by name (for the operator's tools)."""
         return list(self.session.scalars(select(RegisteredModel).order_by(RegisteredModel.name)))
 
+    def adapters_over(self, name: str) -> list[str]:
+        """Return the registered LoRA aliases trained over ``name``, by name."""
+        return list(
+            self.session.scalars(
+                select(RegisteredModel.name)
+                .where(RegisteredModel.base == name, RegisteredModel.name != name)
+                .order_by(RegisteredModel.name)
+            )
+        )
+
     def users(self, name: str) -> tuple[list[tuple[str, str]], int]:
         """Return (tenant, collection) of each collection whose active or building version embeds with ``name``,
         and how many queued or running jobs name it."""

@@ -10,6 +10,7 @@ import importlib.util
 import uuid
 from pathlib import Path
 
+from sqlalchemy import text as sql
 from sqlalchemy.orm import Session
 
 from app.catalog.access import JOB_API_ERRORS, check_model
@@ -81,7 +82,7 @@ def create_training_job(
     repo = TrainingRepository(session)
     base = _check_base(repo, payload.base_model or settings.default_model, settings, principal)
     if not payload.dry_run:  # a dry run registers nothing, so it may name any alias
-        _check_alias_free(repo, payload.model_name, base, payload.overwrite, settings, principal)
+        _check_alias_free(repo, payload.model_name, base, payload.overwrite, lora, settings, principal)
     mining = _mining_params(session, payload.hard_negatives, base, principal)
     parsed = parse_pairs(text, fmt)
     if len(parsed.pairs) > settings.training_max_pairs:
@@ -210,13 +211,22 @@ def _check_base(repo: TrainingRepository, base: str, settings: Settings, princip
 
 
 def _check_alias_free(
-    repo: TrainingRepository, alias: str, base: str, overwrite: bool, settings: Settings, principal: Principal
+    repo: TrainingRepository,
+    alias: str,
+    base: str,
+    overwrite: bool,
+    lora: bool,
+    settings: Settings,
+    principal: Principal,
 ) -> None:
     """Refuse (409) an alias that names another model, is registered (unless ``overwrite``) or is being trained.
 
     Aliases are one namespace (they are folder names); another tenant's alias is refused as taken, without
-    saying whose it is or which job made it, and can never be overwritten.
+    saying whose it is or which job made it, and can never be overwritten. The check holds a lock on the alias
+    until the request's transaction ends (its job then exists), so two requests for one alias at once cannot
+    both pass it.
     """
+    repo.session.execute(sql("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": f"embedq:alias:{alias}"})
     if alias == base:
         raise ConflictError(f"model_name {alias!r} is the base model's name: pick a new alias", param="model_name")
     taken = ConflictError(f"model_name {alias!r} is taken: pick another model_name", param="model_name")
@@ -243,6 +253,14 @@ def _check_alias_free(
             raise ConflictError(
                 f"model {alias!r} already exists (registered by job {registered.created_by_job}): send "
                 '"overwrite": true to replace it, or pick another model_name',
+                param="model_name",
+            )
+        adapters = RegisteredModelRepository(repo.session).adapters_over(alias) if lora else []
+        if adapters:  # embedq stacks no adapter over an adapter: theirs would stop loading
+            raise ConflictError(
+                f"LoRA adapter(s) {', '.join(map(repr, adapters))} were trained over {alias!r}: a LoRA adapter "
+                "cannot replace it (adapters do not stack); overwrite it with a full fine-tune, or pick another "
+                "model_name",
                 param="model_name",
             )
         return

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
+import time
 import uuid
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 from support.principals import ADMIN
 
+from app.catalog.deletion import unregister
 from app.core.config import Settings
 from app.core.db import session_scope
+from app.core.errors import ConflictError
 from app.jobs.service import cancel_job
 from app.maintenance.kinds import RECOVERIES
 from app.models.job import Job, JobKind
@@ -135,6 +140,48 @@ def test_a_run_without_held_out_pairs_trains_past_its_warmup(settings: Settings,
     job, run = state(job_id)
     assert job.status == "succeeded" and run.step == run.total_steps > 2, (job.error, run.step, run.total_steps)
     assert registered(alias) is not None
+
+
+def test_a_model_adapters_stand_on_is_neither_replaced_by_a_lora_nor_deleted(
+    settings: Settings, tiny_base: str
+) -> None:
+    base = f"base-{uuid.uuid4().hex[:6]}"
+    adapter = f"{base}-lora"
+    with session_scope() as session:
+        session.add(RegisteredModel(name=base, base=tiny_base, kind="full", path="/m/base", dimension=32))
+        session.add(RegisteredModel(name=adapter, base=base, kind="lora", path="/m/lora", dimension=32))
+    lora = LoraFineTuneRequest(model_name=base, base_model=tiny_base, batch_size=4, overwrite=True)
+    with session_scope() as session, pytest.raises(ConflictError, match="adapters do not stack") as refused:
+        create_training_job(session, lora, TSV, "auto", settings, ADMIN)
+    assert adapter in refused.value.message
+    with session_scope() as session:  # a full fine-tune may replace it: adapters follow their base's weights
+        assert create_training_job(session, request(tiny_base, base, overwrite=True), TSV, "auto", settings, ADMIN)
+    with session_scope() as session, pytest.raises(ConflictError, match="trained over it") as kept:
+        unregister(session, base, settings, ADMIN)
+    assert adapter in kept.value.message and registered(base) is not None
+
+
+def test_two_requests_for_one_alias_at_once_make_one_job(settings: Settings, tiny_base: str) -> None:
+    alias = f"race-{uuid.uuid4().hex[:6]}"
+    outcomes: list[str] = []
+    first_in = threading.Event()
+
+    def second() -> None:
+        first_in.wait(10)
+        try:
+            create(settings, request(tiny_base, alias))
+            outcomes.append("created")
+        except ConflictError as exc:
+            outcomes.append(exc.message)
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    with session_scope() as session:
+        create_training_job(session, request(tiny_base, alias), TSV, "auto", settings, ADMIN)
+        first_in.set()
+        time.sleep(1.0)  # the second request reaches the alias check while this job is not committed yet
+    thread.join(30)
+    assert len(outcomes) == 1 and "is already producing model" in outcomes[0], outcomes
 
 
 def test_cancel_between_steps_leaves_no_model(settings: Settings, tiny_base: str) -> None:
