@@ -143,6 +143,16 @@ def resolve_model(name: str, settings: Settings) -> ResolvedModel:
     )
 
 
+def same_model(a: str, b: str, settings: Settings) -> bool:
+    """Return whether two names are one model (an alias and its target, the short and the org/ name)."""
+    if a == b:
+        return True
+    try:
+        return resolve_model(a, settings) == resolve_model(b, settings)
+    except (LookupError, ValueError):
+        return False
+
+
 def _locate(name: str, entry: ModelAliasSetting | None, settings: Settings) -> ResolvedModel:
     for resolve in (_from_models_dir, _from_package):
         resolved = resolve(name, settings)

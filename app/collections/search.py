@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from app.catalog.access import JOB_API_ERRORS
 from app.catalog.dimension import model_dimension
-from app.catalog.resolver import resolve_model
+from app.catalog.resolver import same_model
 from app.collections.repository import CollectionRepository
 from app.collections.schemas import HybridWeights, RerankStage, SearchHit, SearchRequest, SearchResponse
 from app.collections.service import require_collection
@@ -39,7 +39,7 @@ async def search(
     reranker = None
     if payload.rerank is not None:
         reranker = await rerank_service.checked_reranker(payload.rerank.model, settings, principal, JOB_API_ERRORS)
-    if payload.model is not None and not _same_model(payload.model, version.model, settings):
+    if payload.model is not None and not same_model(payload.model, version.model, settings):
         raise InvalidRequestError(
             f"collection {name!r} holds {_dims(version.dimension)} vectors of {version.model}; the request names "
             f"{payload.model} ({_dimension_of(payload.model, settings)}): search with {version.model}, or reembed "
@@ -143,15 +143,6 @@ async def _embed_query(model: str, query: str) -> np.ndarray:
 
     result = await infer("embed", model, {"texts": [query], "is_query": True})
     return np.frombuffer(base64.b64decode(result["embeddings"]), dtype="<f4").astype(np.float32)
-
-
-def _same_model(asked: str, held: str, settings: Settings) -> bool:
-    if asked == held:
-        return True
-    try:
-        return resolve_model(asked, settings) == resolve_model(held, settings)
-    except (LookupError, ValueError):
-        return False
 
 
 def _dimension_of(model: str, settings: Settings) -> str:

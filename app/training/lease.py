@@ -24,7 +24,7 @@ _KEY = "SELECT hashtextextended(:k, 0)"
 def training_lease(scope: Scope, job_id: uuid.UUID) -> Iterator[bool]:
     """Yield True while this process holds ``job_id``'s training lease; False if another process holds it."""
     with scope() as session:
-        engine = session.get_bind()
+        engine = session.get_bind().engine  # an Engine's is itself; a Connection's (a test's outer transaction) its own
     key = {"k": f"embedq:training:{job_id}"}
     # Autocommit: the lock outlives transactions, and no transaction stays open (and holds back vacuum) for hours.
     with engine.connect() as conn:

@@ -15,9 +15,10 @@ from sqlalchemy.orm import Session
 
 from app.catalog.access import JOB_API_ERRORS, check_model
 from app.catalog.repository import RegisteredModelRepository
-from app.catalog.resolver import resolve_model
+from app.catalog.resolver import resolve_model, same_model
 from app.collections.repository import CollectionRepository
 from app.collections.service import require_collection
+from app.collections.vector_store import VectorStore
 from app.core.config import Settings
 from app.core.db import enqueue
 from app.core.errors import ConflictError, EmbedqError, InvalidRequestError, NotFoundError
@@ -83,7 +84,7 @@ def create_training_job(
     base = _check_base(repo, payload.base_model or settings.default_model, settings, principal)
     if not payload.dry_run:  # a dry run registers nothing, so it may name any alias
         _check_alias_free(repo, payload.model_name, base, payload.overwrite, lora, settings, principal)
-    mining = _mining_params(session, payload.hard_negatives, base, principal)
+    mining = _mining_params(session, payload.hard_negatives, base, principal, settings)
     parsed = parse_pairs(text, fmt)
     if len(parsed.pairs) > settings.training_max_pairs:
         raise InvalidRequestError(
@@ -157,7 +158,7 @@ def _queued_message(pairs: int, held_out: int, skipped: int, dry_run: bool) -> s
 
 
 def _mining_params(
-    session: Session, wanted: HardNegatives | None, base: str, principal: Principal
+    session: Session, wanted: HardNegatives | None, base: str, principal: Principal, settings: Settings
 ) -> dict[str, object] | None:
     """Return what the worker needs to mine negatives (the collection's id, when mining from one), or None.
 
@@ -173,13 +174,13 @@ def _mining_params(
     repo = CollectionRepository(session)
     collection = require_collection(repo, name, principal)
     version = repo.active_version(collection.id)
-    if version.model != base:
+    if not same_model(version.model, base, settings):
         raise InvalidRequestError(
             f"collection {name!r} holds vectors of {version.model}, not of the base model {base}: mine from a "
             "collection embedded with the base model, or from the training passages",
             param="hard_negatives",
         )
-    if version.dimension is None:
+    if version.dimension is None or not VectorStore(session).vectors_and_bytes(version.id)[0]:
         raise InvalidRequestError(
             f"collection {name!r} has no vectors yet: add documents first, or mine from the training passages",
             param="hard_negatives",

@@ -136,3 +136,12 @@ def test_a_dry_run_mines_from_a_collection_evaluates_the_base_and_registers_noth
     other = FineTuneRequest(model_name="x", base_model=settings.default_model, hard_negatives=negatives)
     with pytest.raises(InvalidRequestError, match="not of the base model"):
         create_training_job(db_session, other, TSV, "auto", settings, ADMIN)
+    # The same model under its other name is the base; a collection of it with no vectors yet mines nothing.
+    spec = CollectionCreate(name="short-name", model="all-MiniLM-L6-v2")
+    collections.create_collection(db_session, spec, settings, ADMIN)
+    from_it = HardNegatives.model_validate({"mine": True, "from": "collection:short-name"})
+    by_other_name = FineTuneRequest(
+        model_name="y", base_model="sentence-transformers/all-MiniLM-L6-v2", hard_negatives=from_it
+    )
+    with pytest.raises(InvalidRequestError, match="has no vectors yet"):
+        create_training_job(db_session, by_other_name, TSV, "auto", settings, ADMIN)
