@@ -91,8 +91,10 @@ def check_pairs(query: str, texts: list[str], settings: Settings, *, field: str)
             param=field,
         )
     for where, text in [("query", query), *((f"{field}[{i}]", text) for i, text in enumerate(texts))]:
-        if not text:
-            raise InvalidRerankError(f"{where} is an empty string: remove it or give it some text", param=field)
+        if not text.strip():
+            raise InvalidRerankError(
+                f"{where} is empty or only whitespace: remove it or give it some text", param=field
+            )
         if len(text) > settings.max_input_chars:
             raise InvalidRerankError(
                 f"{where} has {len(text)} characters; at most {settings.max_input_chars} (EMBEDQ_MAX_INPUT_CHARS): "
@@ -128,7 +130,11 @@ async def score(
         "max_tokens": settings.rerank_max_tokens_per_pair,
     }
     result = await infer(SCORE_PAIRS_OP, reranker.model, payload)
-    return Scored([float(s) for s in result["scores"]], int(result.get("prompt_tokens", 0)))
+    # One text, one score: padding in a batch moves a score's last digits with its place, and a repeated text
+    # ranked before an earlier copy of itself (ties keep text order).
+    first: dict[str, float] = {}
+    scores = [first.setdefault(text, float(score)) for text, score in zip(texts, result["scores"], strict=True)]
+    return Scored(scores, int(result.get("prompt_tokens", 0)))
 
 
 def ranking(scores: list[float], top_n: int | None = None) -> list[int]:

@@ -145,6 +145,16 @@ def test_models_list_each_models_tasks(http: httpx.Client) -> None:
     assert listed["acme/bert-search"]["tasks"] == ["embed"]
 
 
+def test_a_repeated_text_scores_the_same_and_keeps_its_order(http: httpx.Client) -> None:
+    # Padding moved the last digits of a score with the text's place in the batch: the later copy ranked first.
+    texts = ["a bear", "a city at night with " + "many lights and " * 20 + "cars", "a bear", "rain"]
+    ranked = http.post("/rerank", json={"query": "bears", "texts": texts, "model": "acme/ce-bert"}).json()
+    scores = {r["index"]: r["score"] for r in ranked}
+    assert scores[0] == scores[2]
+    order = [r["index"] for r in ranked]
+    assert order.index(0) < order.index(2), ranked
+
+
 def test_bad_requests_get_a_4xx_naming_the_fix(http: httpx.Client) -> None:
     unknown = http.post("/v1/rerank", json={"model": "acme/nope", "query": "q", "documents": ["a"]})
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "model_not_found"
@@ -160,7 +170,8 @@ def test_bad_requests_get_a_4xx_naming_the_fix(http: httpx.Client) -> None:
     cases = [
         ("/v1/rerank", {"query": " ", "documents": ["a"]}, "query is empty"),
         ("/v1/rerank", {"query": "q", "documents": []}, "documents is empty"),
-        ("/v1/rerank", {"query": "q", "documents": ["a", ""]}, "documents[1] is an empty string"),
+        ("/v1/rerank", {"query": "q", "documents": ["a", ""]}, "documents[1] is empty"),
+        ("/rerank", {"query": "q", "texts": ["a", " \n "]}, "texts[1] is empty or only whitespace"),
         ("/v1/rerank", {"query": "q", "documents": ["a"] * 41}, "EMBEDQ_RERANK_MAX_PAIRS"),
         ("/rerank", {"query": "q", "texts": []}, "texts is empty"),
         ("/rerank", {"query": "", "texts": ["a"]}, "query is empty"),
