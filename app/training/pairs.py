@@ -100,6 +100,8 @@ def _pair(query: str, positive: str, negative: str | None = None) -> Pair | str:
         return "empty negative (leave the third field out instead)"
     if any("\x00" in t for t in (query, positive, negative or "")):
         return "contains a NUL character"
+    if negative == positive:
+        return "the negative is the positive: a pair cannot teach a passage as both its answer and not"
     return Pair(query, positive, negative)
 
 

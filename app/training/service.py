@@ -95,11 +95,14 @@ def create_training_job(
     share = settings.training_eval_share if payload.eval_share is None else payload.eval_share
     held_out = eval_count(len(parsed.pairs), share, settings.training_eval_min_pairs if share > 0 else 0)
     train, _ = split_pairs(parsed.pairs, held_out, payload.seed)
-    if len(train) < settings.training_min_pairs:
+    # Distinct (query, positive) pairs: a file of one pair repeated trains on nothing (every loss 0).
+    distinct = len({(p.query, p.positive) for p in train})
+    if distinct < settings.training_min_pairs:
+        repeats = f", {len(train) - distinct} of those left to train repeat another" if distinct < len(train) else ""
         raise InvalidRequestError(
             f"{len(parsed.pairs)} usable pairs ({held_out} of them held out for evaluation, {parsed.skipped} "
-            f"lines skipped); training needs at least {settings.training_min_pairs} after the hold-out. "
-            "Send more `query<TAB>passage` lines",
+            f"lines skipped{repeats}); training needs at least {settings.training_min_pairs} distinct pairs after "
+            "the hold-out. Send more `query<TAB>passage` lines",
             param="text_content",
             skipped_lines=parsed.skipped,
             skipped_examples=parsed.skipped_examples,

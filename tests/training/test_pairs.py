@@ -89,3 +89,11 @@ def test_planned_steps_batches_pairs_with_and_without_negatives_apart() -> None:
     pairs = [Pair(f"q{i}", f"p{i}", "n" if i < 5 else None) for i in range(21)]
     assert planned_steps(pairs, 4) == 2 + 4
     assert planned_steps(pairs[5:], 8) == 2
+
+
+def test_a_negative_that_is_the_positive_is_skipped_with_why() -> None:
+    parsed = parse_pairs("q1\tp1\tp1\nq2\tp2\tn2\n")
+    assert parsed.pairs == [Pair("q2", "p2", "n2")]
+    assert (
+        parsed.skipped_examples[0]["line"] == 1 and "negative is the positive" in parsed.skipped_examples[0]["reason"]
+    )

@@ -16,7 +16,7 @@ from support.principals import ADMIN
 from app.catalog.deletion import unregister
 from app.core.config import Settings
 from app.core.db import session_scope
-from app.core.errors import ConflictError
+from app.core.errors import ConflictError, InvalidRequestError
 from app.jobs.service import cancel_job
 from app.maintenance.kinds import RECOVERIES
 from app.models.job import Job, JobKind
@@ -182,6 +182,13 @@ def test_two_requests_for_one_alias_at_once_make_one_job(settings: Settings, tin
         time.sleep(1.0)  # the second request reaches the alias check while this job is not committed yet
     thread.join(30)
     assert len(outcomes) == 1 and "is already producing model" in outcomes[0], outcomes
+
+
+def test_one_pair_repeated_is_not_enough_pairs_to_train(settings: Settings, tiny_base: str) -> None:
+    # 40 copies of one pair: the no-duplicates sampler makes batches of one, every loss 0, a model of nothing.
+    with session_scope() as session, pytest.raises(InvalidRequestError, match="distinct pairs") as refused:
+        create_training_job(session, request(tiny_base, "dup-x"), "q\tp\n" * 40, "auto", settings, ADMIN)
+    assert "repeat another" in refused.value.message
 
 
 def test_cancel_between_steps_leaves_no_model(settings: Settings, tiny_base: str) -> None:
