@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, model_validator
 
@@ -30,6 +30,10 @@ class TeiRerankRequest(BaseModel):
         default=None,
         description="false: a pair over the model's limit (or EMBEDQ_RERANK_MAX_TOKENS_PER_PAIR) is a 400; "
         "default EMBEDQ_TRUNCATE",
+    )
+    truncation_direction: Literal["Right"] | None = Field(
+        default=None,
+        description="TEI's: embedq cuts an over-long pair at its end (Right), the longer side first; Left is a 422",
     )
     model: ModelName = None
     candidates: list[StrictStr] | None = Field(

@@ -181,6 +181,15 @@ def test_bad_requests_get_a_4xx_naming_the_fix(http: httpx.Client) -> None:
         assert refused.status_code == 400, (body, refused.text)
         message = refused.json()["error"]["message"] if path.startswith("/v1") else refused.json()["detail"]
         assert says in message, message
+    # TEI's truncation_direction, as Haystack's TEI ranker sends it: Right is what embedq does, Left is refused.
+    right = http.post(
+        "/rerank", json={"query": "q", "texts": ["a"], "model": "acme/ce-bert", "truncation_direction": "Right"}
+    )
+    assert right.status_code == 200, right.text
+    left = http.post(
+        "/rerank", json={"query": "q", "texts": ["a"], "model": "acme/ce-bert", "truncation_direction": "Left"}
+    )
+    assert left.status_code == 422 and "Right" in left.text, left.text
     both = http.post("/rerank", json={"query": "q", "texts": ["a"], "candidates": ["a"], "model": "acme/ce-bert"})
     assert both.status_code == 422 and '{"query": "...", "texts": ["...", "..."]}' in both.json()["detail"][0]["msg"]
     neither = http.post("/rerank", json={"query": "q", "model": "acme/ce-bert"})
