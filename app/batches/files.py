@@ -130,10 +130,17 @@ def get_file(session: Session, file_id: str, principal: Principal) -> BatchFile:
 
 
 def list_files(
-    session: Session, principal: Principal, *, purpose: str | None, after: str | None, limit: int
+    session: Session,
+    principal: Principal,
+    *,
+    purpose: str | None,
+    after: str | None,
+    limit: int,
+    order: str = "desc",
 ) -> FileList:
-    """Return a page of the caller's files, newest first; ``has_more`` says whether ``after=last_id`` gives more."""
-    rows = FileRepository(session).page(principal, purpose=purpose, after=after, limit=limit + 1)
+    """Return a page of the caller's files, newest first (``order`` asc: oldest first); ``has_more`` says whether
+    ``after=last_id`` gives more."""
+    rows = FileRepository(session).page(principal, purpose=purpose, after=after, limit=limit + 1, order=order)
     data = [FileObject.of(f) for f in rows[:limit]]
     return FileList(
         data=data,

@@ -56,19 +56,33 @@ class FileRepository:
     def get(self, file_id: str) -> BatchFile | None:
         return self.session.get(BatchFile, file_id)
 
-    def page(self, principal: Principal, *, purpose: str | None, after: str | None, limit: int) -> list[BatchFile]:
-        """Return up to ``limit`` files, newest first, starting after the file ``after``."""
+    def page(
+        self, principal: Principal, *, purpose: str | None, after: str | None, limit: int, order: str = "desc"
+    ) -> list[BatchFile]:
+        """Return up to ``limit`` files, newest first (``order`` asc: oldest first), starting after the file
+        ``after``."""
         query = select(BatchFile).where(visible_to(principal, BatchFile.tenant), _LIVE)
         if purpose is not None:
             query = query.where(BatchFile.purpose == purpose)
         if after is not None:
             cursor = self.get_visible(after, principal)
             if cursor is not None:
-                query = query.where(
-                    (BatchFile.created_at < cursor.created_at)
-                    | and_(BatchFile.created_at == cursor.created_at, BatchFile.id < cursor.id)
-                )
-        return list(self.session.scalars(query.order_by(BatchFile.created_at.desc(), BatchFile.id.desc()).limit(limit)))
+                if order == "asc":
+                    query = query.where(
+                        (BatchFile.created_at > cursor.created_at)
+                        | and_(BatchFile.created_at == cursor.created_at, BatchFile.id > cursor.id)
+                    )
+                else:
+                    query = query.where(
+                        (BatchFile.created_at < cursor.created_at)
+                        | and_(BatchFile.created_at == cursor.created_at, BatchFile.id < cursor.id)
+                    )
+        keys = (
+            (BatchFile.created_at, BatchFile.id)
+            if order == "asc"
+            else (BatchFile.created_at.desc(), BatchFile.id.desc())
+        )
+        return list(self.session.scalars(query.order_by(*keys).limit(limit)))
 
     def delete(self, file: BatchFile) -> None:
         self.session.delete(file)

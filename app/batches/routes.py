@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
@@ -63,9 +63,12 @@ def list_files(
     purpose: str | None = None,
     after: str | None = Query(default=None, description="a file id: the page after it"),
     limit: Limit = 20,
+    order: Literal["asc", "desc"] = Query(default="desc", description="by created_at: desc (newest first) or asc"),
 ) -> FileList:
-    """List your files, newest first."""
-    return files.list_files(session, principal, purpose=purpose, after=after, limit=min(limit, settings.batch_list_max))
+    """List your files, newest first (or oldest first with order=asc)."""
+    return files.list_files(
+        session, principal, purpose=purpose, after=after, limit=min(limit, settings.batch_list_max), order=order
+    )
 
 
 @router.get("/files/{file_id}", response_model=FileObject, responses=_ERRORS)

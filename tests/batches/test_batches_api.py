@@ -72,6 +72,11 @@ def test_files_list_newest_first_in_pages_with_a_purpose_filter(client: TestClie
     rest = client.get("/v1/files", params={"limit": 10, "after": first["last_id"]}).json()
     assert [f["id"] for f in rest["data"]] == ids[::-1][2:] and rest["has_more"] is False
     assert client.get("/v1/files", params={"purpose": "batch_output"}).json()["data"] == []
+    oldest = client.get("/v1/files", params={"limit": 3, "order": "asc"}).json()
+    assert [f["id"] for f in oldest["data"]] == ids[:3] and oldest["has_more"] is True
+    after = client.get("/v1/files", params={"order": "asc", "after": oldest["last_id"]}).json()
+    assert [f["id"] for f in after["data"]] == ids[3:]
+    assert client.get("/v1/files", params={"order": "sideways"}).status_code == 400
 
 
 @pytest.mark.parametrize(
