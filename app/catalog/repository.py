@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 from app.core.security import Principal, visible_to
 from app.models.collection import Collection, CollectionVersion, VersionStatus
 from app.models.job import Job, JobStatus
-from app.models.registered_model import RegisteredModel
+from app.models.registered_model import RegisteredModel, RegisteredModelKind
 
 
 class RegisteredModelRepository:
@@ -45,7 +45,11 @@ class RegisteredModelRepository:
         return list(
             self.session.scalars(
                 select(RegisteredModel.name)
-                .where(RegisteredModel.base == name, RegisteredModel.name != name)
+                .where(
+                    RegisteredModel.base == name,
+                    RegisteredModel.kind == RegisteredModelKind.LORA.value,  # a full fine-tune over it stands alone
+                    RegisteredModel.name != name,
+                )
                 .order_by(RegisteredModel.name)
             )
         )

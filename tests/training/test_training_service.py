@@ -147,9 +147,11 @@ def test_a_model_adapters_stand_on_is_neither_replaced_by_a_lora_nor_deleted(
 ) -> None:
     base = f"base-{uuid.uuid4().hex[:6]}"
     adapter = f"{base}-lora"
+    standalone = f"{base}-full"  # a full fine-tune over it is a copy of weights of its own: no user of it
     with session_scope() as session:
         session.add(RegisteredModel(name=base, base=tiny_base, kind="full", path="/m/base", dimension=32))
         session.add(RegisteredModel(name=adapter, base=base, kind="lora", path="/m/lora", dimension=32))
+        session.add(RegisteredModel(name=standalone, base=base, kind="full", path="/m/full", dimension=32))
     lora = LoraFineTuneRequest(model_name=base, base_model=tiny_base, batch_size=4, overwrite=True)
     with session_scope() as session, pytest.raises(ConflictError, match="adapters do not stack") as refused:
         create_training_job(session, lora, TSV, "auto", settings, ADMIN)
@@ -158,7 +160,7 @@ def test_a_model_adapters_stand_on_is_neither_replaced_by_a_lora_nor_deleted(
         assert create_training_job(session, request(tiny_base, base, overwrite=True), TSV, "auto", settings, ADMIN)
     with session_scope() as session, pytest.raises(ConflictError, match="trained over it") as kept:
         unregister(session, base, settings, ADMIN)
-    assert adapter in kept.value.message and registered(base) is not None
+    assert adapter in kept.value.message and standalone not in kept.value.message and registered(base) is not None
 
 
 def test_two_requests_for_one_alias_at_once_make_one_job(settings: Settings, tiny_base: str) -> None:
