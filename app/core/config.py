@@ -590,6 +590,11 @@ class Settings(BaseSettings):
         description="bytes of one shard: a JSONL/CSV byte range, or Parquet row groups; smaller files are one shard",
     )
     source_max_objects: int = Field(default=10_000, ge=1, description="most objects one source may list: else 422")
+    source_max_listed_keys: int = Field(
+        default=100_000,
+        ge=1,
+        description="keys an s3:// source's listing may read, matching or not, before it stops with a 422",
+    )
     source_shard_max_attempts: int = Field(
         default=3,
         ge=1,

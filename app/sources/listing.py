@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import fsspec
+from fsspec.utils import glob_translate
 
 from app.core.config import Settings
 from app.core.redaction import without_secrets
@@ -44,10 +46,20 @@ def list_objects(
 
     Without a ``fmt``, objects whose extension names no format are left out.
     """
+    cap = settings.source_max_listed_keys
     try:
-        found = fs.glob(location.path, detail=True) if location.is_glob else _find(fs, location)
+        if location.scheme == "s3":
+            found, complete = _list_s3(fs, location, cap)
+        else:
+            found, complete = fs.glob(location.path, detail=True) if location.is_glob else _find(fs, location), True
     except Exception as exc:  # whatever the store raised (botocore, aiohttp, OS): the caller shows it, masked
         raise SourceError(store_error(location, exc, settings), param="uri") from exc
+    if not complete:
+        raise SourceError(
+            f"{location.uri} lists more than {cap} keys (EMBEDQ_SOURCE_MAX_LISTED_KEYS), matching or not: post "
+            "narrower prefixes or globs",
+            param="uri",
+        )
     objects: list[ListedObject] = []
     for path, info in sorted(found.items()):
         if info.get("type") != "file" or path.endswith("/"):
@@ -65,6 +77,47 @@ def list_objects(
                 param="uri",
             )
     return objects
+
+
+def _list_s3(fs: Any, location: SourceLocation, cap: int) -> tuple[dict[str, dict[str, Any]], bool]:
+    """Return the objects an s3:// source names, and whether the listing ended within ``cap`` keys.
+
+    One object, or the keys under the prefix (a glob's: its base, matched here) in pages of at most 1,000,
+    stopping past ``cap``: s3fs's own find reads every key first, so a prefix of millions held a request
+    thread for minutes.
+    """
+    path = location.path.rstrip("/")
+    if not location.is_glob and "/" in path and not location.path.endswith("/") and fs.isfile(path):
+        return {path: fs.info(path)}, True
+    bucket, _, key = (location.base if location.is_glob else path).partition("/")
+    prefix = f"{key}/" if key else ""
+    matches = re.compile(glob_translate(location.path)).match if location.is_glob else None
+    found: dict[str, dict[str, Any]] = {}
+    listed, token = 0, None
+    while True:
+        page = fs.call_s3(
+            "list_objects_v2",
+            Bucket=bucket,
+            Prefix=prefix,
+            MaxKeys=min(1000, cap + 1 - listed),
+            **({"ContinuationToken": token} if token else {}),
+        )
+        for item in page.get("Contents", []):
+            listed += 1
+            name = f"{bucket}/{item['Key']}"
+            if matches is None or matches(name):
+                found[name] = {
+                    "name": name,
+                    "type": "file",
+                    "size": item.get("Size", 0),
+                    "ETag": item.get("ETag"),
+                    "LastModified": item.get("LastModified"),
+                }
+        if listed > cap:
+            return found, False
+        token = page.get("NextContinuationToken")
+        if not page.get("IsTruncated") or not token:
+            return found, True
 
 
 def _find(fs: fsspec.AbstractFileSystem, location: SourceLocation) -> dict[str, dict[str, Any]]:

@@ -257,6 +257,23 @@ def test_a_shard_whose_workers_keep_dying_fails_unread_after_its_attempts(
     assert not any(i.startswith("d-") for i in db_session.scalars(select(Document.external_id)))
 
 
+def test_a_listing_stops_past_the_key_cap_instead_of_reading_the_whole_prefix(
+    db_session: Session, settings_env: SettingsEnv, settings: Settings, s3_server: S3Server, prefix: str
+) -> None:
+    make_collection(db_session, settings)
+    for n in range(6):
+        put(s3_server, f"{prefix}/part-{n}.jsonl", jsonl_bytes(documents(f"k{n}", 1)))
+    put(s3_server, f"{prefix}/_SUCCESS", b"")  # a key without a format counts too: it was listed
+    settings_env.set(EMBEDQ_SOURCE_MAX_LISTED_KEYS="6")
+    for uri in (f"s3://{prefix}/", f"s3://{prefix}/*.jsonl", f"s3://{prefix}/**/*.jsonl"):
+        capped = refused(db_session, get_settings(), uri=uri, credentials="corpus")
+        assert capped.status_code == 422 and "more than 6 keys" in capped.message, capped.message
+    settings_env.set(EMBEDQ_SOURCE_MAX_LISTED_KEYS="7")
+    for uri in (f"s3://{prefix}/", f"s3://{prefix}/*.jsonl"):
+        job = start_source(db_session, "docs", SourceRequest(uri=uri, credentials="corpus"), get_settings(), ADMIN)
+        assert job.status == "running" and job.params["source"]["uri"] == uri
+
+
 def refused(session: Session, settings: Settings, **body) -> EmbedqError:
     jobs_before = session.scalar(select(func.count()).select_from(Job))
     with pytest.raises(EmbedqError) as caught:
