@@ -51,7 +51,8 @@ def list_objects(
         if location.scheme == "s3":
             found, complete = _list_s3(fs, location, cap)
         else:
-            found, complete = fs.glob(location.path, detail=True) if location.is_glob else _find(fs, location), True
+            found = fs.glob(location.path, detail=True) if location.is_glob else _find_local(fs, location)
+            complete = True
     except Exception as exc:  # whatever the store raised (botocore, aiohttp, OS): the caller shows it, masked
         raise SourceError(store_error(location, exc, settings), param="uri") from exc
     if not complete:
@@ -120,10 +121,8 @@ def _list_s3(fs: Any, location: SourceLocation, cap: int) -> tuple[dict[str, dic
             return found, True
 
 
-def _find(fs: fsspec.AbstractFileSystem, location: SourceLocation) -> dict[str, dict[str, Any]]:
+def _find_local(fs: fsspec.AbstractFileSystem, location: SourceLocation) -> dict[str, dict[str, Any]]:
     path = location.path.rstrip("/")
-    if location.scheme == "s3" and "/" not in path:
-        return fs.find(path, detail=True)  # a whole bucket
     if not location.path.endswith("/") and fs.isfile(path):
         return {path: fs.info(path)}
     return fs.find(path, detail=True)
