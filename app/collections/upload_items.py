@@ -89,28 +89,29 @@ def check_document(external_id: Any, text: Any, metadata: Any, line: int, where:
         problem = "has a NUL character (\\u0000) in its text: strip it"
     elif not isinstance(metadata, dict):
         problem = '"metadata" is not a JSON object'
-    elif (unstorable := _unstorable(metadata)) is not None:
-        problem = unstorable
-    elif "\\u0000" in json.dumps(metadata):
-        problem = "has a NUL character (\\u0000) in its metadata"
-    elif not _valid_unicode(external_id, text, json.dumps(metadata, ensure_ascii=False)):
-        problem = "has a lone surrogate (\\ud800-\\udfff) in its id, text or metadata: send valid Unicode"
+    else:
+        problem = _stored_problem(external_id, text, metadata)
     if problem is not None:
         return RejectedLine(line, shown_id(document_id), f"{where} {problem}")
     return ParsedDocument(external_id, text, metadata, line)
 
 
-def _unstorable(metadata: dict[str, Any]) -> str | None:
-    """Return why Postgres's JSON cannot hold ``metadata`` (NaN, Infinity, a value JSON has no form for), or None.
+def _stored_problem(external_id: str, text: str, metadata: dict[str, Any]) -> str | None:
+    """Return why Postgres cannot store the document's metadata (NaN, Infinity, a value JSON has no form for,
+    NUL), or its id, text or metadata (a lone surrogate), or None; the metadata is encoded once for all three.
 
     Python's JSON parser reads NaN, Infinity and 1e400; Postgres refuses them, for the whole batch they came in.
     """
     try:
-        json.dumps(metadata, allow_nan=False)
+        encoded = json.dumps(metadata, allow_nan=False, ensure_ascii=False)  # NUL is still escaped as \\u0000
     except ValueError:
         return "has NaN or Infinity (or a number beyond ±1.8e308) in its metadata: JSON numbers must be finite"
     except TypeError as exc:
         return f"has a metadata value JSON cannot hold ({exc}): convert it to a string or number"
+    if "\\u0000" in encoded:
+        return "has a NUL character (\\u0000) in its metadata"
+    if not _valid_unicode(external_id, text, encoded):
+        return "has a lone surrogate (\\ud800-\\udfff) in its id, text or metadata: send valid Unicode"
     return None
 
 
