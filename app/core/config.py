@@ -598,7 +598,14 @@ class Settings(BaseSettings):
     source_shard_max_attempts: int = Field(
         default=3,
         ge=1,
-        description="deliveries of a shard that never finish (its worker died reading it) before it fails, unread",
+        description="reads of a shard (or listings of a plan) before it fails: a store that does not answer is "
+        "read again up to this many times, and a shard whose worker died each time fails unread",
+    )
+    source_retry_delay_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="a read the store did not answer (refused, reset, timed out, 5xx, SlowDown) is tried again "
+        "after this, doubling each time",
     )
     source_timeout_s: float = Field(
         default=20.0, gt=0, description="a source's store must answer the API's checks (list, schema) within this"

@@ -13,8 +13,9 @@ from fsspec.utils import glob_translate
 
 from app.core.config import Settings
 from app.core.redaction import without_secrets
-from app.sources.locations import SourceError, SourceLocation, allowed_local_path
+from app.sources.locations import SourceError, SourceLocation, SourceUnavailableError, allowed_local_path
 from app.sources.spec import SourceFormat, format_of_object
+from app.sources.store_faults import unavailable
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,16 @@ def store_error(location: SourceLocation, exc: BaseException, settings: Settings
     return f"{location.uri} cannot be read ({detail})"
 
 
+def store_failure(
+    location: SourceLocation, exc: BaseException, settings: Settings, uri: str | None = None
+) -> SourceError:
+    """Return the error to raise for what the store raised: 503 if it did not answer, else 422 (``uri``: the object)."""
+    message = store_error(location, exc, settings)
+    if uri is not None:
+        message = message.replace(location.uri, uri)
+    return (SourceUnavailableError if unavailable(exc) else SourceError)(message, param="uri")
+
+
 def list_objects(
     fs: fsspec.AbstractFileSystem, location: SourceLocation, fmt: SourceFormat | None, settings: Settings
 ) -> list[ListedObject]:
@@ -54,7 +65,7 @@ def list_objects(
             found = fs.glob(location.path, detail=True) if location.is_glob else _find_local(fs, location)
             complete = True
     except Exception as exc:  # whatever the store raised (botocore, aiohttp, OS): the caller shows it, masked
-        raise SourceError(store_error(location, exc, settings), param="uri") from exc
+        raise store_failure(location, exc, settings) from exc
     if not complete:
         raise SourceError(
             f"{location.uri} lists more than {cap} keys (EMBEDQ_SOURCE_MAX_LISTED_KEYS), matching or not: post "

@@ -27,6 +27,17 @@ class SourceError(InvalidRequestError):
     """A source embedq cannot read: a bad URI, an unknown credential set, a store that does not answer, ..."""
 
 
+class SourceUnavailableError(SourceError):
+    """A store that did not answer (refused, reset, timed out, 5xx, SlowDown): 503, the request may be sent again."""
+
+    status_code = 503
+    code = "source_unavailable"
+
+    def __init__(self, message: str, **extra: Any) -> None:
+        super().__init__(message, **extra)
+        self.headers["Retry-After"] = "30"
+
+
 class SourceForbiddenError(EmbedqError):
     """A file:// source outside the folders the operator allows."""
 

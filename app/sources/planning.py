@@ -22,14 +22,14 @@ from app.collections.vector_store import VectorStore
 from app.core.config import Settings
 from app.core.db import Scope, enqueue
 from app.core.queues import TaskName
-from app.core.redaction import without_secrets
 from app.jobs.repository import JobRepository
 from app.models.job import Job, JobStatus
-from app.sources.listing import ListedObject, list_objects
-from app.sources.locations import SourceError, filesystem, parse_location
+from app.sources.listing import ListedObject, list_objects, store_failure
+from app.sources.locations import SourceError, SourceLocation, SourceUnavailableError, filesystem, parse_location
 from app.sources.reading import ShardPlan, plan_object
 from app.sources.repository import NewShard, SourceRepository
 from app.sources.spec import SourceSpec
+from app.sources.store_faults import StoreOutageError, retry_delay_s
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +49,12 @@ def _source_job(session: Session, job_id: uuid.UUID) -> Job | None:
     return job
 
 
-def plan_source(scope: Scope, job_id: uuid.UUID, settings: Settings) -> int:
-    """Plan a source job's shards and send their tasks; return how many (0 if it was planned before)."""
+def plan_source(scope: Scope, job_id: uuid.UUID, settings: Settings, attempt: int = 1) -> int:
+    """Plan a source job's shards and send their tasks; return how many (0 if it was planned before).
+
+    A store that does not answer raises StoreOutageError while listings are left (``attempt`` is this one's
+    number, up to EMBEDQ_SOURCE_SHARD_MAX_ATTEMPTS), for the task to list again later; then fails the job.
+    """
     with scope() as session:
         job = _source_job(session, job_id)
         if job is None:
@@ -64,9 +68,15 @@ def plan_source(scope: Scope, job_id: uuid.UUID, settings: Settings) -> int:
         location = parse_location(spec.uri)
         fs = filesystem(location, spec.credentials, settings)
         listed = list_objects(fs, location, spec.format, settings)
+        plan = _plan(fs, location, listed, synced, settings)
+    except SourceUnavailableError as exc:
+        limit = settings.source_shard_max_attempts
+        if attempt < limit:
+            delay = retry_delay_s(attempt, settings)
+            raise StoreOutageError(f"{exc.message}: listing {attempt} of {limit}, again in {delay:g} s", delay) from exc
+        return _fail(scope, job_id, f"{exc.message}; the store did not answer {limit} listings", settings)
     except SourceError as exc:
         return _fail(scope, job_id, exc.message, settings)
-    plan = _plan(fs, listed, synced, settings)
     with scope() as session:
         if JobRepository(session).lock(job_id) is None or _source_job(session, job_id) is None:
             return 0
@@ -74,12 +84,13 @@ def plan_source(scope: Scope, job_id: uuid.UUID, settings: Settings) -> int:
 
 
 def _plan(
-    fs: fsspec.AbstractFileSystem, listed: list[ListedObject], synced: dict[str, dict[str, Any]], settings: Settings
-) -> _Plan:
+    fs: fsspec.AbstractFileSystem, location: SourceLocation, listed: list[ListedObject],
+    synced: dict[str, dict[str, Any]], settings: Settings,
+) -> _Plan:  # fmt: skip
     changed = [obj for obj in listed if synced.get(obj.uri) != obj.signature()]
     # A Parquet object's shards need its footer: a round trip to the store each, so they are read together.
     with ThreadPoolExecutor(max_workers=settings.source_plan_threads, thread_name_prefix="source-plan") as pool:
-        planned = list(pool.map(lambda obj: _plan_object(fs, obj, settings), changed))
+        planned = list(pool.map(lambda obj: _plan_object(fs, location, obj, settings), changed))
     shards: list[NewShard] = []
     broken: list[str] = []
     for obj, pieces in zip(changed, planned, strict=True):
@@ -90,12 +101,20 @@ def _plan(
     return _Plan(listed, shards, len(listed) - len(changed), broken)
 
 
-def _plan_object(fs: fsspec.AbstractFileSystem, obj: ListedObject, settings: Settings) -> list[ShardPlan] | str:
-    """Return an object's shards, or why it cannot be read: an unreadable object fails its documents, not the job."""
+def _plan_object(
+    fs: fsspec.AbstractFileSystem, location: SourceLocation, obj: ListedObject, settings: Settings
+) -> list[ShardPlan] | str:
+    """Return an object's shards, or why it cannot be read: an unreadable object fails its documents, not the job.
+
+    A store that does not answer raises SourceUnavailableError: the whole plan is listed again later.
+    """
     try:
         return plan_object(fs, obj, settings)
     except Exception as exc:  # the store's or pyarrow's error, shown masked
-        return without_secrets(f"{obj.uri} cannot be read ({type(exc).__name__}: {exc})", settings)
+        failure = store_failure(location, exc, settings, obj.uri)
+        if isinstance(failure, SourceUnavailableError):
+            raise failure from exc
+        return failure.message
 
 
 def _write_plan(

@@ -7,7 +7,8 @@ range's), and one ending mid-line reads through to the line's end. A CSV range a
 with the file's header line in front. (A quoted CSV field spanning lines is only safe in a file read whole.)
 
 An object that breaks mid-way (a truncated file, a store that stops answering) keeps what was read before
-the break; ``ShardRead.error`` says where and why, for the job's errors file.
+the break; ``ShardRead.error`` says where and why, for the job's errors file, and ``ShardRead.unavailable``
+whether the store did not answer (``app.sources.store_faults``: the shard is then read again later, whole).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from app.core.config import Settings
 from app.models.source import ShardKind
 from app.sources.listing import ListedObject, object_signature, same_version
 from app.sources.spec import SourceFormat, SourceSpec
+from app.sources.store_faults import unavailable
 
 # Bytes read past a range's end per request while looking for the end of its last line.
 _TAIL_READ_BYTES = 64 * 1024
@@ -64,6 +66,7 @@ class ShardRead:
 
     items: list[Item]
     error: str | None = None
+    unavailable: bool = False  # the break was the store not answering: reading again later may succeed
 
 
 def plan_object(fs: fsspec.AbstractFileSystem, obj: ListedObject, settings: Settings) -> list[ShardPlan]:
@@ -128,7 +131,7 @@ def read_shard(
     except _Changed:
         return ShardRead([], f"{uri}: changed since the job listed it; sync the source again to read it as it is now")
     except Exception as exc:  # OSError, pyarrow's, a CSV without its columns, the store's own (botocore, aiohttp)
-        return ShardRead([], f"{uri}: {shard.describe()} cannot be read ({_reason(exc)})")
+        return ShardRead([], f"{uri}: {shard.describe()} cannot be read ({_reason(exc)})", unavailable(exc))
 
 
 def _read_row_groups(
@@ -149,7 +152,8 @@ def _read_row_groups(
                 table = parquet.read_row_group(group, columns=columns)
             except (OSError, pa.ArrowException) as exc:
                 where = f"row group {group} (rows {first} on)"
-                return ShardRead(items, f"{uri}: {where} cannot be read ({_reason(exc)}); the rows before it were kept")
+                kept = f"{uri}: {where} cannot be read ({_reason(exc)}); the rows before it were kept"
+                return ShardRead(items, kept, unavailable(exc))
             items += row_items(table, spec.id_field, spec.text_field, first, f"{uri}: ")
             first += table.num_rows
     return ShardRead(items)
@@ -178,7 +182,7 @@ def _read_lines(
         try:
             data = _range_lines(handle, shard, settings.ingest_max_line_bytes)
         except OSError as exc:
-            return ShardRead([], f"{uri}: {shard.describe()} cannot be read ({_reason(exc)})")
+            return ShardRead([], f"{uri}: {shard.describe()} cannot be read ({_reason(exc)})", unavailable(exc))
     items = [*parser.feed(header + data), *parser.close()] if header or data else [*parser.close()]
     if shard.start > 0:  # line numbers count from the range's start, not the file's: the label says so
         items = [_without_line(item) for item in items]

@@ -23,7 +23,7 @@ from app.jobs import lifecycle
 from app.jobs.repository import JobRepository
 from app.keys.service import admit_job
 from app.models.job import Job, JobKind
-from app.sources.listing import ListedObject, list_objects, store_error
+from app.sources.listing import ListedObject, list_objects, store_failure
 from app.sources.locations import SourceError, SourceLocation, check_allowed, filesystem, parse_location
 from app.sources.schemas import SourceRequest
 from app.sources.spec import SourceFormat, SourceSpec
@@ -93,7 +93,7 @@ def _check_parquet_columns(
         with fs.open(obj.path, "rb") as handle:
             schema = pq.ParquetFile(handle).schema_arrow
     except Exception as exc:  # the store's or pyarrow's error, shown masked
-        raise SourceError(store_error(location, exc, settings).replace(location.uri, obj.uri), param="uri") from exc
+        raise store_failure(location, exc, settings, obj.uri) from exc
     missing = missing_columns(schema, spec.id_field, spec.text_field, spec.metadata_fields)
     if missing:
         raise SourceError(

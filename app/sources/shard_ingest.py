@@ -5,10 +5,13 @@ what the shard is; the second locks the job, claims the shard (pending -> done, 
 shard writes nothing twice), upserts its documents (unchanged text stays embedded: the content hashes and
 ``ON CONFLICT`` rules of uploads), sends their ``ingest.batch`` tasks, counts, and closes the job's input
 when this was its last shard. Embedding is the batches' work, so it spreads over every bulk worker too.
+A store that does not answer ends the delivery before the second transaction (StoreOutageError): the task
+reads the whole shard again later, up to EMBEDQ_SOURCE_SHARD_MAX_ATTEMPTS reads (``app.sources.store_faults``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import uuid
@@ -34,6 +37,7 @@ from app.sources.locations import SourceError, SourceLocation, filesystem, parse
 from app.sources.reading import ShardPlan, ShardRead, read_shard
 from app.sources.repository import SourceRepository
 from app.sources.spec import SourceFormat, SourceSpec
+from app.sources.store_faults import StoreOutageError, retry_delay_s
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +73,8 @@ def run_shard(scope: Scope, job_id: uuid.UUID, seq: int, settings: Settings) -> 
     if shard is None:
         return NOTHING_READ
     read = _given_up(shard, settings) or _read(shard, settings)
+    if read.unavailable:
+        read = _outage(shard, read, settings)  # raises while reads are left: nothing is written
     with scope() as session:
         jobs = JobRepository(session)
         job = jobs.lock(job_id)
@@ -133,6 +139,16 @@ def _given_up(shard: _Shard, settings: Settings) -> ShardRead | None:
         f"{shard.object_uri}: {shard.plan.describe()} was started {limit} times and never finished: the worker reading "
         "it died each time (out of memory? EMBEDQ_SOURCE_SHARD_TARGET_BYTES cuts smaller shards); it was not read",
     )
+
+
+def _outage(shard: _Shard, read: ShardRead, settings: Settings) -> ShardRead:
+    """Send the shard back to be read again later (StoreOutageError) while reads are left; else record the error."""
+    limit = settings.source_shard_max_attempts
+    error = without_secrets(read.error or "", settings)
+    if shard.attempts < limit:
+        delay = retry_delay_s(shard.attempts, settings)
+        raise StoreOutageError(f"{error}: read {shard.attempts} of {limit}, read again in {delay:g} s", delay)
+    return dataclasses.replace(read, error=f"{error}; the store did not answer {limit} reads")
 
 
 def _read(shard: _Shard, settings: Settings) -> ShardRead:

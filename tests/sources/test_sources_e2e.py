@@ -23,6 +23,7 @@ import httpx
 import pytest
 from sqlalchemy import text
 from support.faults import FaultStack, fault_stack
+from support.flaky_store import Mode, flaky_store
 from support.processes import EMBEDQ, ManagedProcess, start_api, start_worker
 from support.s3 import REGION, S3Server
 from support.source_corpus import csv_bytes, documents, jsonl_bytes, parquet_bytes
@@ -243,6 +244,51 @@ def test_parquet_is_an_upload_format_over_http(http: httpx.Client) -> None:
     assert posted.json()["ingest"]["input_complete"] and posted.json()["ingest"]["shards"] is None
     bad = http.post("/collections/corpus/documents", params={"format": "parquet"}, content=b"not parquet at all")
     assert bad.status_code == 422 and "not a readable Parquet file" in bad.json()["detail"]
+
+
+def test_a_store_that_stops_answering_for_a_while_loses_nothing(
+    stack: FaultStack, http: httpx.Client, s3_server: S3Server
+) -> None:
+    prefix = f"{s3_server.bucket}/e2e-flaky"
+    files = {f"{prefix}/part-{n}.jsonl": documents(f"fl{n}", 300, seed=200 + n, sentences=1) for n in range(3)}
+    for path, rows in files.items():
+        s3_server.client().pipe(path, jsonl_bytes(rows))
+    made = http.post("/collections", json={"name": "flaky", "model": MODEL, "chunking": {"max_tokens": 120}})
+    assert made.status_code == 201, made.text
+    with flaky_store(s3_server.endpoint_url, Mode.DOWN) as store:
+        # The worker reads the store through the forwarder; the API checks the source on the store itself.
+        through = {
+            "corpus": {
+                "endpoint_url": store.endpoint_url, "region": REGION,
+                "access_key_id": s3_server.access_key, "secret_access_key": s3_server.secret_key,
+            }
+        }  # fmt: skip
+        env = {**stack.env, "EMBEDQ_SOURCE_CREDENTIALS": json.dumps(through), "EMBEDQ_SOURCE_RETRY_DELAY_S": "1",
+               "EMBEDQ_SOURCE_SHARD_MAX_ATTEMPTS": "6"}  # fmt: skip
+        worker = start_worker(env, queues=["bulk"])
+        try:
+            posted = http.post("/collections/flaky/sources", json={"uri": f"s3://{prefix}/", "credentials": "corpus"})
+            assert posted.status_code == 202, posted.text
+            job_id = posted.json()["id"]
+            # Down: the plan's listing is not answered, and the plan is sent back to list again.
+            wait_until(worker.log_text, 60, lambda log: f"the listing was never retried:\n{log[-3000:]}",
+                       until=lambda log: "listing 1 of 6, again in 1 s" in log)  # fmt: skip
+            store.set(Mode.OBJECTS_DOWN)  # listings answered, object reads cut: a shard is sent back
+            wait_until(worker.log_text, 90, lambda log: f"no shard was sent back:\n{log[-3000:]}",
+                       until=lambda log: "read 1 of 6, read again in 1 s" in log)  # fmt: skip
+            store.set(Mode.UP)
+            job = wait_job(http, job_id, timeout=120)
+        finally:
+            worker.stop()
+    total = sum(len(rows) for rows in files.values())
+    assert (job["status"], job["counts"]) == ("succeeded", {"total": total, "done": total, "failed": 0}), job
+    assert job["ingest"]["shards"]["failed"] == 0 and job["ingest"]["errors"] == []
+    assert sql(stack, f"SELECT max(attempts) FROM ingest_shards WHERE job_id = '{job_id}'") >= 2
+    log = worker.log_text()
+    assert store.refused >= 2
+    assert s3_server.secret_key not in log and s3_server.access_key not in log
+    flaky = "SELECT count(*) FROM documents d JOIN collections c ON c.id = d.collection_id WHERE c.name = 'flaky'"
+    assert sql(stack, flaky) == total
 
 
 def test_the_cli_ingests_an_s3_source_and_waits_with_progress(

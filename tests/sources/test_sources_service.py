@@ -10,7 +10,9 @@ import json
 import uuid
 from collections.abc import Iterator
 
+import botocore.exceptions
 import pytest
+from s3fs.errors import translate_boto_error
 from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 from support.ingestion import drain
@@ -20,6 +22,7 @@ from support.settings import SettingsEnv
 from support.source_corpus import csv_bytes, documents, jsonl_bytes, parquet_bytes
 from support.tiny_models import in_models_dir
 
+from app.cli.embedded import find_free_port
 from app.collections import service as collections
 from app.collections.repository import DocumentInput
 from app.collections.schemas import ChunkingSpec, CollectionCreate
@@ -38,6 +41,7 @@ from app.sources.recovery import requeue_ingest_job
 from app.sources.schemas import SourceRequest
 from app.sources.service import start_source
 from app.sources.shard_ingest import _batches, run_shard
+from app.sources.store_faults import StoreOutageError, unavailable
 
 MODEL = "tiny-sources"
 
@@ -257,6 +261,94 @@ def test_a_shard_whose_workers_keep_dying_fails_unread_after_its_attempts(
     assert not any(i.startswith("d-") for i in db_session.scalars(select(Document.external_id)))
 
 
+def dead_store(settings_env: SettingsEnv, s3_server: S3Server) -> Settings:
+    """Return settings whose credential set "corpus" names a port nothing listens on: a store that does not answer."""
+    dead = {
+        "corpus": {
+            "endpoint_url": f"http://127.0.0.1:{find_free_port()}", "region": REGION,
+            "access_key_id": s3_server.access_key, "secret_access_key": s3_server.secret_key,
+        }
+    }  # fmt: skip
+    settings_env.set(EMBEDQ_SOURCE_CREDENTIALS=json.dumps(dead))
+    return get_settings()
+
+
+def test_a_shard_the_store_does_not_answer_is_read_again_later_and_nothing_is_lost(
+    db_session: Session, scope, settings_env: SettingsEnv, settings: Settings, s3_server: S3Server, prefix: str
+) -> None:
+    settings_env.set(EMBEDQ_SOURCE_RETRY_DELAY_S="2")
+    settings = get_settings()
+    make_collection(db_session, settings)
+    put(s3_server, f"{prefix}/a.jsonl", jsonl_bytes(documents("a", 20)))
+    put(s3_server, f"{prefix}/b.jsonl", jsonl_bytes(documents("b", 20)))
+    job = start_source(db_session, "docs", SourceRequest(uri=f"s3://{prefix}/", credentials="corpus"), settings, ADMIN)
+    db_session.flush()
+    plan_source(scope, job.id, settings)
+    shards = select(IngestShard).where(IngestShard.job_id == job.id).order_by(IngestShard.seq)
+    first, second = db_session.scalars(shards)
+    down = dead_store(settings_env, s3_server)
+    delays = []
+    for _ in range(2):  # reads 1 and 2 of 3: sent back, 2 s then 4 s later, with nothing written
+        with pytest.raises(StoreOutageError) as raised:
+            run_shard(scope, job.id, first.seq, down)
+        delays.append(raised.value.retry_in_s)
+        assert "127.0.0.1" not in str(raised.value) and "read again in" in str(raised.value)
+    assert delays == [2, 4]
+    db_session.expire_all()
+    row = db_session.get(IngestShard, (job.id, first.seq))
+    assert (row.state, row.attempts, row.error) == ("pending", 2, None)
+    assert db_session.scalar(select(func.count()).select_from(Document)) == 0
+
+    assert run_shard(scope, job.id, first.seq, settings).written == 20  # read 3: the store answers again
+    for _ in range(2):
+        with pytest.raises(StoreOutageError):
+            run_shard(scope, job.id, second.seq, down)
+    last = run_shard(scope, job.id, second.seq, down)  # read 3 of 3, still no answer: recorded, the job goes on
+    assert last.failed == 1
+    job = drain(db_session, scope, settings, job.id)
+    assert (job.status, job.done, job.failed, job.shards_failed) == ("succeeded", 20, 1, 1)
+    [error] = JobOut.of(job).ingest.errors
+    assert "b.jsonl" in error.error and "the store did not answer 3 reads" in error.error, error.error
+    assert "127.0.0.1" not in error.error
+
+
+def test_a_plan_the_store_does_not_answer_lists_again_then_fails_the_job(
+    db_session: Session, scope, settings_env: SettingsEnv, settings: Settings, s3_server: S3Server, prefix: str
+) -> None:
+    make_collection(db_session, settings)
+    put(s3_server, f"{prefix}/a.parquet", parquet_bytes(documents("a", 10), row_group_size=5))
+    job = start_source(db_session, "docs", SourceRequest(uri=f"s3://{prefix}/", credentials="corpus"), settings, ADMIN)
+    db_session.commit()
+    down = dead_store(settings_env, s3_server)
+    with pytest.raises(StoreOutageError) as raised:
+        plan_source(scope, job.id, down, attempt=1)
+    assert raised.value.retry_in_s == 10 and "listing 1 of 3" in str(raised.value)
+    db_session.expire_all()
+    assert db_session.get(Job, job.id).status == "running"
+    assert plan_source(scope, job.id, down, attempt=3) == 0  # the last listing: the job fails, saying why
+    failed = drain(db_session, scope, settings, job.id)
+    assert failed.status == "failed" and "the store did not answer 3 listings" in (failed.error or ""), failed.error
+    assert "127.0.0.1" not in failed.error
+
+
+def test_what_the_store_says_decides_whether_a_read_is_tried_again() -> None:
+    def client_error(status: int, code: str) -> Exception:
+        error = botocore.exceptions.ClientError(
+            {"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject"
+        )
+        try:  # as s3fs raises it: translated into an OSError, the ClientError its cause
+            raise translate_boto_error(error)
+        except OSError as exc:
+            return exc
+
+    assert unavailable(client_error(503, "SlowDown")) and unavailable(client_error(500, "InternalError"))
+    assert unavailable(client_error(429, "TooManyRequests"))
+    assert unavailable(botocore.exceptions.EndpointConnectionError(endpoint_url="http://x"))
+    assert unavailable(ConnectionResetError())
+    assert not unavailable(client_error(404, "NoSuchKey")) and not unavailable(client_error(403, "AccessDenied"))
+    assert not unavailable(ValueError("a truncated Parquet footer"))
+
+
 def test_a_listing_stops_past_the_key_cap_instead_of_reading_the_whole_prefix(
     db_session: Session, settings_env: SettingsEnv, settings: Settings, s3_server: S3Server, prefix: str
 ) -> None:
@@ -308,7 +400,8 @@ def test_bad_sources_are_refused_before_any_job(
     dead = {"corpus": {"endpoint_url": "http://127.0.0.1:9", "access_key_id": key, "secret_access_key": secret}}
     settings_env.set(EMBEDQ_SOURCE_CREDENTIALS=json.dumps(dead), EMBEDQ_SOURCE_TIMEOUT_S="2")
     unreachable = refused(db_session, get_settings(), uri=f"s3://{prefix}/", credentials="corpus")
-    assert unreachable.status_code == 422 and "127.0.0.1:9" not in unreachable.message, unreachable.message
+    assert unreachable.status_code == 503 and "127.0.0.1:9" not in unreachable.message, unreachable.message
+    assert unreachable.code == "source_unavailable" and unreachable.headers["Retry-After"] == "30"
 
     (tmp_path / "allowed").mkdir()
     (tmp_path / "allowed" / "a.jsonl").write_bytes(jsonl_bytes(documents("f", 3)))
