@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -19,7 +20,7 @@ from app.core.cpus import usable_cpus
 from app.core.db import db
 from app.core.outages import TRANSIENT_ERRORS
 from app.core.queues import TaskName
-from workers import observability
+from workers import observability, task_starts
 from workers.broker_heartbeat import UnackedHeartbeat
 from workers.liveness import LivenessFile
 
@@ -50,9 +51,12 @@ def retrying_task(name: TaskName) -> Callable[[Callable[..., Any]], Task]:
     """Return a decorator registering a job task as ``name``, retried through database and broker outages.
 
     Backoff doubles from 1 s up to 60 s, jittered, for at most EMBEDQ_TASK_MAX_RETRIES retries. Every job
-    task takes this policy; only the sync ``infer`` and the beat's ``maintenance.reap`` do without it.
+    task takes this policy; only the sync ``infer`` and the beat's ``maintenance.reap`` do without it. Each
+    start is counted, and a task whose worker died at EMBEDQ_TASK_MAX_STARTS starts fails its job instead of
+    running again (``workers.task_starts``).
     """
-    return celery_app.task(
+    register = celery_app.task(
+        bind=True,
         name=name.value,
         autoretry_for=TRANSIENT_ERRORS,
         retry_backoff=True,
@@ -60,6 +64,21 @@ def retrying_task(name: TaskName) -> Callable[[Callable[..., Any]], Task]:
         retry_jitter=True,
         max_retries=get_settings().task_max_retries,
     )
+
+    def decorate(run: Callable[..., Any]) -> Task:
+        @functools.wraps(run)
+        def counted(task: Task, job_id: str, *args: Any, **kwargs: Any) -> Any:
+            # Counted inside the autoretry wrapper: Redis being away is an outage the task waits out.
+            settings = get_settings()
+            starts = task_starts.count_start(task.request.id, settings)
+            if starts > settings.task_max_starts:
+                ended = task_starts.give_up(name.value, job_id, starts, settings)
+                return {"job_id": job_id, "given_up_after_starts": starts - 1, "job_failed": ended}
+            return run(job_id, *args, **kwargs)
+
+        return register(counted)
+
+    return decorate
 
 
 _in_process_pool = False

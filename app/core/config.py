@@ -324,6 +324,12 @@ class Settings(BaseSettings):
         ge=0,
         description="retries of a task after transient Postgres or Redis errors, with exponential backoff",
     )
+    task_max_starts: int = Field(
+        default=5,
+        ge=1,
+        description="starts of one job task whose worker died each time (out of memory, a crash) before its job "
+        "is failed instead of the task being run again",
+    )
 
     # API.
     api_host: str = Field(

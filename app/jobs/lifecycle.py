@@ -125,9 +125,9 @@ def cancel(session: Session, job_id: uuid.UUID, message: str = "cancelled by req
     return True
 
 
-def fail(session: Session, job_id: uuid.UUID, reason: str) -> bool:
+def fail(session: Session, job_id: uuid.UUID, reason: str, message: str = "failed by the reaper") -> bool:
     """Fail a queued or running job of any kind with ``reason`` (the reaper's verdict); False if it had finished."""
-    if not JobRepository(session).fail_active(job_id, message="failed by the reaper", error=reason):
+    if not JobRepository(session).fail_active(job_id, message=message, error=reason):
         return False
     _finished(session, job_id, JobStatus.FAILED)
     _ended_elsewhere(session, job_id, JobStatus.FAILED)

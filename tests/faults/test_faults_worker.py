@@ -24,6 +24,7 @@ from support.processes import ManagedProcess, start_api, start_worker
 from support.texts import SENTENCES
 from support.waiting import wait_until
 
+from app.models.job import Job
 from app.models.training import TrainingRun
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e]
@@ -264,3 +265,36 @@ def test_training_worker_killed_mid_epoch_resumes_from_its_checkpoint(
         f"\n[fault] training worker killed after its step-{saved} checkpoint: resumed from step {resumed}, "
         f"succeeded {finished_after:.1f}s after the restart"
     )
+
+
+def test_a_task_that_kills_its_worker_at_every_start_fails_its_job_after_the_limit(
+    clean: FaultStack, fault_api: ManagedProcess
+) -> None:
+    env = {**clean.env, "EMBEDQ_TASK_MAX_STARTS": "2"}
+    worker = start_worker(env, queues=["training"])
+    redis_client = clean.redis_client()
+    try:
+        body = {"text_content": PAIRS_TSV, "model_name": f"poison-{uuid.uuid4().hex[:6]}", "batch_size": 2}
+        created = httpx.post(f"{fault_api.base_url}/fine-tune-lora", json=body, timeout=60)
+        assert created.status_code in (200, 202), created.text
+        job_id = str(created.json()["job_id"])
+        for start in (1, 2):  # as the kernel's OOM killer would: the pool child dies inside the task, twice
+            wait_until(
+                lambda: [int(v) for v in redis_client.mget(redis_client.keys("embedq:task-starts:*") or ["-"]) if v],
+                120, lambda seen, s=start: f"start {s} never came ({seen})\n{worker.log_tail()}",
+                until=lambda seen, s=start: seen == [s], interval=0.1,
+            )  # fmt: skip
+            time.sleep(0.5)
+            psutil.Process(worker.pid).children()[0].kill()
+        counts = clean.wait_terminal(job_id, timeout=120)
+        assert counts["status"] == "failed", (counts, worker.log_tail())
+        with clean.engine.connect() as conn:
+            error = conn.execute(select(Job.error).where(Job.id == uuid.UUID(job_id))).scalar_one()
+        assert "was started 2 times and its worker died each time" in error and "EMBEDQ_TASK_MAX_STARTS" in error
+        wait_until(lambda: redis_client.keys("embedq:task-starts:*"), 10, "the give-up left its count",
+                   until=lambda keys: not keys)  # fmt: skip
+        assert worker.alive(), worker.log_tail()
+        log = worker.log_text()
+        assert log.count("WorkerLostError") + log.count("signal 9 (SIGKILL)") >= 2, worker.log_tail()
+    finally:
+        worker.stop()
