@@ -47,13 +47,14 @@ celery_app.conf.beat_scheduler = "workers.liveness:LivenessScheduler"
 observability.connect()
 
 
-def retrying_task(name: TaskName) -> Callable[[Callable[..., Any]], Task]:
+def retrying_task(name: TaskName, inputs: bool = False) -> Callable[[Callable[..., Any]], Task]:
     """Return a decorator registering a job task as ``name``, retried through database and broker outages.
 
     Backoff doubles from 1 s up to 60 s, jittered, for at most EMBEDQ_TASK_MAX_RETRIES retries. Every job
     task takes this policy; only the sync ``infer`` and the beat's ``maintenance.reap`` do without it. Each
     start is counted, and a task whose worker died at EMBEDQ_TASK_MAX_STARTS starts fails its job instead of
-    running again (``workers.task_starts``).
+    running again (``workers.task_starts``); with ``inputs``, the task takes ``refused`` (the reason) and passes
+    ``task_starts.refusing(refused)`` for its model function, so only its own inputs fail.
     """
     register = celery_app.task(
         bind=True,
@@ -72,8 +73,11 @@ def retrying_task(name: TaskName) -> Callable[[Callable[..., Any]], Task]:
             settings = get_settings()
             starts = task_starts.count_start(task.request.id, settings)
             if starts > settings.task_max_starts:
-                ended = task_starts.give_up(name.value, job_id, starts, settings)
-                return {"job_id": job_id, "given_up_after_starts": starts - 1, "job_failed": ended}
+                why = task_starts.reason(name.value, starts, settings)
+                if inputs:  # its inputs fail with the reason, through the task's own path; the job goes on
+                    log.error("job %s: %s", job_id, why)
+                    return run(job_id, *args, refused=why, **kwargs)
+                return {"job_id": job_id, "given_up": why, "job_failed": task_starts.give_up(job_id, why)}
             return run(job_id, *args, **kwargs)
 
         return register(counted)

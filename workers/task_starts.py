@@ -6,17 +6,19 @@ work. But a task that itself kills its worker (out of memory on one huge batch, 
 a hard time limit) then goes back to the queue and kills the next worker, on every host of a fleet, forever,
 and the broker counts nothing. So each start of a job task counts one in Redis under its task id (the key
 lives a day), and every end a worker sees (success, failure, a retry) deletes the count: only starts that
-never ended add up. A start past the limit runs nothing and fails the task's job, saying why, and the
-message is acknowledged. A source shard gives up on its own, sooner, failing only its documents
-(EMBEDQ_SOURCE_SHARD_MAX_ATTEMPTS).
+never ended add up. A start past the limit runs no model and the message is acknowledged: a task over a
+job's inputs (an embedding, ingest, reembed or Batch API batch) fails just those inputs, saying why, and
+the job goes on; any other fails its job. A source shard gives up on its own, sooner, failing only its
+documents (EMBEDQ_SOURCE_SHARD_MAX_ATTEMPTS).
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from functools import cache
-from typing import Any
+from typing import Any, NoReturn
 
 import redis
 from celery import signals
@@ -46,16 +48,33 @@ def count_start(task_id: str, settings: Settings) -> int:
     return int(starts)
 
 
-def give_up(task_name: str, job_id: str, starts: int, settings: Settings) -> bool:
-    """Fail job ``job_id`` because its task died at every start; False if the job had already ended."""
-    reason = (
+def reason(task_name: str, starts: int, settings: Settings) -> str:
+    """Return why a task is given up at start ``starts``, for its job's error or its inputs' errors."""
+    return (
         f"its task {task_name} was started {starts - 1} times and its worker died each time (killed for memory? "
         f"a smaller batch_size, or fewer or shorter inputs, may fit): given up after EMBEDQ_TASK_MAX_STARTS "
         f"({settings.task_max_starts}) starts"
     )
-    log.error("job %s: %s", job_id, reason)
+
+
+def give_up(job_id: str, why: str) -> bool:
+    """Fail job ``job_id`` because its task died at every start; False if the job had already ended."""
+    log.error("job %s: %s", job_id, why)
     with session_scope() as session:
-        return lifecycle.fail(session, uuid.UUID(job_id), reason, message="failed: its task kept killing its worker")
+        return lifecycle.fail(session, uuid.UUID(job_id), why, message="failed: its task kept killing its worker")
+
+
+class TaskKilledWorkerError(RuntimeError):
+    """Raised in place of the model of a task given up: its inputs fail with the reason, its job goes on."""
+
+
+def refusing(why: str) -> Callable[..., NoReturn]:
+    """Return a stand-in for a task's model function (encode, load) that raises TaskKilledWorkerError(``why``)."""
+
+    def refuse(*_: Any, **__: Any) -> NoReturn:
+        raise TaskKilledWorkerError(why)
+
+    return refuse
 
 
 @signals.task_postrun.connect

@@ -7,6 +7,7 @@ from the checkpoint it had saved.
 
 from __future__ import annotations
 
+import json
 import random
 import signal
 import time
@@ -24,7 +25,8 @@ from support.processes import ManagedProcess, start_api, start_worker
 from support.texts import SENTENCES
 from support.waiting import wait_until
 
-from app.models.job import Job
+from app.maintenance.broker import task_call
+from app.models.job import Job, JobResult
 from app.models.training import TrainingRun
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e]
@@ -298,3 +300,46 @@ def test_a_task_that_kills_its_worker_at_every_start_fails_its_job_after_the_lim
         assert log.count("WorkerLostError") + log.count("signal 9 (SIGKILL)") >= 2, worker.log_tail()
     finally:
         worker.stop()
+
+
+def queued_calls(stack: FaultStack, queue: str) -> dict[str, tuple[str, list]]:
+    """Return {task id: (task name, args)} of the messages waiting in ``queue`` (every priority level of it)."""
+    client = stack.redis_client()
+    calls = {}
+    for key in client.scan_iter(f"{queue}*"):
+        if client.type(key) == b"list":
+            for raw in client.lrange(key, 0, -1):
+                message = json.loads(raw)
+                call = task_call(message)
+                if call is not None:
+                    calls[message["headers"]["id"]] = call
+    return calls
+
+
+def test_a_batch_given_up_fails_only_its_own_inputs_and_the_job_embeds_the_rest(
+    clean: FaultStack, fault_api: ManagedProcess
+) -> None:
+    texts = short_texts(64, seed=3)
+    job_id = submit(fault_api.base_url, texts)  # no worker yet: its batches wait in the queue
+    batches = {i: args for i, (name, args) in queued_calls(clean, "inference").items() if name == "embed.batch"}
+    assert len(batches) >= 2, batches
+    poisoned, args = sorted(batches.items())[0]
+    poisoned_inputs = sorted(args[1])
+    # What two starts that each killed their worker leave behind: a count no end of the task ever cleared.
+    clean.redis_client().set(f"embedq:task-starts:{poisoned}", 2)
+    worker = start_worker({**clean.env, "EMBEDQ_TASK_MAX_STARTS": "2"}, queues=["inference"])
+    try:
+        counts = clean.wait_terminal(job_id)
+    finally:
+        worker.stop()
+    assert counts["failed"] == counts["errors"] == len(poisoned_inputs), counts
+    assert counts["vectors"] == len(texts) - len(poisoned_inputs), counts
+    with clean.engine.connect() as conn:
+        failed = conn.execute(
+            select(JobResult.idx, JobResult.error).where(
+                JobResult.job_id == uuid.UUID(job_id), JobResult.error.is_not(None)
+            )
+        ).all()
+    assert sorted(idx for idx, _ in failed) == poisoned_inputs
+    assert all("was started 2 times and its worker died each time" in error for _, error in failed), failed[0]
+    assert not clean.redis_client().keys("embedq:task-starts:*")

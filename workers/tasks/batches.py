@@ -15,6 +15,7 @@ from app.core.db import session_scope
 from app.core.queues import TaskName
 from workers.batch_embedding import embed_requests
 from workers.celery_app import retrying_task
+from workers.task_starts import refusing
 
 
 def _store() -> ArtifactStore:
@@ -28,10 +29,11 @@ def validate_batch(job_id: str) -> dict[str, object]:
     return {"job_id": job_id, "status": status.value if status else None}
 
 
-@retrying_task(TaskName.BATCH_RUN)
-def run_batch_chunk(job_id: str, start: int) -> dict[str, object]:
+@retrying_task(TaskName.BATCH_RUN, inputs=True)
+def run_batch_chunk(job_id: str, start: int, refused: str | None = None) -> dict[str, object]:
     """Run the requests of batch job ``job_id`` that the task starting at line ``start`` holds."""
-    outcome = run_chunk(session_scope, uuid.UUID(job_id), int(start), embed_requests, get_settings())
+    embed = refusing(refused) if refused else embed_requests
+    outcome = run_chunk(session_scope, uuid.UUID(job_id), int(start), embed, get_settings())
     return {"job_id": job_id, "start": start, "completed": outcome.completed, "failed": outcome.failed}
 
 

@@ -10,6 +10,7 @@ from app.core.queues import TaskName
 from app.jobs.service import Encoded, run_embedding_batch
 from workers.celery_app import retrying_task
 from workers.metrics import observe_encode
+from workers.task_starts import refusing
 
 
 def _encode(model: str, texts: list[str]) -> Encoded:
@@ -23,12 +24,15 @@ def _encode(model: str, texts: list[str]) -> Encoded:
     return Encoded(encoded.vectors, tokens)
 
 
-@retrying_task(TaskName.EMBED_BATCH)
-def embed_batch(job_id: str, idxs: list[int] | int, stop: int | None = None) -> dict[str, object]:
+@retrying_task(TaskName.EMBED_BATCH, inputs=True)
+def embed_batch(
+    job_id: str, idxs: list[int] | int, stop: int | None = None, refused: str | None = None
+) -> dict[str, object]:
     """Embed the inputs at `idxs` of job `job_id`; returns what this delivery wrote."""
     # A message sent before batches were cut by length names a range, (start, stop), not indices.
     batch = list(range(idxs, stop or idxs)) if isinstance(idxs, int) else idxs
-    outcome = run_embedding_batch(session_scope, uuid.UUID(job_id), batch, _encode)
+    encode = refusing(refused) if refused else _encode
+    outcome = run_embedding_batch(session_scope, uuid.UUID(job_id), batch, encode)
     return {
         "job_id": job_id,
         "written": outcome.written,

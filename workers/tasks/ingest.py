@@ -14,6 +14,7 @@ from app.core.queues import TaskName
 from app.jobs.lifecycle import BatchOutcome
 from workers.celery_app import retrying_task
 from workers.chunking import load_model
+from workers.task_starts import refusing
 
 
 def _report(job_id: str, seq: int, outcome: BatchOutcome) -> dict[str, object]:
@@ -27,17 +28,19 @@ def _report(job_id: str, seq: int, outcome: BatchOutcome) -> dict[str, object]:
     }
 
 
-@retrying_task(TaskName.INGEST_BATCH)
-def ingest_batch(job_id: str, seq: int) -> dict[str, object]:
+@retrying_task(TaskName.INGEST_BATCH, inputs=True)
+def ingest_batch(job_id: str, seq: int, refused: str | None = None) -> dict[str, object]:
     """Chunk, embed and store batch ``seq`` of ingest job ``job_id``."""
-    outcome = run_ingest_batch(session_scope, uuid.UUID(job_id), seq, load_model, get_settings())
+    load = refusing(refused) if refused else load_model
+    outcome = run_ingest_batch(session_scope, uuid.UUID(job_id), seq, load, get_settings())
     return _report(job_id, seq, outcome)
 
 
-@retrying_task(TaskName.INGEST_REEMBED)
-def reembed_batch(job_id: str, seq: int) -> dict[str, object]:
+@retrying_task(TaskName.INGEST_REEMBED, inputs=True)
+def reembed_batch(job_id: str, seq: int, refused: str | None = None) -> dict[str, object]:
     """Embed batch ``seq`` of reembed job ``job_id`` into its new vector version."""
-    outcome = run_reembed_batch(session_scope, uuid.UUID(job_id), seq, load_model, get_settings())
+    load = refusing(refused) if refused else load_model
+    outcome = run_reembed_batch(session_scope, uuid.UUID(job_id), seq, load, get_settings())
     return _report(job_id, seq, outcome)
 
 
