@@ -20,7 +20,7 @@ from app.core.cpus import usable_cpus
 from app.core.db import db
 from app.core.outages import TRANSIENT_ERRORS
 from app.core.queues import TaskName
-from workers import observability, task_starts
+from workers import metrics, observability, task_starts
 from workers.broker_heartbeat import UnackedHeartbeat
 from workers.liveness import LivenessFile
 
@@ -74,6 +74,7 @@ def retrying_task(name: TaskName, inputs: bool = False) -> Callable[[Callable[..
             starts = task_starts.count_start(task.request.id, settings)
             if starts > settings.task_max_starts:
                 why = task_starts.reason(name.value, starts, settings)
+                metrics.task_given_up(name.value)
                 if inputs:  # its inputs fail with the reason, through the task's own path; the job goes on
                     log.error("job %s: %s", job_id, why)
                     return run(job_id, *args, refused=why, **kwargs)

@@ -102,6 +102,9 @@ def _metrics() -> dict[str, Any]:
             multiprocess_mode="livesum",
         ),
         "tasks": Counter("embedq_worker_tasks", "Tasks finished, by task name and state", ["task", "state"]),
+        "given_up": Counter(
+            "embedq_worker_tasks_given_up", "Tasks given up after EMBEDQ_TASK_MAX_STARTS deadly starts", ["task"]
+        ),
         "webhooks": Counter("embedq_worker_webhook_attempts", "Webhook delivery attempts by outcome", ["outcome"]),
     }
 
@@ -139,6 +142,11 @@ def _update_resident() -> None:
 def task_finished(task_name: str, state: str) -> None:
     """Count a finished task (state: SUCCESS, FAILURE, RETRY, ...)."""
     _metrics()["tasks"].labels(task_name, state).inc()
+
+
+def task_given_up(task_name: str) -> None:
+    """Count a task given up because its worker died at every start (``workers.task_starts``)."""
+    _metrics()["given_up"].labels(task_name).inc()
 
 
 def webhook_attempted(outcome: str) -> None:
