@@ -13,6 +13,7 @@ from celery import Celery, Task, signals
 from celery.concurrency import get_implementation
 from celery.concurrency.solo import TaskPool as SoloPool
 from celery.concurrency.thread import TaskPool as ThreadPool
+from celery.exceptions import Ignore, Reject, Retry
 
 from app.core.celery import celery_config
 from app.core.config import get_settings
@@ -20,6 +21,7 @@ from app.core.cpus import usable_cpus
 from app.core.db import db
 from app.core.outages import TRANSIENT_ERRORS
 from app.core.queues import TaskName
+from app.core.store_outages import raise_if_unavailable
 from workers import metrics, observability, task_starts
 from workers.broker_heartbeat import UnackedHeartbeat
 from workers.liveness import LivenessFile
@@ -79,7 +81,14 @@ def retrying_task(name: TaskName, inputs: bool = False) -> Callable[[Callable[..
                     log.error("job %s: %s", job_id, why)
                     return run(job_id, *args, refused=why, **kwargs)
                 return {"job_id": job_id, "given_up": why, "job_failed": task_starts.give_up(job_id, why)}
-            return run(job_id, *args, **kwargs)
+            try:
+                return run(job_id, *args, **kwargs)
+            except (*TRANSIENT_ERRORS, Retry, Ignore, Reject):
+                raise
+            except Exception as exc:
+                # A store that did not answer (the artifact store a model is installed from): retried with backoff.
+                raise_if_unavailable(exc, f"{name.value} of job {job_id}")
+                raise
 
         return register(counted)
 

@@ -32,6 +32,7 @@ from app.core.config import Settings
 from app.core.db import Scope, enqueue
 from app.core.queues import TaskName
 from app.core.security import Principal
+from app.core.store_outages import raise_if_unavailable
 from app.jobs import lifecycle
 from app.jobs.repository import JobRepository
 from app.models.batch import Batch, BatchFile, BatchStatus, FilePurpose
@@ -157,6 +158,7 @@ def _compute(prepared: list[tuple[int, str, Prepared | RequestError]], embed: Em
         try:
             results = embed(model, [call for _, call in calls])
         except MODEL_ERRORS as exc:
+            raise_if_unavailable(exc, f"batch requests for model {model}")  # waited out: nothing is written
             log.exception("batch requests for model %s failed", model)
             status = 404 if isinstance(exc, UnknownModelError) else 500
             code = "model_not_found" if status == 404 else "inference_failed"

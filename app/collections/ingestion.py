@@ -28,6 +28,7 @@ from app.collections.vector_store import VectorStore
 from app.core.config import Settings
 from app.core.db import Scope, enqueue
 from app.core.queues import TaskName
+from app.core.store_outages import raise_if_unavailable
 from app.jobs.fairness import batch_priorities
 from app.jobs.lifecycle import NOTHING_DONE, BatchOutcome
 from app.jobs.repository import JobRepository
@@ -121,6 +122,7 @@ def _run_batch(
             dimension = model.dimension
             stage.compute(model, work, todo, result)
         except MODEL_ERRORS as exc:
+            raise_if_unavailable(exc, f"{stage.kind} job {job_id}: model {work.model}")  # waited out, not failed
             log.exception("%s job %s batch %d failed", stage.kind, job_id, seq)
             error = f"embedding failed ({type(exc).__name__}: {exc})"
     with scope() as session:

@@ -322,7 +322,8 @@ class Settings(BaseSettings):
     task_max_retries: int = Field(
         default=8,
         ge=0,
-        description="retries of a task after transient Postgres or Redis errors, with exponential backoff",
+        description="retries of a task after transient Postgres, Redis or S3 store errors, with exponential "
+        "backoff (1 s doubling to 60 s)",
     )
     task_max_starts: int = Field(
         default=5,

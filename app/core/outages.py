@@ -13,11 +13,18 @@ import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from app.core.store_outages import StoreUnavailableError
+
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 5
 
-TRANSIENT_ERRORS: tuple[type[Exception], ...] = (sqlalchemy.exc.OperationalError, redis.exceptions.ConnectionError)
+# A store that does not answer (the artifact store a worker installs a model from) is waited out the same way.
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
+    sqlalchemy.exc.OperationalError,
+    redis.exceptions.ConnectionError,
+    StoreUnavailableError,
+)
 
 _DATABASE = "the database is unreachable or overloaded right now"
 _BROKER = (

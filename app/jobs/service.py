@@ -22,6 +22,7 @@ from app.core.db import enqueue
 from app.core.errors import ConflictError, InvalidRequestError, NotFoundError
 from app.core.queues import TaskName
 from app.core.security import Principal
+from app.core.store_outages import raise_if_unavailable
 from app.jobs import lifecycle
 from app.jobs.batching import length_batches
 from app.jobs.fairness import batch_priorities
@@ -251,6 +252,7 @@ def run_embedding_batch(
         encoded = encode(model, [t for _, t in pending])
         vectors, tokens = encoded.vectors, encoded.tokens
     except (UnknownModelError, InvalidModelNameError, OSError, RuntimeError, ValueError) as exc:
+        raise_if_unavailable(exc, f"job {job_id}: model {model}")  # the task waits it out; nothing is written
         log.exception("job %s: a batch of %d inputs failed", job_id, len(todo))
         error = f"{type(exc).__name__}: {exc}"
     annotate(

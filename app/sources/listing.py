@@ -13,9 +13,9 @@ from fsspec.utils import glob_translate
 
 from app.core.config import Settings
 from app.core.redaction import without_secrets
+from app.core.store_outages import unavailable
 from app.sources.locations import SourceError, SourceLocation, SourceUnavailableError, allowed_local_path
 from app.sources.spec import SourceFormat, format_of_object
-from app.sources.store_faults import unavailable
 
 
 @dataclass(frozen=True)

@@ -34,10 +34,10 @@ from app.collections.upload_items import (
 from app.collections.upload_parquet import columns_to_read, missing_columns, row_items
 from app.collections.upload_parsers import parser_for
 from app.core.config import Settings
+from app.core.store_outages import unavailable
 from app.models.source import ShardKind
 from app.sources.listing import ListedObject, object_signature, same_version
 from app.sources.spec import SourceFormat, SourceSpec
-from app.sources.store_faults import unavailable
 
 # Bytes read past a range's end per request while looking for the end of its last line.
 _TAIL_READ_BYTES = 64 * 1024

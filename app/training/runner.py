@@ -7,6 +7,7 @@ through hooks that write to Postgres in short transactions of their own.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -26,6 +27,7 @@ from app.core.config import Settings
 from app.core.db import Scope
 from app.core.outages import TRANSIENT_ERRORS
 from app.core.redaction import without_server_paths
+from app.core.store_outages import raise_if_unavailable, unavailable
 from app.jobs import lifecycle
 from app.jobs.repository import JobRepository
 from app.models.job import Job, JobStatus
@@ -177,6 +179,8 @@ def _run_leased(
     except TRANSIENT_ERRORS:
         raise
     except Exception as exc:
+        # The store a base model is installed from not answering: retried later, resuming from a checkpoint.
+        raise_if_unavailable(exc, f"training job {job_id}")
         log.exception("training job %s failed", job_id)
         # The job's error is the tenant's to read; the log above keeps the paths for the operator.
         _fail(scope, job_id, without_server_paths(f"{type(exc).__name__}: {exc}", settings))
@@ -280,6 +284,24 @@ def _fail(scope: Scope, job_id: uuid.UUID, error: str) -> None:
         lifecycle.finish(session, job_id, JobStatus.FAILED, message=message, error=error)
 
 
+def _publish(store: ArtifactStore, staging: Path, alias: str, settings: Settings) -> artifacts.Manifest:
+    """Upload the trained folder; a store that does not answer is waited out here, the trained model in hand.
+
+    Up to EMBEDQ_TASK_MAX_RETRIES more tries, 1 s apart and doubling to at most 60 s (about 3 minutes with
+    the default 8), before the job fails: a run of hours is not thrown away for a minute's outage.
+    """
+    for attempt in range(settings.task_max_retries + 1):
+        try:
+            return artifacts.publish_folder(store, staging, alias)
+        except Exception as exc:
+            if attempt == settings.task_max_retries or not unavailable(exc):
+                raise
+            delay = min(2**attempt, 60)
+            log.warning("publishing %s: the artifact store did not answer (%s); again in %d s", alias, exc, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
 def _register(scope: Scope, job_id: uuid.UUID, result: TrainingResult, settings: Settings) -> RunOutcome:
     """Publish the trained folder to the artifact store, register its alias with that revision, finish the job.
 
@@ -293,7 +315,7 @@ def _register(scope: Scope, job_id: uuid.UUID, result: TrainingResult, settings:
     store = ArtifactStore.from_settings(settings)
     alias = _alias_of(scope, job_id)
     try:
-        manifest = artifacts.publish_folder(store, staging, alias)
+        manifest = _publish(store, staging, alias, settings)
     except (OSError, ValueError, ArtifactStoreUnavailableError) as exc:
         log.exception("training job %s: could not publish %s to the artifact store", job_id, alias)
         error = f"could not upload the trained model to the artifact store ({type(exc).__name__}: {exc})"

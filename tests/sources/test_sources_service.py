@@ -31,6 +31,7 @@ from app.collections.upload_writer import UploadWriter
 from app.collections.uploads import UploadReader
 from app.core.config import Settings, get_settings
 from app.core.errors import EmbedqError
+from app.core.store_outages import unavailable
 from app.jobs.schemas import JobOut
 from app.models.collection import Chunk, Document
 from app.models.job import Job
@@ -41,7 +42,7 @@ from app.sources.recovery import requeue_ingest_job
 from app.sources.schemas import SourceRequest
 from app.sources.service import start_source
 from app.sources.shard_ingest import _batches, run_shard
-from app.sources.store_faults import StoreOutageError, unavailable
+from app.sources.store_faults import StoreOutageError
 
 MODEL = "tiny-sources"
 
