@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from app.artifacts.store import ArtifactStore, ArtifactStoreUnavailableError
+from app.artifacts.store import ArtifactStore
 from app.catalog import artifacts, model_cache
 from app.catalog.repository import RegisteredModelRepository
 from app.catalog.resolver import resolve_model
@@ -316,7 +316,7 @@ def _register(scope: Scope, job_id: uuid.UUID, result: TrainingResult, settings:
     alias = _alias_of(scope, job_id)
     try:
         manifest = _publish(store, staging, alias, settings)
-    except (OSError, ValueError, ArtifactStoreUnavailableError) as exc:
+    except Exception as exc:  # OSError, a bad key, the store's own (botocore) once its outage outlasted the tries
         log.exception("training job %s: could not publish %s to the artifact store", job_id, alias)
         error = f"could not upload the trained model to the artifact store ({type(exc).__name__}: {exc})"
         _fail(scope, job_id, without_server_paths(error + "; check EMBEDQ_ARTIFACT_STORE and train again", settings))

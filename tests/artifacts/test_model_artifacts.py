@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import botocore.exceptions
 import pytest
 from sqlalchemy.orm import Session
 from support.s3 import S3Server
@@ -258,3 +259,30 @@ def test_a_registered_model_whose_files_are_gone_fails_clearly(
 
     with pytest.raises(ModelArtifactError, match=r"registered model 'tuned'.*DELETE /v1/models/tuned"):
         model_cache.ensure_installed("tuned", fleet_settings, scope)
+
+
+def test_a_trained_model_s_upload_waits_out_a_store_that_does_not_answer(
+    tiny_folder: Path, s3_server: S3Server, settings_env: SettingsEnv, caplog: pytest.LogCaptureFixture
+) -> None:
+    from app.cli.embedded import find_free_port
+    from app.training.runner import _publish
+
+    keys = {k: v for k, v in s3_server.env("publish-outage").items() if k.startswith("AWS_")}
+    settings_env.set(EMBEDQ_TASK_MAX_RETRIES="1", **keys)
+    settings = get_settings()
+    dead = ArtifactStore.from_url(
+        f"s3://{s3_server.bucket}/publish-outage", endpoint_url=f"http://127.0.0.1:{find_free_port()}"
+    )
+    started = time.monotonic()
+    with caplog.at_level("WARNING"), pytest.raises(botocore.exceptions.EndpointConnectionError):
+        _publish(dead, tiny_folder, "outage", settings)  # nothing listens: 2 tries, 1 s apart
+    tries = [r.getMessage() for r in caplog.records if "the artifact store did not answer" in r.getMessage()]
+    assert len(tries) == 1 and tries[0].endswith("again in 1 s"), tries
+    assert time.monotonic() - started >= 1
+
+    caplog.clear()
+    with caplog.at_level("WARNING"), pytest.raises(ValueError):  # not an outage: no second try
+        _publish(dead, tiny_folder, "Not A Valid Alias!", settings)
+    assert not [r for r in caplog.records if "did not answer" in r.getMessage()]
+    live = ArtifactStore.from_url(f"s3://{s3_server.bucket}/publish-outage", endpoint_url=s3_server.endpoint_url)
+    assert _publish(live, tiny_folder, "outage", settings).name == "outage"
