@@ -23,7 +23,7 @@ _FORMATS = {
     ".parquet": "parquet", ".pq": "parquet",
 }  # fmt: skip
 # A FILE argument with one of these schemes is a source the server reads itself (POST /collections/{name}/sources).
-_SOURCE_SCHEMES = ("s3://", "file://")
+_SOURCE_SCHEMES = ("s3://", "file://", "https://", "http://")
 _TERMINAL = ("succeeded", "failed", "cancelled")
 _UPLOAD_PIECE = 1024 * 1024
 
@@ -197,7 +197,7 @@ def _print_errors(job: dict[str, Any]) -> None:
 )
 @click.option("--id-field", default="id", show_default=True, help="Field or column holding each document's id.")
 @click.option("--text-field", default="text", show_default=True, help="Field or column holding each document's text.")
-@click.option("--credentials", default=None, help="s3:// source: a credential set the server's operator named.")
+@click.option("--credentials", default=None, help="s3:// or https:// source: a credential set the operator named.")
 @click.option("--delete-missing", is_flag=True, help="s3:// source: remove documents whose object is gone.")
 @click.option(
     "--text-mode",
@@ -230,11 +230,11 @@ def ingest(
     """Ingest FILE into a collection and print its ingest job.
 
     FILE is a local file (JSONL, JSON, CSV, Parquet or text) streamed to the API, or a source the server's
-    workers read themselves: s3://bucket/prefix/, s3://bucket/corpus/*.parquet, or file:///path under a root
-    the operator allows.
+    workers read themselves: s3://bucket/prefix/, s3://bucket/corpus/*.parquet, https://host/path/file.parquet,
+    or file:///path under a root the operator allows.
     """
     if not file.startswith(_SOURCE_SCHEMES) and not Path(file).is_file():
-        raise click.BadParameter(f"{file} is not a file (a source the server reads starts s3:// or file://)")
+        raise click.BadParameter(f"{file} is not a file (a source the server reads starts s3://, https:// or file://)")
     with _client(api_url, api_key, timeout=None) as client:  # type: ignore[arg-type]
         _ensure_collection(client, collection, model, max_tokens, overlap_tokens)
         if file.startswith(_SOURCE_SCHEMES):

@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -50,6 +51,7 @@ class SourceCredentialSet(BaseModel):
     region: str | None = None
     access_key_id: SecretStr | None = None
     secret_access_key: SecretStr | None = None
+    bearer_token: SecretStr | None = None  # http(s):// sources: sent as "Authorization: Bearer <token>"
 
 
 def _also_provider(name: str, *more: str) -> AliasChoices:
@@ -608,6 +610,10 @@ class Settings(BaseSettings):
         description="reads of a shard (or listings of a plan) before it fails: a store that does not answer is "
         "read again up to this many times, and a shard whose worker died each time fails unread",
     )
+    source_http_allowed_cidrs: CommaList = Field(
+        default_factory=list,
+        description="non-public ranges http(s):// sources may read anyway, e.g. 10.0.0.0/8 (else public only)",
+    )
     source_retry_delay_s: float = Field(
         default=10.0,
         gt=0,
@@ -736,14 +742,15 @@ class Settings(BaseSettings):
             )
         return self
 
-    @field_validator("webhook_allowed_cidrs")
+    @field_validator("webhook_allowed_cidrs", "source_http_allowed_cidrs")
     @classmethod
-    def _cidrs(cls, cidrs: list[str]) -> list[str]:
+    def _cidrs(cls, cidrs: list[str], info: ValidationInfo) -> list[str]:
         for cidr in cidrs:
             try:
                 ip_network(cidr, strict=False)
             except ValueError as exc:
-                raise ValueError(f"EMBEDQ_WEBHOOK_ALLOWED_CIDRS: {cidr!r} is not a CIDR like 10.0.0.0/8") from exc
+                name = f"EMBEDQ_{(info.field_name or '').upper()}"
+                raise ValueError(f"{name}: {cidr!r} is not a CIDR like 10.0.0.0/8") from exc
         return cidrs
 
     @field_validator("flower_basic_auth")

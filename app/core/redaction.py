@@ -32,7 +32,7 @@ def without_secrets(text: str, settings: Settings) -> str:
     """Return ``text`` with every source credential (keys and endpoints, named sets and the default) masked."""
     masked: list[tuple[str, str]] = []
     for name, found in settings.source_credentials.items():
-        for secret in (found.access_key_id, found.secret_access_key):
+        for secret in (found.access_key_id, found.secret_access_key, found.bearer_token):
             if secret is not None:
                 masked.append((secret.get_secret_value(), "***"))
         if found.endpoint_url:

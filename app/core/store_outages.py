@@ -50,7 +50,9 @@ def unavailable(exc: BaseException) -> bool:
 
 
 def _busy(exc: BaseException) -> bool:
-    """A ClientError whose status is 5xx or 429, or whose code is one of S3's "slow down" answers."""
+    """An S3 ClientError or HTTP response whose status is 5xx or 429, or whose code is an S3 "slow down"."""
+    if isinstance(exc, aiohttp.ClientResponseError):  # an http(s):// source's answer
+        return exc.status >= 500 or exc.status == 429
     if not isinstance(exc, botocore.exceptions.ClientError):
         return False
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0

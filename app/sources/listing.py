@@ -7,14 +7,23 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
+import aiohttp
 import fsspec
 from fsspec.utils import glob_translate
 
 from app.core.config import Settings
 from app.core.redaction import without_secrets
 from app.core.store_outages import unavailable
-from app.sources.locations import SourceError, SourceLocation, SourceUnavailableError, allowed_local_path
+from app.sources.http_guard import AddressRefusedError
+from app.sources.locations import (
+    SourceError,
+    SourceForbiddenError,
+    SourceLocation,
+    SourceUnavailableError,
+    allowed_local_path,
+)
 from app.sources.spec import SourceFormat, format_of_object
 
 
@@ -34,16 +43,36 @@ class ListedObject:
         return {"etag": self.etag, "size": self.size, "mtime": self.mtime}
 
 
+def _telling(exc: BaseException) -> BaseException:
+    """Return the error in ``exc``'s chain that says why: fsspec's http client raises FileNotFoundError(url)
+    from whatever happened (a refused address, an HTTP 401), which alone says nothing."""
+    current: BaseException | None = exc
+    for _ in range(10):
+        if current is None:
+            break
+        if isinstance(current, (AddressRefusedError, aiohttp.ClientResponseError)):
+            return current
+        current = current.__cause__ or current.__context__
+    return exc
+
+
 def store_error(location: SourceLocation, exc: BaseException, settings: Settings) -> str:
     """Return what the store said, fit for a tenant: no keys, no endpoint."""
-    detail = without_secrets(f"{type(exc).__name__}: {exc}", settings)
+    exc = _telling(exc)
+    if isinstance(exc, aiohttp.ClientResponseError):
+        detail = f"HTTP {exc.status} {exc.message}"
+    else:
+        detail = without_secrets(f"{type(exc).__name__}: {exc}", settings)
     return f"{location.uri} cannot be read ({detail})"
 
 
 def store_failure(
     location: SourceLocation, exc: BaseException, settings: Settings, uri: str | None = None
-) -> SourceError:
-    """Return the error to raise for what the store raised: 503 if it did not answer, else 422 (``uri``: the object)."""
+) -> SourceError | SourceForbiddenError:
+    """Return the error to raise for what the store raised: 503 if it did not answer, 403 for an address http(s)
+    sources may not reach, else 422 (``uri``: the object)."""
+    if isinstance(_telling(exc), AddressRefusedError):
+        return SourceForbiddenError(str(_telling(exc)), param="uri")
     message = store_error(location, exc, settings)
     if uri is not None:
         message = message.replace(location.uri, uri)
@@ -59,7 +88,9 @@ def list_objects(
     """
     cap = settings.source_max_listed_keys
     try:
-        if location.scheme == "s3":
+        if location.is_http:  # one object, its URL: what a HEAD (else a GET) says of it
+            found, complete = {location.path: fs.info(location.path)}, True
+        elif location.scheme == "s3":
             found, complete = _list_s3(fs, location, cap)
         else:
             found = fs.glob(location.path, detail=True) if location.is_glob else _find_local(fs, location)
@@ -78,7 +109,7 @@ def list_objects(
             continue
         if location.scheme == "file" and not allowed_local_path(path, settings):
             continue  # a symlink out of the allowed folders
-        object_format = fmt or format_of_object(path)
+        object_format = fmt or format_of_object(urlsplit(path).path if location.is_http else path)
         if object_format is None:
             continue
         objects.append(_listed(location, path, info, object_format))
@@ -142,11 +173,13 @@ def _find_local(fs: fsspec.AbstractFileSystem, location: SourceLocation) -> dict
 def object_signature(info: dict[str, Any]) -> dict[str, Any]:
     """Return the signature (ETag, size, mtime) of an object from what the filesystem says of it."""
     etag = info.get("ETag") or info.get("etag")
-    modified = info.get("LastModified") or info.get("mtime") or info.get("created")
+    modified = info.get("LastModified") or info.get("Last-Modified") or info.get("mtime") or info.get("created")
     if isinstance(modified, datetime):
         mtime: str | None = modified.isoformat()
     elif isinstance(modified, (int, float)):
         mtime = repr(float(modified))
+    elif isinstance(modified, str):  # an HTTP Last-Modified header
+        mtime = modified
     else:
         mtime = None
     return {"etag": str(etag).strip('"') if etag else None, "size": int(info.get("size") or 0), "mtime": mtime}
@@ -165,7 +198,7 @@ def same_version(planned: dict[str, Any], current: dict[str, Any]) -> bool:
 
 def _listed(location: SourceLocation, path: str, info: dict[str, Any], fmt: SourceFormat) -> ListedObject:
     signature = object_signature(info)
-    uri_path = path if location.scheme == "s3" else os.path.normpath(path)
+    uri_path = os.path.normpath(path) if location.scheme == "file" else path
     return ListedObject(
         path=path,
         uri=location.object_uri(uri_path),

@@ -11,16 +11,22 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
+import aiohttp
 import fsspec
+from fsspec.implementations.http import HTTPFileSystem
 from fsspec.implementations.local import LocalFileSystem
 from s3fs import S3FileSystem  # imported with the module: the API and the worker parent load it at start
 
-from app.core.config import Settings
+from app.core.config import Settings, SourceCredentialSet
 from app.core.errors import EmbedqError, InvalidRequestError
+from app.sources.http_guard import client_factory
 
 GLOB_CHARS = frozenset("*?[")
+HTTP_SCHEMES = ("http", "https")
 
 
 class SourceError(InvalidRequestError):
@@ -54,6 +60,10 @@ class SourceLocation:
     is_glob: bool
 
     @property
+    def is_http(self) -> bool:
+        return self.scheme in HTTP_SCHEMES
+
+    @property
     def base(self) -> str:
         """Return the part of the path before any glob character (the folder listed)."""
         if not self.is_glob:
@@ -66,11 +76,17 @@ class SourceLocation:
         return self.path.split("/", 1)[0] if self.scheme == "s3" else ""
 
     def object_uri(self, path: str) -> str:
-        """Return the URI of an object the filesystem listed at ``path``."""
-        return f"{self.scheme}://{path}"
+        """Return the URI of an object the filesystem listed at ``path`` (an http(s) object's path is its URL)."""
+        return path if self.is_http else f"{self.scheme}://{path}"
+
+    def fs_path(self, object_uri: str) -> str:
+        """Return the filesystem path of the object at ``object_uri`` (``object_uri``'s inverse)."""
+        return object_uri if self.is_http else object_uri[len(f"{self.scheme}://") :]
 
     def relative(self, path: str) -> str:
-        """Return an object's path under the source's base (the id of a plain-text document)."""
+        """Return an object's path under the source's base (the id of a plain-text document; a URL's: its name)."""
+        if self.is_http:
+            return urlsplit(path).path.rsplit("/", 1)[-1] or urlsplit(path).netloc
         base = self.base.rstrip("/") + "/"
         return path[len(base) :] if path.startswith(base) else path.rsplit("/", 1)[-1]
 
@@ -79,11 +95,14 @@ def parse_location(uri: str) -> SourceLocation:
     """Return the location ``uri`` names; SourceError (422) for a scheme or shape embedq does not read."""
     scheme, sep, rest = uri.partition("://")
     scheme = scheme.lower()
-    if not sep or scheme not in ("s3", "file"):
+    if not sep or scheme not in ("s3", "file", *HTTP_SCHEMES):
         raise SourceError(
-            f"unsupported source URI {uri!r}: use s3://bucket/prefix/, s3://bucket/path/*.parquet or file:///path",
+            f"unsupported source URI {uri!r}: use s3://bucket/prefix/, s3://bucket/path/*.parquet, "
+            "https://host/path/file.parquet or file:///path",
             param="uri",
         )
+    if scheme in HTTP_SCHEMES:
+        return _http_location(uri, scheme)
     if scheme == "s3":
         bucket = rest.split("/", 1)[0]
         if not bucket or any(c in bucket for c in GLOB_CHARS):
@@ -96,6 +115,23 @@ def parse_location(uri: str) -> SourceLocation:
     if "\x00" in path or any(part == ".." for part in path.split("/")):
         raise SourceError(f"source URI {uri!r} may not contain '..' or NUL", param="uri")
     return SourceLocation(uri=uri, scheme=scheme, path=path, is_glob=any(c in path for c in GLOB_CHARS))
+
+
+def _http_location(uri: str, scheme: str) -> SourceLocation:
+    """An http(s):// source is one object, its URL (no listing, no glob: "?" and "[" are a URL's own)."""
+    parts = urlsplit(uri)
+    if not parts.hostname:
+        raise SourceError(f"source URI {uri!r} names no host: https://host/path/file.jsonl", param="uri")
+    if parts.username or parts.password:
+        raise SourceError(
+            "a source URL may not carry a user or password: the operator names a bearer token in a credential "
+            "set (EMBEDQ_SOURCE_CREDENTIALS) and the source names the set",
+            param="uri",
+        )
+    if "\x00" in uri or not parts.path or parts.path.endswith("/"):
+        raise SourceError(f"source URI {uri!r} must name one file: https://host/path/file.parquet", param="uri")
+    url = urlunsplit((scheme, parts.netloc, parts.path, parts.query, ""))  # a fragment is never sent
+    return SourceLocation(uri=url, scheme=scheme, path=url, is_glob=False)
 
 
 def allowed_local_path(path: str, settings: Settings) -> bool:
@@ -156,16 +192,20 @@ def filesystem(location: SourceLocation, credentials: str | None, settings: Sett
     """
     if location.scheme == "file":
         return LocalFileSystem()
+    if location.is_http:
+        token = None
+        if credentials is not None:
+            found = _credential_set(credentials, settings)
+            if found.bearer_token is None:
+                raise SourceError(
+                    f"credential set {credentials!r} has no bearer_token, the one credential an http(s) source sends",
+                    param="credentials",
+                )
+            token = found.bearer_token.get_secret_value()
+        return _http_filesystem(token, tuple(settings.source_http_allowed_cidrs), settings.source_timeout_s)
     endpoint, region, key, secret = settings.source_s3_endpoint_url, settings.source_s3_region, None, None
     if credentials is not None:
-        found = settings.source_credentials.get(credentials)
-        if found is None:
-            known = ", ".join(sorted(settings.source_credentials)) or "none are configured"
-            raise SourceError(
-                f"no credential set named {credentials!r} (known: {known}): the operator names them in "
-                "EMBEDQ_SOURCE_CREDENTIALS",
-                param="credentials",
-            )
+        found = _credential_set(credentials, settings)
         endpoint, region = found.endpoint_url, found.region
         key = found.access_key_id.get_secret_value() if found.access_key_id else None
         secret = found.secret_access_key.get_secret_value() if found.secret_access_key else None
@@ -182,3 +222,30 @@ def filesystem(location: SourceLocation, credentials: str | None, settings: Sett
         },
         use_listings_cache=False,  # a re-sync must see what changed since the last listing
     )
+
+
+def _credential_set(name: str, settings: Settings) -> SourceCredentialSet:
+    found = settings.source_credentials.get(name)
+    if found is None:
+        known = ", ".join(sorted(settings.source_credentials)) or "none are configured"
+        raise SourceError(
+            f"no credential set named {name!r} (known: {known}): the operator names them in EMBEDQ_SOURCE_CREDENTIALS",
+            param="credentials",
+        )
+    return found
+
+
+@cache
+def _http_filesystem(token: str | None, allowed_cidrs: tuple[str, ...], timeout_s: float) -> HTTPFileSystem:
+    """Return the http(s) sources' client for one token: one per process, each connection checked (``http_guard``)."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout_s, sock_read=timeout_s)
+    return HTTPFileSystem(
+        get_client=client_factory(allowed_cidrs),
+        client_kwargs={"headers": headers, "timeout": timeout},
+        skip_instance_cache=True,
+    )
+
+
+# A forked worker child must not reuse its parent's client: its session lives on the parent's event loop.
+os.register_at_fork(after_in_child=_http_filesystem.cache_clear)

@@ -25,7 +25,14 @@ from app.core.queues import TaskName
 from app.jobs.repository import JobRepository
 from app.models.job import Job, JobStatus
 from app.sources.listing import ListedObject, list_objects, store_failure
-from app.sources.locations import SourceError, SourceLocation, SourceUnavailableError, filesystem, parse_location
+from app.sources.locations import (
+    SourceError,
+    SourceForbiddenError,
+    SourceLocation,
+    SourceUnavailableError,
+    filesystem,
+    parse_location,
+)
 from app.sources.reading import ShardPlan, plan_object
 from app.sources.repository import NewShard, SourceRepository
 from app.sources.spec import SourceSpec
@@ -75,7 +82,7 @@ def plan_source(scope: Scope, job_id: uuid.UUID, settings: Settings, attempt: in
             delay = retry_delay_s(attempt, settings)
             raise StoreOutageError(f"{exc.message}: listing {attempt} of {limit}, again in {delay:g} s", delay) from exc
         return _fail(scope, job_id, f"{exc.message}; the store did not answer {limit} listings", settings)
-    except SourceError as exc:
+    except (SourceError, SourceForbiddenError) as exc:  # forbidden: a name that resolves elsewhere since the check
         return _fail(scope, job_id, exc.message, settings)
     with scope() as session:
         if JobRepository(session).lock(job_id) is None or _source_job(session, job_id) is None:

@@ -105,11 +105,14 @@ def _opened(fs: fsspec.AbstractFileSystem, path: str, planned: dict | None, **kw
     """Open ``path`` for reading; raise _Changed unless it is still the version whose signature is ``planned``.
 
     s3fs pins every range read of a handle to the ETag it saw at open (a later change fails the read), so
-    checking that ETag here makes the whole shard one version: the planned one.
+    checking that ETag here makes the whole shard one version: the planned one. An http(s) object is checked
+    by a HEAD at open (ETag, else Last-Modified and size); its range reads are not pinned.
     """
     with fs.open(path, "rb", **kwargs) as handle:
         if planned is not None:
-            current = object_signature(getattr(handle, "details", None) or fs.info(path))
+            current = object_signature(getattr(handle, "details", None) or {})
+            if current["etag"] is None and current["mtime"] is None:  # an http(s) handle knows only the size
+                current = object_signature(fs.info(path))
             if not same_version(planned, current):
                 raise _Changed
         yield handle

@@ -33,7 +33,7 @@ from app.jobs.fairness import batch_priorities
 from app.jobs.repository import JobRepository
 from app.models.job import JobStatus
 from app.models.source import IngestShard, ShardKind, ShardState
-from app.sources.locations import SourceError, SourceLocation, filesystem, parse_location
+from app.sources.locations import SourceError, filesystem, parse_location
 from app.sources.reading import ShardPlan, ShardRead, read_shard
 from app.sources.repository import SourceRepository
 from app.sources.spec import SourceFormat, SourceSpec
@@ -157,7 +157,7 @@ def _read(shard: _Shard, settings: Settings) -> ShardRead:
         fs = filesystem(location, shard.spec.credentials, settings)
     except SourceError as exc:
         return ShardRead([], f"{shard.object_uri}: {exc.message}")
-    path = _path(location, shard.object_uri)
+    path = location.fs_path(shard.object_uri)
     read = read_shard(
         fs, path, shard.object_uri, shard.format, shard.plan, shard.spec, location.relative(path), settings,
         planned=shard.signature,
@@ -165,10 +165,6 @@ def _read(shard: _Shard, settings: Settings) -> ShardRead:
     if read.error:
         log.warning("shard of %s broke off: %s", shard.object_uri, without_secrets(read.error, settings))
     return read
-
-
-def _path(location: SourceLocation, object_uri: str) -> str:
-    return object_uri[len(f"{location.scheme}://") :]
 
 
 def _documents(items: Sequence[Item]) -> tuple[list[ParsedDocument], list[RejectedLine]]:

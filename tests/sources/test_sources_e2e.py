@@ -24,6 +24,7 @@ import pytest
 from sqlalchemy import text
 from support.faults import FaultStack, fault_stack
 from support.flaky_store import Mode, flaky_store
+from support.http_files import http_files
 from support.processes import EMBEDQ, ManagedProcess, start_api, start_worker
 from support.s3 import REGION, S3Server
 from support.source_corpus import csv_bytes, documents, jsonl_bytes, parquet_bytes
@@ -83,6 +84,7 @@ def stack(service_env: dict[str, str], s3_server: S3Server, tmp_path_factory) ->
             EMBEDQ_BROKER_HEARTBEAT_S="2",
             EMBEDQ_BROKER_RESTORE_INTERVAL_S="2",
             EMBEDQ_INGEST_BATCH_DOCUMENTS="200",
+            EMBEDQ_SOURCE_HTTP_ALLOWED_CIDRS="127.0.0.1/32",  # the test's HTTP file server
         )
         yield fresh
 
@@ -289,6 +291,26 @@ def test_a_store_that_stops_answering_for_a_while_loses_nothing(
     assert s3_server.secret_key not in log and s3_server.access_key not in log
     flaky = "SELECT count(*) FROM documents d JOIN collections c ON c.id = d.collection_id WHERE c.name = 'flaky'"
     assert sql(stack, flaky) == total
+
+
+def test_an_https_file_is_read_by_the_workers_in_row_group_shards(
+    stack: FaultStack, http: httpx.Client, tmp_path: Path
+) -> None:
+    rows = documents("web", 600, seed=300, sentences=1)
+    (tmp_path / "web").mkdir()
+    (tmp_path / "web" / "corpus.parquet").write_bytes(parquet_bytes(rows, 150))
+    made = http.post("/collections", json={"name": "web", "model": MODEL, "chunking": {"max_tokens": 120}})
+    assert made.status_code == 201, made.text
+    with http_files(tmp_path / "web", "unused-token") as base:
+        worker = start_worker(stack.env, queues=["bulk"])
+        try:
+            posted = http.post("/collections/web/sources", json={"uri": f"{base}/corpus.parquet"})
+            assert posted.status_code == 202, posted.text
+            job = wait_job(http, posted.json()["id"], timeout=120)
+        finally:
+            worker.stop()
+    assert (job["status"], job["counts"]) == ("succeeded", {"total": 600, "done": 600, "failed": 0}), job
+    assert job["ingest"]["shards"]["total"] == 4  # 16 KiB shards: each 150-row group alone
 
 
 def test_the_cli_ingests_an_s3_source_and_waits_with_progress(
