@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import socket
 
 import aiohttp
 import botocore.exceptions
@@ -38,15 +39,18 @@ _BUSY_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", "Reque
 
 
 def unavailable(exc: BaseException) -> bool:
-    """Return True if ``exc`` (or an error it was raised from) says the store did not answer, not "no"."""
-    seen: set[int] = set()
+    """Return True if ``exc`` (or an error it was raised from) says the store did not answer, not "no".
+
+    A host name that does not resolve is an answer (a typo, a store that is gone), not an outage.
+    """
+    chain: list[BaseException] = []
     current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, _OUTAGES) or _busy(current):
-            return True
+    while current is not None and all(current is not seen for seen in chain):
+        chain.append(current)
         current = current.__cause__ or current.__context__
-    return False
+    if any(isinstance(e, socket.gaierror) for e in chain):
+        return False
+    return any(isinstance(e, _OUTAGES) or _busy(e) for e in chain)
 
 
 def _busy(exc: BaseException) -> bool:

@@ -7,6 +7,7 @@ nothing), re-sync of changed objects only, delete_missing, and Parquet uploads.
 from __future__ import annotations
 
 import json
+import socket
 import uuid
 from collections.abc import Iterator
 
@@ -348,6 +349,13 @@ def test_what_the_store_says_decides_whether_a_read_is_tried_again() -> None:
     assert unavailable(ConnectionResetError())
     assert not unavailable(client_error(404, "NoSuchKey")) and not unavailable(client_error(403, "AccessDenied"))
     assert not unavailable(ValueError("a truncated Parquet footer"))
+    try:  # a name that does not resolve is an answer, not an outage: as botocore raises it
+        try:
+            socket.getaddrinfo("no-such-host.invalid", 443)
+        except socket.gaierror as exc:
+            raise botocore.exceptions.EndpointConnectionError(endpoint_url="https://no-such-host.invalid") from exc
+    except botocore.exceptions.EndpointConnectionError as unresolved:
+        assert not unavailable(unresolved)
 
 
 def test_a_listing_stops_past_the_key_cap_instead_of_reading_the_whole_prefix(
