@@ -12,19 +12,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 from support.http_files import http_files
 from support.ingestion import drain
 from support.principals import ADMIN
 from support.settings import SettingsEnv
 from support.source_corpus import documents, jsonl_bytes, parquet_bytes
+from support.sources import refused
 from support.tiny_models import in_models_dir
 
 from app.collections import service as collections
 from app.collections.schemas import ChunkingSpec, CollectionCreate
 from app.core.config import Settings, get_settings
-from app.core.errors import EmbedqError
 from app.models.collection import Document
 from app.models.job import Job
 from app.models.source import IngestShard
@@ -77,14 +77,6 @@ def sync(session: Session, scope, settings: Settings, uri: str, **options) -> Jo
         again = run_shard(scope, job.id, shard.seq, settings)
         assert (again.written, again.unchanged, again.failed) == (0, 0, 0)
     return drain(session, scope, settings, job.id)
-
-
-def refused(session: Session, settings: Settings, **body) -> EmbedqError:
-    jobs_before = session.scalar(select(func.count()).select_from(Job))
-    with pytest.raises(EmbedqError) as caught:
-        start_source(session, "docs", SourceRequest(**body), settings, ADMIN)
-    assert session.scalar(select(func.count()).select_from(Job)) == jobs_before, "a refused source made a job"
-    return caught.value
 
 
 def test_an_http_file_is_sharded_read_once_and_synced_again_only_when_it_changed(

@@ -21,6 +21,7 @@ from support.principals import ADMIN
 from support.s3 import REGION, S3Server
 from support.settings import SettingsEnv
 from support.source_corpus import csv_bytes, documents, jsonl_bytes, parquet_bytes
+from support.sources import refused
 from support.tiny_models import in_models_dir
 
 from app.cli.embedded import find_free_port
@@ -31,7 +32,6 @@ from app.collections.upload_items import UploadOptions
 from app.collections.upload_writer import UploadWriter
 from app.collections.uploads import UploadReader
 from app.core.config import Settings, get_settings
-from app.core.errors import EmbedqError
 from app.core.store_outages import unavailable
 from app.jobs.schemas import JobOut
 from app.models.collection import Chunk, Document
@@ -373,14 +373,6 @@ def test_a_listing_stops_past_the_key_cap_instead_of_reading_the_whole_prefix(
     for uri in (f"s3://{prefix}/", f"s3://{prefix}/*.jsonl"):
         job = start_source(db_session, "docs", SourceRequest(uri=uri, credentials="corpus"), get_settings(), ADMIN)
         assert job.status == "running" and job.params["source"]["uri"] == uri
-
-
-def refused(session: Session, settings: Settings, **body) -> EmbedqError:
-    jobs_before = session.scalar(select(func.count()).select_from(Job))
-    with pytest.raises(EmbedqError) as caught:
-        start_source(session, "docs", SourceRequest(**body), settings, ADMIN)
-    assert session.scalar(select(func.count()).select_from(Job)) == jobs_before, "a refused source made a job"
-    return caught.value
 
 
 def test_bad_sources_are_refused_before_any_job(
