@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -25,6 +26,7 @@ from app.sources.locations import (
     allowed_local_path,
 )
 from app.sources.spec import SourceFormat, format_of_object
+from app.sources.url_patterns import UrlPatternError, expand
 
 
 @dataclass(frozen=True)
@@ -87,14 +89,17 @@ def list_objects(
     Without a ``fmt``, objects whose extension names no format are left out.
     """
     cap = settings.source_max_listed_keys
+    urls = _urls(location, settings) if location.is_http else []
     try:
-        if location.is_http:  # one object, its URL: what a HEAD (else a GET) says of it
-            found, complete = {location.path: fs.info(location.path)}, True
+        if location.is_http:  # the URL's files (its patterns expanded): what a HEAD (else a GET) says of each
+            found, complete = _head_all(fs, urls, settings), True
         elif location.scheme == "s3":
             found, complete = _list_s3(fs, location, cap)
         else:
             found = fs.glob(location.path, detail=True) if location.is_glob else _find_local(fs, location)
             complete = True
+    except _UrlFailed as failed:  # one of a pattern's files: named in the error
+        raise store_failure(location, failed.__cause__ or failed, settings, failed.url) from failed
     except Exception as exc:  # whatever the store raised (botocore, aiohttp, OS): the caller shows it, masked
         raise store_failure(location, exc, settings) from exc
     if not complete:
@@ -161,6 +166,34 @@ def _list_s3(fs: Any, location: SourceLocation, cap: int) -> tuple[dict[str, dic
         token = page.get("NextContinuationToken")
         if not page.get("IsTruncated") or not token:
             return found, True
+
+
+class _UrlFailed(Exception):
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.url = url
+
+
+def _urls(location: SourceLocation, settings: Settings) -> list[str]:
+    try:
+        return expand(location.path, settings.source_max_objects)
+    except UrlPatternError as exc:
+        raise SourceError(f"{location.uri}: {exc} (EMBEDQ_SOURCE_MAX_OBJECTS)", param="uri") from exc
+
+
+def _head_all(fs: fsspec.AbstractFileSystem, urls: list[str], settings: Settings) -> dict[str, dict[str, Any]]:
+    """Return what the server says of each URL, asked EMBEDQ_SOURCE_PLAN_THREADS at a time."""
+
+    def head(url: str) -> dict[str, Any]:
+        try:
+            return fs.info(url)
+        except Exception as exc:
+            raise _UrlFailed(url) from exc
+
+    if len(urls) == 1:
+        return {urls[0]: head(urls[0])}
+    with ThreadPoolExecutor(max_workers=min(settings.source_plan_threads, len(urls))) as pool:
+        return dict(zip(urls, pool.map(head, urls), strict=True))
 
 
 def _find_local(fs: fsspec.AbstractFileSystem, location: SourceLocation) -> dict[str, dict[str, Any]]:

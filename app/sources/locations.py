@@ -118,7 +118,8 @@ def parse_location(uri: str) -> SourceLocation:
 
 
 def _http_location(uri: str, scheme: str) -> SourceLocation:
-    """An http(s):// source is one object, its URL (no listing, no glob: "?" and "[" are a URL's own)."""
+    """An http(s):// source is the files its URL names: one, or its ``{a,b}`` and ``[00-41]`` patterns' (no
+    listing, no fsspec glob: "?" is a URL's own; ``app.sources.url_patterns`` expands them when listing)."""
     parts = urlsplit(uri)
     if not parts.hostname:
         raise SourceError(f"source URI {uri!r} names no host: https://host/path/file.jsonl", param="uri")

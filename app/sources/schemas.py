@@ -20,8 +20,8 @@ class SourceRequest(JobNotifications):
     uri: str = Field(
         min_length=1,
         max_length=2048,
-        description="s3://bucket/prefix/, a glob (s3://bucket/corpus/*.parquet), one file's https:// URL, or "
-        "file:///path under an allowed root",
+        description="s3://bucket/prefix/, a glob (s3://bucket/corpus/*.parquet), an https:// URL of one file or, "
+        "with {a,b} and [00-41] patterns, several, or file:///path under an allowed root",
         examples=["s3://corpus/wiki/*.parquet"],
     )
     format: SourceFormat | None = Field(default=None, description="default: each object's extension says")

@@ -150,3 +150,28 @@ def test_http_sources_reach_public_addresses_only_unless_the_operator_allows_a_r
     assert with_user.status_code == 422 and "bearer token" in with_user.message
     folder = refused(db_session, strict, uri=f"{base}/")
     assert folder.status_code == 422 and "must name one file" in folder.message
+
+
+def test_one_url_names_a_dataset_s_numbered_files_or_a_list_of_them(
+    db_session: Session, scope, settings_env: SettingsEnv, settings: Settings, served: tuple[Path, str]
+) -> None:
+    root, base = served
+    make_collection(db_session, settings)
+    (root / "set").mkdir()
+    parts = [documents(f"p{n}", 20, seed=10 + n) for n in range(3)]
+    for n, rows in enumerate(parts):
+        (root / "set" / f"train-{n:05d}-of-00003.parquet").write_bytes(parquet_bytes(rows, row_group_size=20))
+    (root / "set" / "extra.jsonl").write_bytes(jsonl_bytes(documents("ex", 5)))
+
+    job = sync(db_session, scope, settings, f"{base}/set/train-[00000-00002]-of-00003.parquet")
+    assert (job.status, job.done, job.params["objects"]) == ("succeeded", 60, 3), job.error
+    listed = sync(db_session, scope, settings, f"{base}/set/{{extra.jsonl,train-00000-of-00003.parquet}}")
+    assert (listed.status, listed.done, listed.params["objects"]) == ("succeeded", 5, 2), listed.error  # 1 unchanged
+
+    missing = refused(db_session, settings, uri=f"{base}/set/train-[00000-00003]-of-00003.parquet")
+    assert missing.status_code == 422 and "train-00003-of-00003.parquet cannot be read (HTTP 404" in missing.message
+    settings_env.set(EMBEDQ_SOURCE_MAX_OBJECTS="5")
+    too_many = refused(db_session, get_settings(), uri=f"{base}/set/train-[0-2]-{{a,b}}.parquet")
+    assert too_many.status_code == 422 and "patterns name 6 files, more than 5" in too_many.message, too_many.message
+    backwards = refused(db_session, settings, uri=f"{base}/set/train-[3-1].parquet")
+    assert backwards.status_code == 422 and "counts backwards" in backwards.message
