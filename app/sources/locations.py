@@ -85,8 +85,13 @@ class SourceLocation:
 
     def relative(self, path: str) -> str:
         """Return an object's path under the source's base (the id of a plain-text document; a URL's: its name)."""
-        if self.is_http:
-            return urlsplit(path).path.rsplit("/", 1)[-1] or urlsplit(path).netloc
+        if self.is_http:  # under the folder before the URL's first pattern: {a/x.txt,b/x.txt} gives a/x.txt, b/x.txt
+            parts = urlsplit(self.path)
+            rest = self.path[len(f"{parts.scheme}://{parts.netloc}") :]
+            cut = min((i for i in (rest.find("{"), rest.find("[")) if i >= 0), default=len(rest))
+            folder = urlsplit(rest[:cut]).path.rsplit("/", 1)[0]
+            file_path = urlsplit(path).path
+            return file_path[len(folder) + 1 :] if file_path.startswith(folder + "/") else file_path.rsplit("/", 1)[-1]
         base = self.base.rstrip("/") + "/"
         return path[len(base) :] if path.startswith(base) else path.rsplit("/", 1)[-1]
 

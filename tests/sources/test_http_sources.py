@@ -175,3 +175,16 @@ def test_one_url_names_a_dataset_s_numbered_files_or_a_list_of_them(
     assert too_many.status_code == 422 and "patterns name 6 files, more than 5" in too_many.message, too_many.message
     backwards = refused(db_session, settings, uri=f"{base}/set/train-[3-1].parquet")
     assert backwards.status_code == 422 and "counts backwards" in backwards.message
+
+
+def test_plain_text_files_of_a_pattern_are_documents_named_by_their_path_under_its_folder(
+    db_session: Session, scope, settings: Settings, served: tuple[Path, str]
+) -> None:
+    root, base = served
+    make_collection(db_session, settings)
+    for folder in ("a", "b"):
+        (root / "notes" / folder).mkdir(parents=True)
+        (root / "notes" / folder / "readme.txt").write_text(f"the readme of {folder}, in a folder of its own.")
+    job = sync(db_session, scope, settings, f"{base}/notes/{{a,b}}/readme.txt")
+    assert (job.status, job.done) == ("succeeded", 2), job.error
+    assert set(db_session.scalars(select(Document.external_id))) == {"a/readme.txt", "b/readme.txt"}
