@@ -102,12 +102,16 @@ def _duration(seconds: float | None) -> str:
     return f"{whole // 60}m{whole % 60:02d}s"
 
 
+# What a job's counts count, by its kind (a fine-tune's are training steps).
+_UNITS = {"embeddings": "inputs", "fine_tune": "steps", "fine_tune_lora": "steps", "batch": "requests"}
+
+
 def describe_progress(job: dict[str, Any]) -> str:
     """Return a job's one-line progress: documents, chunks/s and ETA for ingestion, percent otherwise."""
     counts = job["counts"]
     ingest = job.get("ingest")
     processed = counts["done"] + counts["failed"]
-    line = f"{job['status']:<9} {processed}/{counts['total']} documents"
+    line = f"{job['status']:<9} {processed}/{counts['total']} {_UNITS.get(job.get('kind', ''), 'documents')}"
     if counts["failed"]:
         line += f" ({counts['failed']} failed)"
     if ingest:

@@ -280,7 +280,9 @@ def _with_base_path(spec: TrainingSpec, settings: Settings) -> TrainingSpec:
 def _fail(scope: Scope, job_id: uuid.UUID, error: str) -> None:
     with scope() as session:
         run = TrainingRepository(session).get_run(job_id)
-        message = f"training failed at step {run.step if run else 0}"
+        # run.step is the last step reported (every EMBEDQ_TRAINING_PROGRESS_EVERY_STEPS), not the failing one.
+        step = run.step if run else 0
+        message = f"training failed after step {step}" if step else "training failed before its first reported step"
         lifecycle.finish(session, job_id, JobStatus.FAILED, message=message, error=error)
 
 

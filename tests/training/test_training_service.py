@@ -106,6 +106,7 @@ def test_a_failing_job_is_failed_with_its_error_and_registers_nothing(settings: 
     assert run_training(session_scope, job_id, train, settings) is RunOutcome.FAILED
     job, _ = state(job_id)
     assert job.status == "failed" and "no_such_layer" in (job.error or "")
+    assert job.message == "training failed before its first reported step"  # not "at step 0": it never began
     assert registered(alias) is None and not alias_dir(settings, alias).exists()
     assert not work_dir(settings, job_id).exists()
 
