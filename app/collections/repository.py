@@ -53,6 +53,11 @@ class DocumentCounts:
     chunks: int
 
 
+# The chunks a document has stored were cut from a text other than the one being written (or than its own,
+# while a new text waits to be embedded): then its metadata must stay theirs until they are replaced.
+_OTHER_TEXTS_CHUNKS = "(d.chunk_count > 0 AND (d.content_hash <> excluded.content_hash OR d.status <> 'ready'))"
+
+
 class CollectionRepository:
     def __init__(self, session: Session) -> None:
         self.session = session
@@ -202,7 +207,9 @@ class CollectionRepository:
     def upsert_documents(self, collection_id: int, docs: Sequence[DocumentInput]) -> list[PendingDocument]:
         """Store documents; return those that need embedding (new, changed, or failed before).
 
-        A document whose content hash is unchanged and already embedded only gets its metadata updated.
+        A document whose content hash is unchanged and already embedded only gets its metadata updated. One
+        whose stored chunks are another text's keeps the metadata they were stored with until its new text is
+        embedded (``pending_metadata``; ``mark_ready`` and ``mark_failed`` swap it in).
         Rows are written, and so locked, in ``external_id`` order, the order ``lock_pending`` locks in too.
         """
         rows = self.session.execute(
@@ -215,7 +222,10 @@ class CollectionRepository:
                 "AS t(external_id, text, metadata, content_hash, source_object) "
                 "ORDER BY t.external_id "
                 "ON CONFLICT (collection_id, external_id) DO UPDATE SET "
-                "text = excluded.text, metadata = excluded.metadata, content_hash = excluded.content_hash, "
+                # While the chunks stored are another text's, the metadata stays theirs and the new one waits.
+                f"metadata = CASE WHEN {_OTHER_TEXTS_CHUNKS} THEN d.metadata ELSE excluded.metadata END, "
+                f"pending_metadata = CASE WHEN {_OTHER_TEXTS_CHUNKS} THEN excluded.metadata END, "
+                "text = excluded.text, content_hash = excluded.content_hash, "
                 "source_object = excluded.source_object, "
                 "status = CASE WHEN d.content_hash = excluded.content_hash AND d.status = 'ready' "
                 "THEN 'ready' ELSE 'pending' END, "
@@ -297,7 +307,8 @@ class CollectionRepository:
             return
         self.session.execute(
             text(
-                "UPDATE documents d SET status = 'ready', error = NULL, chunk_count = t.n, updated_at = now() "
+                "UPDATE documents d SET status = 'ready', error = NULL, chunk_count = t.n, updated_at = now(), "
+                "metadata = coalesce(d.pending_metadata, d.metadata), pending_metadata = NULL "
                 "FROM unnest(CAST(:ids AS bigint[]), CAST(:ns AS integer[])) AS t(id, n) WHERE d.id = t.id"
             ),
             {"ids": list(chunk_counts), "ns": list(chunk_counts.values())},
@@ -308,7 +319,15 @@ class CollectionRepository:
             self.session.execute(
                 update(Document)
                 .where(Document.id.in_(list(ids)))
-                .values(status=DocumentStatus.FAILED.value, error=error, updated_at=func.now())
+                .values(
+                    status=DocumentStatus.FAILED.value,
+                    error=error,
+                    updated_at=func.now(),
+                    chunk_count=0,
+                    # Its chunks were dropped with the failure: the metadata of the text it holds applies.
+                    meta=func.coalesce(Document.pending_meta, Document.meta),
+                    pending_meta=None,
+                )
             )
 
     def external_ids(self, ids: Sequence[int]) -> dict[int, str]:

@@ -129,6 +129,9 @@ class Document(Base):
     external_id: Mapped[str] = mapped_column(Text)
     text: Mapped[str] = mapped_column(Text)
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSONB, default=dict)
+    # The metadata of a new text while the chunks stored are still the old text's (metadata stays theirs):
+    # it replaces ``meta`` when the new text is embedded, or fails, so a search never pairs old text with it.
+    pending_meta: Mapped[dict[str, Any] | None] = mapped_column("pending_metadata", JSONB)
     content_hash: Mapped[str] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(16), default=DocumentStatus.PENDING.value)
     error: Mapped[str | None] = mapped_column(Text)

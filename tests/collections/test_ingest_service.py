@@ -174,13 +174,13 @@ def test_a_failed_update_leaves_no_chunk_of_the_text_the_document_no_longer_hold
     doc0 = db_session.scalar(select(Document).where(Document.external_id == "doc-0"))
     assert db_session.scalars(select(Chunk).where(Chunk.document_id == doc0.id)).all()
 
-    # Text the model reads no token of: the update fails. Its old chunks were still found by search, with the
-    # new metadata beside the old text, while export left the document out.
+    # Text the model reads no token of: the update fails. Its old chunks were still found by search, while
+    # export left the document out.
     update = [{"id": "doc-0", "text": "\u200b\u200b", "metadata": {"v": 2}}]
     failed = drain(db_session, scope, settings, upload(db_session, settings, jsonl(update)).id)
     assert (failed.status, failed.failed) == ("failed", 1) and "no tokens" in (failed.error or "")
     db_session.refresh(doc0)
-    assert doc0.status == "failed"
+    assert (doc0.status, doc0.chunk_count, doc0.meta, doc0.pending_meta) == ("failed", 0, {"v": 2}, None)
     assert db_session.scalars(select(Chunk).where(Chunk.document_id == doc0.id)).all() == []
     query = load_model(MODEL).encoder.encode([rows[0]["text"]], is_query=True)[0]
     hits = search(db_session, settings, vector=query.tolist(), top_k=10)
@@ -188,6 +188,36 @@ def test_a_failed_update_leaves_no_chunk_of_the_text_the_document_no_longer_hold
     assert len(chunk_vectors(db_session, active_version(db_session).id)) == db_session.scalar(
         select(func.count()).select_from(Chunk)
     )
+
+
+def test_an_update_keeps_the_old_metadata_with_the_old_chunks_until_its_new_text_is_embedded(
+    db_session: Session, scope, settings
+) -> None:
+    make_collection(db_session, settings)
+    rows = corpus(3)
+    drain(db_session, scope, settings, upload(db_session, settings, jsonl(rows)).id)
+    encoder = load_model(MODEL).encoder
+    old_query = encoder.encode([rows[0]["text"]], is_query=True)[0].tolist()
+    new_text = "an entirely new text about rivers and mountains"
+    pending = upload(db_session, settings, jsonl([{"id": "doc-0", "text": new_text, "metadata": {"v": 2}}]))
+
+    # Not embedded yet: search still has the old text's chunks, and they keep the metadata they came with.
+    assert "doc-0" not in {h.document_id for h in search(db_session, settings, vector=old_query, filter={"v": 2})}
+    old = [h for h in search(db_session, settings, vector=old_query, filter={"lang": "fr"}) if h.document_id == "doc-0"]
+    assert old and all(h.metadata == {"lang": "fr", "n": 0} and h.text in rows[0]["text"] for h in old), old
+    doc0 = db_session.scalar(select(Document).where(Document.external_id == "doc-0"))
+    assert (doc0.status, doc0.meta, doc0.pending_meta) == ("pending", {"lang": "fr", "n": 0}, {"v": 2})
+
+    drain(db_session, scope, settings, pending.id)
+    new_query = encoder.encode([new_text], is_query=True)[0].tolist()
+    new = [h for h in search(db_session, settings, vector=new_query, filter={"v": 2}) if h.document_id == "doc-0"]
+    assert new and all(h.text in new_text and h.metadata == {"v": 2} for h in new), new
+    db_session.refresh(doc0)
+    assert (doc0.status, doc0.meta, doc0.pending_meta) == ("ready", {"v": 2}, None)
+    # A metadata-only change has no chunks to wait for: it applies at once.
+    upload(db_session, settings, jsonl([{"id": "doc-0", "text": new_text, "metadata": {"v": 3}}]))
+    db_session.refresh(doc0)
+    assert (doc0.status, doc0.meta, doc0.pending_meta) == ("ready", {"v": 3}, None)
 
 
 def test_a_redelivered_batch_changes_nothing(db_session: Session, scope, settings) -> None:
