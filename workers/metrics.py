@@ -102,6 +102,9 @@ def _metrics() -> dict[str, Any]:
             multiprocess_mode="livesum",
         ),
         "tasks": Counter("embedq_worker_tasks", "Tasks finished, by task name and state", ["task", "state"]),
+        "store_outages": Counter(
+            "embedq_worker_store_outages", "Task runs sent back because an S3 or HTTP store did not answer", ["task"]
+        ),
         "given_up": Counter(
             "embedq_worker_tasks_given_up", "Tasks given up after EMBEDQ_TASK_MAX_STARTS deadly starts", ["task"]
         ),
@@ -142,6 +145,11 @@ def _update_resident() -> None:
 def task_finished(task_name: str, state: str) -> None:
     """Count a finished task (state: SUCCESS, FAILURE, RETRY, ...)."""
     _metrics()["tasks"].labels(task_name, state).inc()
+
+
+def store_outage(task_name: str) -> None:
+    """Count a task run sent back to its queue because a store did not answer (``app.core.store_outages``)."""
+    _metrics()["store_outages"].labels(task_name).inc()
 
 
 def task_given_up(task_name: str) -> None:

@@ -4,32 +4,14 @@ from __future__ import annotations
 
 import httpx
 from fastapi.testclient import TestClient
-from prometheus_client.parser import text_string_to_metric_families
 from support.processes import start_worker
 from support.settings import SettingsEnv
 from support.waiting import wait_job
+from support.worker_metrics import samples, total, value
 
 from app.cli.embedded import find_free_port
 from app.core.queues import Queue
 from app.main import create_app
-
-
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Return every sample as {(name, sorted labels): value}."""
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def value(metrics: dict, name: str, **labels: str) -> float:
-    return metrics.get((name, tuple(sorted(labels.items()))), 0.0)
-
-
-def total(metrics: dict, name: str, **labels: str) -> float:
-    """Sum ``name`` over every series whose labels include ``labels``."""
-    return sum(v for (n, ls), v in metrics.items() if n == name and set(labels.items()) <= set(ls))
 
 
 def test_api_metrics_move_when_a_job_is_queued_and_cancelled(clean_state) -> None:

@@ -24,7 +24,9 @@ from support.faults import FaultStack, exactly_once, fault_stack, submit
 from support.processes import ManagedProcess, start_api, start_worker
 from support.texts import SENTENCES
 from support.waiting import wait_until
+from support.worker_metrics import scrape, total
 
+from app.cli.embedded import find_free_port
 from app.maintenance.broker import task_call
 from app.models.job import Job, JobResult
 from app.models.training import TrainingRun
@@ -272,7 +274,8 @@ def test_training_worker_killed_mid_epoch_resumes_from_its_checkpoint(
 def test_a_task_that_kills_its_worker_at_every_start_fails_its_job_after_the_limit(
     clean: FaultStack, fault_api: ManagedProcess
 ) -> None:
-    env = {**clean.env, "EMBEDQ_TASK_MAX_STARTS": "2"}
+    metrics_port = find_free_port()
+    env = {**clean.env, "EMBEDQ_TASK_MAX_STARTS": "2", "EMBEDQ_WORKER_METRICS_PORT": str(metrics_port)}
     worker = start_worker(env, queues=["training"])
     redis_client = clean.redis_client()
     try:
@@ -298,6 +301,8 @@ def test_a_task_that_kills_its_worker_at_every_start_fails_its_job_after_the_lim
         assert worker.alive(), worker.log_tail()
         log = worker.log_text()
         assert log.count("WorkerLostError") + log.count("signal 9 (SIGKILL)") >= 2, worker.log_tail()
+        metrics = scrape(f"http://127.0.0.1:{metrics_port}/metrics")
+        assert total(metrics, "embedq_worker_tasks_given_up_total", task="train.lora") == 1
     finally:
         worker.stop()
 

@@ -20,6 +20,9 @@ from support.processes import EMBEDQ, start_api, start_worker
 from support.s3 import S3Server
 from support.tiny_models import make_tiny_bert
 from support.waiting import wait_job, wait_until
+from support.worker_metrics import scrape, total
+
+from app.cli.embedded import find_free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -46,7 +49,9 @@ def test_a_batch_waits_out_an_artifact_store_outage_and_no_input_fails(
     assert pushed.returncode == 0, pushed.stderr
     texts = [f"text number {i} about a river and a city" for i in range(40)]
     with flaky_store(s3_server.endpoint_url, Mode.DOWN) as store:
-        worker_env = {**common, **_dirs(tmp_path / "worker"), "EMBEDQ_ARTIFACT_S3_ENDPOINT_URL": store.endpoint_url}
+        metrics_port = find_free_port()
+        worker_env = {**common, **_dirs(tmp_path / "worker"), "EMBEDQ_ARTIFACT_S3_ENDPOINT_URL": store.endpoint_url,
+                      "EMBEDQ_WORKER_METRICS_PORT": str(metrics_port)}  # fmt: skip
         api = start_api({**common, **_dirs(tmp_path / "api")})
         worker = start_worker(worker_env, queues=["inference"])
         try:
@@ -59,9 +64,11 @@ def test_a_batch_waits_out_an_artifact_store_outage_and_no_input_fails(
                 assert http.get(f"/jobs/{posted.json()['id']}").json()["counts"]["failed"] == 0
                 store.set(Mode.UP)
                 job = wait_job(http, posted.json()["id"], timeout=240)
+                metrics = scrape(f"http://127.0.0.1:{metrics_port}/metrics")
         finally:
             worker.stop()
             api.stop()
     assert (job["status"], job["counts"]) == ("succeeded", {"total": 40, "done": 40, "failed": 0}), job
     assert store.refused >= 1
+    assert total(metrics, "embedq_worker_store_outages_total", task="embed.batch") >= 1
     assert (Path(worker_env["EMBEDQ_MODELS_DIR"]) / MODEL).is_dir()  # installed once the store answered

@@ -17,6 +17,7 @@ from app.core.queues import TaskName
 from app.sources.planning import plan_source
 from app.sources.shard_ingest import run_shard
 from app.sources.store_faults import StoreOutageError
+from workers import metrics
 from workers.celery_app import retrying_task
 
 log = logging.getLogger(__name__)
@@ -56,4 +57,5 @@ def _again(task: Task, exc: StoreOutageError) -> NoReturn:
     The read's own attempts (the shard's row, the plan's retries) bound it: Celery's task_max_retries does not.
     """
     log.warning("%s", exc)
+    metrics.store_outage(task.name)
     return task.retry(exc=exc, countdown=exc.retry_in_s, max_retries=task.request.retries + 1)
