@@ -28,6 +28,9 @@ defaults ("old": true starts from the old defaults instead), plus these bench-on
   whose queries the base model puts nearest it, skipping any that would repeat a text in the batch, so the
   in-batch negatives are hard too; with a number in (0, 1), only that share of each epoch's batches is built so,
   the rest drawn as usual;
+- ``refit``: after the run, train again from the base on the training and held-out pairs together for the
+  whole epochs the run found best, keeping the last step, and score that model on the test pairs (the
+  held-out pairs then pick nothing: they were trained on);
 - ``soup``: train this many times, the training seed (batch order, initialisation of the random state) the
   bench's plus 0, 1, ..., and score the uniform average of the kept weights (a model soup) beside the first run.
 
@@ -40,6 +43,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import random
 import tempfile
 import time
@@ -383,6 +387,7 @@ def run_variant(variant: dict[str, Any], seed: int, batch_size: int, method: str
             corpus = (texts, base_model().encode(texts, batch_size=64, normalize_embeddings=True))
             hp["hard_negatives"] = {"mine": True, "per_pair": 1, "from": "collection:wordnet"}
     interpolate = variant.pop("interpolate", False)
+    refit = variant.pop("refit", False)
     soup = int(variant.pop("soup", 0))
     clustered = variant.pop("clustered", False)
     _CLUSTERED["share"] = 0.0 if not clustered else 1.0 if clustered is True else float(clustered)
@@ -421,7 +426,25 @@ def run_variant(variant: dict[str, Any], seed: int, batch_size: int, method: str
             row["interpolated"] = _interpolations(tuned, sample.held_out, sample.test)
         if soup > 1:
             row["soup"] = _soup(tuned, soup, spec, sample)
+        if refit:
+            row["refit"] = _refit(spec, result.best_step or result.steps, sample)
     return row
+
+
+def _refit(spec: TrainingSpec, best_step: int, sample: Sample) -> dict[str, Any]:
+    """Train again from the base on the training and held-out pairs together, for the whole epochs the first run
+    found best (its best step over its steps per epoch, rounded), keeping the last step; score the test pairs."""
+    batch = int(spec.hyperparams["batch_size"])
+    epochs = max(1, round(best_step / math.ceil(len(spec.train_pairs) / batch)))
+    folder = Path(tempfile.mkdtemp(prefix="embedq-refit-"))
+    hp = {**spec.hyperparams, "epochs": epochs, "eval_every_steps": 10**9, "early_stopping_patience": 0}
+    again = dataclasses.replace(
+        spec, job_id=uuid.uuid4(), train_pairs=[*spec.train_pairs, *sample.held_out], hyperparams=hp,
+        checkpoint_dir=folder / "checkpoint", output_dir=folder / "model",
+    )  # fmt: skip
+    result = trainer.train(again, _Hooks(None))
+    model = SentenceTransformer(str(again.output_dir), device="cpu")
+    return {"epochs": epochs, "steps": result.steps, "test": test_mrr(model, sample.test)}
 
 
 def _soup(first: SentenceTransformer, n: int, spec: TrainingSpec, sample: Sample) -> dict[str, Any]:
