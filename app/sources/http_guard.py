@@ -26,9 +26,9 @@ class AddressRefusedError(Exception):
 def _refuse(host: str, address: str, allowed_cidrs: Sequence[str]) -> None:
     reason = check_address(address, allowed_cidrs)
     if reason is not None:
-        where = host if host == address else f"{host} (resolved to {address})"
+        where = "the URL's host is a" if host.strip("[]") == address else f"{host} resolves to a"
         raise AddressRefusedError(
-            f"{where} is a {reason}: http(s) sources may only read public addresses, or ranges the operator "
+            f"{where} {reason}: http(s) sources may only read public addresses, or ranges the operator "
             "allows in EMBEDQ_SOURCE_HTTP_ALLOWED_CIDRS"
         )
 

@@ -45,9 +45,10 @@ class SourceUnavailableError(SourceError):
 
 
 class SourceForbiddenError(EmbedqError):
-    """A file:// source outside the folders the operator allows."""
+    """A source the server may not read for anyone: outside the allowed folders, an address not public, ..."""
 
     status_code = 403
+    code = "forbidden"
 
 
 @dataclass(frozen=True)
