@@ -79,6 +79,9 @@ class ArtifactStore:
                 "s3",
                 endpoint_url=endpoint_url,
                 client_kwargs=client_kwargs,
+                # botocore's legacy default (5 attempts) under s3fs's own 5 tries kept a request that met a store
+                # not answering for ~45 s; a job task waits out longer outages itself (app.core.store_outages).
+                config_kwargs={"retries": {"max_attempts": 3, "mode": "standard"}},
                 use_listings_cache=False,
                 # Each process (and each worker child after fork) gets a client of its own.
                 skip_instance_cache=True,

@@ -22,7 +22,12 @@ from celery import states
 from app.core.celery import sync_sender
 from app.core.config import Settings, get_settings
 from app.core.queues import TaskName
-from app.inference.errors import InferenceFailedError, InferenceRejectedError, InferenceTimeoutError
+from app.inference.errors import (
+    InferenceFailedError,
+    InferenceRejectedError,
+    InferenceTimeoutError,
+    InferenceUnavailableError,
+)
 from app.inference.results import Meta, result_listener
 
 
@@ -115,6 +120,8 @@ def _worker_error(error: dict[str, Any], settings: Settings, wait: float, task_i
     message = str(error.get("message", "the worker gave no reason"))
     if status == 504:
         return _timeout(settings, wait, task_id)
+    if status == 503:
+        return InferenceUnavailableError(message)
     if status >= 500:
         return InferenceFailedError(message, request_id=task_id)
     return InferenceRejectedError(

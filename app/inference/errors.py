@@ -28,3 +28,14 @@ class InferenceFailedError(EmbedqError):
 
     status_code = 500
     code = "inference_failed"
+
+
+class InferenceUnavailableError(EmbedqError):
+    """The worker could not serve the model right now (its artifact store does not answer): retry shortly."""
+
+    status_code = 503
+    code = "model_store_unavailable"
+
+    def __init__(self, message: str, **extra: Any) -> None:
+        super().__init__(message, param="model", **extra)
+        self.headers["Retry-After"] = "30"

@@ -53,7 +53,7 @@ def test_a_batch_waits_out_an_artifact_store_outage_and_no_input_fails(
         worker_env = {**common, **_dirs(tmp_path / "worker"), "EMBEDQ_ARTIFACT_S3_ENDPOINT_URL": store.endpoint_url,
                       "EMBEDQ_WORKER_METRICS_PORT": str(metrics_port)}  # fmt: skip
         api = start_api({**common, **_dirs(tmp_path / "api")})
-        worker = start_worker(worker_env, queues=["inference"])
+        worker = start_worker(worker_env, queues=["inference", common["EMBEDQ_SYNC_QUEUE"]], concurrency=2)
         try:
             with httpx.Client(base_url=api.base_url or "", timeout=60) as http:
                 posted = http.post("/jobs/embeddings", json={"input": texts, "model": MODEL})
@@ -62,13 +62,19 @@ def test_a_batch_waits_out_an_artifact_store_outage_and_no_input_fails(
                 wait_until(worker.log_text, 120, lambda log: f"no retry for the outage:\n{log[-3000:]}",
                            until=lambda log: "StoreUnavailableError" in log and " retry: Retry in " in log)  # fmt: skip
                 assert http.get(f"/jobs/{posted.json()['id']}").json()["counts"]["failed"] == 0
+                # A sync request cannot wait minutes: a 503 to retry, within the sync deadline, not a 504 or 500.
+                sync = http.post("/v1/embeddings", json={"input": ["a river"], "model": MODEL})
+                assert sync.status_code == 503 and "model_store_unavailable" in sync.text, sync.text
+                assert sync.headers["Retry-After"] == "30"
                 store.set(Mode.UP)
                 job = wait_job(http, posted.json()["id"], timeout=240)
                 metrics = scrape(f"http://127.0.0.1:{metrics_port}/metrics")
+                synced = http.post("/v1/embeddings", json={"input": ["a river"], "model": MODEL})
         finally:
             worker.stop()
             api.stop()
     assert (job["status"], job["counts"]) == ("succeeded", {"total": 40, "done": 40, "failed": 0}), job
+    assert synced.status_code == 200 and len(synced.json()["data"]) == 1, synced.text
     assert store.refused >= 1
     assert total(metrics, "embedq_worker_store_outages_total", task="embed.batch") >= 1
     assert (Path(worker_env["EMBEDQ_MODELS_DIR"]) / MODEL).is_dir()  # installed once the store answered

@@ -6,6 +6,7 @@ import logging
 import threading
 from collections.abc import Iterator
 
+from app.core.store_outages import unavailable
 from workers.inference.input_check import unreadable_input
 from workers.inference.ops import OpError, Payload, RegisteredOp, Result, get_op
 
@@ -55,12 +56,16 @@ def _load(model: str) -> object:
     except UnknownModelError as exc:
         raise OpError(str(exc), status=404, code="model_not_found", param="model") from exc
     except ModelArtifactError as exc:
+        if unavailable(exc):
+            raise _store_not_answering(model, exc) from exc
         # Its text names the model, the store key and what to do, never a server path.
         log.error("could not install model %s: %s", model, exc)
         raise OpError(str(exc), status=500, code="model_artifact_unavailable", param="model") from exc
     except UnsupportedModelError as exc:
         raise OpError(f"model {model!r} cannot be served: {exc}", code="unsupported_model", param="model") from exc
     except Exception as exc:
+        if unavailable(exc):
+            raise _store_not_answering(model, exc) from exc
         log.exception("could not load model %s", model)
         raise OpError(
             # The exception's text may name server paths: it goes to the worker's log only.
@@ -68,6 +73,18 @@ def _load(model: str) -> object:
             status=500,
             code="model_load_failed",
         ) from exc
+
+
+def _store_not_answering(model: str, exc: Exception) -> OpError:
+    """A 503: the artifact store a registered model is installed from does not answer; the caller may retry."""
+    log.warning("could not install model %s: the artifact store does not answer (%s)", model, exc)
+    return OpError(
+        f"model {model!r} is not on this host yet and the artifact store it is installed from does not answer "
+        "right now: try again shortly",
+        status=503,
+        code="model_store_unavailable",
+        param="model",
+    )
 
 
 def _run(op: RegisteredOp, encoder: object, payloads: list[Payload]) -> list[Outcome]:
