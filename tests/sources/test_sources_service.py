@@ -11,6 +11,7 @@ import socket
 import uuid
 from collections.abc import Iterator
 
+import aiohttp
 import botocore.exceptions
 import pytest
 from s3fs.errors import translate_boto_error
@@ -349,6 +350,12 @@ def test_what_the_store_says_decides_whether_a_read_is_tried_again() -> None:
     assert unavailable(ConnectionResetError())
     assert not unavailable(client_error(404, "NoSuchKey")) and not unavailable(client_error(403, "AccessDenied"))
     assert not unavailable(ValueError("a truncated Parquet footer"))
+    # An http(s) source's answers: 5xx and 429 are "not now", any other status an answer.
+    for status, outage in ((503, True), (502, True), (429, True), (404, False), (401, False)):
+        try:  # as fsspec's http client raises them: FileNotFoundError(url) from aiohttp's error
+            raise FileNotFoundError("https://host/f.jsonl") from aiohttp.ClientResponseError(None, (), status=status)
+        except FileNotFoundError as exc:
+            assert unavailable(exc) is outage, status
     try:  # a name that does not resolve is an answer, not an outage: as botocore raises it
         try:
             socket.getaddrinfo("no-such-host.invalid", 443)
