@@ -21,7 +21,7 @@ from app.core.cpus import usable_cpus
 from app.core.db import db
 from app.core.outages import TRANSIENT_ERRORS
 from app.core.queues import TaskName
-from app.core.store_outages import StoreUnavailableError, raise_if_unavailable, unavailable
+from app.core.store_outages import StoreUnavailableError, raise_if_unavailable
 from workers import metrics, observability, task_starts
 from workers.broker_heartbeat import UnackedHeartbeat
 from workers.liveness import LivenessFile
@@ -82,17 +82,16 @@ def retrying_task(name: TaskName, inputs: bool = False) -> Callable[[Callable[..
                     return run(job_id, *args, refused=why, **kwargs)
                 return {"job_id": job_id, "given_up": why, "job_failed": task_starts.give_up(job_id, why)}
             try:
-                return run(job_id, *args, **kwargs)
-            except StoreUnavailableError:
+                try:
+                    return run(job_id, *args, **kwargs)
+                except (*TRANSIENT_ERRORS, Retry, Ignore, Reject):
+                    raise
+                except Exception as exc:
+                    # A store that did not answer (the artifact store a model is installed from): retried.
+                    raise_if_unavailable(exc, f"{name.value} of job {job_id}")
+                    raise
+            except StoreUnavailableError:  # raised here or by the task's own code
                 metrics.store_outage(name.value)
-                raise
-            except (*TRANSIENT_ERRORS, Retry, Ignore, Reject):
-                raise
-            except Exception as exc:
-                # A store that did not answer (the artifact store a model is installed from): retried with backoff.
-                if unavailable(exc):
-                    metrics.store_outage(name.value)
-                raise_if_unavailable(exc, f"{name.value} of job {job_id}")
                 raise
 
         return register(counted)

@@ -14,7 +14,7 @@ import bisect
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from app.artifacts.store import ArtifactNotFoundError, ArtifactStore
 from app.batches import ending, output
 from app.batches.contracts import EmbedCall, Embedded, EmbedRequests, RequestError
-from app.batches.files import storage_key
+from app.batches.files import expiry, storage_key
 from app.batches.repository import BatchRepository, FileRepository, RequestRepository, ResultRepository
 from app.batches.request_checks import Prepared, RequestChecker
 from app.batches.schemas import BatchObject
@@ -256,7 +256,7 @@ def _write_files(
             (out if kind == "output" else err).write(data)
             sizes[kind] += len(data)
     written = {}
-    expires_at = datetime.now(UTC) + timedelta(seconds=expires_after_s) if expires_after_s else None
+    expires_at = expiry(expires_after_s)
     for kind in _KINDS:
         if sizes[kind] == 0:
             store.delete(keys[kind])

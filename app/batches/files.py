@@ -99,6 +99,11 @@ def _expires_after(fields: dict[str, str]) -> int | None:
     return policy.seconds
 
 
+def expiry(after_s: int | None) -> datetime | None:
+    """Return when a file made now expires ``after_s`` seconds later (None: never)."""
+    return datetime.now(UTC) + timedelta(seconds=after_s) if after_s else None
+
+
 def _write(sink: IO[bytes], pieces: list[bytes]) -> int:
     data = b"".join(pieces)
     sink.write(data)
@@ -114,9 +119,7 @@ def record_file(session: Session, file_id: str, received: Received, key: str, pr
         purpose=received.purpose,
         bytes=received.size,
         storage_key=key,
-        expires_at=datetime.now(UTC) + timedelta(seconds=received.expires_after_s)
-        if received.expires_after_s
-        else None,
+        expires_at=expiry(received.expires_after_s),
     )
     return FileRepository(session).add(file)
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, literal, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -64,25 +64,15 @@ class FileRepository:
         query = select(BatchFile).where(visible_to(principal, BatchFile.tenant), _LIVE)
         if purpose is not None:
             query = query.where(BatchFile.purpose == purpose)
+        position = tuple_(BatchFile.created_at, BatchFile.id)
         if after is not None:
             cursor = self.get_visible(after, principal)
             if cursor is not None:
-                if order == "asc":
-                    query = query.where(
-                        (BatchFile.created_at > cursor.created_at)
-                        | and_(BatchFile.created_at == cursor.created_at, BatchFile.id > cursor.id)
-                    )
-                else:
-                    query = query.where(
-                        (BatchFile.created_at < cursor.created_at)
-                        | and_(BatchFile.created_at == cursor.created_at, BatchFile.id < cursor.id)
-                    )
-        keys = (
-            (BatchFile.created_at, BatchFile.id)
-            if order == "asc"
-            else (BatchFile.created_at.desc(), BatchFile.id.desc())
-        )
-        return list(self.session.scalars(query.order_by(*keys).limit(limit)))
+                mark = tuple_(literal(cursor.created_at), literal(cursor.id))
+                query = query.where(position > mark if order == "asc" else position < mark)
+        keys = (BatchFile.created_at, BatchFile.id)
+        ordered = keys if order == "asc" else tuple(key.desc() for key in keys)
+        return list(self.session.scalars(query.order_by(*ordered).limit(limit)))
 
     def delete(self, file: BatchFile) -> None:
         self.session.delete(file)

@@ -43,14 +43,20 @@ def unavailable(exc: BaseException) -> bool:
 
     A host name that does not resolve is an answer (a typo, a store that is gone), not an outage.
     """
+    errors = causes(exc)
+    if any(isinstance(e, socket.gaierror) for e in errors):
+        return False
+    return any(isinstance(e, _OUTAGES) or _busy(e) for e in errors)
+
+
+def causes(exc: BaseException) -> list[BaseException]:
+    """Return ``exc`` and the errors it was raised from or while handling, outermost first (each once)."""
     chain: list[BaseException] = []
     current: BaseException | None = exc
     while current is not None and all(current is not seen for seen in chain):
         chain.append(current)
         current = current.__cause__ or current.__context__
-    if any(isinstance(e, socket.gaierror) for e in chain):
-        return False
-    return any(isinstance(e, _OUTAGES) or _busy(e) for e in chain)
+    return chain
 
 
 def _busy(exc: BaseException) -> bool:

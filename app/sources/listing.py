@@ -16,7 +16,7 @@ from fsspec.utils import glob_translate
 
 from app.core.config import Settings
 from app.core.redaction import without_secrets
-from app.core.store_outages import unavailable
+from app.core.store_outages import causes, unavailable
 from app.sources.http_guard import AddressRefusedError
 from app.sources.locations import (
     SourceError,
@@ -48,14 +48,7 @@ class ListedObject:
 def _telling(exc: BaseException) -> BaseException:
     """Return the error in ``exc``'s chain that says why: fsspec's http client raises FileNotFoundError(url)
     from whatever happened (a refused address, an HTTP 401), which alone says nothing."""
-    current: BaseException | None = exc
-    for _ in range(10):
-        if current is None:
-            break
-        if isinstance(current, (AddressRefusedError, aiohttp.ClientResponseError)):
-            return current
-        current = current.__cause__ or current.__context__
-    return exc
+    return next((e for e in causes(exc) if isinstance(e, (AddressRefusedError, aiohttp.ClientResponseError))), exc)
 
 
 def store_error(location: SourceLocation, exc: BaseException, settings: Settings) -> str:
